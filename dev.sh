@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The two commands of README.md:
+#   ./dev.sh run    RabbitMQ (installed/started if missing) + rabbitmesh with ./config
+#   ./dev.sh test   the whole test suite against that real RabbitMQ
+# Works on a fresh Debian/Ubuntu machine with Python >= 3.11; uses a virtualenv in .venv.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+ensure_rabbitmq() {
+  if [ -n "${RABBITMESH_SKIP_RABBITMQ_SETUP:-}" ]; then return; fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "dev.sh: installing rabbitmq-server (apt-get)" >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    echo "dev.sh: starting RabbitMQ" >&2
+    rabbitmq-server -detached
+  fi
+  # Waits for the node to boot; fails after the timeout with rabbitmqctl's own message.
+  rabbitmqctl -q await_startup --timeout 120 >/dev/null
+}
+
+ensure_python() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+  fi
+  # Reinstall only when the declared dependencies changed.
+  stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+  if [ ! -f "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    rm -f "$VENV"/.installed-* && touch "$stamp"
+  fi
+}
+
+case "${1:-}" in
+  run)
+    shift
+    ensure_rabbitmq
+    ensure_python
+    exec "$VENV/bin/rabbitmesh" run "$@"
+    ;;
+  test)
+    shift
+    ensure_rabbitmq
+    ensure_python
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./dev.sh run [rabbitmesh run flags] | ./dev.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,3 @@
+from rabbitmesh.cli import main
+
+main()

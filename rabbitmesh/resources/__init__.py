@@ -1,0 +1,1 @@
+"""Resource models (one module per API group), manifest loading and the kind registry."""

@@ -1,0 +1,55 @@
+"""eventing.knative.dev/v1: Broker and Trigger."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import Field
+
+from rabbitmesh.filters import FilterError, compile_trigger_filter
+from rabbitmesh.resources.base import FieldError, Model, Resource
+from rabbitmesh.resources.duck import DeliverySpec, Destination, KReference
+from rabbitmesh.resources.registry import register
+
+ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+class BrokerSpec(Model):
+    config: KReference | None = None
+    delivery: DeliverySpec | None = None
+
+
+@register("eventing.knative.dev", ("v1",), "brokers", addressable=True)
+class Broker(Resource):
+    spec: BrokerSpec = Field(default_factory=BrokerSpec)
+
+
+class TriggerFilter(Model):
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class TriggerSpec(Model):
+    broker: str
+    filter: TriggerFilter | None = None
+    filters: list[dict[str, Any]] | None = None
+    subscriber: Destination
+    delivery: DeliverySpec | None = None
+
+
+@register("eventing.knative.dev", ("v1",), "triggers")
+class Trigger(Resource):
+    spec: TriggerSpec
+
+    def check(self) -> None:
+        attrs = self.spec.filter.attributes if self.spec.filter else {}
+        for key in attrs:
+            if not ATTRIBUTE_NAME.match(key):
+                raise FieldError(
+                    f"spec.filter.attributes.{key}",
+                    "attribute names must be lowercase letters and digits, starting with a letter",
+                )
+        try:
+            compile_trigger_filter(attrs, self.spec.filters)
+        except FilterError as e:
+            raise FieldError(e.path, e.message) from None

@@ -1,0 +1,3 @@
+"""Imports every kind module so that each registers itself. A new kind: add its import here."""
+
+from rabbitmesh.resources import eventing  # noqa: F401

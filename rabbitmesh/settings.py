@@ -1,0 +1,154 @@
+"""Process settings, read from `RABBITMESH_*` environment variables (CONTRACT.md §1).
+
+Every field here is also a `rabbitmesh run` flag (`--http-port` for `RABBITMESH_HTTP_PORT`),
+and `docs/configuration.md` is generated from this model, so a new setting is documented and
+overridable by adding it here alone.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AnyUrl, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rabbitmesh.durations import parse_duration
+
+Role = Literal["all", "ingress", "dispatcher", "sources"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RABBITMESH_", extra="ignore", frozen=True)
+
+    amqp_url: str = Field(
+        "amqp://guest:guest@localhost:5672/",
+        description="RabbitMQ to use (amqp:// or amqps:// for TLS).",
+    )
+    http_host: str = Field("0.0.0.0", description="HTTP listen address.")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP listen port (0 = any free port).")
+    config_dir: Path = Field(
+        Path("./config"), description="Directory of YAML manifests applied at start."
+    )
+    public_url: str | None = Field(
+        None,
+        description="Base of every status.address.url; default http://localhost:<http_port>.",
+    )
+    service_url_template: str = Field(
+        "http://{name}",
+        description="How a ref to a kind rabbitmesh does not host becomes a URL "
+        "({name} and {namespace} are filled in).",
+    )
+    topology_prefix: str = Field(
+        "rabbitmesh",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Prefix of every exchange and queue name.",
+    )
+    max_event_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    admin_token: str | None = Field(
+        None, description="When set, admin API mutations need Authorization: Bearer <token>."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json` gives one JSON object per line."
+    )
+    role: Role = Field("all", description="Which parts this process runs.")
+
+    # Data plane tuning.
+    prefetch: int = Field(
+        256, ge=1, le=65535, description="Unacked messages a trigger's consumer may hold."
+    )
+    concurrency: int = Field(
+        64,
+        ge=1,
+        le=10000,
+        description="Deliveries in flight per trigger/subscription; 1 gives FIFO order.",
+    )
+    publish_timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for a publisher confirm before answering 503."
+    )
+    shutdown_timeout: float = Field(
+        30.0, gt=0, description="Seconds a graceful shutdown waits for in-flight work."
+    )
+    retry_after_seconds: int = Field(
+        2, ge=1, description="Retry-After sent with 503 answers."
+    )
+
+    # Knative's config-br-defaults / config-delivery equivalents.
+    default_retry: int = Field(10, ge=0, description="Retries when no delivery spec sets them.")
+    default_backoff_policy: Literal["exponential", "linear"] = Field(
+        "exponential", description="Backoff policy when no delivery spec sets one."
+    )
+    default_backoff_delay: str = Field(
+        "PT0.2S", description="Backoff delay (ISO-8601) when no delivery spec sets one."
+    )
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, v: str) -> str:
+        url = AnyUrl(v)
+        if url.scheme not in ("amqp", "amqps"):
+            raise ValueError("must start with amqp:// or amqps://")
+        return v
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        url = AnyUrl(v)
+        if url.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    @field_validator("default_backoff_delay")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _template(self) -> Settings:
+        try:
+            self.service_url_template.format(name="n", namespace="ns")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"service_url_template: only {{name}} and {{namespace}} may be used ({e})"
+            ) from e
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://localhost:{self.http_port}"
+
+    @property
+    def default_backoff(self) -> timedelta:
+        return parse_duration(self.default_backoff_delay)
+
+
+class SettingsError(Exception):
+    """Raised with one readable line naming the environment variable that is wrong."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides (CLI flags) on top."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        raise SettingsError(describe_settings_error(e)) from None
+
+
+def describe_settings_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        field = loc[0] if loc else ""
+        name = f"RABBITMESH_{field.upper()}" if field else "settings"
+        value = err.get("input")
+        shown = f" (got {value!r})" if isinstance(value, (str, int, float)) else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}{shown}")
+    return "invalid setting " + "; ".join(parts)
