@@ -1,0 +1,241 @@
+"""The JSON event format (1.0.2, and 0.3) and its batch format, with orjson.
+
+Decoding turns a JSON object into a CloudEvent whose data is bytes, because rabbitmesh
+forwards events and never needs the data as objects:
+
+- `data_base64` (1.0) and `data` with `datacontentencoding: base64` (0.3) become the
+  decoded bytes. The 0.3 `datacontentencoding` attribute is dropped afterwards: it only
+  describes how `data` sat inside the JSON, and once the bytes are raw (binary HTTP,
+  AMQP) keeping it would tell the next receiver to base64-decode them again.
+- `data` with a JSON content type (or none) becomes its JSON serialisation, so `null`
+  stays an explicit JSON null payload (`b"null"`), distinct from no data.
+- `data` that is a string with a non-JSON content type becomes the string's bytes in the
+  content type's charset (UTF-8 by default), so text round-trips exactly.
+- An absent datacontenttype stays absent (as Knative's Go SDK does): attributes travel
+  unchanged; `is_json_content_type(None)` tells readers it means JSON.
+
+Encoding picks the most readable lossless member: the parsed JSON value for JSON content,
+a string for text, base64 otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import json
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from .contenttype import charset, is_json_content_type, is_textual_content_type
+from .errors import InvalidEvent
+from .event import AttributeValue, CloudEvent
+from .validation import type_name, validate
+
+_MISSING: Any = object()
+_UTF8_NAMES = frozenset({"utf-8", "utf8"})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# orjson turns integers outside 64 bits into floats, silently losing digits. Any run of 19+
+# digits might be one, so such bodies take the exact (slower) stdlib parser.
+_LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
+
+
+def loads(body: bytes) -> Any:
+    """Parse JSON exactly: orjson normally, the stdlib when the body may hold huge integers."""
+    if _LONG_DIGIT_RUN.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent(f"malformed JSON: {exc}") from None
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}") from None
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise JSON compactly; the stdlib handles what orjson refuses (huge integers)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # lone surrogates the stdlib parser let through
+            return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _b64decode(value: object, member: str) -> bytes:
+    if type(value) is not str:
+        raise InvalidEvent(f"member {member!r} must be a base64 string, not {type_name(value)}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidEvent(f"member {member!r} is not valid base64") from None
+
+
+@lru_cache(maxsize=256)
+def _text_codec(content_type: str) -> str:
+    """The Python codec for a content type's charset; UTF-8 when absent or unknown."""
+    name = charset(content_type)
+    if name is None or name in _UTF8_NAMES:
+        return "utf-8"
+    try:
+        codec = codecs.lookup(name).name
+        "".encode(codec)  # rejects bytes-to-bytes codecs such as "base64" or "zlib"
+    except LookupError:
+        return "utf-8"
+    return codec
+
+
+def _text_bytes(text: str, content_type: str) -> bytes:
+    codec = _text_codec(content_type)
+    try:
+        return text.encode(codec)
+    except UnicodeEncodeError:
+        raise InvalidEvent(
+            f"member 'data' cannot be encoded as {codec} (datacontenttype {content_type!r})"
+        ) from None
+
+
+def _data_bytes(value: Any, content_type: str | None) -> bytes | None:
+    if content_type is None or is_json_content_type(content_type):
+        return dumps(value)
+    if type(value) is str:
+        return _text_bytes(value, content_type)
+    if value is None:
+        return None
+    return dumps(value)
+
+
+def event_from_json(obj: dict[str, Any]) -> CloudEvent:
+    """Build and validate a CloudEvent from one parsed JSON-format object."""
+    attributes: dict[str, AttributeValue] = {}
+    data: Any = _MISSING
+    data_base64: Any = _MISSING
+    for key, value in obj.items():
+        if key == "data":
+            data = value
+        elif key == "data_base64":
+            data_base64 = value
+        elif value is not None:  # null means unset (JSON format §2.2)
+            attributes[key] = value
+    validate(attributes)
+    v03 = attributes["specversion"] == "0.3"
+
+    payload: bytes | None = None
+    if data_base64 is not _MISSING and data_base64 is not None:
+        if v03:
+            raise InvalidEvent(
+                "member 'data_base64' is not defined in CloudEvents 0.3 "
+                "(use 'data' with datacontentencoding 'base64')"
+            )
+        if data is not _MISSING and data is not None:
+            raise InvalidEvent("an event cannot have both 'data' and 'data_base64'")
+        payload = _b64decode(data_base64, "data_base64")
+    elif v03 and "datacontentencoding" in attributes:
+        del attributes["datacontentencoding"]
+        if data is not _MISSING and data is not None:
+            payload = _b64decode(data, "data")
+    elif data is not _MISSING:
+        content_type = attributes.get("datacontenttype")
+        payload = _data_bytes(data, content_type)  # type: ignore[arg-type]
+    return CloudEvent(attributes, payload)
+
+
+def decode_structured(body: bytes) -> CloudEvent:
+    """Decode an `application/cloudevents+json` body."""
+    obj = loads(body)
+    if type(obj) is not dict:
+        raise InvalidEvent(f"a structured event must be a JSON object, not {type_name(obj)}")
+    return event_from_json(obj)
+
+
+def decode_batch(body: bytes) -> list[CloudEvent]:
+    """Decode an `application/cloudevents-batch+json` body; items are numbered from 0."""
+    items = loads(body)
+    if type(items) is not list:
+        raise InvalidEvent(f"a batch must be a JSON array of events, not {type_name(items)}")
+    events: list[CloudEvent] = []
+    for index, item in enumerate(items):
+        try:
+            if type(item) is not dict:
+                raise InvalidEvent(f"an event must be a JSON object, not {type_name(item)}")
+            event = event_from_json(item)
+            if events and event.specversion != events[0].specversion:
+                raise InvalidEvent(
+                    f"specversion {event.specversion!r} differs from the batch's "
+                    f"{events[0].specversion!r}"
+                )
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"batch item {index}: {exc}") from None
+        events.append(event)
+    return events
+
+
+def _decode_text(data: bytes, content_type: str) -> str | None:
+    codec = _text_codec(content_type)
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError:
+        return None
+    if codec != "utf-8" and text.encode(codec) != data:
+        return None  # not a lossless round trip in this codec (e.g. BOM or byte order)
+    return text
+
+
+def event_to_json(event: CloudEvent) -> dict[str, Any]:
+    """The JSON-format object of `event` (attributes keep their JSON types)."""
+    obj: dict[str, Any] = dict(event.attributes)
+    v03 = obj.get("specversion") == "0.3"
+    if v03:
+        obj.pop("datacontentencoding", None)  # our data is raw bytes; see module docstring
+    data = event.data
+    if data is None:
+        return obj
+    content_type = event.datacontenttype
+    if is_json_content_type(content_type):
+        try:
+            obj["data"] = loads(data)
+            return obj
+        except InvalidEvent:
+            pass  # not JSON after all: carry it losslessly as base64
+    elif is_textual_content_type(content_type):  # type: ignore[arg-type]
+        text = _decode_text(data, content_type)  # type: ignore[arg-type]
+        if text is not None:
+            obj["data"] = text
+            return obj
+    encoded = base64.b64encode(data).decode("ascii")
+    if v03:
+        obj["datacontentencoding"] = "base64"
+        obj["data"] = encoded
+    else:
+        obj["data_base64"] = encoded
+    return obj
+
+
+def encode_json(event: CloudEvent) -> bytes:
+    """Serialise one event in the JSON format."""
+    return dumps(event_to_json(event))
+
+
+def encode_json_batch(events: Iterable[CloudEvent]) -> bytes:
+    """Serialise events in the JSON batch format; all must share one specversion."""
+    objs = [event_to_json(e) for e in events]
+    if objs:
+        first = objs[0].get("specversion")
+        for index, obj in enumerate(objs):
+            if obj.get("specversion") != first:
+                raise InvalidEvent(
+                    f"batch item {index}: specversion {obj.get('specversion')!r} differs "
+                    f"from the batch's {first!r}"
+                )
+    return dumps(objs)
