@@ -27,7 +27,9 @@ class Settings(BaseSettings):
         description="RabbitMQ to use (amqp:// or amqps:// for TLS).",
     )
     http_host: str = Field("0.0.0.0", description="HTTP listen address.")
-    http_port: int = Field(8080, ge=0, le=65535, description="HTTP listen port (0 = any free port).")
+    http_port: int = Field(
+        8080, ge=0, le=65535, description="HTTP listen port (0 = any free port)."
+    )
     config_dir: Path = Field(
         Path("./config"), description="Directory of YAML manifests applied at start."
     )
@@ -51,7 +53,9 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None, description="When set, admin API mutations need Authorization: Bearer <token>."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="`json` gives one JSON object per line."
     )
@@ -73,9 +77,7 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         30.0, gt=0, description="Seconds a graceful shutdown waits for in-flight work."
     )
-    retry_after_seconds: int = Field(
-        2, ge=1, description="Retry-After sent with 503 answers."
-    )
+    retry_after_seconds: int = Field(2, ge=1, description="Retry-After sent with 503 answers.")
 
     # Knative's config-br-defaults / config-delivery equivalents.
     default_retry: int = Field(10, ge=0, description="Retries when no delivery spec sets them.")

@@ -1,6 +1,6 @@
 """Renders docs/configuration.md from the Settings model, so the reference never drifts.
 
-    python -m rabbitmesh.settings_doc > docs/configuration.md
+python -m rabbitmesh.settings_doc > docs/configuration.md
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from rabbitmesh.settings import Settings
 
 HEADER = """# Configuration reference
 
-Generated from `rabbitmesh/settings.py` by `python -m rabbitmesh.settings_doc > docs/configuration.md`
-(a test fails when this page and the model disagree).
+Generated from `rabbitmesh/settings.py` by
+`python -m rabbitmesh.settings_doc > docs/configuration.md`; a test fails when this page
+and the model disagree.
 
 Every setting is an environment variable, and the `rabbitmesh run` flag of the same name
 overrides it (`RABBITMESH_HTTP_PORT=9000` or `rabbitmesh run --http-port 9000`). An invalid

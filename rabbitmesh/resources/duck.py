@@ -60,8 +60,8 @@ class DeliverySpec(Model):
         lambda cls, v: _check_duration(v)
     )
 
-    def duration(self, name: Literal["backoff_delay", "timeout", "retry_after_max"]) -> (
-        timedelta | None
-    ):
+    def duration(
+        self, name: Literal["backoff_delay", "timeout", "retry_after_max"]
+    ) -> timedelta | None:
         v = getattr(self, name)
         return None if v is None else parse_duration(v)

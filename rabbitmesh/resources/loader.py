@@ -102,7 +102,11 @@ def load_text(text: str, source: str) -> list[Resource]:
     for i, doc in enumerate(docs, start=1):
         if doc is None:  # an empty document between `---` separators
             continue
-        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+        if (
+            isinstance(doc, dict)
+            and doc.get("kind") == "List"
+            and isinstance(doc.get("items"), list)
+        ):
             out.extend(parse_document(item, source, i) for item in doc["items"])
             continue
         out.append(parse_document(doc, source, i))
@@ -140,7 +144,10 @@ def check_duplicates(resources: list[Resource]) -> None:
     for r in resources:
         if r.key in seen:
             raise ManifestError(
-                "manifests", 1, f"{r.KIND} {r.namespace}/{r.name}", "metadata.name",
+                "manifests",
+                1,
+                f"{r.KIND} {r.namespace}/{r.name}",
+                "metadata.name",
                 "defined more than once",
             )
         seen.add(r.key)

@@ -17,11 +17,18 @@ from rabbitmesh.durations import parse_duration
 from rabbitmesh.resources.duck import DeliverySpec
 
 
-@pytest.mark.parametrize(("policy", "n", "want"), [
-    ("linear", 1, 0.2), ("linear", 2, 0.4), ("linear", 5, 1.0),
-    ("exponential", 1, 0.2), ("exponential", 2, 0.4), ("exponential", 3, 0.8),
-    ("exponential", 10, 102.4),
-])
+@pytest.mark.parametrize(
+    ("policy", "n", "want"),
+    [
+        ("linear", 1, 0.2),
+        ("linear", 2, 0.4),
+        ("linear", 5, 1.0),
+        ("exponential", 1, 0.2),
+        ("exponential", 2, 0.4),
+        ("exponential", 3, 0.8),
+        ("exponential", 10, 102.4),
+    ],
+)
 def test_backoff_formulas(policy, n, want):
     assert backoff_seconds(policy, 0.2, n) == pytest.approx(want)
 
@@ -46,8 +53,15 @@ def test_retry_after_parsing():
 
 
 def policy(**kw) -> DeliveryPolicy:
-    base = dict(retry=3, backoff_policy="exponential", backoff_delay=0.1, timeout=None,
-                retry_after_max=None, dead_letter_url=None, format="binary")
+    base = dict(
+        retry=3,
+        backoff_policy="exponential",
+        backoff_delay=0.1,
+        timeout=None,
+        retry_after_max=None,
+        dead_letter_url=None,
+        format="binary",
+    )
     base.update(kw)
     return DeliveryPolicy(**base)
 
@@ -69,8 +83,7 @@ def test_retries_left_and_unbounded():
 
 def test_merge_delivery_field_by_field():
     trigger = DeliverySpec(retry=1)
-    broker = DeliverySpec(retry=5, backoffDelay="PT1S",
-                          deadLetterSink={"uri": "http://dls/"})
+    broker = DeliverySpec(retry=5, backoffDelay="PT1S", deadLetterSink={"uri": "http://dls/"})
     merged = merge_delivery(trigger, broker)
     assert merged.retry == 1
     assert merged.backoff_delay == "PT1S"
@@ -78,9 +91,16 @@ def test_merge_delivery_field_by_field():
     assert merge_delivery(None, None) == DeliverySpec()
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("PT0.2S", 0.2), ("PT1M", 60), ("PT1H2M3.5S", 3723.5), ("P1D", 86400), ("PT0,5S", 0.5),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("PT0.2S", 0.2),
+        ("PT1M", 60),
+        ("PT1H2M3.5S", 3723.5),
+        ("P1D", 86400),
+        ("PT0,5S", 0.5),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text).total_seconds() == pytest.approx(seconds)
 

@@ -61,66 +61,102 @@ def test_delivery_and_ref_fields():
             deadLetterSink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: dlq}}
         """)
     d = t.spec.delivery
-    assert (d.retry, d.backoff_policy, d.backoff_delay, d.timeout) == (3, "linear", "PT0.5S", "PT2S")
+    assert (d.retry, d.backoff_policy, d.backoff_delay, d.timeout) == (
+        3,
+        "linear",
+        "PT0.5S",
+        "PT2S",
+    )
     assert d.dead_letter_sink.ref.kind == "Broker"
     assert t.namespace == "team-a"
 
 
-@pytest.mark.parametrize(("doc", "expected"), [
-    ("""
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (
+            """
      apiVersion: eventing.knative.dev/v1
      kind: Trigger
      metadata: {name: t}
      spec: {broker: b}
-     """, "test.yaml: document 1 (Trigger t): spec.subscriber: Field required"),
-    ("""
+     """,
+            "test.yaml: document 1 (Trigger t): spec.subscriber: Field required",
+        ),
+        (
+            """
      apiVersion: eventing.knative.dev/v1
      kind: Trigger
      metadata: {name: t}
      spec: {broker: b, subscriber: {uri: "ftp://x"}}
-     """, "spec.subscriber: Value error, uri must be an absolute http(s) URL".replace(
-        "Value error, ", "")),
-    ("""
+     """,
+            "spec.subscriber: Value error, uri must be an absolute http(s) URL".replace(
+                "Value error, ", ""
+            ),
+        ),
+        (
+            """
      apiVersion: eventing.knative.dev/v1
      kind: Trigger
      metadata: {name: t}
      spec: {broker: b, subscriber: {uri: "http://x"}, delivery: {backoffDelay: 2s}}
-     """, "spec.delivery.backoffDelay: '2s' is not an ISO-8601 duration"),
-    ("""
+     """,
+            "spec.delivery.backoffDelay: '2s' is not an ISO-8601 duration",
+        ),
+        (
+            """
      apiVersion: eventing.knative.dev/v1
      kind: Trigger
      metadata: {name: t}
      spec: {broker: b, subscriber: {uri: "http://x"}, delivery: {backoffPolicy: fibonacci}}
-     """, "spec.delivery.backoffPolicy: Input should be 'exponential' or 'linear'"),
-    ("""
+     """,
+            "spec.delivery.backoffPolicy: Input should be 'exponential' or 'linear'",
+        ),
+        (
+            """
      apiVersion: eventing.knative.dev/v1
      kind: Trigger
      metadata: {name: t}
      spec: {broker: b, subscriber: {uri: "http://x"}, filtr: {}}
-     """, "spec.filtr: Extra inputs are not permitted"),
-    ("""
+     """,
+            "spec.filtr: Extra inputs are not permitted",
+        ),
+        (
+            """
      apiVersion: eventing.knative.dev/v1
      kind: Trigger
      metadata: {name: t}
      spec: {broker: b, subscriber: {uri: "http://x"}, filter: {attributes: {Type: x}}}
-     """, "spec.filter.attributes.Type: attribute names must be lowercase"),
-    ("""
+     """,
+            "spec.filter.attributes.Type: attribute names must be lowercase",
+        ),
+        (
+            """
      apiVersion: eventing.knative.dev/v1
      kind: Broker
      metadata: {name: Bad_Name}
-     """, "metadata.name: Value error, must be lowercase".replace("Value error, ", "")),
-    ("""
+     """,
+            "metadata.name: Value error, must be lowercase".replace("Value error, ", ""),
+        ),
+        (
+            """
      apiVersion: eventing.knative.dev/v2
      kind: Broker
      metadata: {name: b}
-     """, "kind: unknown kind 'Broker' in 'eventing.knative.dev/v2'"),
-    ("""
+     """,
+            "kind: unknown kind 'Broker' in 'eventing.knative.dev/v2'",
+        ),
+        (
+            """
      kind: Broker
      metadata: {name: b}
-     """, "apiVersion: is required"),
-    ("- just\n- a list\n", "a manifest must be a mapping"),
-    ("a: [unclosed\n", "invalid YAML at line"),
-])
+     """,
+            "apiVersion: is required",
+        ),
+        ("- just\n- a list\n", "a manifest must be a mapping"),
+        ("a: [unclosed\n", "invalid YAML at line"),
+    ],
+)
 def test_errors_name_file_document_and_field(doc, expected):
     assert expected in error(doc)
 
@@ -151,29 +187,43 @@ def test_status_in_input_is_ignored():
 
 def test_directory_loading_is_not_recursive_and_rejects_duplicates(tmp_path):
     (tmp_path / "a.yaml").write_text(
-        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n")
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n"
+    )
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.yaml").write_text("not: a manifest\n")
     (tmp_path / "notes.txt").write_text("ignored")
     assert [r.name for r in load_path(tmp_path)] == ["b"]
     (tmp_path / "b.yml").write_text(
-        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n")
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n"
+    )
     with pytest.raises(ManifestError, match="defined more than once"):
         load_path(tmp_path)
 
 
-@pytest.mark.parametrize(("dest", "url"), [
-    ({"uri": "http://x:1/p"}, "http://x:1/p"),
-    ({"ref": {"kind": "Broker", "name": "b"}}, "http://mesh:8080/ns1/b"),
-    ({"ref": {"kind": "Broker", "name": "b", "namespace": "other"}}, "http://mesh:8080/other/b"),
-    ({"ref": {"kind": "InMemoryChannel", "name": "c"}}, "http://mesh:8080/channels/ns1/c"),
-    ({"ref": {"kind": "Sequence", "name": "s"}}, "http://mesh:8080/sequences/ns1/s"),
-    ({"ref": {"kind": "Parallel", "name": "p"}}, "http://mesh:8080/parallels/ns1/p"),
-    ({"ref": {"kind": "Service", "name": "display"}}, "http://display.ns1.svc/"),
-    ({"ref": {"kind": "Service", "name": "display"}, "uri": "/extra"},
-     "http://display.ns1.svc/extra"),
-])
+@pytest.mark.parametrize(
+    ("dest", "url"),
+    [
+        ({"uri": "http://x:1/p"}, "http://x:1/p"),
+        ({"ref": {"kind": "Broker", "name": "b"}}, "http://mesh:8080/ns1/b"),
+        (
+            {"ref": {"kind": "Broker", "name": "b", "namespace": "other"}},
+            "http://mesh:8080/other/b",
+        ),
+        ({"ref": {"kind": "InMemoryChannel", "name": "c"}}, "http://mesh:8080/channels/ns1/c"),
+        ({"ref": {"kind": "Sequence", "name": "s"}}, "http://mesh:8080/sequences/ns1/s"),
+        ({"ref": {"kind": "Parallel", "name": "p"}}, "http://mesh:8080/parallels/ns1/p"),
+        ({"ref": {"kind": "Service", "name": "display"}}, "http://display.ns1.svc/"),
+        (
+            {"ref": {"kind": "Service", "name": "display"}, "uri": "/extra"},
+            "http://display.ns1.svc/extra",
+        ),
+    ],
+)
 def test_destination_resolution(dest, url):
-    got = resolve(Destination.model_validate(dest), "ns1", base_url="http://mesh:8080",
-                  service_url_template="http://{name}.{namespace}.svc/")
+    got = resolve(
+        Destination.model_validate(dest),
+        "ns1",
+        base_url="http://mesh:8080",
+        service_url_template="http://{name}.{namespace}.svc/",
+    )
     assert got == url

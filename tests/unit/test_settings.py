@@ -18,7 +18,10 @@ def test_defaults(monkeypatch):
     assert s.topology_prefix == "rabbitmesh"
     assert s.max_event_bytes == 4194304
     assert (s.default_retry, s.default_backoff_policy, s.default_backoff_delay) == (
-        10, "exponential", "PT0.2S")
+        10,
+        "exponential",
+        "PT0.2S",
+    )
 
 
 def test_environment_and_overrides(monkeypatch):
@@ -29,15 +32,18 @@ def test_environment_and_overrides(monkeypatch):
     assert load_settings().base_url == "https://events.example.com"
 
 
-@pytest.mark.parametrize(("var", "value", "needle"), [
-    ("RABBITMESH_HTTP_PORT", "eighty", "RABBITMESH_HTTP_PORT: Input should be a valid integer"),
-    ("RABBITMESH_HTTP_PORT", "70000", "RABBITMESH_HTTP_PORT"),
-    ("RABBITMESH_AMQP_URL", "redis://x", "RABBITMESH_AMQP_URL: must start with amqp://"),
-    ("RABBITMESH_LOG_FORMAT", "xml", "RABBITMESH_LOG_FORMAT"),
-    ("RABBITMESH_TOPOLOGY_PREFIX", "has space", "RABBITMESH_TOPOLOGY_PREFIX"),
-    ("RABBITMESH_DEFAULT_BACKOFF_DELAY", "200ms", "ISO-8601"),
-    ("RABBITMESH_SERVICE_URL_TEMPLATE", "http://{svc}", "service_url_template"),
-])
+@pytest.mark.parametrize(
+    ("var", "value", "needle"),
+    [
+        ("RABBITMESH_HTTP_PORT", "eighty", "RABBITMESH_HTTP_PORT: Input should be a valid integer"),
+        ("RABBITMESH_HTTP_PORT", "70000", "RABBITMESH_HTTP_PORT"),
+        ("RABBITMESH_AMQP_URL", "redis://x", "RABBITMESH_AMQP_URL: must start with amqp://"),
+        ("RABBITMESH_LOG_FORMAT", "xml", "RABBITMESH_LOG_FORMAT"),
+        ("RABBITMESH_TOPOLOGY_PREFIX", "has space", "RABBITMESH_TOPOLOGY_PREFIX"),
+        ("RABBITMESH_DEFAULT_BACKOFF_DELAY", "200ms", "ISO-8601"),
+        ("RABBITMESH_SERVICE_URL_TEMPLATE", "http://{svc}", "service_url_template"),
+    ],
+)
 def test_bad_values_give_one_line(monkeypatch, var, value, needle):
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError) as e:

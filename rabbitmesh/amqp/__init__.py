@@ -1,0 +1,1 @@
+"""RabbitMQ plumbing: connections with reconnect, confirmed publishing, topology names."""

@@ -1,0 +1,129 @@
+"""Connections to RabbitMQ that come back on their own, and publishing with confirms.
+
+aio-pika's robust connection re-opens channels and re-declares what was declared through it
+after RabbitMQ restarts; this wrapper adds the first connection with logged backoff (an
+unreachable RabbitMQ at start is retried, not a crash), a `connected` flag for readiness and
+503s, and a publish that waits for its own confirm with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from pamqp.commands import Basic
+
+log = logging.getLogger("rabbitmesh.amqp")
+
+
+class PublishFailed(Exception):
+    """RabbitMQ did not confirm a publish (down, nacked, unroutable or too slow)."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+class AmqpClient:
+    """One robust connection with a confirm channel for publishing."""
+
+    def __init__(self, url: str, name: str, publish_timeout: float = 10.0) -> None:
+        self.url = url
+        self.name = name
+        self.publish_timeout = publish_timeout
+        self.connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._closing = False
+
+    async def connect(self) -> None:
+        """Connect, retrying with capped exponential backoff until it works or we close."""
+        delay = 0.5
+        while not self._closing:
+            try:
+                self.connection = await aio_pika.connect_robust(
+                    self.url,
+                    reconnect_interval=1.0,
+                    client_properties={"connection_name": f"rabbitmesh-{self.name}"},
+                )
+                break
+            except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as e:
+                log.warning(
+                    "RabbitMQ at %s not reachable (%s); retrying in %.1fs",
+                    redact(self.url),
+                    e or type(e).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        if self.connection is None:
+            return
+        self.connection.close_callbacks.add(self._on_close)
+        self.connection.reconnect_callbacks.add(self._on_reconnect)
+        self._publish_channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        log.info("connected to RabbitMQ at %s (%s)", redact(self.url), self.name)
+
+    def _on_close(self, _conn: Any, exc: BaseException | None = None) -> None:
+        if not self._closing:
+            log.warning("RabbitMQ connection %s lost (%s); reconnecting", self.name, exc)
+
+    def _on_reconnect(self, _conn: Any) -> None:
+        log.info("RabbitMQ connection %s restored", self.name)
+
+    @property
+    def connected(self) -> bool:
+        c = self.connection
+        return c is not None and not c.is_closed and c.connected.is_set()
+
+    async def channel(self, prefetch: int | None = None) -> AbstractRobustChannel:
+        assert self.connection is not None, "connect() first"
+        ch = await self.connection.channel()
+        if prefetch is not None:
+            await ch.set_qos(prefetch_count=prefetch)
+        return ch
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        message: aio_pika.Message,
+        *,
+        mandatory: bool = False,
+    ) -> None:
+        """Publish and wait for this message's own confirm; raise PublishFailed otherwise."""
+        ch = self._publish_channel
+        if ch is None or not self.connected:
+            raise PublishFailed("not connected to RabbitMQ")
+        try:
+            underlay = await ch.get_underlay_channel()
+            confirm = await asyncio.wait_for(
+                underlay.basic_publish(
+                    message.body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=message.properties,
+                    mandatory=mandatory,
+                ),
+                self.publish_timeout,
+            )
+        except TimeoutError:
+            raise PublishFailed("publish not confirmed in time") from None
+        except Exception as e:  # any channel/connection error means "not accepted"
+            raise PublishFailed(f"{type(e).__name__}: {e}") from None
+        if not isinstance(confirm, Basic.Ack):
+            raise PublishFailed(f"RabbitMQ did not confirm ({type(confirm).__name__})")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.connection is not None:
+            await self.connection.close()

@@ -1,0 +1,76 @@
+"""`rabbitmesh run`: every setting is also a flag (`--http-port` for RABBITMESH_HTTP_PORT)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import typing
+from typing import Any
+
+import click
+
+from rabbitmesh.settings import Settings, SettingsError, load_settings
+
+
+def _flag_type(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if args else annotation
+    if typing.get_origin(base) is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(base)])
+    if base is int:
+        return int
+    if base is float:
+        return float
+    return str
+
+
+def setting_options(func: Any) -> Any:
+    """One `--flag` per Settings field, overriding its environment variable."""
+    for name, field in reversed(list(Settings.model_fields.items())):
+        env = f"RABBITMESH_{name.upper()}"
+        default = "unset" if field.default is None else field.default
+        func = click.option(
+            f"--{name.replace('_', '-')}",
+            name,
+            type=_flag_type(field.annotation),
+            default=None,
+            help=f"{field.description} [env {env}; default {default}]",
+            show_default=False,
+        )(func)
+    return func
+
+
+@click.command()
+@setting_options
+def run(**flags: Any) -> None:
+    """Run rabbitmesh: ingress, reconciler, dispatchers and sources, in one process.
+
+    \b
+    Examples:
+      rabbitmesh run
+      RABBITMESH_CONFIG_DIR=config/examples rabbitmesh run --http-port 8081
+      rabbitmesh run --role ingress      # split roles across processes
+    """
+    from rabbitmesh.logs import setup_logging
+    from rabbitmesh.resources.loader import ManifestError, load_path
+    from rabbitmesh.server import Server
+
+    try:
+        settings = load_settings(**flags)
+    except SettingsError as e:
+        click.echo(f"rabbitmesh: {e}", err=True)
+        sys.exit(2)
+    setup_logging(settings.log_level, settings.log_format)
+    if settings.config_dir.exists():
+        try:
+            load_path(settings.config_dir)  # fail fast, before waiting on RabbitMQ
+        except ManifestError as e:
+            click.echo(f"rabbitmesh: invalid manifest: {e}", err=True)
+            sys.exit(1)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(Server(settings).run_forever())

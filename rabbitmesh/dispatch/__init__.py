@@ -1,0 +1,1 @@
+"""Delivering events from RabbitMQ queues to HTTP subscribers (CONTRACT.md §4)."""

@@ -1,0 +1,91 @@
+"""One HTTP delivery attempt and what came of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from rabbitmesh.cloudevents import (
+    CloudEvent,
+    InvalidEvent,
+    decode_response,
+    encode_binary,
+    encode_structured,
+)
+from rabbitmesh.dispatch.policy import is_retryable, parse_retry_after
+
+_SKIP_AUTO = ("Content-Type",)
+
+
+@dataclass(slots=True)
+class Outcome:
+    ok: bool
+    status: int  # HTTP status; 0 when there was no response
+    body: bytes = b""
+    reply: CloudEvent | None = None
+    retry_after: float | None = None
+    error: str = ""
+
+    @property
+    def retryable(self) -> bool:
+        return is_retryable(self.status)
+
+    @property
+    def error_code(self) -> int:
+        """knativeerrorcode: the HTTP status, 500 when there was no response."""
+        return self.status or 500
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    url: str,
+    event: CloudEvent,
+    *,
+    namespace: str,
+    structured: bool,
+    timeout: float | None,
+    reply_must_be_event: bool,
+    extra_headers: dict[str, str] | None = None,
+) -> Outcome:
+    """POST `event` to `url` as Knative's dispatcher does, and classify the response.
+
+    `reply_must_be_event`: a non-empty 2xx body that is not a CloudEvent is a failure
+    (Knative's broker answers 502 for it) rather than a success without reply.
+    """
+    headers, body = encode_structured(event) if structured else encode_binary(event)
+    headers["Prefer"] = "reply"
+    headers["Kn-Namespace"] = namespace
+    if extra_headers:
+        headers.update(extra_headers)
+    try:
+        async with session.post(
+            url,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+            # No datacontenttype means no Content-Type, not aiohttp's application/octet-stream.
+            skip_auto_headers=_SKIP_AUTO,
+        ) as resp:
+            rbody = await resp.read()
+            status = resp.status
+            if not 200 <= status < 300:
+                return Outcome(
+                    False,
+                    status,
+                    rbody,
+                    retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                    error=f"HTTP {status}",
+                )
+            try:
+                reply = decode_response(status, resp.headers, rbody)
+            except InvalidEvent as e:
+                if reply_must_be_event:
+                    return Outcome(False, 502, rbody, error=f"reply is not a valid CloudEvent: {e}")
+                reply = None
+            return Outcome(True, status, rbody, reply=reply)
+    except TimeoutError:
+        return Outcome(False, 0, error=f"no response within {timeout}s")
+    except (aiohttp.ClientError, OSError, ValueError) as e:
+        return Outcome(False, 0, error=f"{type(e).__name__}: {e}")

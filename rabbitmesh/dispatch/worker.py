@@ -1,0 +1,353 @@
+"""A queue's consumer: deliver each event to its subscriber, retry, dead-letter, reply.
+
+Every outcome is made durable in RabbitMQ before the message is acked:
+- success: the reply (if any) is published with confirm, then ack;
+- retryable failure with retries left: a copy goes to the delay queue for its backoff with
+  the retry count in a header (confirmed), then ack; nothing waits in memory;
+- final failure: the event, with knativeerror* extensions, goes to the queue's `.dlq`
+  (confirmed), then ack; with no dead-letter sink it is dropped and logged;
+- a publish that fails: nack, so RabbitMQ redelivers (or dead-letters) it.
+With `concurrency` 1 the queue is delivered strictly in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import aio_pika
+import aiohttp
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
+
+from rabbitmesh import metrics
+from rabbitmesh.amqp.client import AmqpClient, PublishFailed
+from rabbitmesh.amqp.messages import RETRIES_HEADER, to_message
+from rabbitmesh.amqp.names import Names
+from rabbitmesh.amqp.topology import DELAY_HEADER, Topology
+from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
+from rabbitmesh.dispatch.policy import DeliveryPolicy
+from rabbitmesh.dispatch.sender import Outcome, send
+
+log = logging.getLogger("rabbitmesh.dispatch")
+
+ReplyHandler = Callable[[CloudEvent, CloudEvent], Awaitable[None]]
+"""(original event, reply) -> publishes the reply durably; raises PublishFailed."""
+
+ERROR_DATA_LIMIT = 1024
+
+
+class EventFilter(Protocol):
+    def matches(self, attributes: Mapping[str, Any]) -> bool: ...
+
+
+@dataclass
+class Subscriber:
+    """Where and how a queue delivers. Replaced as a whole when its resource changes."""
+
+    name: str  # "Trigger default/tr1", for logs
+    namespace: str
+    url: str
+    policy: DeliveryPolicy
+    filter: EventFilter | None = None
+    on_reply: ReplyHandler | None = None
+    reply_must_be_event: bool = True
+    drop_attributes: tuple[str, ...] = ("knativebrokerttl",)
+
+
+@dataclass
+class WorkerStats:
+    delivered: int = 0
+    filtered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    parked: int = 0
+    in_flight: int = 0
+    last_error: str = ""
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class QueueWorker:
+    """Consumes one queue with `concurrency` deliveries in flight."""
+
+    def __init__(
+        self,
+        *,
+        queue: str,
+        subscriber: Subscriber,
+        consumer: AmqpClient,
+        publisher: AmqpClient,
+        topology: Topology,
+        names: Names,
+        session: aiohttp.ClientSession,
+        prefetch: int,
+        concurrency: int,
+        mode: Literal["deliver", "dead-letter"] = "deliver",
+    ) -> None:
+        self.queue_name = queue
+        self.subscriber = subscriber
+        self.consumer = consumer
+        self.publisher = publisher
+        self.topology = topology
+        self.names = names
+        self.session = session
+        self.prefetch = prefetch
+        self.concurrency = concurrency
+        self.mode = mode
+        self.stats = WorkerStats()
+        self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractRobustQueue | None = None
+        self._tag: str | None = None
+        self._busy: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._channel = await self.consumer.channel(prefetch=self.prefetch)
+        self._queue = await self._channel.get_queue(self.queue_name, ensure=True)
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"deliver {self.queue_name} #{i}")
+            for i in range(self.concurrency)
+        ]
+        self._tag = await self._queue.consume(self._buffer.put)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking messages, finish in-flight deliveries (bounded), hand back the rest."""
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        self._stopping = True
+        for t in self._tasks:
+            if t not in self._busy:
+                t.cancel()
+        if self._busy:
+            await asyncio.wait(list(self._busy), timeout=timeout)
+        for t in self._tasks:
+            t.cancel()
+        while not self._buffer.empty():
+            msg = self._buffer.get_nowait()
+            with contextlib.suppress(Exception):
+                await msg.nack(requeue=True)
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+
+    async def _work(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        while not self._stopping:
+            msg = await self._buffer.get()
+            self._busy.add(task)
+            self.stats.in_flight += 1
+            try:
+                await self._handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not kill the worker or lose the message
+                log.exception("unexpected error delivering from %s", self.queue_name)
+                with contextlib.suppress(Exception):
+                    await msg.nack(requeue=True)
+            finally:
+                self.stats.in_flight -= 1
+                self._busy.discard(task)
+
+    async def _handle(self, msg: AbstractIncomingMessage) -> None:
+        headers = msg.headers or {}
+        try:
+            event = decode_amqp(headers, msg.body, msg.content_type)
+        except InvalidEvent as e:
+            await self._park(msg, f"not a CloudEvent: {e}")
+            return
+        sub = self.subscriber
+        if sub.filter is not None and not sub.filter.matches(event.attributes):
+            self.stats.filtered += 1
+            await msg.ack()
+            return
+        if self.mode == "deliver" and "knativearrivaltime" not in event.attributes:
+            event.attributes["knativearrivaltime"] = now_rfc3339()
+        retries = _int(headers.get(RETRIES_HEADER))
+        outbound = event
+        if sub.drop_attributes and any(a in event.attributes for a in sub.drop_attributes):
+            outbound = CloudEvent(
+                {k: v for k, v in event.attributes.items() if k not in sub.drop_attributes},
+                event.data,
+            )
+        started = time.perf_counter()
+        outcome = await send(
+            self.session,
+            sub.url,
+            outbound,
+            namespace=sub.namespace,
+            structured=sub.policy.format == "json",
+            timeout=sub.policy.timeout,
+            reply_must_be_event=sub.reply_must_be_event,
+        )
+        metrics.dispatch_latency.labels(sub.name).observe(time.perf_counter() - started)
+        metrics.dispatch_events.labels(
+            sub.name, metrics.bounded_type(event.type), metrics.code_class(outcome.status)
+        ).inc()
+        if outcome.ok:
+            await self._succeeded(msg, event, outcome)
+        else:
+            await self._failed(msg, event, outcome, retries)
+
+    async def _succeeded(
+        self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome
+    ) -> None:
+        sub = self.subscriber
+        if outcome.reply is not None and sub.on_reply is not None:
+            try:
+                await sub.on_reply(event, outcome.reply)
+            except PublishFailed as e:
+                log.warning(
+                    "reply from %s for event %s could not be published (%s); will redeliver",
+                    sub.name,
+                    event.id,
+                    e,
+                )
+                await _nack(msg, requeue=True)
+                return
+        self.stats.delivered += 1
+        await msg.ack()
+
+    async def _failed(
+        self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome, retries: int
+    ) -> None:
+        sub = self.subscriber
+        attempt = retries + 1
+        self.stats.last_error = outcome.error
+        if outcome.retryable and sub.policy.retries_left(retries):
+            delay = sub.policy.delay_before_retry(retries + 1, outcome.status, outcome.retry_after)
+            log.info(
+                "delivery failed: event id=%s type=%s %s attempt=%d (%s); retry in %.3fs",
+                event.id,
+                event.type,
+                sub.name,
+                attempt,
+                outcome.error,
+                delay,
+            )
+            try:
+                await self._schedule_retry(event, retries + 1, delay)
+            except PublishFailed as e:
+                log.warning("could not schedule retry for event %s (%s); requeued", event.id, e)
+                await _nack(msg, requeue=True)
+                return
+            self.stats.retried += 1
+            metrics.retries.labels(sub.name).inc()
+            await msg.ack()
+            return
+        why = "not retryable" if not outcome.retryable else "retries exhausted"
+        if self.mode == "dead-letter":
+            await self._park(msg, f"dead-letter sink {sub.url} refused it: {outcome.error}")
+            return
+        if sub.policy.dead_letter_url is None:
+            log.warning(
+                "delivery failed: event id=%s type=%s %s attempt=%d (%s, %s); no dead-letter "
+                "sink, event dropped",
+                event.id,
+                event.type,
+                sub.name,
+                attempt,
+                outcome.error,
+                why,
+            )
+            self.stats.dropped += 1
+            metrics.dropped.labels(sub.name).inc()
+            await msg.ack()
+            return
+        dead = event.copy()
+        dead.attributes["knativeerrordest"] = sub.url
+        dead.attributes["knativeerrorcode"] = str(outcome.error_code)
+        if outcome.body:
+            dead.attributes["knativeerrordata"] = base64.b64encode(outcome.body).decode()[
+                :ERROR_DATA_LIMIT
+            ]
+        try:
+            await self.publisher.publish(
+                "",
+                self.names.dead_letter_queue(self.queue_name),
+                to_message(dead),
+                mandatory=True,
+            )
+        except PublishFailed as e:
+            # RabbitMQ's own dead-lettering moves it to the same .dlq queue.
+            log.warning("dead-letter publish for event %s failed (%s); rejecting", event.id, e)
+            await _nack(msg, requeue=False)
+            return
+        log.warning(
+            "delivery failed: event id=%s type=%s %s attempt=%d (%s, %s); dead-lettered",
+            event.id,
+            event.type,
+            sub.name,
+            attempt,
+            outcome.error,
+            why,
+        )
+        self.stats.dead_lettered += 1
+        metrics.dead_lettered.labels(sub.name).inc()
+        await msg.ack()
+
+    async def _schedule_retry(self, event: CloudEvent, retries: int, delay: float) -> None:
+        delay_ms = max(1, round(delay * 1000))
+        await self.topology.ensure_delay_queue(delay_ms)
+        await self.publisher.publish(
+            self.names.delay_exchange,
+            self.queue_name,
+            to_message(event, {RETRIES_HEADER: retries, DELAY_HEADER: str(delay_ms)}),
+            mandatory=True,
+        )
+
+    async def _park(self, msg: AbstractIncomingMessage, why: str) -> None:
+        """Keep a message we can never deliver where an operator can see it, exactly once."""
+        log.error("parking message %s from %s: %s", msg.message_id, self.queue_name, why)
+        try:
+            await self.publisher.publish(
+                "",
+                self.names.parked_queue,
+                _raw_copy(msg, why, self.queue_name),
+                mandatory=True,
+            )
+        except PublishFailed:
+            await _nack(msg, requeue=True)
+            return
+        self.stats.parked += 1
+        metrics.parked.labels(self.queue_name).inc()
+        await msg.ack()
+
+
+def _raw_copy(msg: AbstractIncomingMessage, why: str, queue: str) -> aio_pika.Message:
+    headers = dict(msg.headers or {})
+    headers["x-rabbitmesh-parked-from"] = queue
+    headers["x-rabbitmesh-parked-reason"] = why[:1000]
+    headers["x-rabbitmesh-parked-at"] = int(time.time())
+    return aio_pika.Message(
+        msg.body,
+        headers=headers,
+        content_type=msg.content_type,
+        message_id=msg.message_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v) if v is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+async def _nack(msg: AbstractIncomingMessage, requeue: bool) -> None:
+    with contextlib.suppress(Exception):
+        await msg.nack(requeue=requeue)

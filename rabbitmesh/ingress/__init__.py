@@ -1,0 +1,1 @@
+"""HTTP ingress: CloudEvents in, confirmed RabbitMQ publishes out (CONTRACT.md §3)."""

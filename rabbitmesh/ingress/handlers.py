@@ -1,0 +1,156 @@
+"""The ingress endpoints. 202 is answered only once RabbitMQ confirmed every event.
+
+Many requests share one confirm channel and each awaits only its own confirms, so
+throughput is not bounded by one round trip per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from rabbitmesh.amqp.client import AmqpClient, PublishFailed
+from rabbitmesh.amqp.messages import to_message
+from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_request
+from rabbitmesh.dispatch.worker import now_rfc3339
+from rabbitmesh.filters.bindings import routing_key_for_type
+from rabbitmesh.metrics import bounded_type, code_class, ingress_events, ingress_request_bytes
+from rabbitmesh.reconciler.trigger import DEFAULT_TTL
+
+log = logging.getLogger("rabbitmesh.ingress")
+
+ALLOW = "POST, OPTIONS"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an ingress path publishes: an exchange, and how to prepare each event."""
+
+    exchange: str
+    is_broker: bool
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+class Ingress:
+    def __init__(
+        self,
+        publisher: AmqpClient,
+        lookup: Callable[[str, str, str], Target | None],
+        ready: Callable[[], bool],
+        max_event_bytes: int,
+        retry_after: int,
+    ) -> None:
+        self.publisher = publisher
+        self.lookup = lookup  # (kind, namespace, name) -> Target, None when unknown
+        self.ready = ready  # False until the resources are known: answer 503, not 404
+        self.max_event_bytes = max_event_bytes
+        self.retry_after = str(retry_after)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.route("*", "/channels/{namespace}/{name}", self._for("Channel")),
+            web.route("*", "/sequences/{namespace}/{name}", self._for("Sequence")),
+            web.route("*", "/parallels/{namespace}/{name}", self._for("Parallel")),
+            web.route("*", "/{namespace}/{name}", self._for("Broker")),
+        ]
+
+    def _for(self, kind: str) -> Callable[[web.Request], object]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.handle(kind, request)
+
+        handler.__name__ = f"ingress_{kind.lower()}"
+        return handler
+
+    async def handle(self, kind: str, request: web.Request) -> web.StreamResponse:
+        response, events = await self._handle(kind, request)
+        status = code_class(response.status)
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        if self.lookup(kind, ns, name) is None:
+            ns = name = ""  # unknown paths must not grow the label set
+        if events:
+            for ev in events:
+                ingress_events.labels(kind, ns, name, bounded_type(ev.type), status).inc()
+        elif request.method == "POST":
+            ingress_events.labels(kind, ns, name, "", status).inc()
+        return response
+
+    async def _handle(
+        self, kind: str, request: web.Request
+    ) -> tuple[web.StreamResponse, list[CloudEvent]]:
+        """The response, and the events it concerns (for the metrics)."""
+        if request.method == "OPTIONS":
+            return web.Response(status=200, headers={"Allow": ALLOW}), []
+        if request.method != "POST":
+            return error(405, f"method {request.method} not allowed", Allow=ALLOW), []
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        target = self.lookup(kind, ns, name)
+        if target is None:
+            if not self.ready():
+                return error(
+                    503,
+                    "starting up: resources not loaded yet",
+                    **{"Retry-After": self.retry_after},
+                ), []
+            return error(404, f"{kind} {ns}/{name} not found"), []
+        length = request.content_length
+        if length is not None and length > self.max_event_bytes:
+            return error(413, f"body of {length} bytes exceeds {self.max_event_bytes} bytes"), []
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, f"body exceeds {self.max_event_bytes} bytes"), []
+        ingress_request_bytes.labels(kind).observe(len(body))
+        try:
+            events = decode_request(request.headers, body)
+            if target.is_broker:
+                for ev in events:
+                    stamp_broker_ingress(ev)
+        except InvalidEvent as e:
+            return error(400, str(e)), []
+        if not self.publisher.connected:
+            return error(
+                503, "RabbitMQ is unavailable", **{"Retry-After": self.retry_after}
+            ), events
+        try:
+            if len(events) == 1:
+                await self._publish(target, events[0])
+            elif events:
+                await asyncio.gather(*(self._publish(target, ev) for ev in events))
+        except PublishFailed as e:
+            log.warning("publish to %s failed: %s", target.exchange, e)
+            return error(
+                503, f"event not accepted: {e}", **{"Retry-After": self.retry_after}
+            ), events
+        return web.Response(status=202), events
+
+    async def _publish(self, target: Target, event: CloudEvent) -> None:
+        await self.publisher.publish(
+            target.exchange, routing_key_for_type(event.type), to_message(event)
+        )
+
+
+def stamp_broker_ingress(event: CloudEvent) -> None:
+    """Add knativearrivaltime and step knativebrokerttl down; raise InvalidEvent at 0."""
+    attrs = event.attributes
+    raw = attrs.get("knativebrokerttl")
+    if raw is None:
+        ttl = DEFAULT_TTL
+    else:
+        try:
+            ttl = int(raw) - 1
+        except (TypeError, ValueError):
+            raise InvalidEvent(f"extension 'knativebrokerttl' is not an integer: {raw!r}") from None
+        if ttl <= 0:
+            raise InvalidEvent(
+                f"extension 'knativebrokerttl' is {raw}: the event has looped through brokers "
+                "too often and is rejected"
+            )
+    attrs["knativebrokerttl"] = ttl
+    attrs["knativearrivaltime"] = now_rfc3339()

@@ -1,0 +1,79 @@
+"""Prometheus metrics, named as Knative's where an equivalent exists.
+
+Labels stay low-cardinality: resource names, the event type, and the response code class.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+ingress_events = Counter(
+    "event_count",
+    "Events received by an ingress (broker, channel or flow), by response code class.",
+    ["kind", "namespace", "name", "event_type", "response_code_class"],
+    registry=REGISTRY,
+)
+ingress_request_bytes = Histogram(
+    "ingress_request_size_bytes",
+    "Size of ingress request bodies.",
+    ["kind"],
+    buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304),
+    registry=REGISTRY,
+)
+dispatch_events = Counter(
+    "dispatch_event_count",
+    "Delivery attempts to subscribers, by response code class (0xx = no response).",
+    ["subscriber", "event_type", "response_code_class"],
+    registry=REGISTRY,
+)
+dispatch_latency = Histogram(
+    "event_dispatch_latencies",
+    "Time of one delivery attempt to a subscriber, in seconds.",
+    ["subscriber"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+retries = Counter(
+    "event_retries", "Deliveries scheduled for another attempt.", ["subscriber"], registry=REGISTRY
+)
+dead_lettered = Counter(
+    "event_dead_lettered",
+    "Events handed to the dead-letter path after their last attempt.",
+    ["subscriber"],
+    registry=REGISTRY,
+)
+dropped = Counter(
+    "event_dropped",
+    "Events dropped after their last attempt because no dead-letter sink is set.",
+    ["subscriber"],
+    registry=REGISTRY,
+)
+parked = Counter(
+    "messages_parked",
+    "Messages that were not CloudEvents, moved to the parked queue.",
+    ["queue"],
+    registry=REGISTRY,
+)
+
+
+def code_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+#: Distinct event types given their own label value; the rest are counted as "other".
+MAX_EVENT_TYPES = 200
+_seen_types: set[str] = set()
+
+
+def bounded_type(event_type: str) -> str:
+    """The event type as a label value, without letting senders grow the series forever."""
+    if event_type in _seen_types:
+        return event_type
+    if len(_seen_types) < MAX_EVENT_TYPES:
+        _seen_types.add(event_type)
+        return event_type
+    return "other"

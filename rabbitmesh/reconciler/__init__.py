@@ -1,0 +1,1 @@
+"""Desired resources -> RabbitMQ topology, running consumers and status (one module per kind)."""

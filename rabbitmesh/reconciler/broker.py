@@ -1,0 +1,27 @@
+"""Broker -> a durable topic exchange (routing key = event type)."""
+
+from __future__ import annotations
+
+import aio_pika
+
+from rabbitmesh.reconciler.context import Context
+from rabbitmesh.reconciler.resolve import address_url
+from rabbitmesh.resources.base import Address
+from rabbitmesh.resources.eventing import Broker
+
+KIND = "Broker"
+ORDER = 10
+
+
+async def reconcile(ctx: Context, broker: Broker) -> None:
+    await ctx.topology.declare_exchange(
+        ctx.names.broker_exchange(broker.namespace, broker.name), aio_pika.ExchangeType.TOPIC
+    )
+    broker.status.address = Address(
+        url=address_url(ctx.settings.base_url, KIND, broker.namespace, broker.name)
+    )
+    broker.status.set_ready(True, "BrokerReady", "")
+
+
+async def finalize(ctx: Context, broker: Broker) -> None:
+    await ctx.topology.delete_exchange(ctx.names.broker_exchange(broker.namespace, broker.name))

@@ -1,0 +1,98 @@
+"""Trigger -> a durable queue bound to its broker's exchange, and a consumer delivering it."""
+
+from __future__ import annotations
+
+import logging
+
+from rabbitmesh.amqp.messages import to_message
+from rabbitmesh.cloudevents import CloudEvent
+from rabbitmesh.dispatch.policy import merge_delivery
+from rabbitmesh.dispatch.worker import Subscriber, now_rfc3339
+from rabbitmesh.filters import binding_keys, compile_trigger_filter
+from rabbitmesh.filters.bindings import routing_key_for_type
+from rabbitmesh.reconciler.context import Context
+from rabbitmesh.resources.eventing import Broker, Trigger
+
+log = logging.getLogger("rabbitmesh.trigger")
+
+KIND = "Trigger"
+ORDER = 20
+DEFAULT_TTL = 255
+
+
+def broker_ttl(event: CloudEvent) -> int:
+    """The event's knativebrokerttl, the default when absent or unreadable."""
+    try:
+        return int(event.attributes.get("knativebrokerttl", DEFAULT_TTL))
+    except (TypeError, ValueError):
+        return DEFAULT_TTL
+
+
+class BrokerReplier:
+    """Publishes a subscriber's reply back into the broker, one TTL step lower."""
+
+    def __init__(self, ctx: Context, exchange: str, trigger: str) -> None:
+        self.ctx = ctx
+        self.exchange = exchange
+        self.trigger = trigger
+
+    async def __call__(self, original: CloudEvent, reply: CloudEvent) -> None:
+        ttl = broker_ttl(original) - 1
+        if ttl <= 0:
+            log.warning(
+                "reply %s to event %s via %s dropped: knativebrokerttl exhausted (reply loop?)",
+                reply.id,
+                original.id,
+                self.trigger,
+            )
+            return
+        reply.attributes["knativebrokerttl"] = ttl
+        reply.attributes["knativearrivaltime"] = now_rfc3339()
+        # PublishFailed propagates: the worker then requeues the original event.
+        await self.ctx.publisher.publish(
+            self.exchange, routing_key_for_type(reply.type), to_message(reply)
+        )
+
+
+async def reconcile(ctx: Context, trigger: Trigger) -> None:
+    ns, spec = trigger.namespace, trigger.spec
+    broker = ctx.get("Broker", ns, spec.broker)
+    if not isinstance(broker, Broker):
+        trigger.status.set_ready(
+            False,
+            "BrokerDoesNotExist",
+            f"Broker {spec.broker!r} does not exist in namespace {ns!r}",
+        )
+        return
+    exchange = ctx.names.broker_exchange(ns, broker.name)
+    queue = ctx.names.trigger_queue(ns, trigger.name)
+    attrs = spec.filter.attributes if spec.filter else {}
+    await ctx.topology.declare_delivery_queue(queue)
+    await ctx.bind_exactly(queue, {(exchange, k) for k in binding_keys(attrs, spec.filters)})
+
+    url = ctx.resolve(spec.subscriber, ns)
+    policy = ctx.policy(merge_delivery(spec.delivery, broker.spec.delivery), ns)
+    await ctx.run_queue(
+        queue,
+        Subscriber(
+            name=f"trigger={ns}/{trigger.name}",
+            namespace=ns,
+            url=url,
+            policy=policy,
+            filter=compile_trigger_filter(attrs, spec.filters),
+            on_reply=BrokerReplier(ctx, exchange, f"trigger={ns}/{trigger.name}"),
+            reply_must_be_event=True,
+        ),
+    )
+    extra = trigger.status.model_extra
+    assert extra is not None
+    extra["subscriberUri"] = url
+    if policy.dead_letter_url:
+        extra["deadLetterSinkUri"] = policy.dead_letter_url
+    else:
+        extra.pop("deadLetterSinkUri", None)
+    trigger.status.set_ready(True, "TriggerReady", "")
+
+
+async def finalize(ctx: Context, trigger: Trigger) -> None:
+    await ctx.delete_queue(ctx.names.trigger_queue(trigger.namespace, trigger.name))

@@ -1,0 +1,79 @@
+"""Shared fixtures: a real RabbitMQ (checked once), isolation by topology prefix, sinks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aio_pika
+import pytest
+
+from tests.support.mesh import AMQP_URL, TEST_PREFIX_ROOT, unique_prefix
+from tests.support.rabbit import delete_everything_sync
+from tests.support.sink import Responder, Sink
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> str:
+    """Fail clearly (not skip) when the RabbitMQ the suite needs is not there."""
+
+    async def probe() -> None:
+        conn = await aio_pika.connect(AMQP_URL, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as e:
+        pytest.fail(
+            f"RabbitMQ is not reachable at {AMQP_URL} ({e}). Start it with "
+            "`rabbitmq-server -detached`, or run the suite through `.ci/run`, which does."
+        )
+    return AMQP_URL
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove whatever a crashed test left behind (every test prefix starts the same)."""
+    try:
+        delete_everything_sync(TEST_PREFIX_ROOT + "-")
+    except Exception:  # cleanup must never change the suite's verdict
+        pass
+
+
+@pytest.fixture
+def prefix(rabbitmq: str) -> str:
+    """A topology prefix of this test's own. Everything under `rmtest-` is deleted when the
+    session ends (two rabbitmqctl calls in all, rather than two per test)."""
+    return unique_prefix()
+
+
+@pytest.fixture
+async def make_sink() -> AsyncIterator[Callable[..., Awaitable[Sink]]]:
+    sinks: list[Sink] = []
+
+    async def make(responder: Responder | None = None, port: int = 0) -> Sink:
+        s = await Sink(responder).start(port)
+        sinks.append(s)
+        return s
+
+    yield make
+    for s in sinks:
+        await s.stop()
+
+
+@pytest.fixture
+async def start_mesh(tmp_path, prefix):
+    """Start an in-process rabbitmesh with the given manifests; stopped after the test."""
+    from tests.support.mesh import InProcessMesh, write_manifests
+
+    meshes: list[InProcessMesh] = []
+
+    async def start(manifests: str, **settings: object) -> InProcessMesh:
+        config = tmp_path / f"config{len(meshes)}"
+        write_manifests(config, manifests)
+        mesh = await InProcessMesh(config, prefix, **settings).start()
+        meshes.append(mesh)
+        return mesh
+
+    yield start
+    for m in meshes:
+        await m.stop()

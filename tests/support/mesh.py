@@ -1,0 +1,157 @@
+"""Running rabbitmesh in tests: in-process (fast) or as a real `rabbitmesh run` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from rabbitmesh.server import Server
+from rabbitmesh.settings import Settings
+
+AMQP_URL = os.environ.get("RABBITMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+TEST_PREFIX_ROOT = "rmtest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique_prefix() -> str:
+    return f"{TEST_PREFIX_ROOT}-{uuid.uuid4().hex[:10]}"
+
+
+def write_manifests(directory: Path, text: str, name: str = "manifests.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+class InProcessMesh:
+    """The real Server object on the test's event loop (no subprocess start-up cost)."""
+
+    def __init__(self, config_dir: Path, prefix: str, **settings: Any) -> None:
+        self.port = free_port()
+        base = {
+            "amqp_url": AMQP_URL,
+            "http_host": "127.0.0.1",
+            "http_port": self.port,
+            "config_dir": config_dir,
+            "topology_prefix": prefix,
+            "shutdown_timeout": 5.0,
+        }
+        base.update(settings)
+        self.settings = Settings(**base)
+        self.server = Server(self.settings)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, ready: bool = True, timeout: float = 20.0) -> InProcessMesh:
+        self._task = asyncio.create_task(self.server.run_forever())
+        if ready:
+            await wait_ready(self.url, timeout, self._task)
+        return self
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self.server._stop.set()
+        await asyncio.wait_for(self._task, 30)
+        self._task = None
+
+
+async def wait_ready(url: str, timeout: float, task: Any = None, proc: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while True:
+            if task is not None and task.done():
+                task.result()
+                raise AssertionError("rabbitmesh stopped before it was ready")
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"rabbitmesh exited with {proc.returncode} before ready")
+            try:
+                async with s.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} not ready within {timeout}s")
+            await asyncio.sleep(0.05)
+
+
+class MeshProcess:
+    """`rabbitmesh run` as a user starts it, with its log in a file for failing tests."""
+
+    def __init__(self, config_dir: Path, prefix: str, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        self.env = {
+            **os.environ,
+            "RABBITMESH_AMQP_URL": AMQP_URL,
+            "RABBITMESH_HTTP_HOST": "127.0.0.1",
+            "RABBITMESH_HTTP_PORT": str(self.port),
+            "RABBITMESH_CONFIG_DIR": str(config_dir),
+            "RABBITMESH_TOPOLOGY_PREFIX": prefix,
+            "RABBITMESH_SHUTDOWN_TIMEOUT": "10",
+            **env,
+        }
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="rabbitmesh-", suffix=".log", delete=False
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "rabbitmesh", "run"]
+
+    async def start(self, timeout: float = 30.0) -> MeshProcess:
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 (a start, not a wait)
+            self.command(), env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        await wait_ready(self.url, timeout, proc=self.proc)
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError("rabbitmesh did not exit in time")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                await self.wait(30)
+            except AssertionError:
+                self.proc.kill()
+                await self.wait(5)
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")

@@ -1,0 +1,51 @@
+"""Looking at the real RabbitMQ from tests: what queues/exchanges exist, and cleaning up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+
+import aio_pika
+
+from tests.support.mesh import AMQP_URL
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=True
+    ).stdout
+
+
+def list_names(what: str, prefix: str) -> list[str]:
+    """Queue or exchange names starting with `prefix` (rabbitmqctl: no management plugin)."""
+    out = rabbitmqctl(f"list_{what}", "-q", "--no-table-headers", "name")
+    return sorted(n.strip() for n in out.splitlines() if n.strip().startswith(prefix))
+
+
+async def delete_everything(prefix: str) -> None:
+    queues, exchanges = list_names("queues", prefix), list_names("exchanges", prefix)
+    if not queues and not exchanges:
+        return
+    conn = await aio_pika.connect(AMQP_URL)
+    async with conn:
+        for q in queues:
+            ch = await conn.channel()
+            with contextlib.suppress(Exception):
+                await ch.queue_delete(q)
+        for x in exchanges:
+            ch = await conn.channel()
+            with contextlib.suppress(Exception):
+                await ch.exchange_delete(x)
+
+
+async def queue_depth(name: str) -> int:
+    conn = await aio_pika.connect(AMQP_URL)
+    async with conn:
+        ch = await conn.channel()
+        q = await ch.declare_queue(name, passive=True)
+        return q.declaration_result.message_count or 0
+
+
+def delete_everything_sync(prefix: str) -> None:
+    asyncio.run(delete_everything(prefix))

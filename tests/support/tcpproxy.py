@@ -1,0 +1,65 @@
+"""A TCP proxy in front of RabbitMQ that a test can cut and restore: a real network failure
+for one rabbitmesh instance, without disturbing other users of the shared RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class TcpProxy:
+    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
+        self.open = True
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def url(self, user: str = "guest", password: str = "guest") -> str:
+        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        try:
+            ureader, uwriter = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._conns.update((writer, uwriter))
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    w.close()
+                self._conns.discard(w)
+
+        await asyncio.gather(pipe(reader, uwriter), pipe(ureader, writer))
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones, like RabbitMQ going away."""
+        self.open = False
+        for w in list(self._conns):
+            w.close()
+        self._conns.clear()
+
+    def restore(self) -> None:
+        self.open = True
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
