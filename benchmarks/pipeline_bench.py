@@ -129,6 +129,32 @@ spec:
     return p
 
 
+class Split:
+    """`rabbitmesh run --role ingress` and `--role dispatcher` as two processes (two cores)."""
+
+    def __init__(self, port: int, sink_port: int, workdir: Path) -> None:
+        prefix = f"rmbench-{uuid.uuid4().hex[:8]}"
+        common = {"RABBITMESH_TOPOLOGY_PREFIX": prefix}
+        self.procs = [
+            start_rabbitmesh(port, sink_port, workdir, {**common, "RABBITMESH_ROLE": "ingress"}),
+            start_rabbitmesh(
+                free_port(), sink_port, workdir, {**common, "RABBITMESH_ROLE": "dispatcher"}
+            ),
+        ]
+
+    def terminate(self) -> None:
+        for p in self.procs:
+            p.terminate()
+
+    def wait(self, timeout: float) -> None:
+        for p in self.procs:
+            p.wait(timeout)
+
+    def kill(self) -> None:
+        for p in self.procs:
+            p.kill()
+
+
 def stop(p: subprocess.Popen) -> None:
     p.terminate()
     try:
@@ -154,6 +180,31 @@ def run_one(name: str, start, bench: Path, a: argparse.Namespace) -> list[dict]:
     return results
 
 
+def cleanup(prefix: str = "rmbench-") -> None:
+    """Delete the queues and exchanges benchmark runs declared (and thin's own)."""
+    import asyncio
+
+    import aio_pika
+
+    def names(what: str) -> list[str]:
+        out = subprocess.run(
+            ["rabbitmqctl", f"list_{what}", "-q", "--no-table-headers", "name"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        return [n.strip() for n in out.splitlines() if n.strip().startswith(prefix)]
+
+    async def delete() -> None:
+        conn = await aio_pika.connect("amqp://guest:guest@127.0.0.1/")
+        async with conn:
+            for q in names("queues"):
+                await (await conn.channel()).queue_delete(q)
+            for x in names("exchanges"):
+                await (await conn.channel()).exchange_delete(x)
+
+    asyncio.run(delete())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bench-dir", type=Path, default=REPO.parent / "shared" / "bench")
@@ -170,11 +221,15 @@ def main() -> None:
         "thin": lambda port, sink: start_thin(a.bench_dir, port, sink, uvloop=False),
         "thin+uvloop": lambda port, sink: start_thin(a.bench_dir, port, sink, uvloop=True),
         "rabbitmesh": lambda port, sink: start_rabbitmesh(port, sink, work, {}),
+        "rabbitmesh 2 processes": lambda port, sink: Split(port, sink, work),
     }
     all_results: list[dict] = []
-    for _ in range(a.rounds):
-        for name, start in pipelines.items():
-            all_results += run_one(name, start, a.bench_dir, a)
+    try:
+        for _ in range(a.rounds):
+            for name, start in pipelines.items():
+                all_results += run_one(name, start, a.bench_dir, a)
+    finally:
+        cleanup()
 
     def figure(name: str, mode: str, key: str) -> float:
         vals = [r[key] for r in all_results if r["pipeline"] == name and r["mode"] == mode]
@@ -195,8 +250,9 @@ def main() -> None:
     best_thin = max(
         figure("thin", sat, "delivered_per_s"), figure("thin+uvloop", sat, "delivered_per_s")
     )
-    ratio = figure("rabbitmesh", sat, "delivered_per_s") / best_thin
-    print(f"\nrabbitmesh / best thin pipeline throughput: {ratio:.0%}")
+    for name in ("rabbitmesh", "rabbitmesh 2 processes"):
+        ratio = figure(name, sat, "delivered_per_s") / best_thin
+        print(f"{name} / best thin pipeline throughput: {ratio:.0%}")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
 log = logging.getLogger("rabbitmesh.amqp")
+
+
+class MessageLike(Protocol):
+    """An aio_pika.Message or rabbitmesh.amqp.messages.Outgoing."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def properties(self) -> Basic.Properties: ...
 
 
 class PublishFailed(Exception):
@@ -96,7 +106,7 @@ class AmqpClient:
         self,
         exchange: str,
         routing_key: str,
-        message: aio_pika.Message,
+        message: MessageLike,
         *,
         mandatory: bool = False,
     ) -> None:
@@ -105,17 +115,15 @@ class AmqpClient:
         if ch is None or not self.connected:
             raise PublishFailed("not connected to RabbitMQ")
         try:
-            underlay = await ch.get_underlay_channel()
-            confirm = await asyncio.wait_for(
-                underlay.basic_publish(
+            async with asyncio.timeout(self.publish_timeout):  # no extra task, unlike wait_for
+                underlay = await ch.get_underlay_channel()
+                confirm = await underlay.basic_publish(
                     message.body,
                     exchange=exchange,
                     routing_key=routing_key,
                     properties=message.properties,
                     mandatory=mandatory,
-                ),
-                self.publish_timeout,
-            )
+                )
         except TimeoutError:
             raise PublishFailed("publish not confirmed in time") from None
         except Exception as e:  # any channel/connection error means "not accepted"

@@ -26,6 +26,7 @@ from .contenttype import event_format
 from .errors import InvalidEvent, NotACloudEvent
 from .event import AttributeValue, CloudEvent
 from .jsonformat import decode_structured
+from .tracecontext import TRACE_HEADERS, valid_trace
 from .validation import validate
 
 #: AMQP delivery_mode of a message RabbitMQ writes to disk.
@@ -52,6 +53,8 @@ def encode_amqp(event: CloudEvent) -> AmqpParts:
             content_type = value  # type: ignore[assignment]
         else:
             headers["ce-" + name] = value
+    if event.trace:
+        headers.update(event.trace)
     return AmqpParts(headers, event.data or b"", content_type, str(event.attributes.get("id", "")))
 
 
@@ -112,8 +115,11 @@ def decode_amqp(
     not a CloudEvents format, InvalidEvent for every other problem.
     """
     mode = event_format(content_type)
+    trace = _trace(headers)
     if mode == "structured":
-        return decode_structured(bytes(body))
+        event = decode_structured(bytes(body))
+        event.trace = trace
+        return event
     if mode == "batch":
         raise InvalidEvent("a message must hold a single event, not a batch")
 
@@ -142,4 +148,11 @@ def decode_amqp(
             raise InvalidEvent("datacontenttype is given both as content_type and as a header")
         attributes["datacontenttype"] = content_type
     validate(attributes)
-    return CloudEvent(attributes, bytes(body) if body else None)
+    return CloudEvent(attributes, bytes(body) if body else None, trace)
+
+
+def _trace(headers: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not headers or "traceparent" not in headers:
+        return None
+    raw = {k: headers[k] for k in TRACE_HEADERS if k in headers}
+    return valid_trace({k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()})

@@ -38,6 +38,11 @@ REQUIRED_ATTRIBUTES = ("id", "source", "specversion", "type")
 class CloudEvent:
     attributes: dict[str, AttributeValue]
     data: bytes | None = None
+    trace: dict[str, str] | None = None
+    """W3C trace context (`traceparent`, `tracestate`) of the hop that carried the event.
+
+    Not an event attribute: it travels beside the event in HTTP and AMQP headers, so a
+    trace is followed from ingress through RabbitMQ to every subscriber and reply."""
 
     @property
     def id(self) -> str:
@@ -61,4 +66,4 @@ class CloudEvent:
         return None if v is None else str(v)
 
     def copy(self) -> CloudEvent:
-        return CloudEvent(dict(self.attributes), self.data)
+        return CloudEvent(dict(self.attributes), self.data, self.trace)

@@ -21,6 +21,7 @@ from .errors import InvalidEvent, NotACloudEvent
 from .event import AttributeValue, CloudEvent
 from .jsonformat import decode_batch, decode_structured, encode_json, encode_json_batch
 from .percent import percent_decode, percent_encode
+from .tracecontext import TRACE_HEADERS, valid_trace
 from .validation import validate
 
 _SPECVERSION_HEADER = "ce-specversion"
@@ -35,16 +36,20 @@ _HEADER_KINDS_MAX = 4096
 
 def _classify(key: str) -> str:
     lower = key.lower()
-    kind = lower if lower.startswith("ce-") or lower == "content-type" else ""
+    kind = lower if lower.startswith("ce-") or lower in _PLAIN_HEADERS else ""
     if len(_HEADER_KINDS) < _HEADER_KINDS_MAX and len(key) <= 64:
         _HEADER_KINDS[str(key)] = kind
     return kind
+
+
+_PLAIN_HEADERS = frozenset({"content-type", *TRACE_HEADERS})
 
 
 class _Headers(NamedTuple):
     ce: dict[str, str]  # lowercased `ce-` header name -> raw value
     content_type: str | None
     duplicate: str | None  # first `ce-` header seen twice (an error in binary mode only)
+    trace: dict[str, str] | None
 
 
 def _scan(headers: Mapping[str, str]) -> _Headers:
@@ -52,12 +57,18 @@ def _scan(headers: Mapping[str, str]) -> _Headers:
     ce: dict[str, str] = {}
     content_type: str | None = None
     duplicate: str | None = None
+    trace: dict[str, str] | None = None
     names = _HEADER_KINDS
     for key, value in headers.items():
         lower = names.get(key)
         if lower is None:
             lower = _classify(key)
         if not lower:
+            continue
+        if lower in TRACE_HEADERS:
+            if trace is None:
+                trace = {}
+            trace[lower] = value
             continue
         if lower == "content-type":
             if content_type is not None:
@@ -67,7 +78,7 @@ def _scan(headers: Mapping[str, str]) -> _Headers:
             duplicate = duplicate or lower
         else:
             ce[lower] = value
-    return _Headers(ce, content_type or None, duplicate)
+    return _Headers(ce, content_type or None, duplicate, valid_trace(trace))
 
 
 def _decode_binary(scanned: _Headers, body: bytes) -> CloudEvent:
@@ -94,7 +105,7 @@ def _decode_binary(scanned: _Headers, body: bytes) -> CloudEvent:
     if scanned.content_type is not None:
         attributes["datacontenttype"] = scanned.content_type
     validate(attributes)
-    return CloudEvent(attributes, body or None)
+    return CloudEvent(attributes, body or None, scanned.trace)
 
 
 def decode_request(headers: Mapping[str, str], body: bytes) -> list[CloudEvent]:
@@ -109,10 +120,15 @@ def decode_request(headers: Mapping[str, str], body: bytes) -> list[CloudEvent]:
     scanned = _scan(headers)
     mode = event_format(scanned.content_type)
     if mode == "structured":
-        return [decode_structured(body)]
-    if mode == "batch":
-        return decode_batch(body)
-    return [_decode_binary(scanned, body)]
+        events = [decode_structured(body)]
+    elif mode == "batch":
+        events = decode_batch(body)
+    else:
+        return [_decode_binary(scanned, body)]
+    if scanned.trace:
+        for event in events:
+            event.trace = scanned.trace
+    return events
 
 
 def decode_response(status: int, headers: Mapping[str, str], body: bytes) -> CloudEvent | None:
@@ -132,7 +148,9 @@ def decode_response(status: int, headers: Mapping[str, str], body: bytes) -> Clo
         return None
     mode = event_format(scanned.content_type)
     if mode == "structured":
-        return decode_structured(body)
+        event = decode_structured(body)
+        event.trace = scanned.trace
+        return event
     if mode == "batch":
         raise InvalidEvent("a reply must be a single event, not a batch")
     return _decode_binary(scanned, body)
@@ -173,12 +191,17 @@ def encode_binary(event: CloudEvent) -> tuple[dict[str, str], bytes]:
             headers["ce-" + name] = (
                 percent_encode(str(value)) if isinstance(value, str) else str(int(value))
             )
+    if event.trace:
+        headers.update(event.trace)
     return headers, event.data or b""
 
 
 def encode_structured(event: CloudEvent) -> tuple[dict[str, str], bytes]:
     """Headers and body of `event` in structured mode (JSON format)."""
-    return {"content-type": STRUCTURED_CONTENT_TYPE}, encode_json(event)
+    headers = {"content-type": STRUCTURED_CONTENT_TYPE}
+    if event.trace:
+        headers.update(event.trace)
+    return headers, encode_json(event)
 
 
 def encode_batch(events: Iterable[CloudEvent]) -> tuple[dict[str, str], bytes]:

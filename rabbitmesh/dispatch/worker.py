@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
-from rabbitmesh import metrics
+from rabbitmesh import metrics, telemetry
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed
-from rabbitmesh.amqp.messages import RETRIES_HEADER, to_message
+from rabbitmesh.amqp.messages import RETRIES_HEADER, Outgoing, raw_message, to_message
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.topology import DELAY_HEADER, Topology
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
@@ -41,6 +40,10 @@ ReplyHandler = Callable[[CloudEvent, CloudEvent], Awaitable[None]]
 """(original event, reply) -> publishes the reply durably; raises PublishFailed."""
 
 ERROR_DATA_LIMIT = 1024
+
+#: Pause before handing a message back after a failed publish, so a RabbitMQ hiccup does not
+#: turn into a tight redelivery loop that hammers the subscriber.
+REQUEUE_PAUSE = 1.0
 
 
 class EventFilter(Protocol):
@@ -71,6 +74,16 @@ class WorkerStats:
     parked: int = 0
     in_flight: int = 0
     last_error: str = ""
+
+
+def log_fields(event: CloudEvent, sub: Subscriber, attempt: int) -> dict[str, Any]:
+    """Fields of a delivery log line (the JSON log format shows them as keys); never data."""
+    return {
+        "event_id": event.attributes.get("id"),
+        "event_type": event.attributes.get("type"),
+        "subscriber": sub.name,
+        "attempt": attempt,
+    }
 
 
 def now_rfc3339() -> str:
@@ -182,17 +195,25 @@ class QueueWorker:
             outbound = CloudEvent(
                 {k: v for k, v in event.attributes.items() if k not in sub.drop_attributes},
                 event.data,
+                event.trace,
             )
         started = time.perf_counter()
-        outcome = await send(
-            self.session,
-            sub.url,
+        with telemetry.span(
             outbound,
-            namespace=sub.namespace,
-            structured=sub.policy.format == "json",
-            timeout=sub.policy.timeout,
-            reply_must_be_event=sub.reply_must_be_event,
-        )
+            operation="process",
+            destination=self.queue_name,
+            kind="consumer",
+            **{"url.full": sub.url, "messaging.message.delivery_attempt": retries + 1},
+        ):
+            outcome = await send(
+                self.session,
+                sub.url,
+                outbound,
+                namespace=sub.namespace,
+                structured=sub.policy.format == "json",
+                timeout=sub.policy.timeout,
+                reply_must_be_event=sub.reply_must_be_event,
+            )
         metrics.dispatch_latency.labels(sub.name).observe(time.perf_counter() - started)
         metrics.dispatch_events.labels(
             sub.name, metrics.bounded_type(event.type), metrics.code_class(outcome.status)
@@ -215,10 +236,21 @@ class QueueWorker:
                     sub.name,
                     event.id,
                     e,
+                    extra=log_fields(event, sub, _attempt(msg)),
                 )
+                await asyncio.sleep(REQUEUE_PAUSE)
                 await _nack(msg, requeue=True)
                 return
         self.stats.delivered += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "delivered: event id=%s type=%s %s HTTP %d",
+                event.id,
+                event.type,
+                sub.name,
+                outcome.status,
+                extra=log_fields(event, sub, _attempt(msg)),
+            )
         await msg.ack()
 
     async def _failed(
@@ -237,11 +269,18 @@ class QueueWorker:
                 attempt,
                 outcome.error,
                 delay,
+                extra=log_fields(event, sub, attempt),
             )
             try:
                 await self._schedule_retry(event, retries + 1, delay)
             except PublishFailed as e:
-                log.warning("could not schedule retry for event %s (%s); requeued", event.id, e)
+                log.warning(
+                    "could not schedule retry for event %s (%s); requeued",
+                    event.id,
+                    e,
+                    extra=log_fields(event, sub, attempt),
+                )
+                await asyncio.sleep(REQUEUE_PAUSE)
                 await _nack(msg, requeue=True)
                 return
             self.stats.retried += 1
@@ -262,6 +301,7 @@ class QueueWorker:
                 attempt,
                 outcome.error,
                 why,
+                extra=log_fields(event, sub, attempt),
             )
             self.stats.dropped += 1
             metrics.dropped.labels(sub.name).inc()
@@ -283,7 +323,12 @@ class QueueWorker:
             )
         except PublishFailed as e:
             # RabbitMQ's own dead-lettering moves it to the same .dlq queue.
-            log.warning("dead-letter publish for event %s failed (%s); rejecting", event.id, e)
+            log.warning(
+                "dead-letter publish for event %s failed (%s); rejecting",
+                event.id,
+                e,
+                extra=log_fields(event, sub, attempt),
+            )
             await _nack(msg, requeue=False)
             return
         log.warning(
@@ -294,6 +339,7 @@ class QueueWorker:
             attempt,
             outcome.error,
             why,
+            extra=log_fields(event, sub, attempt),
         )
         self.stats.dead_lettered += 1
         metrics.dead_lettered.labels(sub.name).inc()
@@ -320,6 +366,7 @@ class QueueWorker:
                 mandatory=True,
             )
         except PublishFailed:
+            await asyncio.sleep(REQUEUE_PAUSE)
             await _nack(msg, requeue=True)
             return
         self.stats.parked += 1
@@ -327,18 +374,16 @@ class QueueWorker:
         await msg.ack()
 
 
-def _raw_copy(msg: AbstractIncomingMessage, why: str, queue: str) -> aio_pika.Message:
+def _raw_copy(msg: AbstractIncomingMessage, why: str, queue: str) -> Outgoing:
     headers = dict(msg.headers or {})
     headers["x-rabbitmesh-parked-from"] = queue
     headers["x-rabbitmesh-parked-reason"] = why[:1000]
     headers["x-rabbitmesh-parked-at"] = int(time.time())
-    return aio_pika.Message(
-        msg.body,
-        headers=headers,
-        content_type=msg.content_type,
-        message_id=msg.message_id,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
+    return raw_message(msg.body, headers, msg.content_type, msg.message_id)
+
+
+def _attempt(msg: AbstractIncomingMessage) -> int:
+    return _int((msg.headers or {}).get(RETRIES_HEADER)) + 1
 
 
 def _int(v: Any) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from rabbitmesh import telemetry
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed
 from rabbitmesh.amqp.messages import to_message
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_request
@@ -131,9 +132,12 @@ class Ingress:
         return web.Response(status=202), events
 
     async def _publish(self, target: Target, event: CloudEvent) -> None:
-        await self.publisher.publish(
-            target.exchange, routing_key_for_type(event.type), to_message(event)
-        )
+        with telemetry.span(
+            event, operation="publish", destination=target.exchange, kind="producer"
+        ):
+            await self.publisher.publish(
+                target.exchange, routing_key_for_type(event.type), to_message(event)
+            )
 
 
 def stamp_broker_ingress(event: CloudEvent) -> None:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from rabbitmesh.amqp.names import Names
-from tests.support.events import post_binary
+from tests.support.events import binary_headers, post, post_binary
 from tests.support.mesh import AMQP_URL
 from tests.support.sink import Reply
 from tests.support.waiting import eventually
@@ -361,3 +361,51 @@ async def test_poison_message_is_parked_once(start_mesh, make_sink):
         assert msg.headers["x-rabbitmesh-parked-from"] == names.trigger_queue("default", "tr")
         await msg.ack()
     assert sub.received == []
+
+
+async def test_trace_context_is_kept_through_trigger_and_reply(start_mesh, make_sink):
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    reply_headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "r1",
+        "ce-type": "com.example.reply",
+        "ce-source": "replier",
+    }
+    replier = await make_sink(lambda r, i: Reply(200, reply_headers))
+    final = await make_sink()
+    mesh = await start_mesh(f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: br}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: first}}
+        spec:
+          broker: br
+          filter: {{attributes: {{type: com.example.request}}}}
+          subscriber: {{uri: "{replier.url}"}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: second}}
+        spec:
+          broker: br
+          filter: {{attributes: {{type: com.example.reply}}}}
+          subscriber: {{uri: "{final.url}"}}
+        """)
+    headers = {
+        **binary_headers("com.example.request"),
+        "traceparent": traceparent,
+        "tracestate": "vendor=1",
+    }
+    status, _, _ = await post(mesh.url + "/default/br", headers=headers, body=b"{}")
+    assert status == 202
+    (first,) = await replier.wait_for(1)
+    (second,) = await final.wait_for(1)
+    # Same trace id end to end (the parent span id changes when OpenTelemetry is recording).
+    trace_id = traceparent.split("-")[1]
+    assert first.headers["traceparent"].split("-")[1] == trace_id
+    assert first.headers["tracestate"] == "vendor=1"
+    assert second.headers["traceparent"].split("-")[1] == trace_id  # the reply continues it
+    assert "ce-traceparent" not in first.headers

@@ -886,3 +886,54 @@ def test_percent_round_trip(text: str) -> None:
     encoded = percent_encode(text)
     assert encoded.isascii() and " " not in encoded and '"' not in encoded
     assert percent_decode(encoded) == text
+
+
+# --- W3C trace context beside the event -------------------------------------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_trace_context_is_read_and_written_in_every_mode() -> None:
+    from rabbitmesh.cloudevents import decode_amqp, encode_amqp
+
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "s",
+        "ce-type": "t",
+        "traceparent": TRACEPARENT,
+        "tracestate": "congo=t61rcWkgMzE",
+    }
+    (event,) = decode_request(headers, b"x")
+    assert event.trace == {"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE"}
+    assert "traceparent" not in event.attributes  # transport context, not an attribute
+    out, _ = encode_binary(event)
+    assert out["traceparent"] == TRACEPARENT and out["tracestate"] == "congo=t61rcWkgMzE"
+    parts = encode_amqp(event)
+    assert decode_amqp(parts.headers, parts.body, parts.content_type).trace == event.trace
+    structured_headers, body = encode_structured(event)
+    assert structured_headers["traceparent"] == TRACEPARENT
+    (again,) = decode_request(structured_headers, body)
+    assert again.trace == event.trace
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "garbage",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+    ],
+)
+def test_malformed_traceparent_is_dropped_not_forwarded(bad: str) -> None:
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "s",
+        "ce-type": "t",
+        "traceparent": bad,
+        "tracestate": "a=b",
+    }
+    (event,) = decode_request(headers, b"")
+    assert event.trace is None
