@@ -47,12 +47,19 @@ class Ingress:
         ready: Callable[[], bool],
         max_event_bytes: int,
         retry_after: int,
+        max_batch_events: int = 1000,
+        max_inflight: int = 4096,
+        request_timeout: float = 30.0,
     ) -> None:
         self.publisher = publisher
         self.lookup = lookup  # (kind, namespace, name) -> Target, None when unknown
         self.ready = ready  # False until the resources are known: answer 503, not 404
         self.max_event_bytes = max_event_bytes
         self.retry_after = str(retry_after)
+        self.max_batch_events = max_batch_events
+        self.max_inflight = max_inflight
+        self.request_timeout = request_timeout
+        self.inflight = 0  # events published and awaiting their confirm
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -104,9 +111,12 @@ class Ingress:
         if length is not None and length > self.max_event_bytes:
             return error(413, f"body of {length} bytes exceeds {self.max_event_bytes} bytes"), []
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.request_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error(413, f"body exceeds {self.max_event_bytes} bytes"), []
+        except TimeoutError:
+            return error(408, f"request body not received within {self.request_timeout:g}s"), []
         ingress_request_bytes.labels(kind).observe(len(body))
         try:
             events = decode_request(request.headers, body)
@@ -115,10 +125,21 @@ class Ingress:
                     stamp_broker_ingress(ev)
         except InvalidEvent as e:
             return error(400, str(e)), []
+        if len(events) > self.max_batch_events:
+            return error(
+                413, f"batch of {len(events)} events exceeds {self.max_batch_events} events"
+            ), []
+        if self.inflight + len(events) > self.max_inflight:
+            return error(
+                503,
+                f"too many events awaiting RabbitMQ's confirm (limit {self.max_inflight})",
+                **{"Retry-After": self.retry_after},
+            ), events
         if not self.publisher.connected:
             return error(
                 503, "RabbitMQ is unavailable", **{"Retry-After": self.retry_after}
             ), events
+        self.inflight += len(events)
         try:
             if len(events) == 1:
                 await self._publish(target, events[0])
@@ -129,6 +150,8 @@ class Ingress:
             return error(
                 503, f"event not accepted: {e}", **{"Retry-After": self.retry_after}
             ), events
+        finally:
+            self.inflight -= len(events)
         return web.Response(status=202), events
 
     async def _publish(self, target: Target, event: CloudEvent) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
@@ -183,3 +185,46 @@ async def test_503_before_resources_are_loaded(tmp_path, prefix):
     finally:
         await mesh.stop()
         await proxy.stop()
+
+
+async def test_limits_batch_length_inflight_and_slow_bodies(start_mesh, make_sink):
+    sink = await make_sink()
+    mesh = await start_mesh(
+        BROKER.replace("SINK", sink.url),
+        max_batch_events=3,
+        max_inflight_publishes=2,
+        request_timeout=0.5,
+    )
+    url = mesh.url + "/default/br"
+    batch = [{"specversion": "1.0", "id": f"b{i}", "source": "s", "type": "t"} for i in range(4)]
+    status, _, body = await post(
+        url,
+        headers={"content-type": "application/cloudevents-batch+json"},
+        body=orjson.dumps(batch),
+    )
+    assert status == 413 and "batch of 4 events exceeds 3" in orjson.loads(body)["error"]
+    status, headers, body = await post(
+        url,
+        headers={"content-type": "application/cloudevents-batch+json"},
+        body=orjson.dumps(batch[:3]),
+    )
+    assert status == 503 and headers["Retry-After"]
+    assert "limit 2" in orjson.loads(body)["error"]
+    assert (await post_binary(url))[0] == 202  # under the limit again
+
+    # A client that sends half its body and stalls gets 408 instead of holding a handler.
+    reader, writer = await asyncio.open_connection("127.0.0.1", mesh.port)
+    writer.write(
+        b"POST /default/br HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\nce-id: 1\r\n"
+        b'ce-source: s\r\nce-type: t\r\nContent-Length: 100\r\n\r\n{"half":'
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    writer.close()
+
+
+async def test_too_many_headers_is_a_clear_4xx(mesh):
+    headers = {**binary_headers(), **{f"x-h{i}": "v" for i in range(200)}}
+    status, _, _ = await post(mesh.url + "/default/br", headers=headers, body=b"{}")
+    assert status in (400, 431)
