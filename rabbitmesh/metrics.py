@@ -37,6 +37,12 @@ dispatch_latency = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+unrouted = Counter(
+    "event_dropped_no_subscriber",
+    "Accepted events that no trigger or subscription queue took (dropped, as Knative does).",
+    ["exchange"],
+    registry=REGISTRY,
+)
 retries = Counter(
     "event_retries", "Deliveries scheduled for another attempt.", ["subscriber"], registry=REGISTRY
 )

@@ -13,6 +13,7 @@ import logging
 from typing import Any, Protocol
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
@@ -109,8 +110,14 @@ class AmqpClient:
         message: MessageLike,
         *,
         mandatory: bool = False,
-    ) -> None:
-        """Publish and wait for this message's own confirm; raise PublishFailed otherwise."""
+        unroutable_ok: bool = False,
+    ) -> bool:
+        """Publish and wait for this message's own confirm; raise PublishFailed otherwise.
+
+        With `mandatory`, a message no queue takes comes back from RabbitMQ: that raises
+        PublishFailed, or, with `unroutable_ok`, returns False (a broker event no trigger
+        wants: confirmed, and dropped as Knative drops it). True means a queue has it.
+        """
         ch = self._publish_channel
         if ch is None or not self.connected:
             raise PublishFailed("not connected to RabbitMQ")
@@ -126,10 +133,15 @@ class AmqpClient:
                 )
         except TimeoutError:
             raise PublishFailed("publish not confirmed in time") from None
+        except aiormq.exceptions.PublishError as e:
+            if unroutable_ok:
+                return False
+            raise PublishFailed(f"no queue took the message: {e}") from None
         except Exception as e:  # any channel/connection error means "not accepted"
             raise PublishFailed(f"{type(e).__name__}: {e}") from None
         if not isinstance(confirm, Basic.Ack):
             raise PublishFailed(f"RabbitMQ did not confirm ({type(confirm).__name__})")
+        return True
 
     async def close(self) -> None:
         self._closing = True

@@ -19,7 +19,13 @@ from rabbitmesh.amqp.messages import to_message
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_request
 from rabbitmesh.dispatch.worker import now_rfc3339
 from rabbitmesh.filters.bindings import routing_key_for_type
-from rabbitmesh.metrics import bounded_type, code_class, ingress_events, ingress_request_bytes
+from rabbitmesh.metrics import (
+    bounded_type,
+    code_class,
+    ingress_events,
+    ingress_request_bytes,
+    unrouted,
+)
 from rabbitmesh.reconciler.trigger import DEFAULT_TTL
 
 log = logging.getLogger("rabbitmesh.ingress")
@@ -158,9 +164,15 @@ class Ingress:
         with telemetry.span(
             event, operation="publish", destination=target.exchange, kind="producer"
         ):
-            await self.publisher.publish(
-                target.exchange, routing_key_for_type(event.type), to_message(event)
+            routed = await self.publisher.publish(
+                target.exchange,
+                routing_key_for_type(event.type),
+                to_message(event),
+                mandatory=True,
+                unroutable_ok=True,
             )
+        if not routed:
+            unrouted.labels(target.exchange).inc()
 
 
 def stamp_broker_ingress(event: CloudEvent) -> None:

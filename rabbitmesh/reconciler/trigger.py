@@ -31,12 +31,22 @@ def broker_ttl(event: CloudEvent) -> int:
 class BrokerReplier:
     """Publishes a subscriber's reply back into the broker, one TTL step lower."""
 
-    def __init__(self, ctx: Context, exchange: str, trigger: str) -> None:
+    def __init__(self, ctx: Context, broker: Broker, exchange: str, trigger: str) -> None:
         self.ctx = ctx
+        self.broker_key = broker.key
         self.exchange = exchange
         self.trigger = trigger
 
     async def __call__(self, original: CloudEvent, reply: CloudEvent) -> None:
+        if self.ctx.resources.get(self.broker_key) is None:
+            # Publishing to a deleted exchange would close the shared confirm channel.
+            log.warning(
+                "reply %s to event %s via %s dropped: its broker was deleted",
+                reply.id,
+                original.id,
+                self.trigger,
+            )
+            return
         ttl = broker_ttl(original) - 1
         if ttl <= 0:
             log.warning(
@@ -47,6 +57,7 @@ class BrokerReplier:
             )
             return
         reply.attributes["knativebrokerttl"] = ttl
+        reply.trace = reply.trace or original.trace  # the reply continues the event's trace
         reply.attributes["knativearrivaltime"] = now_rfc3339()
         # PublishFailed propagates: the worker then requeues the original event.
         await self.ctx.publisher.publish(
@@ -80,7 +91,7 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
             url=url,
             policy=policy,
             filter=compile_trigger_filter(attrs, spec.filters),
-            on_reply=BrokerReplier(ctx, exchange, f"trigger={ns}/{trigger.name}"),
+            on_reply=BrokerReplier(ctx, broker, exchange, f"trigger={ns}/{trigger.name}"),
             reply_must_be_event=True,
         ),
     )

@@ -228,3 +228,21 @@ async def test_too_many_headers_is_a_clear_4xx(mesh):
     headers = {**binary_headers(), **{f"x-h{i}": "v" for i in range(200)}}
     status, _, _ = await post(mesh.url + "/default/br", headers=headers, body=b"{}")
     assert status in (400, 431)
+
+
+async def test_event_no_trigger_wants_is_accepted_and_counted(start_mesh, make_sink):
+    sink = await make_sink()
+    mesh = await start_mesh(
+        BROKER.replace("SINK", sink.url).replace(
+            "subscriber:", "filter: {attributes: {type: only.this}}\n      subscriber:"
+        )
+    )
+    status, _ = await post_binary(mesh.url + "/default/br", "nobody.wants.this")
+    assert status == 202
+    _, _, metrics = await post(mesh.url + "/metrics", method="GET")
+    line = next(
+        ln
+        for ln in metrics.decode().splitlines()
+        if ln.startswith("event_dropped_no_subscriber_total{")
+    )
+    assert line.endswith(" 1.0") and ".broker.default.br" in line
