@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from rabbitmesh.cesql.casting import attribute_string
-from rabbitmesh.filters.errors import FilterError
+from rabbitmesh.filters.errors import FilterError, child_path
 
 ATTRIBUTE_NAME: Final = re.compile(r"[a-z][a-z0-9]*")
 NAME_RULE: Final = "attribute names are lowercase letters and digits, starting with a letter"
@@ -48,10 +48,10 @@ class AttributesFilter:
                 f"{describe_type(attrs)}",
             )
         for name, value in attrs.items():
-            check_attribute_name(name, f"{path}.{name}")
+            check_attribute_name(name, child_path(path, name))
             if not isinstance(value, str):
                 raise FilterError(
-                    f"{path}.{name}", f"expected a string value, got {describe_type(value)}"
+                    child_path(path, name), f"expected a string value, got {describe_type(value)}"
                 )
         self.attributes: dict[str, str] = dict(attrs)
         self._equal = tuple((k, v) for k, v in attrs.items() if v != "")

@@ -26,7 +26,7 @@ from rabbitmesh.cesql import CesqlError, Expression, compile_expression
 from rabbitmesh.cesql.casting import attribute_string
 from rabbitmesh.filters.attributes import AttributesFilter, check_attribute_name, describe_type
 from rabbitmesh.filters.base import MATCH_ALL, EventFilter
-from rabbitmesh.filters.errors import FilterError
+from rabbitmesh.filters.errors import FilterError, child_path
 
 DIALECTS: Final = ("exact", "prefix", "suffix", "all", "any", "not", "cesql")
 
@@ -226,13 +226,13 @@ def _attribute_values(value: object, path: str) -> dict[str, str]:
     for name, expected in value.items():
         if name == "":
             raise FilterError(path, "attribute name must not be empty")
-        check_attribute_name(name, f"{path}.{name}")
+        check_attribute_name(name, child_path(path, name))
         if not isinstance(expected, str):
             raise FilterError(
-                f"{path}.{name}", f"expected a string value, got {describe_type(expected)}"
+                child_path(path, name), f"expected a string value, got {describe_type(expected)}"
             )
         if expected == "":
-            raise FilterError(f"{path}.{name}", "value must not be empty")
+            raise FilterError(child_path(path, name), "value must not be empty")
     return dict(value)
 
 

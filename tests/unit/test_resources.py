@@ -128,7 +128,7 @@ def test_delivery_and_ref_fields():
      metadata: {name: t}
      spec: {broker: b, subscriber: {uri: "http://x"}, filter: {attributes: {Type: x}}}
      """,
-            "spec.filter.attributes.Type: attribute names must be lowercase",
+            "spec.filter.attributes.Type: invalid attribute name 'Type'",
         ),
         (
             """
