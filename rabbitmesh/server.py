@@ -1,7 +1,8 @@
 """`rabbitmesh run`: one process with the HTTP server, the reconciler and the dispatchers.
 
 Start-up: HTTP first (so /healthz answers and /readyz says 503 while RabbitMQ is not there
-yet), then RabbitMQ with logged retries, then the manifests. Shutdown (SIGTERM/SIGINT): stop
+yet), then RabbitMQ with logged retries, then the control plane (the resource store, the config
+dir, the first reconcile: rabbitmesh/controlplane.py). Shutdown (SIGTERM/SIGINT): stop
 taking HTTP requests and let in-flight ones finish, stop consuming and let in-flight
 deliveries finish, and only then close the AMQP connections.
 """
@@ -12,26 +13,26 @@ import asyncio
 import contextlib
 import logging
 import signal
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from rabbitmesh import telemetry
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.topology import Topology
+from rabbitmesh.api.routes import AdminApi
+from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.ingress.handlers import Ingress, Target
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller
-from rabbitmesh.resources.loader import ManifestError, load_path
+from rabbitmesh.reconciler.hosted import ingress_target
 from rabbitmesh.settings import Settings
 
 log = logging.getLogger("rabbitmesh")
-
-#: How often failed reconciles are retried.
-RESYNC_SECONDS = 5.0
 
 
 class Server:
@@ -42,6 +43,7 @@ class Server:
         self.consumer = AmqpClient(settings.amqp_url, "consumer", settings.publish_timeout)
         self.ctx: Context | None = None
         self.controller: Controller | None = None
+        self.plane: ControlPlane | None = None
         self.reconciled = False
         self.runner: web.AppRunner | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -54,12 +56,7 @@ class Server:
         ctx = self.ctx
         if ctx is None:
             return None
-        res = ctx.get(kind, namespace, name)
-        if res is None or res.status.ready != "True":
-            return None
-        if kind == "Broker":
-            return Target(self.names.broker_exchange(namespace, name), is_broker=True)
-        return None
+        return ingress_target(ctx, kind, namespace, name)
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_event_bytes)
@@ -72,10 +69,26 @@ class Server:
             lambda: self.reconciled,
             self.settings.max_event_bytes,
             self.settings.retry_after_seconds,
+            max_batch_events=self.settings.max_batch_events,
+            max_inflight=self.settings.max_inflight_publishes,
+            request_timeout=self.settings.request_timeout,
         )
+        # The admin API first: the ingress' `/{namespace}/{name}` must not catch its paths.
+        app.add_routes(AdminApi(lambda: self.plane, self.settings).routes())
         if self.settings.role in ("all", "ingress"):
             app.add_routes(ingress.routes())
+            if self.settings.eventtype_auto_create:
+                app.middlewares.append(self._observe_event_types)
         return app
+
+    @web.middleware
+    async def _observe_event_types(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        plane = self.plane
+        if plane is None or plane.autotypes is None:
+            return await handler(request)
+        return await plane.autotypes.middleware(request, handler)
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -87,7 +100,9 @@ class Server:
         if self.settings.role in ("all", "dispatcher") and not self.consumer.connected:
             problems.append("not connected to RabbitMQ (consumer)")
         if not self.reconciled:
-            problems.append("manifests from the config dir not reconciled yet")
+            problems.append(
+                "resource store not read, or config dir not applied and reconciled, yet"
+            )
         return problems
 
     async def readyz(self, _request: web.Request) -> web.Response:
@@ -105,8 +120,14 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
+        telemetry.configure_exporter()
         self.runner = web.AppRunner(
-            self.build_app(), access_log=None, shutdown_timeout=s.shutdown_timeout
+            self.build_app(),
+            access_log=None,
+            shutdown_timeout=s.shutdown_timeout,
+            # aiohttp's own limits answer 400 past 128 headers or 8190-byte header lines;
+            # idle keep-alive connections are closed after 75 s instead of an hour.
+            keepalive_timeout=75.0,
         )
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.http_host, s.http_port)
@@ -123,7 +144,7 @@ class Server:
             auto_decompress=False,
         )
         topo_channel = await self.publisher.channel()
-        topology = Topology(topo_channel, self.names)
+        topology = Topology(topo_channel, self.names, s.queue_type)
         await topology.declare_infrastructure()
         self.ctx = Context(
             settings=s,
@@ -135,35 +156,19 @@ class Server:
             run_dispatchers=s.role in ("all", "dispatcher"),
         )
         self.controller = Controller(self.ctx)
-        await self.sync_config()
+        self.plane = ControlPlane(
+            s,
+            self.names,
+            self.publisher,
+            self.consumer,
+            self.ctx,
+            self.controller,
+            on_ready=self._on_ready,
+        )
+        await self.plane.start()
 
-    def load_desired(self) -> list:
-        path = Path(self.settings.config_dir)
-        if not path.exists():
-            log.warning("config dir %s does not exist; starting with no resources", path)
-            return []
-        return load_path(path)
-
-    async def sync_config(self) -> None:
-        assert self.controller is not None
-        desired = self.load_desired()
-        ok = await self.controller.apply_all(desired)
-        self.reconciled = ok
-        if ok:
-            log.info("reconciled %d resources from %s", len(desired), self.settings.config_dir)
-
-    async def resync_loop(self) -> None:
-        """Retry reconciling until everything succeeded (e.g. RabbitMQ refused a declare)."""
-        while not self._stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), RESYNC_SECONDS)
-            if self._stop.is_set() or self.controller is None:
-                return
-            if not self.reconciled and self.publisher.connected:
-                try:
-                    await self.sync_config()
-                except ManifestError as e:
-                    log.error("%s", e)
+    def _on_ready(self) -> None:
+        self.reconciled = True
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -173,10 +178,12 @@ class Server:
         stop_wait = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if starting in done:
-            starting.result()  # re-raise start-up errors (e.g. invalid manifests)
-            resync = asyncio.create_task(self.resync_loop())
+            if starting.exception() is not None:  # e.g. invalid manifests: stop, then raise
+                await self.shutdown()
+                starting.result()
+            if self.plane is not None:
+                await self.plane.run(self._stop)  # reconcile loop, config dir watch, ...
             await stop_wait
-            resync.cancel()
         else:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -187,6 +194,8 @@ class Server:
         log.info("shutting down: closing HTTP, finishing in-flight work")
         if self.runner is not None:
             await self.runner.cleanup()  # stops listening, waits for in-flight requests
+        if self.plane is not None:
+            await self.plane.stop()
         if self.controller is not None:
             await self.controller.stop()
         if self.session is not None:

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
         8080, ge=0, le=65535, description="HTTP listen port (0 = any free port)."
     )
     config_dir: Path = Field(
-        Path("./config"), description="Directory of YAML manifests applied at start."
+        Path("./config"),
+        description="Directory of YAML manifests applied at start and again when a file changes.",
     )
     public_url: str | None = Field(
         None,
@@ -47,8 +48,30 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="Prefix of every exchange and queue name.",
     )
+    queue_type: Literal["classic", "quorum"] = Field(
+        "classic",
+        description="Type of the queues rabbitmesh declares (trigger/subscription queues, "
+        "their :dlq, delay and parked queues). `quorum` replicates them across a RabbitMQ "
+        "cluster (x-queue-type quorum) and adds x-delivery-limit and at-least-once "
+        "dead-lettering to delivery queues. Existing queues keep their type: change it only "
+        "with a new RABBITMESH_TOPOLOGY_PREFIX or after deleting them (docs/operations.md).",
+    )
     max_event_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    max_batch_events: int = Field(
+        1000, ge=1, description="Batched requests with more events get 413."
+    )
+    max_inflight_publishes: int = Field(
+        4096,
+        ge=1,
+        description="Events being published and not yet confirmed, across all requests; past "
+        "this, ingress answers 503 with Retry-After instead of queueing in memory.",
+    )
+    request_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client may take to send a request body; slower ones get 408.",
     )
     admin_token: str | None = Field(
         None, description="When set, admin API mutations need Authorization: Bearer <token>."
@@ -66,7 +89,7 @@ class Settings(BaseSettings):
         256, ge=1, le=65535, description="Unacked messages a trigger's consumer may hold."
     )
     concurrency: int = Field(
-        64,
+        256,
         ge=1,
         le=10000,
         description="Deliveries in flight per trigger/subscription; 1 gives FIFO order.",
@@ -87,6 +110,24 @@ class Settings(BaseSettings):
     default_backoff_delay: str = Field(
         "PT0.2S", description="Backoff delay (ISO-8601) when no delivery spec sets one."
     )
+    default_dead_letter_sink: str | None = Field(
+        None,
+        description="Dead-letter sink URL of triggers whose trigger and broker set none "
+        "(config-br-defaults' delivery.deadLetterSink).",
+    )
+
+    # Control plane: the resource store and the EventType registry.
+    store_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Size the resource store stream is kept under (x-max-length-bytes); set "
+        "when the stream is first created (docs/control-plane.md).",
+    )
+    eventtype_auto_create: bool = Field(
+        False,
+        description="Register an EventType for each (type, source) seen at a broker or "
+        "channel ingress, as Knative's eventtype-auto-create feature.",
+    )
 
     @field_validator("amqp_url")
     @classmethod
@@ -105,6 +146,16 @@ class Settings(BaseSettings):
         if url.scheme not in ("http", "https"):
             raise ValueError("must be an http:// or https:// URL")
         return v.rstrip("/")
+
+    @field_validator("default_dead_letter_sink")
+    @classmethod
+    def _dead_letter_sink(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        url = AnyUrl(v)
+        if url.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
 
     @field_validator("default_backoff_delay")
     @classmethod

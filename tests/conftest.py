@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aio_pika
 import pytest
 
-from tests.support.mesh import AMQP_URL, TEST_PREFIX_ROOT, unique_prefix
+from tests.support.mesh import AMQP_URL, unique_prefix
 from tests.support.rabbit import delete_everything_sync
 from tests.support.sink import Responder, Sink
 
@@ -32,16 +32,21 @@ def rabbitmq() -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Remove whatever a crashed test left behind (every test prefix starts the same)."""
+    """Remove what this session's tests declared (only its own prefixes: another session
+    may be testing against the same RabbitMQ right now)."""
+    from tests.support.mesh import CREATED_PREFIXES
+
+    if not CREATED_PREFIXES:
+        return
     try:
-        delete_everything_sync(TEST_PREFIX_ROOT + "-")
+        delete_everything_sync(tuple(p + "." for p in CREATED_PREFIXES))
     except Exception:  # cleanup must never change the suite's verdict
         pass
 
 
 @pytest.fixture
 def prefix(rabbitmq: str) -> str:
-    """A topology prefix of this test's own. Everything under `rmtest-` is deleted when the
+    """A topology prefix of this test's own. What it declared is deleted when the
     session ends (two rabbitmqctl calls in all, rather than two per test)."""
     return unique_prefix()
 
@@ -77,3 +82,19 @@ async def start_mesh(tmp_path, prefix):
     yield start
     for m in meshes:
         await m.stop()
+
+
+@pytest.fixture
+async def start_tool():
+    """Start a helper service (`rabbitmesh event-display ...`) as a real process."""
+    from tests.support.tools import ToolProcess
+
+    tools: list[ToolProcess] = []
+
+    async def start(*args: str, **kwargs: object) -> ToolProcess:
+        tool = ToolProcess(*args, **kwargs)  # type: ignore[arg-type]
+        tools.append(tool)
+        return await tool.start()
+
+    yield start
+    await asyncio.gather(*(t.stop() for t in tools))

@@ -34,6 +34,11 @@ class PublishFailed(Exception):
     """RabbitMQ did not confirm a publish (down, nacked, unroutable or too slow)."""
 
 
+BLOCKED_MESSAGE = "RabbitMQ is blocking publishers (a memory or disk alarm)"
+#: Where aiormq's Connection keeps its "not blocked" event (a name-mangled private field).
+_UNBLOCKED_ATTR = "_Connection__connection_unblocked"
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs."""
     if "@" not in url or "://" not in url:
@@ -96,6 +101,18 @@ class AmqpClient:
         c = self.connection
         return c is not None and not c.is_closed and c.connected.is_set()
 
+    @property
+    def blocked(self) -> bool:
+        """RabbitMQ sent connection.blocked: a memory or disk alarm stops it reading what this
+        connection publishes, so a publish would only wait for its timeout. aiormq tracks the
+        state but offers no public accessor; tests/unit/test_amqp_client.py checks the
+        attribute is there, so an aiormq upgrade cannot silently turn this into a timeout."""
+        c = self.connection
+        transport = getattr(c, "transport", None) if c is not None else None
+        underlay = getattr(transport, "connection", None)
+        unblocked = getattr(underlay, _UNBLOCKED_ATTR, None)
+        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
     async def channel(self, prefetch: int | None = None) -> AbstractRobustChannel:
         assert self.connection is not None, "connect() first"
         ch = await self.connection.channel()
@@ -121,6 +138,8 @@ class AmqpClient:
         ch = self._publish_channel
         if ch is None or not self.connected:
             raise PublishFailed("not connected to RabbitMQ")
+        if self.blocked:
+            raise PublishFailed(BLOCKED_MESSAGE)
         try:
             async with asyncio.timeout(self.publish_timeout):  # no extra task, unlike wait_for
                 underlay = await ch.get_underlay_channel()

@@ -19,9 +19,30 @@ class Names:
     def trigger_queue(self, namespace: str, name: str) -> str:
         return f"{self.prefix}.trigger.{namespace}.{name}"
 
+    def channel_exchange(self, namespace: str, name: str) -> str:
+        """A Channel (or InMemoryChannel): a durable fanout exchange."""
+        return f"{self.prefix}.channel.{namespace}.{name}"
+
+    def subscription_queue(self, namespace: str, name: str) -> str:
+        return f"{self.prefix}.subscription.{namespace}.{name}"
+
+    def flow_exchange(self, flow: str, namespace: str, channel: str) -> str:
+        """A channel a Sequence or Parallel (`flow`) generated, named as Knative names it
+        (`{sequence}-kn-sequence-{i}`): its own segment, so it never meets a user Channel."""
+        return f"{self.prefix}.{flow}.{namespace}.{channel}"
+
+    def flow_queue(self, flow: str, namespace: str, subscription: str) -> str:
+        """A subscription a Sequence or Parallel generated (queues and exchanges are apart)."""
+        return f"{self.prefix}.{flow}.{namespace}.{subscription}"
+
+    def reply_queue(self, queue: str) -> str:
+        """Where a subscription's replies wait for an external `reply` URL. `:` appears in no
+        resource name, so this never equals another resource's queue."""
+        return f"{queue}:reply"
+
     def dead_letter_queue(self, queue: str) -> str:
         """Where a queue's events wait for its dead-letter sink (one per trigger/subscription)."""
-        return f"{queue}.dlq"
+        return f"{queue}:dlq"  # ":" cannot occur in names: no clash with a trigger "x.dlq"
 
     @property
     def delay_exchange(self) -> str:
@@ -30,6 +51,11 @@ class Names:
 
     def delay_queue(self, delay_ms: int) -> str:
         return f"{self.prefix}.delay.{delay_ms}ms"
+
+    @property
+    def store_queue(self) -> str:
+        """The resource store: a stream of apply/delete records every replica follows."""
+        return f"{self.prefix}.store"
 
     @property
     def parked_queue(self) -> str:

@@ -1,16 +1,26 @@
 """Declaring and deleting the RabbitMQ objects the reconciler asks for.
 
 Queues that deliver to a subscriber dead-letter (nack without requeue) into their own
-`.dlq` queue, so a message we cannot hand on is caught by RabbitMQ, never dropped by us.
+`:dlq` queue, so a message we cannot hand on is caught by RabbitMQ, never dropped by us.
 Retries wait in shared delay queues, one per distinct delay: a fixed `x-message-ttl` keeps
 expiry in FIFO order, and on expiry RabbitMQ dead-letters the message through the default
 exchange with its own routing key, which is the name of the queue it came from.
+
+With `queue_type="quorum"` (RABBITMESH_QUEUE_TYPE) every queue here is a quorum queue,
+replicated across the RabbitMQ cluster. Delivery queues then also get a delivery limit (it
+only ends redelivery loops of a message that crashes us: our retries go through delay queues
+and never count against it) and at-least-once dead-lettering, so a message RabbitMQ moves to
+the `:dlq` is kept until the `:dlq` confirmed it. Delay queues keep the default at-most-once
+dead-lettering: at-least-once holds a message in its source queue until some target queue
+accepts it, so a retry whose trigger was deleted meanwhile would be stuck in the shared
+delay queue instead of being discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Literal
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel
@@ -22,11 +32,20 @@ log = logging.getLogger("rabbitmesh.topology")
 # Binding arguments starting with "x-" are ignored by headers exchanges: no x- prefix here.
 DELAY_HEADER = "rabbitmesh-delay"
 
+#: Deliveries of one message before a quorum queue dead-letters it by itself. Generous: only a
+#: message that is requeued again and again (a crash loop, a reply never publishable) hits it.
+QUORUM_DELIVERY_LIMIT = 1000
+
+QueueType = Literal["classic", "quorum"]
+
 
 class Topology:
-    def __init__(self, channel: AbstractRobustChannel, names: Names) -> None:
+    def __init__(
+        self, channel: AbstractRobustChannel, names: Names, queue_type: QueueType = "classic"
+    ) -> None:
         self.channel = channel
         self.names = names
+        self.queue_type = queue_type
         self._delays: set[int] = set()
         self._lock = asyncio.Lock()
 
@@ -34,7 +53,25 @@ class Topology:
         await self.channel.declare_exchange(
             self.names.delay_exchange, aio_pika.ExchangeType.HEADERS, durable=True
         )
-        await self.channel.declare_queue(self.names.parked_queue, durable=True)
+        await self.channel.declare_queue(
+            self.names.parked_queue, durable=True, arguments=self.queue_arguments()
+        )
+
+    def queue_arguments(
+        self, arguments: dict[str, Any] | None = None, delivery: bool = False
+    ) -> dict[str, Any]:
+        """`arguments` plus what RABBITMESH_QUEUE_TYPE adds; `delivery` for a queue whose
+        consumer may reject messages into its dead-letter queue."""
+        args = dict(arguments or {})
+        if self.queue_type == "quorum":
+            args["x-queue-type"] = "quorum"
+            if delivery:
+                args["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
+                # At-least-once dead-lettering requires reject-publish overflow; with no length
+                # limit set, nothing is ever rejected because of it.
+                args["x-dead-letter-strategy"] = "at-least-once"
+                args["x-overflow"] = "reject-publish"
+        return args
 
     async def declare_exchange(self, name: str, kind: aio_pika.ExchangeType) -> None:
         await self.channel.declare_exchange(name, kind, durable=True)
@@ -42,11 +79,13 @@ class Topology:
     async def declare_delivery_queue(self, queue: str) -> None:
         """A subscriber's queue and the dead-letter queue RabbitMQ moves rejected messages to."""
         dlq = self.names.dead_letter_queue(queue)
-        await self.channel.declare_queue(dlq, durable=True)
+        await self.channel.declare_queue(dlq, durable=True, arguments=self.queue_arguments())
         await self.channel.declare_queue(
             queue,
             durable=True,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq},
+            arguments=self.queue_arguments(
+                {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}, delivery=True
+            ),
         )
 
     async def bind(self, queue: str, exchange: str, routing_key: str) -> None:
@@ -68,7 +107,9 @@ class Topology:
             q = await self.channel.declare_queue(
                 name,
                 durable=True,
-                arguments={"x-message-ttl": delay_ms, "x-dead-letter-exchange": ""},
+                arguments=self.queue_arguments(
+                    {"x-message-ttl": delay_ms, "x-dead-letter-exchange": ""}
+                ),
             )
             await q.bind(
                 self.names.delay_exchange,

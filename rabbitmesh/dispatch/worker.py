@@ -4,7 +4,7 @@ Every outcome is made durable in RabbitMQ before the message is acked:
 - success: the reply (if any) is published with confirm, then ack;
 - retryable failure with retries left: a copy goes to the delay queue for its backoff with
   the retry count in a header (confirmed), then ack; nothing waits in memory;
-- final failure: the event, with knativeerror* extensions, goes to the queue's `.dlq`
+- final failure: the event, with knativeerror* extensions, goes to the queue's `:dlq`
   (confirmed), then ack; with no dead-letter sink it is dropped and logged;
 - a publish that fails: nack, so RabbitMQ redelivers (or dead-letters) it.
 With `concurrency` 1 the queue is delivered strictly in order.
@@ -322,7 +322,7 @@ class QueueWorker:
                 mandatory=True,
             )
         except PublishFailed as e:
-            # RabbitMQ's own dead-lettering moves it to the same .dlq queue.
+            # RabbitMQ's own dead-lettering moves it to the same :dlq queue.
             log.warning(
                 "dead-letter publish for event %s failed (%s); rejecting",
                 event.id,

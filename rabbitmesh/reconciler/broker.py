@@ -24,4 +24,8 @@ async def reconcile(ctx: Context, broker: Broker) -> None:
 
 
 async def finalize(ctx: Context, broker: Broker) -> None:
-    await ctx.topology.delete_exchange(ctx.names.broker_exchange(broker.namespace, broker.name))
+    exchange = ctx.names.broker_exchange(broker.namespace, broker.name)
+    await ctx.topology.delete_exchange(exchange)
+    # Its bindings went with it: a broker of the same name made later must be bound again.
+    for pairs in ctx.bindings.values():
+        pairs.difference_update({p for p in pairs if p[0] == exchange})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -36,6 +37,9 @@ class Context:
     workers: dict[str, QueueWorker] = field(default_factory=dict)
     #: queue -> the (exchange, binding key) pairs this process bound, so updates can unbind.
     bindings: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    #: (kind, namespace, name) -> earlier specs from the resource store (newest last), so a
+    #: fresh process can undo what an earlier spec did before it started.
+    history: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
     def get(self, kind: str, namespace: str, name: str) -> Resource | None:
         return self.resources.get((kind, namespace, name))
@@ -132,9 +136,13 @@ class Context:
         self.workers[dlq] = worker
 
     async def bind_exactly(self, queue: str, wanted: set[tuple[str, str]]) -> None:
-        """Bind new keys before unbinding old ones, so no event falls between the two."""
+        """Bind new keys before unbinding old ones, so no event falls between the two.
+
+        Every wanted key is (re)bound, not only new ones: binding is idempotent, and another
+        replica may have deleted and re-declared the exchange meanwhile.
+        """
         had = self.bindings.get(queue, set())
-        for exchange, key in sorted(wanted - had):
+        for exchange, key in sorted(wanted):
             await self.topology.bind(queue, exchange, key)
         for exchange, key in sorted(had - wanted):
             await self.topology.unbind(queue, exchange, key)

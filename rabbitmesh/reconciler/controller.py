@@ -5,14 +5,27 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
-from rabbitmesh.reconciler import broker, trigger
+from rabbitmesh.reconciler import (
+    broker,
+    channel,
+    eventtype,
+    parallel,
+    sequence,
+    sources,
+    subscription,
+    trigger,
+)
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.base import Resource
 
 log = logging.getLogger("rabbitmesh.reconciler")
 
 #: kind -> its reconciler module (KIND, ORDER, reconcile(ctx, res), finalize(ctx, res)).
-RECONCILERS: dict[str, ModuleType] = {m.KIND: m for m in (broker, trigger)}
+RECONCILERS: dict[str, ModuleType] = {
+    m.KIND: m for m in (broker, trigger, channel, subscription, sequence, parallel, eventtype)
+}
+#: One module reconciles every source kind (their status; they have no topology).
+RECONCILERS.update(dict.fromkeys(sources.KINDS, sources))
 
 
 def _order(res: Resource) -> int:

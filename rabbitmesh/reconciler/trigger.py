@@ -11,7 +11,8 @@ from rabbitmesh.dispatch.worker import Subscriber, now_rfc3339
 from rabbitmesh.filters import binding_keys, compile_trigger_filter
 from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.reconciler.context import Context
-from rabbitmesh.resources.eventing import Broker, Trigger
+from rabbitmesh.resources.duck import DeliverySpec, Destination
+from rabbitmesh.resources.eventing import Broker, Trigger, TriggerSpec
 
 log = logging.getLogger("rabbitmesh.trigger")
 
@@ -65,6 +66,29 @@ class BrokerReplier:
         )
 
 
+def defaults(ctx: Context) -> list[DeliverySpec]:
+    """Knative's config-br-defaults: the delivery a broker has when it sets none."""
+    url = ctx.settings.default_dead_letter_sink
+    return [DeliverySpec(deadLetterSink=Destination(uri=url))] if url else []
+
+
+def earlier_bindings(ctx: Context, trigger: Trigger) -> set[tuple[str, str]]:
+    """The bindings earlier specs of this trigger made, as the resource store remembers them
+    (a filter or broker changed while no rabbitmesh ran). Unbinding one that is not there is
+    harmless; keeping a stale one would only let extra events in for the filter to drop."""
+    out: set[tuple[str, str]] = set()
+    for spec in ctx.history.get(("Trigger", trigger.namespace, trigger.name), []):
+        try:
+            old = TriggerSpec.model_validate(spec.get("spec", {}))
+            attrs = old.filter.attributes if old.filter else {}
+            keys = binding_keys(attrs, old.filters)
+        except Exception:  # an old spec this version no longer reads: nothing to undo
+            continue
+        exchange = ctx.names.broker_exchange(trigger.namespace, old.broker)
+        out.update((exchange, k) for k in keys)
+    return out
+
+
 async def reconcile(ctx: Context, trigger: Trigger) -> None:
     ns, spec = trigger.namespace, trigger.spec
     broker = ctx.get("Broker", ns, spec.broker)
@@ -79,10 +103,12 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
     queue = ctx.names.trigger_queue(ns, trigger.name)
     attrs = spec.filter.attributes if spec.filter else {}
     await ctx.topology.declare_delivery_queue(queue)
+    if queue not in ctx.bindings:  # a fresh process: also undo what earlier specs bound
+        ctx.bindings[queue] = earlier_bindings(ctx, trigger)
     await ctx.bind_exactly(queue, {(exchange, k) for k in binding_keys(attrs, spec.filters)})
 
     url = ctx.resolve(spec.subscriber, ns)
-    policy = ctx.policy(merge_delivery(spec.delivery, broker.spec.delivery), ns)
+    policy = ctx.policy(merge_delivery(spec.delivery, broker.spec.delivery, *defaults(ctx)), ns)
     await ctx.run_queue(
         queue,
         Subscriber(

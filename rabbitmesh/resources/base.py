@@ -46,6 +46,12 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
     generation: int = 1
     creation_timestamp: str | None = Field(None, alias="creationTimestamp")
+    # Server-managed (from the resource store); ignored when a manifest sets them, except
+    # resourceVersion on a replace, where it is the version the client last read.
+    uid: str | None = None
+    resource_version: str | None = Field(None, alias="resourceVersion")
+    #: As Kubernetes': a resource owned by another goes when its owner goes.
+    owner_references: list[dict[str, Any]] | None = Field(None, alias="ownerReferences")
 
     @field_validator("name")
     @classmethod
@@ -124,6 +130,9 @@ class Resource(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
+    #: False for cluster-scoped kinds (Namespace): their metadata.namespace is "".
+    NAMESPACED: ClassVar[bool] = True
+
     # Filled in by `register`.
     GROUP: ClassVar[str]
     VERSIONS: ClassVar[tuple[str, ...]]
@@ -155,6 +164,13 @@ class Resource(BaseModel):
 
     def check(self) -> None:
         """Semantic validation beyond field types; raise FieldError. Overridden per kind."""
+
+    def declared_event_types(self) -> list[tuple[str, str]]:
+        """(type, source) of the events this resource emits, for the EventType registry.
+
+        Sources override it (Knative's `status.ceAttributes`); others emit nothing of their own.
+        """
+        return []
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")

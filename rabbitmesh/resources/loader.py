@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,14 @@ class ManifestError(ValueError):
     what: str  # "Trigger default/tr1", or "" when not known yet
     field: str  # "spec.subscriber.uri", or "" for the whole document
     message: str
+    #: Every (field, message) found, the first being `field`/`message` (the admin API's 422).
+    details: list[tuple[str, str]] = dataclass_field(default_factory=list)
 
     def __str__(self) -> str:
         where = f"{self.source}: document {self.document}"
         if self.what:
             where += f" ({self.what})"
-        return f"{where}: {self.field + ': ' if self.field else ''}{self.message}"
+        return one_line(f"{where}: {self.field + ': ' if self.field else ''}{self.message}")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,7 +64,11 @@ def parse_document(doc: Any, source: str, index: int) -> Resource:
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
-    what = f"{kind} {name}" if kind and name else str(kind or "")
+    # Only strings, shortened: a kind or name of any other type is a field error below, and
+    # str() of a large value (an alias bomb, say) must not end up in the message.
+    kind_text = _short(kind) if isinstance(kind, str) else ""
+    name_text = _short(name) if isinstance(name, str) else ""
+    what = f"{kind_text} {name_text}" if kind_text and name_text else kind_text
     if not isinstance(api_version, str) or not api_version:
         raise ManifestError(source, index, what, "apiVersion", "is required")
     if not isinstance(kind, str) or not kind:
@@ -78,10 +86,13 @@ def parse_document(doc: Any, source: str, index: int) -> Resource:
     try:
         res = info.model.model_validate(doc)
     except ValidationError as e:
-        err = e.errors()[0]
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ManifestError(source, index, what, loc_to_path(err["loc"]), msg + more) from None
+        errors = [
+            (loc_to_path(err["loc"]), err["msg"].removeprefix("Value error, "))
+            for err in e.errors()
+        ]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        path, msg = errors[0]
+        raise ManifestError(source, index, what, path, msg + more, errors) from None
     try:
         res.check()
     except FieldError as e:
@@ -89,15 +100,140 @@ def parse_document(doc: Any, source: str, index: int) -> Resource:
     return res
 
 
+#: Deepest nesting of mappings and sequences a manifest may have (Knative's are under 20).
+MAX_DEPTH = 100
+#: How many nodes YAML aliases may add to a document when expanded. A few hundred bytes of
+#: nested aliases can stand for billions of nodes ("billion laughs"): PyYAML shares them,
+#: but validation, error messages and the API's JSON would each expand them.
+MAX_ALIAS_NODES = 100_000
+
+
+class _TooComplex(yaml.YAMLError):
+    def __init__(self, problem: str, mark: Any = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with limits on nesting depth and alias expansion.
+
+    Scalars PyYAML resolves but cannot build (an integer of 5000 digits, `!!int ''`,
+    `!!bool x`) become YAML errors with their position instead of the stray ValueError,
+    IndexError, KeyError or AttributeError its constructors raise.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooComplex(
+                    f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: Any) -> Any:
+        _check_aliases(node)
+        return super().construct_document(node)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, LookupError, AttributeError, TypeError) as e:
+            value = node.value if isinstance(node, yaml.ScalarNode) else node.tag
+            problem = f"{_short(str(value))!r} is not a valid {node.tag.rsplit(':', 1)[-1]}"
+            if isinstance(e, ValueError | OverflowError) and str(e):
+                problem += f" ({e})"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+
+# Kubernetes reads manifests as JSON (sigs.k8s.io/yaml), and so must we: a date or time
+# stays the text written (`2024-01-01` is a string, not a date a string field rejects),
+# `!!binary` stays its base64 text and a `!!set` is a mapping to nulls. Python-only values
+# would also break the JSON every resource is stored and served as.
+def _scalar_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+def _base64_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    return "".join(loader.construct_scalar(node).split())  # type: ignore[arg-type]
+
+
+def _set_as_mapping(loader: yaml.SafeLoader, node: yaml.Node) -> Iterator[dict[Any, Any]]:
+    data: dict[Any, Any] = {}
+    yield data
+    data.update(loader.construct_mapping(node))  # type: ignore[arg-type]
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:timestamp", _scalar_text)
+_BoundedLoader.add_constructor("tag:yaml.org,2002:binary", _base64_text)
+_BoundedLoader.add_constructor("tag:yaml.org,2002:set", _set_as_mapping)
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Reject a document whose aliases are recursive or expand to too many nodes."""
+    expanded: dict[int, int] = {}  # id(node) -> node count with every alias expanded
+    entered: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            entered.discard(key)
+            expanded[key] = 1 + sum(expanded[id(child)] for child in children)
+            continue
+        if key in expanded:
+            continue
+        if key in entered:
+            raise _TooComplex("an alias refers to a node that contains it", node.start_mark)
+        entered.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children)
+    added = expanded[id(root)] - len(expanded)
+    if added > MAX_ALIAS_NODES:
+        raise _TooComplex(
+            f"aliases expand the document by more than {MAX_ALIAS_NODES} nodes",
+            root.start_mark,
+        )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return []
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    if isinstance(e, yaml.reader.ReaderError):
+        character = f"#x{e.character:04x}" if isinstance(e.character, int) else repr(e.character)
+        return f"invalid YAML at position {e.position}: character {character}: {e.reason}"
+    mark = getattr(e, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e)
+    return f"invalid YAML{at}: {problem}"
+
+
+def load_documents(text: str, source: str) -> list[Any]:
+    """The documents of a YAML (or JSON) text, as JSON-compatible values, within the limits
+    above; raises ManifestError. Whatever parses manifests should come through here."""
+    try:
+        return list(yaml.load_all(text, Loader=_BoundedLoader))
+    except yaml.YAMLError as e:
+        raise ManifestError(source, 1, "", "", _yaml_problem(e)) from None
+    except RecursionError:  # e.g. a long chain of `<<` merges; depth is bounded above
+        raise ManifestError(source, 1, "", "", "invalid YAML: nested too deeply") from None
+
+
 def load_text(text: str, source: str) -> list[Resource]:
     """All resources in a multi-document YAML (or JSON) text; the first error stops loading."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text)]
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ManifestError(source, 1, "", "", f"invalid YAML{at}: {problem}") from None
+    docs = load_documents(text, source)
     out: list[Resource] = []
     for i, doc in enumerate(docs, start=1):
         if doc is None:  # an empty document between `---` separators
@@ -111,6 +247,18 @@ def load_text(text: str, source: str) -> list[Resource]:
             continue
         out.append(parse_document(doc, source, i))
     return out
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (`\\n`)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def manifest_files(directory: Path) -> Iterator[Path]:

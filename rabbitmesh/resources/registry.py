@@ -62,13 +62,18 @@ def by_kind(kind: str) -> KindInfo | None:
         if want in (info.kind.lower(), info.plural, info.plural.rstrip("s")):
             return info
     for alias, k in _ALIASES.items():
-        if want == alias.lower():
+        if want in (alias.lower(), alias.lower() + "s"):
             return _BY_KIND[k]
     return None
 
 
 def all_kinds() -> list[KindInfo]:
     return list(_BY_KIND.values())
+
+
+def aliases() -> dict[str, KindInfo]:
+    """Other kind names of a registered kind (InMemoryChannel -> Channel's info)."""
+    return {alias: _BY_KIND[k] for alias, k in _ALIASES.items()}
 
 
 def canonical_kind(kind: str) -> str:

@@ -87,7 +87,8 @@ async def test_backoff_spacing(start_mesh, make_sink, policy, expected):
     assert (await post_binary(mesh.url + "/default/br"))[0] == 202
     await sub.wait_for(4)
     for got, want in zip(gaps(sub), expected, strict=True):
-        assert want - 0.02 <= got <= want + 0.35, (gaps(sub), expected)
+        # RabbitMQ expires TTL messages on a timer of its own: allow it to be a little early.
+        assert want - 0.05 <= got <= want + 0.35, (gaps(sub), expected)
 
 
 @pytest.mark.parametrize("code", [400, 401, 403, 413, 422])

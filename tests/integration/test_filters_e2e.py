@@ -435,7 +435,7 @@ INVALID = [
     ),
     pytest.param(
         "  filter: {attributes: {my-ext: x}}",
-        "spec.filter.attributes.my-ext: attribute names must be lowercase letters and digits",
+        "spec.filter.attributes.my-ext: invalid attribute name 'my-ext'",
         id="bad-key-in-filter-attributes",
     ),
     pytest.param(

@@ -30,8 +30,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Every prefix this test session handed out, so that cleanup removes only its own objects
+#: (another session may be running tests on the same RabbitMQ).
+CREATED_PREFIXES: list[str] = []
+
+
 def unique_prefix() -> str:
-    return f"{TEST_PREFIX_ROOT}-{uuid.uuid4().hex[:10]}"
+    p = f"{TEST_PREFIX_ROOT}-{uuid.uuid4().hex[:10]}"
+    CREATED_PREFIXES.append(p)
+    return p
 
 
 def write_manifests(directory: Path, text: str, name: str = "manifests.yaml") -> Path:

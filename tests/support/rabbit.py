@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 
 import aio_pika
@@ -11,19 +12,31 @@ import aio_pika
 from tests.support.mesh import AMQP_URL
 
 
+#: The node behind AMQP_URL, for rabbitmqctl (unset: rabbitmqctl's default node). Set it with
+#: RABBITMESH_TEST_AMQP_URL to run the suite against a private node, e.g. the fault suite
+#: (tests/faults/README.md) while others test against the default one.
+RABBITMQ_NODE = os.environ.get("RABBITMESH_TEST_RABBITMQ_NODE", "")
+
+
+def rabbitmqctl_command(*args: str) -> list[str]:
+    node = ["-n", RABBITMQ_NODE] if RABBITMQ_NODE else []
+    return ["rabbitmqctl", *node, *args]
+
+
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
     return subprocess.run(
-        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=True
+        rabbitmqctl_command(*args), capture_output=True, text=True, timeout=timeout, check=True
     ).stdout
 
 
-def list_names(what: str, prefix: str) -> list[str]:
+def list_names(what: str, prefix: str | tuple[str, ...]) -> list[str]:
     """Queue or exchange names starting with `prefix` (rabbitmqctl: no management plugin)."""
     out = rabbitmqctl(f"list_{what}", "-q", "--no-table-headers", "name")
     return sorted(n.strip() for n in out.splitlines() if n.strip().startswith(prefix))
 
 
-async def delete_everything(prefix: str) -> None:
+async def delete_everything(prefix: str | tuple[str, ...]) -> None:
+    """Delete every queue and exchange whose name starts with `prefix` (or any of them)."""
     queues, exchanges = list_names("queues", prefix), list_names("exchanges", prefix)
     if not queues and not exchanges:
         return
@@ -47,5 +60,5 @@ async def queue_depth(name: str) -> int:
         return q.declaration_result.message_count or 0
 
 
-def delete_everything_sync(prefix: str) -> None:
+def delete_everything_sync(prefix: str | tuple[str, ...]) -> None:
     asyncio.run(delete_everything(prefix))

@@ -1,0 +1,380 @@
+"""The admin API's routes (CONTRACT.md §7), Kubernetes-shaped:
+
+    GET          /apis                                              kinds this server knows
+    GET          /apis/{group}/{version}/{plural}                   list, every namespace
+    GET|POST     /apis/{group}/{version}/namespaces/{ns}/{plural}   list | create
+    GET|PUT|DELETE /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}
+    GET          /api/v1/secrets, /api/v1/namespaces                list (Secrets redacted)
+    GET|POST     /api/v1/namespaces/{ns}/secrets                    list | create
+    GET|PUT|DELETE /api/v1/namespaces/{ns}/secrets/{name}
+    POST         /api/v1/namespaces                                 create a Namespace
+    GET|PUT|DELETE /api/v1/namespaces/{name}
+    POST         /apply                                             create or update, many docs
+
+Writes go to the resource store; the answer comes once this replica has reconciled the
+change, so it shows the resource's status. 201 created, 200 otherwise; 400 malformed body or
+a body that is not the object the URL names; 401/403 see rabbitmesh/api/auth.py; 404 unknown
+type or object; 409 create of an existing name, or a stale resourceVersion; 422 invalid, with
+every field path; 503 while the store is not read yet or RabbitMQ does not take the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from rabbitmesh.api.auth import check_mutation
+from rabbitmesh.api.errors import ApiError
+from rabbitmesh.api.objects import (
+    api_version_of,
+    check_target,
+    describe,
+    discovery,
+    fill_from_url,
+    read_documents,
+    render,
+    resolve_kind,
+    restore_secret,
+    validate,
+)
+from rabbitmesh.controlplane import ControlPlane
+from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.registry import KindInfo, by_kind
+from rabbitmesh.settings import Settings
+from rabbitmesh.store.manifests import key_of, to_manifest
+from rabbitmesh.store.state import Key, Outcome
+from rabbitmesh.store.stream import StoreUnavailable
+
+log = logging.getLogger("rabbitmesh.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Writes of one /apply in flight at once.
+PARALLEL_WRITES = 32
+
+
+class AdminApi:
+    def __init__(self, plane: Callable[[], ControlPlane | None], settings: Settings) -> None:
+        self._plane = plane
+        self.settings = settings
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/apis", self._wrap(self.discovery)),
+            web.route("*", "/apply", self._wrap(self.apply)),
+            web.get("/apis/{group}/{version}/{plural}", self._wrap(self.list_everywhere)),
+            web.route(
+                "*",
+                "/apis/{group}/{version}/namespaces/{namespace}/{plural}",
+                self._wrap(self.coll),
+            ),
+            web.route(
+                "*",
+                "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}",
+                self._wrap(self.item),
+            ),
+            web.route("*", "/api/v1/{plural}", self._wrap(self.core_top)),
+            web.route("*", "/api/v1/{plural}/{name}", self._wrap(self.core_top_item)),
+            web.route("*", "/api/v1/namespaces/{namespace}/{plural}", self._wrap(self.core_coll)),
+            web.route(
+                "*", "/api/v1/namespaces/{namespace}/{plural}/{name}", self._wrap(self.core_item)
+            ),
+        ]
+
+    def _wrap(self, fn: Handler) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                check_mutation(request, self.settings.admin_token)
+                return await fn(request)
+            except ApiError as e:
+                return e.response()
+            except StoreUnavailable as e:
+                return ApiError(
+                    503, str(e), headers={"Retry-After": str(self.settings.retry_after_seconds)}
+                ).response()
+
+        handler.__name__ = f"api_{fn.__name__}"
+        return handler
+
+    @property
+    def plane(self) -> ControlPlane:
+        plane = self._plane()
+        if plane is None or not plane.started:
+            raise ApiError(
+                503,
+                "starting up: the resource store is not read yet",
+                headers={"Retry-After": str(self.settings.retry_after_seconds)},
+            )
+        return plane
+
+    # --- dispatch by path and method -------------------------------------------------------
+
+    async def discovery(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(discovery())
+
+    async def list_everywhere(self, request: web.Request) -> web.StreamResponse:
+        m = request.match_info
+        info = resolve_kind(m["group"], m["version"], m["plural"])
+        return self._list(info, None)
+
+    async def coll(self, request: web.Request) -> web.StreamResponse:
+        m = request.match_info
+        info = resolve_kind(m["group"], m["version"], m["plural"])
+        return await self._collection(request, info, m["version"], m["namespace"])
+
+    async def item(self, request: web.Request) -> web.StreamResponse:
+        m = request.match_info
+        info = resolve_kind(m["group"], m["version"], m["plural"])
+        return await self._item(request, info, m["version"], m["namespace"], m["name"])
+
+    async def core_top(self, request: web.Request) -> web.StreamResponse:
+        info = resolve_kind("", "v1", request.match_info["plural"])
+        if info.model.NAMESPACED:
+            if request.method != "GET":
+                raise ApiError(
+                    405, f"{request.method} needs /api/v1/namespaces/{{ns}}/{info.plural}"
+                )
+            return self._list(info, None)
+        return await self._collection(request, info, "v1", None)
+
+    async def core_top_item(self, request: web.Request) -> web.StreamResponse:
+        info = resolve_kind("", "v1", request.match_info["plural"])
+        if info.model.NAMESPACED:
+            raise ApiError(404, f"{info.plural} are namespaced: use /api/v1/namespaces/{{ns}}/...")
+        return await self._item(request, info, "v1", None, request.match_info["name"])
+
+    async def core_coll(self, request: web.Request) -> web.StreamResponse:
+        m = request.match_info
+        info = resolve_kind("", "v1", m["plural"])
+        return await self._collection(request, info, "v1", m["namespace"])
+
+    async def core_item(self, request: web.Request) -> web.StreamResponse:
+        m = request.match_info
+        info = resolve_kind("", "v1", m["plural"])
+        return await self._item(request, info, "v1", m["namespace"], m["name"])
+
+    async def _collection(
+        self, request: web.Request, info: KindInfo, version: str, namespace: str | None
+    ) -> web.StreamResponse:
+        self._scope(info, namespace)
+        if request.method in ("GET", "HEAD"):
+            return self._list(info, namespace)
+        if request.method == "POST":
+            return await self._create(request, info, version, namespace)
+        raise ApiError(405, f"{request.method} is not allowed here", headers={"Allow": "GET, POST"})
+
+    async def _item(
+        self,
+        request: web.Request,
+        info: KindInfo,
+        version: str,
+        namespace: str | None,
+        name: str,
+    ) -> web.StreamResponse:
+        self._scope(info, namespace)
+        key: Key = (info.kind, namespace or "", name)
+        if request.method in ("GET", "HEAD"):
+            return web.json_response(render(self._get(key)))
+        if request.method == "PUT":
+            return await self._replace(request, info, version, key)
+        if request.method == "DELETE":
+            return await self._delete(key)
+        raise ApiError(
+            405, f"{request.method} is not allowed here", headers={"Allow": "GET, PUT, DELETE"}
+        )
+
+    def _scope(self, info: KindInfo, namespace: str | None) -> None:
+        if info.model.NAMESPACED and namespace is None:
+            raise ApiError(404, f"{info.plural} are namespaced: name a namespace in the path")
+        if not info.model.NAMESPACED and namespace is not None:
+            raise ApiError(404, f"{info.plural} are not namespaced")
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _get(self, key: Key) -> Resource:
+        res = self.plane.resource(*key)
+        if res is None:
+            kind, ns, name = key
+            where = f" in namespace {ns!r}" if ns else ""
+            raise ApiError(404, f"{kind} {name!r} not found{where}")
+        return res
+
+    def _list(self, info: KindInfo, namespace: str | None) -> web.StreamResponse:
+        plane = self.plane
+        items = [
+            r
+            for r in plane.resources()
+            if r.KIND == info.kind and (namespace is None or r.namespace == namespace)
+        ]
+        items.sort(key=lambda r: (r.namespace, r.name))
+        return web.json_response(
+            {
+                "apiVersion": api_version_of(info),
+                "kind": f"{info.kind}List",
+                "metadata": {"resourceVersion": str(plane.store.state.last_offset)},
+                "items": [render(r) for r in items],
+            }
+        )
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def _body(
+        self, request: web.Request, info: KindInfo, version: str, namespace: str | None
+    ) -> tuple[Resource, dict[str, Any]]:
+        docs = await read_documents(request)
+        if len(docs) != 1:
+            raise ApiError(400, f"expected one object, got {len(docs)} (use POST /apply)")
+        doc = fill_from_url(docs[0], info, version, namespace)
+        return validate(doc), doc
+
+    async def _create(
+        self, request: web.Request, info: KindInfo, version: str, namespace: str | None
+    ) -> web.StreamResponse:
+        plane = self.plane
+        res, _ = await self._body(request, info, version, namespace)
+        check_target(res, info, namespace)
+        key = key_of(res)
+        if plane.resource(*key) is not None:
+            raise ApiError(409, f"{describe(res)} already exists", reason="AlreadyExists")
+        res = restore_secret(res, None)
+        outcome = await self._write(res, expect="absent")
+        return web.json_response(self._written(res, outcome), status=201)
+
+    async def _replace(
+        self, request: web.Request, info: KindInfo, version: str, key: Key
+    ) -> web.StreamResponse:
+        plane = self.plane
+        namespace = key[1] or None
+        res, doc = await self._body(request, info, version, namespace)
+        check_target(res, info, namespace, key[2])
+        expect: str | int = "present"
+        rv = (doc.get("metadata") or {}).get("resourceVersion")
+        if rv not in (None, ""):
+            try:
+                expect = int(rv)
+            except (TypeError, ValueError):
+                raise ApiError(
+                    422,
+                    f"invalid metadata.resourceVersion {rv!r}",
+                    details=[{"field": "metadata.resourceVersion", "message": "not a version"}],
+                ) from None
+        if plane.is_derived(key):
+            expect = "absent"  # the stored object takes over from the one rabbitmesh made
+        res = restore_secret(res, plane.store.get(key))
+        outcome = await self._write(res, expect=expect)
+        return web.json_response(self._written(res, outcome))
+
+    async def _delete(self, key: Key) -> web.StreamResponse:
+        plane = self.plane
+        res = self._get(key)
+        if plane.is_derived(key):
+            owners = res.metadata.owner_references or [{}]
+            owner = f"{owners[0].get('kind', '?')} {owners[0].get('name', '?')}"
+            raise ApiError(
+                409,
+                f"{describe(res)} is made by rabbitmesh for {owner}; it goes when {owner} goes "
+                "(or no longer asks for it)",
+            )
+        outcome = await plane.store.delete(key)
+        self._check(outcome, res)
+        log.info("api: %s deleted", describe(res))
+        await plane.wait_reconciled(outcome.offset)
+        return web.json_response(render(res))
+
+    async def _write(self, res: Resource, *, expect: str | int | None) -> Outcome:
+        plane = self.plane
+        outcome = await plane.store.apply(
+            to_manifest(res), key_of(res), origin="api", expect=expect
+        )
+        self._check(outcome, res)
+        if outcome.result in ("created", "configured"):
+            log.info("api: %s %s", describe(res), outcome.result)
+            await plane.wait_reconciled(outcome.offset)
+        return outcome
+
+    def _check(self, outcome: Outcome, res: Resource) -> None:
+        if outcome.result == "conflict":
+            reason = "AlreadyExists" if "already exists" in outcome.message else "Conflict"
+            raise ApiError(409, outcome.message, reason=reason)
+        if outcome.result == "notfound":
+            raise ApiError(404, f"{describe(res)} not found")
+
+    def _written(self, res: Resource, outcome: Outcome) -> dict[str, Any]:
+        live = self.plane.resource(*key_of(res))
+        return render(live if live is not None else res)
+
+    # --- /apply ----------------------------------------------------------------------------
+
+    async def apply(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            raise ApiError(405, "use POST /apply", headers={"Allow": "POST"})
+        plane = self.plane
+        namespace = request.query.get("namespace")
+        dry_run = request.query.get("dryRun", "").lower() in ("all", "true", "1")
+        docs = await read_documents(request)
+        resources: list[Resource] = []
+        details: list[dict[str, Any]] = []
+        messages: list[str] = []
+        for i, doc in enumerate(docs, start=1):
+            if namespace and isinstance(doc, dict) and isinstance(doc.get("metadata"), dict):
+                info = by_kind(str(doc.get("kind", "")))
+                if info is None or info.model.NAMESPACED:
+                    doc["metadata"].setdefault("namespace", namespace)
+            try:
+                resources.append(validate(doc, i))
+            except ApiError as e:
+                messages.append(f"document {i}: {e.message}")
+                details.extend({"document": i, **d} for d in e.details)
+        seen: set[Key] = set()
+        for res in resources:
+            if key_of(res) in seen:
+                messages.append(f"{describe(res)} appears twice")
+                details.append({"field": "metadata.name", "message": "defined more than once"})
+            seen.add(key_of(res))
+        if messages:
+            raise ApiError(422, "; ".join(messages), details=details)
+        resources = [restore_secret(r, plane.store.get(key_of(r))) for r in resources]
+        sem = asyncio.Semaphore(PARALLEL_WRITES)
+
+        async def one(res: Resource) -> tuple[str, int]:
+            stored = plane.store.get(key_of(res))
+            if stored is not None and stored.manifest == to_manifest(res):
+                return "unchanged", -1
+            if dry_run:
+                return ("configured" if stored is not None else "created"), -1
+            async with sem:
+                outcome = await plane.store.apply(to_manifest(res), key_of(res), origin="api")
+            if outcome.result in ("created", "configured"):
+                log.info("api: %s %s", describe(res), outcome.result)
+                return outcome.result, outcome.offset
+            return outcome.result, -1
+
+        done = await asyncio.gather(*(one(r) for r in resources))
+        results = [result for result, _ in done]
+        changed = max(offset for _, offset in done)
+        if changed >= 0:
+            await plane.wait_reconciled(changed)
+        return web.json_response(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "results": [
+                    {
+                        "apiVersion": r.api_version,
+                        "kind": r.KIND,
+                        "namespace": r.namespace or None,
+                        "name": r.name,
+                        "result": result,
+                    }
+                    for r, result in zip(resources, results, strict=True)
+                ],
+                "items": [
+                    render(plane.resource(*key_of(r)) or r) if not dry_run else render(r)
+                    for r in resources
+                ],
+            }
+        )

@@ -1,0 +1,88 @@
+"""`rabbitmesh channel create|delete|describe|list`, as `kn channel`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from rabbitmesh.cli import output as out
+from rabbitmesh.cli.client import CHANNEL, ApiClient
+from rabbitmesh.cli.common import (
+    CONNECTION_HELP,
+    api_command,
+    echo_done,
+    metadata,
+    namespace_option,
+)
+from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+
+#: kn's --type aliases -> the channel kind of the template.
+TYPES = {"imcv1": "InMemoryChannel", "imc": "InMemoryChannel", "inmemorychannel": "InMemoryChannel"}
+
+
+@click.group(help="Manage channels: every subscription gets every event.\n\n" + CONNECTION_HELP)
+def channel() -> None:
+    pass
+
+
+@channel.command(
+    "create",
+    help="Create a channel (a RabbitMQ fanout exchange; events are POSTed to its URL)."
+    + examples("rabbitmesh channel create ch1", "rabbitmesh channel create ch1 --type imcv1"),
+)
+@click.argument("name")
+@namespace_option
+@click.option(
+    "--type",
+    "channel_type",
+    default=None,
+    help="Channel type: imcv1 (InMemoryChannel), or a kind. Every type is the same here.",
+)
+@api_command
+def create(client: ApiClient, name: str, namespace: str, channel_type: str | None) -> None:
+    spec: dict[str, Any] = {}
+    if channel_type:
+        kind = TYPES.get(channel_type.lower(), channel_type)
+        spec["channelTemplate"] = {"apiVersion": "messaging.knative.dev/v1", "kind": kind}
+    client.create(
+        CHANNEL,
+        namespace,
+        {
+            "apiVersion": "messaging.knative.dev/v1",
+            "kind": "Channel",
+            "metadata": metadata(name, namespace),
+            "spec": spec,
+        },
+    )
+    echo_done("Channel", name, "created", namespace)
+
+
+def _type(obj: dict[str, Any]) -> str:
+    return (out.spec(obj, "channelTemplate") or {}).get("kind") or "InMemoryChannel"
+
+
+channel.add_command(
+    list_command(
+        CHANNEL,
+        [
+            ("NAME", out.name),
+            ("TYPE", _type),
+            ("URL", out.url),
+            ("AGE", out.age),
+            ("READY", out.ready),
+            ("REASON", out.reason),
+        ],
+        "List channels: name, type, URL, age and readiness." + examples("rabbitmesh channel list"),
+    )
+)
+channel.add_command(
+    describe_command(
+        CHANNEL,
+        lambda o: [("Type", _type(o)), ("URL", out.url(o))],
+        "Show a channel: type, URL and conditions." + examples("rabbitmesh channel describe ch1"),
+    )
+)
+channel.add_command(
+    delete_command(CHANNEL, "Delete channels." + examples("rabbitmesh channel delete ch1"))
+)

@@ -1,0 +1,173 @@
+"""The CLI's client for the admin API: stdlib urllib, JSON in and out, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_SERVER = "http://localhost:8080"
+TIMEOUT = 30.0
+
+#: Short names accepted by `get`/`delete` besides kind, plural and singular (as kubectl's).
+SHORT_NAMES = {
+    "ns": "namespaces",
+    "ch": "channels",
+    "imc": "channels",
+    "inmemorychannel": "channels",
+    "inmemorychannels": "channels",
+    "sub": "subscriptions",
+    "et": "eventtypes",
+}
+
+
+class CliError(Exception):
+    """Printed as `rabbitmesh: <message>`, exit status 1."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace is not None:
+            base += f"/namespaces/{urllib.parse.quote(namespace)}"
+        base += f"/{self.plural}"
+        if name is not None:
+            base += f"/{urllib.parse.quote(name)}"
+        return base
+
+    @property
+    def qualified(self) -> str:
+        """`broker.eventing.knative.dev`, as kubectl names a kind in its output."""
+        singular = self.kind.lower()
+        return f"{singular}.{self.group}" if self.group else singular
+
+
+# The kinds the dedicated commands work on; the server answers if it does not host one.
+BROKER = Kind("eventing.knative.dev", "v1", "Broker", "brokers")
+TRIGGER = Kind("eventing.knative.dev", "v1", "Trigger", "triggers")
+EVENTTYPE = Kind("eventing.knative.dev", "v1beta3", "EventType", "eventtypes")
+CHANNEL = Kind("messaging.knative.dev", "v1", "Channel", "channels")
+SUBSCRIPTION = Kind("messaging.knative.dev", "v1", "Subscription", "subscriptions")
+PINGSOURCE = Kind("sources.knative.dev", "v1", "PingSource", "pingsources")
+CONTAINERSOURCE = Kind("sources.knative.dev", "v1", "ContainerSource", "containersources")
+APISERVERSOURCE = Kind("sources.knative.dev", "v1", "ApiServerSource", "apiserversources")
+GITLABSOURCE = Kind("sources.knative.dev", "v1alpha1", "GitLabSource", "gitlabsources")
+SINKBINDING = Kind("sources.knative.dev", "v1", "SinkBinding", "sinkbindings")
+SOURCE_KINDS = (PINGSOURCE, CONTAINERSOURCE, APISERVERSOURCE, SINKBINDING, GITLABSOURCE)
+
+
+class ApiClient:
+    def __init__(self, server: str, token: str | None = None) -> None:
+        self.server = server.rstrip("/")
+        self.token = token or None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+    ) -> Any:
+        url = self.server + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as e:
+            raise CliError(self._error_text(e), e.code) from None
+        except (TimeoutError, urllib.error.URLError, OSError) as e:
+            why = getattr(e, "reason", e)
+            detail = "" if isinstance(why, ConnectionRefusedError) else f": {why}"
+            raise CliError(
+                f"cannot reach the rabbitmesh API at {self.server} (is `rabbitmesh run` "
+                f"running?){detail}"
+            ) from None
+        if not payload:
+            return None
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise CliError(f"{url} did not answer JSON; is it a rabbitmesh API?") from None
+
+    @staticmethod
+    def _error_text(e: urllib.error.HTTPError) -> str:
+        try:
+            body = json.loads(e.read() or b"{}")
+        except ValueError:
+            body = {}
+        message = body.get("error") if isinstance(body, dict) else None
+        if not message:
+            return f"the API answered {e.code} {e.reason}"
+        if e.code in (401, 403):
+            return (
+                f"{message} (set --token or RABBITMESH_ADMIN_TOKEN)" if e.code == 401 else message
+            )
+        return str(message)
+
+    # --- conveniences --------------------------------------------------------------------
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any]:
+        return self.request("GET", kind.path(namespace, name))
+
+    def list(self, kind: Kind, namespace: str | None) -> list[dict[str, Any]]:
+        """Items of a kind in a namespace, or in every namespace with namespace=None."""
+        if kind.namespaced and namespace is None:
+            base = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
+            return self.request("GET", f"{base}/{kind.plural}").get("items", [])
+        return self.request("GET", kind.path(namespace)).get("items", [])
+
+    def create(self, kind: Kind, namespace: str | None, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", kind.path(namespace), obj)
+
+    def replace(self, kind: Kind, namespace: str | None, obj: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", kind.path(namespace, obj["metadata"]["name"]), obj)
+
+    def delete(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any]:
+        return self.request("DELETE", kind.path(namespace, name))
+
+    def kinds(self) -> list[Kind]:
+        out = []
+        for r in self.request("GET", "/apis").get("resources", []):
+            versions = r.get("versions") or ["v1"]
+            out.append(Kind(r["group"], versions[0], r["kind"], r["plural"], r["namespaced"]))
+        return out
+
+    def resolve(self, name: str) -> Kind:
+        """A kind from what a user types: Broker, broker, brokers, or a short name."""
+        want = SHORT_NAMES.get(name.lower(), name.lower())
+        group = ""
+        if "." in want:  # broker.eventing.knative.dev
+            want, group = want.split(".", 1)
+        kinds = self.kinds()
+        for k in kinds:
+            if group and k.group != group:
+                continue
+            if want in (k.kind.lower(), k.plural, k.plural.removesuffix("s")):
+                return k
+        known = ", ".join(sorted(k.plural for k in kinds))
+        raise CliError(f"unknown resource type {name!r}; known: {known}")

@@ -1,0 +1,85 @@
+"""What every API-talking command shares: --server/--token, -n/-A, errors in one line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import click
+
+from rabbitmesh.cli.client import DEFAULT_SERVER, ApiClient, CliError
+
+#: Settings every group's help points at.
+CONNECTION_HELP = (
+    "Commands reach a running `rabbitmesh run` through its admin API: --server "
+    f"(env RABBITMESH_SERVER, default {DEFAULT_SERVER}) and, when the server sets "
+    "RABBITMESH_ADMIN_TOKEN, --token (env RABBITMESH_ADMIN_TOKEN)."
+)
+
+namespace_option = click.option(
+    "-n",
+    "--namespace",
+    default="default",
+    show_default=True,
+    help="Namespace to work in.",
+)
+all_namespaces_option = click.option(
+    "-A",
+    "--all-namespaces",
+    is_flag=True,
+    help="List across every namespace (ignores -n).",
+)
+
+
+def api_command(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds --server and --token, passes an ApiClient first, prints CliError in one line."""
+
+    @functools.wraps(f)
+    def wrapper(server: str, token: str | None, **kwargs: Any) -> Any:
+        try:
+            return f(ApiClient(server, token), **kwargs)
+        except CliError as e:
+            click.echo(f"rabbitmesh: {e}", err=True)
+            sys.exit(1)
+
+    wrapper = click.option(
+        "--token",
+        envvar="RABBITMESH_ADMIN_TOKEN",
+        default=None,
+        help="Bearer token for changes, when the server sets RABBITMESH_ADMIN_TOKEN "
+        "[env RABBITMESH_ADMIN_TOKEN].",
+    )(wrapper)
+    wrapper = click.option(
+        "--server",
+        envvar="RABBITMESH_SERVER",
+        default=DEFAULT_SERVER,
+        show_default=True,
+        help="URL of the rabbitmesh API [env RABBITMESH_SERVER].",
+    )(wrapper)
+    return wrapper
+
+
+def key_values(pairs: Iterable[str], flag: str) -> dict[str, str]:
+    """`KEY=VALUE` flags into a dict."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def metadata(name: str, namespace: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return meta
+
+
+def echo_done(kind: str, name: str, what: str, namespace: str | None) -> None:
+    """kn's confirmation line: `Broker 'br' successfully created in namespace 'default'.`"""
+    where = f" in namespace '{namespace}'" if namespace else ""
+    click.echo(f"{kind} '{name}' successfully {what}{where}.")

@@ -1,0 +1,247 @@
+"""kubectl-like commands on any kind: `apply -f`, `get`, `delete`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from rabbitmesh.cli import output as out
+from rabbitmesh.cli.client import ApiClient, CliError, Kind
+from rabbitmesh.cli.common import all_namespaces_option, api_command
+
+#: Extra columns `get` shows for some kinds (after NAME).
+EXTRA_COLUMNS: dict[str, list[out.Column]] = {
+    "Broker": [("URL", out.url)],
+    "Trigger": [
+        ("BROKER", lambda o: out.spec(o, "broker") or ""),
+        ("SUBSCRIBER_URI", lambda o: (o.get("status") or {}).get("subscriberUri", "")),
+    ],
+    "Channel": [("URL", out.url)],
+    "Sequence": [("URL", out.url)],
+    "Parallel": [("URL", out.url)],
+    "Subscription": [("CHANNEL", lambda o: out.spec(o, "channel", "name") or "")],
+    "EventType": [
+        ("TYPE", lambda o: event_type_attr(o, "type")),
+        ("SOURCE", lambda o: event_type_attr(o, "source")),
+    ],
+}
+
+
+def event_type_attr(obj: dict[str, Any], name: str) -> str:
+    spec = obj.get("spec") or {}
+    if spec.get(name):
+        return str(spec[name])
+    for a in spec.get("attributes") or []:
+        if a.get("name") == name:
+            return str(a.get("value") or "")
+    return ""
+
+
+def columns_for(kind: str) -> list[out.Column]:
+    return [
+        ("NAME", out.name),
+        *EXTRA_COLUMNS.get(kind, []),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ]
+
+
+def read_sources(paths: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(where, text) of each -f argument: a file, every manifest file of a directory, or -."""
+    texts = []
+    for p in paths:
+        if p == "-":
+            texts.append(("<stdin>", sys.stdin.read()))
+            continue
+        path = Path(p)
+        if path.is_dir():
+            # Imported here: the resource models are heavy, and only a directory needs this.
+            from rabbitmesh.resources.loader import manifest_files
+
+            files = list(manifest_files(path))
+            if not files:
+                raise CliError(f"{p}: no .yaml, .yml or .json files in this directory")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise CliError(f"{p}: no such file or directory")
+        for f in files:
+            try:
+                texts.append((str(f), f.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as e:
+                raise CliError(f"{f}: cannot read: {e}") from None
+    return texts
+
+
+def qualified(obj: dict[str, Any]) -> str:
+    group = obj.get("apiVersion", "").rpartition("/")[0]
+    kind = obj.get("kind", "").lower()
+    return f"{kind}.{group}" if group else kind
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    help="A manifest file, a directory of them (not recursive), or - for stdin. Repeatable.",
+)
+@click.option("-n", "--namespace", default=None, help="Namespace for documents that name none.")
+@click.option("--dry-run", is_flag=True, help="Validate on the server and report, change nothing.")
+@api_command
+def apply(client: ApiClient, files: tuple[str, ...], namespace: str | None, dry_run: bool) -> None:
+    """Create or update resources from YAML/JSON manifests, as `kubectl apply -f`.
+
+    Every document is validated by the server first; an invalid file changes nothing.
+
+    \b
+    Examples:
+      rabbitmesh apply -f config/broker.yaml
+      rabbitmesh apply -f config/            # every .yaml/.yml/.json file in it
+      cat trigger.yaml | rabbitmesh apply -f - -n team-a
+    """
+    query = {"namespace": namespace} if namespace else {}
+    sources = [(w, t) for w, t in read_sources(files) if t.strip()]
+
+    def send(where: str, text: str, extra: dict[str, str]) -> dict[str, Any]:
+        try:
+            return client.request(
+                "POST",
+                "/apply",
+                raw=text.encode(),
+                content_type="application/yaml",
+                query={**query, **extra},
+            )
+        except CliError as e:
+            raise CliError(f"{where}: {e}") from None
+
+    # Every file is validated before any is applied: one invalid file changes nothing.
+    checked = [send(where, text, {"dryRun": "All"}) for where, text in sources]
+    results = checked if dry_run else [send(where, text, {}) for where, text in sources]
+    suffix = " (server dry run)" if dry_run else ""
+    for result in results:
+        for r in result.get("results", []):
+            click.echo(f"{qualified(r)}/{r['name']} {r['result']}{suffix}")
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("names", nargs=-1)
+@click.option("-n", "--namespace", default="default", show_default=True, help="Namespace.")
+@all_namespaces_option
+@out.output_option
+@api_command
+def get(
+    client: ApiClient,
+    kind: str,
+    names: tuple[str, ...],
+    namespace: str,
+    all_namespaces: bool,
+    output: str | None,
+) -> None:
+    """Show resources of a kind, as `kubectl get`: a table, or -o yaml|json.
+
+    KIND is a kind, plural or short name: broker(s), trigger(s), channel(s), subscription(s),
+    sequence(s), parallel(s), eventtype(s), pingsource(s), secret(s), namespace(s) (ns)...
+
+    \b
+    Examples:
+      rabbitmesh get brokers
+      rabbitmesh get trigger tr1 -o yaml
+      rabbitmesh get eventtypes -A
+    """
+    k = client.resolve(kind)
+    ns = None if all_namespaces or not k.namespaced else namespace
+    if names:
+        items = [client.get(k, namespace if k.namespaced else None, n) for n in names]
+        if output:
+            click.echo(out.dump(items[0] if len(items) == 1 else _as_list(items), output))
+            return
+    else:
+        items = client.list(k, ns)
+    out.print_list(
+        items,
+        columns_for(k.kind),
+        what=k.plural,
+        output=output,
+        all_ns=all_namespaces and k.namespaced,
+        namespace_name=ns,
+    )
+
+
+def _as_list(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+@click.command()
+@click.argument("kind", required=False)
+@click.argument("names", nargs=-1)
+@click.option("-f", "--filename", "files", multiple=True, help="Delete what these manifests name.")
+@click.option("-n", "--namespace", default="default", show_default=True, help="Namespace.")
+@click.option("--ignore-not-found", is_flag=True, help="Do not fail on resources already gone.")
+@api_command
+def delete(
+    client: ApiClient,
+    kind: str | None,
+    names: tuple[str, ...],
+    files: tuple[str, ...],
+    namespace: str,
+    ignore_not_found: bool,
+) -> None:
+    """Delete resources by kind and name, or those a manifest names, as `kubectl delete`.
+
+    Deleting a Broker deletes its exchange, a Trigger its queue (and the events waiting in it).
+
+    \b
+    Examples:
+      rabbitmesh delete trigger tr1
+      rabbitmesh delete broker br1 -n team-a
+      rabbitmesh delete -f config/broker.yaml
+    """
+    targets: list[tuple[Kind, str | None, str]] = []
+    if files:
+        if kind:
+            raise CliError("give either KIND NAME... or -f FILE, not both")
+        kinds = client.kinds()
+        for where, text in read_sources(files):
+            try:
+                docs = [d for d in yaml.safe_load_all(text) if d is not None]
+            except yaml.YAMLError as e:
+                raise CliError(f"{where}: invalid YAML: {e}") from None
+            for doc in docs:
+                targets.append(_target_of(doc, kinds, namespace, where))
+    else:
+        if not kind or not names:
+            raise CliError("name what to delete: KIND NAME... (or -f FILE)")
+        k = client.resolve(kind)
+        targets = [(k, namespace if k.namespaced else None, n) for n in names]
+    for k, ns, name in targets:
+        try:
+            client.delete(k, ns, name)
+        except CliError as e:
+            if e.status == 404 and ignore_not_found:
+                continue
+            raise
+        click.echo(f'{k.qualified} "{name}" deleted')
+
+
+def _target_of(
+    doc: Any, kinds: list[Kind], namespace: str, where: str
+) -> tuple[Kind, str | None, str]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("metadata"), dict):
+        raise CliError(f"{where}: a document without metadata cannot be deleted")
+    api_version, kind_name = str(doc.get("apiVersion", "")), str(doc.get("kind", ""))
+    group = api_version.rpartition("/")[0]
+    for k in kinds:
+        if k.group == group and k.kind == kind_name:
+            meta = doc["metadata"]
+            ns = meta.get("namespace", namespace) if k.namespaced else None
+            return k, ns, str(meta.get("name", ""))
+    raise CliError(f"{where}: the server does not know {kind_name} ({api_version})")

@@ -1,0 +1,271 @@
+"""The resource store on RabbitMQ: one durable stream, `{prefix}.store`, of records.
+
+Every replica consumes the stream from its first offset and then follows it, applying each
+record to a `StoreState` in stream order, so all replicas hold the same resources. A write is
+a publish with a publisher confirm; the writer then waits until its own record came back
+through the stream, so a write is visible on the writing replica when it returns, and its
+outcome (created, conflict, ...) is the one every replica computes.
+
+Retention: a snapshot record (the whole state) is written every `SNAPSHOT_RECORDS` records or
+once a quarter of `max_bytes` was written since the last one; the stream keeps at most
+`max_bytes` in segments of an eighth of that, so RabbitMQ only drops segments older than the
+latest snapshot (docs/control-plane.md explains the arithmetic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+
+from rabbitmesh.amqp.client import AmqpClient, PublishFailed
+from rabbitmesh.store.state import Entry, Key, Outcome, StoreState
+
+log = logging.getLogger("rabbitmesh.store")
+
+SNAPSHOT_RECORDS = 1000
+#: Unacked records the store consumer may hold (a stream consumer needs a prefetch).
+PREFETCH = 1000
+#: Stream segments are at most this part of the whole stream (and at least 64 KiB).
+SEGMENTS = 8
+
+
+class StoreUnavailable(Exception):
+    """RabbitMQ did not take the record, or it did not come back in time."""
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Store:
+    def __init__(
+        self,
+        publisher: AmqpClient,
+        consumer: AmqpClient,
+        queue: str,
+        *,
+        max_bytes: int,
+        timeout: float,
+    ) -> None:
+        self.publisher = publisher
+        self.consumer = consumer
+        self.queue = queue
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.state = StoreState()
+        self.writer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        #: Called (synchronously) after every record that changed the state.
+        self.listeners: list[Callable[[], None]] = []
+        self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._snapshotting = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "stream",
+            "x-max-length-bytes": self.max_bytes,
+            "x-stream-max-segment-size-bytes": max(self.max_bytes // SEGMENTS, 64 * 1024),
+        }
+
+    async def declare(self) -> None:
+        """Declare the stream; one made earlier with other limits is used as it is."""
+        ch = await self.publisher.channel()
+        try:
+            await ch.declare_queue(self.queue, durable=True, arguments=self.arguments())
+        except aio_pika.exceptions.ChannelPreconditionFailed as e:
+            log.warning(
+                "resource store %s exists with other arguments (%s); using it as it is "
+                "(change its limits with a RabbitMQ policy)",
+                self.queue,
+                e,
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await ch.close()
+
+    async def start(self) -> None:
+        """Declare, read the stream up to now, and keep following it."""
+        await self.declare()
+        self._channel = await self.consumer.channel(prefetch=PREFETCH)
+        # Passive: when the connection comes back, aio-pika re-declares it as it was.
+        self._queue = await self._channel.get_queue(self.queue, ensure=True)
+        self._reader = asyncio.create_task(self._read(), name="store reader")
+        # After a reconnect the consumer starts again from the first offset: records already
+        # applied are skipped by offset.
+        await self._queue.consume(self._on_message, arguments={"x-stream-offset": "first"})
+        await self.sync()
+        log.info(
+            "resource store %s read up to offset %d: %d resources",
+            self.queue,
+            self.state.last_offset,
+            len(self.state.entries),
+        )
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(StoreUnavailable("rabbitmesh is stopping"))
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def _on_message(self, msg: AbstractIncomingMessage) -> None:
+        self._inbox.put_nowait(msg)  # in delivery order; one reader applies them in turn
+
+    async def _read(self) -> None:
+        unacked: AbstractIncomingMessage | None = None
+        count = 0
+        while True:
+            msg = await self._inbox.get()
+            try:
+                self._process(msg)
+            except Exception:  # a record we cannot read must not stop the store
+                log.exception("resource store: unreadable record skipped")
+            unacked, count = msg, count + 1
+            if self._inbox.empty() or count >= PREFETCH // 2:
+                with contextlib.suppress(Exception):  # the channel may be gone; re-read later
+                    await unacked.ack(multiple=True)
+                unacked, count = None, 0
+
+    def _process(self, msg: AbstractIncomingMessage) -> None:
+        offset = (msg.headers or {}).get("x-stream-offset")
+        if not isinstance(offset, int):
+            log.warning("resource store: record without x-stream-offset skipped")
+            return
+        try:
+            record = orjson.loads(msg.body)
+        except orjson.JSONDecodeError:
+            log.warning("resource store: record at offset %d is not JSON; skipped", offset)
+            return
+        before = self.state.version
+        outcome = self.state.apply(offset, record, len(msg.body))
+        if outcome is None:
+            return  # already applied (read again after a reconnect)
+        waiter = self._waiters.get(record.get("rid", ""))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(outcome)
+        if self.state.version != before:
+            for listener in self.listeners:
+                listener()
+
+    # --- writing -----------------------------------------------------------------------------
+
+    async def submit(self, record: dict[str, Any]) -> Outcome:
+        """Publish a record (confirmed) and wait until it came back through the stream."""
+        rid = uuid.uuid4().hex
+        record = {**record, "rid": rid, "time": now_rfc3339(), "writer": self.writer}
+        body = orjson.dumps(record)
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        try:
+            try:
+                await self.publisher.publish(
+                    "",
+                    self.queue,
+                    aio_pika.Message(
+                        body,
+                        message_id=rid,
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    mandatory=True,
+                )
+            except PublishFailed as e:
+                raise StoreUnavailable(f"the resource store did not take the change: {e}") from None
+            try:
+                async with asyncio.timeout(self.timeout):
+                    outcome = await fut
+            except TimeoutError:
+                raise StoreUnavailable(
+                    "the change was accepted by RabbitMQ but not read back in time; it may "
+                    "still apply"
+                ) from None
+        finally:
+            self._waiters.pop(rid, None)
+        if record.get("op") != "hello":
+            self._maybe_snapshot()
+        return outcome
+
+    async def sync(self) -> None:
+        """Return once every record written before this call has been applied here."""
+        await self.submit({"op": "hello"})
+
+    async def apply(
+        self,
+        manifest: dict[str, Any],
+        key: Key,
+        *,
+        origin: str,
+        source: str = "",
+        expect: str | int | None = None,
+    ) -> Outcome:
+        return await self.submit(
+            {
+                "op": "apply",
+                "key": list(key),
+                "manifest": manifest,
+                "origin": origin,
+                "source": source,
+                "uid": str(uuid.uuid4()),
+                "expect": expect,
+            }
+        )
+
+    async def delete(self, key: Key, *, expect: str | int | None = "present") -> Outcome:
+        return await self.submit({"op": "delete", "key": list(key), "expect": expect})
+
+    def get(self, key: Key) -> Entry | None:
+        return self.state.entries.get(key)
+
+    # --- retention ---------------------------------------------------------------------------
+
+    def _maybe_snapshot(self) -> None:
+        s = self.state
+        due = (
+            s.records_since_snapshot >= SNAPSHOT_RECORDS
+            or s.bytes_since_snapshot >= self.max_bytes // 4
+        )
+        if due and s.based and not self._snapshotting:
+            self._snapshotting = True
+            asyncio.create_task(self._snapshot(), name="store snapshot")
+
+    async def _snapshot(self) -> None:
+        try:
+            record = self.state.snapshot_record()
+            size = len(orjson.dumps(record))
+            if size > self.max_bytes // 4:
+                log.warning(
+                    "resource store snapshot is %d bytes, over a quarter of "
+                    "RABBITMESH_STORE_MAX_BYTES (%d): raise it, or retention may drop records "
+                    "a new replica needs",
+                    size,
+                    self.max_bytes,
+                )
+            await self.submit(record)
+            log.info("resource store snapshot written (%d resources)", len(record["entries"]))
+        except StoreUnavailable as e:
+            log.warning("resource store snapshot not written: %s", e)
+        finally:
+            self._snapshotting = False

@@ -1,0 +1,129 @@
+"""The resource store: durable in RabbitMQ across restarts, shared, and kept bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import pytest
+
+from tests.support.api import BROKERS, TRIGGERS, broker, call, ready, trigger
+from tests.support.events import post_binary
+from tests.support.mesh import write_manifests
+from tests.support.rabbit import rabbitmqctl
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def bindings_of(queue: str) -> set[tuple[str, str]]:
+    """(exchange, key) bindings of a queue, as RabbitMQ reports them (default exchange aside)."""
+    out = rabbitmqctl(
+        "list_bindings",
+        "-q",
+        "--no-table-headers",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    )
+    found = set()
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[1] == queue and parts[0]:
+            found.add((parts[0], parts[2]))
+    return found
+
+
+async def test_resources_from_the_api_survive_a_restart_of_rabbitmesh(start_mesh, make_sink):
+    sink = await make_sink()
+    first = await start_mesh("")
+    await call("POST", first.url + BROKERS.format(ns="default"), broker("br"))
+    await call("POST", first.url + TRIGGERS.format(ns="default"), trigger("tr", "br", sink.url))
+    await first.stop()
+
+    second = await start_mesh("")  # same prefix, nothing in its config dir
+    status, tr = await call("GET", second.url + TRIGGERS.format(ns="default") + "/tr")
+    assert status == 200 and ready(tr) == ("True", "TriggerReady")
+    assert tr["metadata"]["generation"] == 1
+    _, eid = await post_binary(second.url + "/default/br")
+    (got,) = await sink.wait_for(1)
+    assert got.ce_id == eid
+
+
+async def test_the_store_survives_a_restart_of_rabbitmq(start_mesh):
+    mesh = await start_mesh("")
+    brokers = mesh.url + BROKERS.format(ns="default")
+    assert (await call("POST", brokers, broker("before")))[0] == 201
+    await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "-q", "stop_app"], check=True)
+    await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "-q", "start_app"], check=True)
+
+    async def created_after() -> bool:
+        return (await call("POST", brokers, broker("after")))[0] in (201, 409)
+
+    await eventually(created_after, timeout=60, interval=0.5, what="API writes after restart")
+    _, listed = await call("GET", brokers)
+    assert {b["metadata"]["name"] for b in listed["items"]} == {"before", "after"}
+    fresh = await start_mesh("")  # reads the stream RabbitMQ kept on disk
+    _, listed = await call("GET", fresh.url + BROKERS.format(ns="default"))
+    assert {b["metadata"]["name"] for b in listed["items"]} == {"before", "after"}
+
+
+async def test_a_new_replica_reads_a_stream_that_retention_has_cut(start_mesh, monkeypatch):
+    """With the smallest store (1 MiB, 128 KiB segments) and big records, RabbitMQ drops the
+    head of the stream; snapshots keep a new replica's view complete."""
+    writer = await start_mesh("", store_max_bytes=1024 * 1024)
+    brokers = writer.url + BROKERS.format(ns="default")
+    assert (await call("POST", brokers, broker("first")))[0] == 201  # only in the dropped head
+    padding = "x" * 20_000
+    for i in range(90):
+        b = broker("busy")
+        b["metadata"]["annotations"] = {"pad": padding, "n": str(i)}
+        assert (await call("PUT" if i else "POST", f"{brokers}/busy" if i else brokers, b))[0] in (
+            200,
+            201,
+        )
+    assert (await call("DELETE", f"{brokers}/first"))[0] == 200
+    assert (await call("POST", brokers, broker("last")))[0] == 201
+
+    reader = await start_mesh("", store_max_bytes=1024 * 1024)
+    state = reader.server.plane.store.state
+    assert state.first_offset > 0, "retention did not cut the stream; the test proves nothing"
+    assert state.based
+    assert set(state.entries) == set(writer.server.plane.store.state.entries)
+    _, busy = await call("GET", reader.url + BROKERS.format(ns="default") + "/busy")
+    assert busy["metadata"]["annotations"]["n"] == "89"
+    assert busy["metadata"]["generation"] == 1  # annotations are not spec
+
+
+async def test_a_fresh_process_unbinds_what_an_earlier_filter_bound(tmp_path, start_mesh, prefix):
+    """The filter changed while no rabbitmesh ran: the next one must not keep the old binding."""
+    manifests = """
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {name: br}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {name: tr}
+        spec:
+          broker: br
+          filter: {attributes: {type: TYPE}}
+          subscriber: {uri: "http://127.0.0.1:9/"}
+        """
+    first = await start_mesh(manifests.replace("TYPE", "com.example.old"))
+    queue, exchange = f"{prefix}.trigger.default.tr", f"{prefix}.broker.default.br"
+    assert bindings_of(queue) == {(exchange, "com.example.old")}
+    await first.stop()
+    second = await start_mesh(manifests.replace("TYPE", "com.example.new"))
+    assert second.server.plane.store.state.entries[("Trigger", "default", "tr")].generation == 2
+    assert bindings_of(queue) == {(exchange, "com.example.new")}
+
+
+async def test_an_invalid_config_dir_at_start_still_stops_rabbitmesh(tmp_path, prefix):
+    from rabbitmesh.resources.loader import ManifestError
+    from tests.support.mesh import InProcessMesh
+
+    write_manifests(tmp_path / "bad", "apiVersion: eventing.knative.dev/v1\nkind: Broker\n")
+    mesh = InProcessMesh(tmp_path / "bad", prefix)
+    with pytest.raises(ManifestError):
+        await mesh.start()
