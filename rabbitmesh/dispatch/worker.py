@@ -292,17 +292,7 @@ class QueueWorker:
             await self._park(msg, f"dead-letter sink {sub.url} refused it: {outcome.error}")
             return
         if sub.policy.dead_letter_url is None:
-            log.warning(
-                "delivery failed: event id=%s type=%s %s attempt=%d (%s, %s); no dead-letter "
-                "sink, event dropped",
-                event.id,
-                event.type,
-                sub.name,
-                attempt,
-                outcome.error,
-                why,
-                extra=log_fields(event, sub, attempt),
-            )
+            _log_final(event, sub, attempt, outcome, why, "no dead-letter sink, event dropped")
             self.stats.dropped += 1
             metrics.dropped.labels(sub.name).inc()
             await msg.ack()
@@ -331,16 +321,7 @@ class QueueWorker:
             )
             await _nack(msg, requeue=False)
             return
-        log.warning(
-            "delivery failed: event id=%s type=%s %s attempt=%d (%s, %s); dead-lettered",
-            event.id,
-            event.type,
-            sub.name,
-            attempt,
-            outcome.error,
-            why,
-            extra=log_fields(event, sub, attempt),
-        )
+        _log_final(event, sub, attempt, outcome, why, "dead-lettered")
         self.stats.dead_lettered += 1
         metrics.dead_lettered.labels(sub.name).inc()
         await msg.ack()
@@ -380,6 +361,22 @@ def _raw_copy(msg: AbstractIncomingMessage, why: str, queue: str) -> Outgoing:
     headers["x-rabbitmesh-parked-reason"] = why[:1000]
     headers["x-rabbitmesh-parked-at"] = int(time.time())
     return raw_message(msg.body, headers, msg.content_type, msg.message_id)
+
+
+def _log_final(
+    event: CloudEvent, sub: Subscriber, attempt: int, outcome: Outcome, why: str, then: str
+) -> None:
+    log.warning(
+        "delivery failed: event id=%s type=%s %s attempt=%d (%s, %s); %s",
+        event.id,
+        event.type,
+        sub.name,
+        attempt,
+        outcome.error,
+        why,
+        then,
+        extra=log_fields(event, sub, attempt),
+    )
 
 
 def _attempt(msg: AbstractIncomingMessage) -> int:

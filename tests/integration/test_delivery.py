@@ -11,6 +11,7 @@ import pytest
 
 from rabbitmesh.amqp.names import Names
 from tests.support.events import binary_headers, post, post_binary
+from tests.support.manifests import request_reply_triggers
 from tests.support.mesh import AMQP_URL
 from tests.support.sink import Reply
 from tests.support.waiting import eventually
@@ -202,27 +203,7 @@ async def test_reply_goes_back_to_the_broker(start_mesh, make_sink):
     }
     replier = await make_sink(lambda r, i: Reply(200, reply_headers, b"the reply"))
     final = await make_sink()
-    mesh = await start_mesh(f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: first}}
-        spec:
-          broker: br
-          filter: {{attributes: {{type: com.example.request}}}}
-          subscriber: {{uri: "{replier.url}"}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: second}}
-        spec:
-          broker: br
-          filter: {{attributes: {{type: com.example.reply}}}}
-          subscriber: {{uri: "{final.url}"}}
-        """)
+    mesh = await start_mesh(request_reply_triggers(replier.url, final.url))
     await post_binary(mesh.url + "/default/br", "com.example.request")
     (got,) = await final.wait_for(1)
     assert got.headers["ce-id"] == "r1"
@@ -374,27 +355,7 @@ async def test_trace_context_is_kept_through_trigger_and_reply(start_mesh, make_
     }
     replier = await make_sink(lambda r, i: Reply(200, reply_headers))
     final = await make_sink()
-    mesh = await start_mesh(f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: first}}
-        spec:
-          broker: br
-          filter: {{attributes: {{type: com.example.request}}}}
-          subscriber: {{uri: "{replier.url}"}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: second}}
-        spec:
-          broker: br
-          filter: {{attributes: {{type: com.example.reply}}}}
-          subscriber: {{uri: "{final.url}"}}
-        """)
+    mesh = await start_mesh(request_reply_triggers(replier.url, final.url))
     headers = {
         **binary_headers("com.example.request"),
         "traceparent": traceparent,

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 
 from tests.support.events import binary_headers, post  # noqa: E402
+from tests.support.manifests import request_reply_triggers
 from tests.support.sink import Reply  # noqa: E402
 from tests.support.waiting import eventually  # noqa: E402
 
@@ -44,27 +45,7 @@ async def test_spans_follow_the_event_and_its_reply(start_mesh, make_sink, spans
     }
     replier = await make_sink(lambda r, i: Reply(200, reply))
     final = await make_sink()
-    mesh = await start_mesh(f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: first}}
-        spec:
-          broker: br
-          filter: {{attributes: {{type: com.example.request}}}}
-          subscriber: {{uri: "{replier.url}"}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: second}}
-        spec:
-          broker: br
-          filter: {{attributes: {{type: com.example.reply}}}}
-          subscriber: {{uri: "{final.url}"}}
-        """)
+    mesh = await start_mesh(request_reply_triggers(replier.url, final.url))
     headers = {
         **binary_headers("com.example.request", id_="e1"),
         "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01",
