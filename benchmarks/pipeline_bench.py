@@ -225,8 +225,10 @@ def main() -> None:
     }
     all_results: list[dict] = []
     try:
-        for _ in range(a.rounds):
-            for name, start in pipelines.items():
+        order = list(pipelines.items())
+        for round_no in range(a.rounds):
+            # Alternate the order so drift on a shared machine does not favour one pipeline.
+            for name, start in order if round_no % 2 == 0 else reversed(order):
                 all_results += run_one(name, start, a.bench_dir, a)
     finally:
         cleanup()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,11 +37,29 @@ except ImportError:  # pragma: no cover - exercised when the extra is not instal
     _TRACER = None
 
 
+_enabled = False
+_checked_at = float("-inf")
+#: How often to look again for a TracerProvider while none is installed (the lookup is not
+#: free, and it runs for every event).
+_RECHECK_SECONDS = 5.0
+
+
 def enabled() -> bool:
     """True once an OpenTelemetry SDK TracerProvider is installed (not the API's default)."""
-    if _TRACER is None:
-        return False
-    return type(otel_trace.get_tracer_provider()).__name__ != "ProxyTracerProvider"
+    global _enabled, _checked_at
+    if _enabled or _TRACER is None:
+        return _enabled
+    now = time.monotonic()
+    if now - _checked_at >= _RECHECK_SECONDS:
+        _checked_at = now
+        _enabled = type(otel_trace.get_tracer_provider()).__name__ != "ProxyTracerProvider"
+    return _enabled
+
+
+def refresh() -> None:
+    """Look for a TracerProvider again at the next event (after installing one)."""
+    global _checked_at
+    _checked_at = float("-inf")
 
 
 def configure_exporter() -> None:
@@ -62,6 +81,7 @@ def configure_exporter() -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     otel_trace.set_tracer_provider(provider)
+    refresh()
     log.info("exporting OpenTelemetry spans to %s", os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
 
 

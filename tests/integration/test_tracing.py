@@ -30,6 +30,9 @@ def spans():
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
+    from rabbitmesh import telemetry
+
+    telemetry.refresh()  # earlier tests may have looked before this provider existed
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield exporter
