@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import yaml
 from aiohttp import web
 
 from rabbitmesh.api.errors import ApiError
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.core import REDACTED, Secret
-from rabbitmesh.resources.loader import ManifestError, parse_document
+from rabbitmesh.resources.loader import ManifestError, load_documents, parse_document
 from rabbitmesh.resources.registry import KindInfo, aliases, all_kinds, by_kind
 from rabbitmesh.store.manifests import key_of
 from rabbitmesh.store.state import Entry
@@ -74,8 +73,10 @@ async def read_documents(request: web.Request) -> list[Any]:
             data = orjson.loads(raw)
             docs = data if isinstance(data, list) else [data]
         else:
-            docs = [d for d in yaml.safe_load_all(raw.decode("utf-8")) if d is not None]
-    except (orjson.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+            docs = [d for d in load_documents(raw.decode("utf-8"), "request") if d is not None]
+    except ManifestError as e:
+        raise ApiError(400, f"malformed request body: {e.message}") from None
+    except (orjson.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ApiError(400, f"malformed request body: {first}") from None
     out: list[Any] = []

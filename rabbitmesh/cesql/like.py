@@ -5,8 +5,13 @@ characters; a backslash before anything else is a literal backslash (the spec on
 escapes for `%` and `_`). Matching is case-sensitive and covers the whole value.
 
 Common shapes skip the regex engine: no wildcard is string equality, `abc%` is startswith,
-`%abc` endswith, `%abc%` a substring test; everything else is one precompiled
-`re.fullmatch` with DOTALL (so `_` and `%` also match newlines).
+`%abc` endswith, `%abc%` a substring test. Other patterns are split at their `%`s into
+fixed-length segments (literal text and `_`), each a small DOTALL regex (so `_` and `%`
+also match newlines): the first must match at the start, the last at the end, and each one
+between is searched for leftmost, after the previous. Leftmost is always right for
+fixed-length segments, so nothing backtracks across a `%` and a match costs at most
+O(len(value) * len(pattern)); one regex such as `.*a.*a.*a.*b` would cost
+O(len(value) ** 4) on a long attribute value (seconds for a few hundred characters).
 """
 
 from __future__ import annotations
@@ -69,9 +74,54 @@ def compile_like(pattern: str) -> Matcher:
     if len(parts) == 3 and parts[0] is _ANY and parts[2] is _ANY and isinstance(parts[1], str):
         needle = parts[1]
         return lambda value: needle in value
-    regex = "".join(_regex_piece(part) for part in parts)
-    fullmatch = re.compile(regex, re.DOTALL).fullmatch
-    return lambda value: fullmatch(value) is not None
+    if _ANY not in parts:  # fixed length: one regex without `.*` cannot backtrack far
+        fullmatch = _segment_regex(parts).fullmatch
+        return lambda value: fullmatch(value) is not None
+    return _segmented(parts)
+
+
+def _segmented(parts: list[str | object]) -> Matcher:
+    """A matcher for a pattern with at least one `%`, without backtracking across them."""
+    segments: list[list[str | object]] = [[]]
+    for part in parts:
+        if part is _ANY:
+            segments.append([])
+        else:
+            segments[-1].append(part)
+    first, *middle, last = segments
+    head = _segment_regex(first).match if first else None
+    head_size = _segment_size(first)
+    tail = _segment_regex(last).fullmatch if last else None
+    tail_size = _segment_size(last)
+    searches = tuple(_segment_regex(segment).search for segment in middle if segment)
+    least = head_size + tail_size + sum(_segment_size(segment) for segment in middle)
+
+    def matches(value: str) -> bool:
+        size = len(value)
+        if size < least:
+            return False
+        if head is not None and head(value) is None:
+            return False
+        end = size - tail_size
+        if tail is not None and tail(value, end) is None:
+            return False
+        pos = head_size
+        for search in searches:
+            found = search(value, pos, end)
+            if found is None:
+                return False
+            pos = found.end()
+        return True
+
+    return matches
+
+
+def _segment_size(segment: list[str | object]) -> int:
+    return sum(1 if part is _ONE else len(part) for part in segment)  # type: ignore[arg-type]
+
+
+def _segment_regex(segment: list[str | object]) -> re.Pattern[str]:
+    return re.compile("".join(_regex_piece(part) for part in segment), re.DOTALL)
 
 
 def _regex_piece(part: str | object) -> str:

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import ApiClient, CliError, Kind
 from rabbitmesh.cli.common import all_namespaces_option, api_command
+from rabbitmesh.resources.loader import ManifestError, load_documents
 
 #: Extra columns `get` shows for some kinds (after NAME).
 EXTRA_COLUMNS: dict[str, list[out.Column]] = {
@@ -212,9 +212,9 @@ def delete(
         kinds = client.kinds()
         for where, text in read_sources(files):
             try:
-                docs = [d for d in yaml.safe_load_all(text) if d is not None]
-            except yaml.YAMLError as e:
-                raise CliError(f"{where}: invalid YAML: {e}") from None
+                docs = [d for d in load_documents(text, where) if d is not None]
+            except ManifestError as e:
+                raise CliError(str(e)) from None
             for doc in docs:
                 targets.append(_target_of(doc, kinds, namespace, where))
     else:

@@ -93,7 +93,10 @@ def _convert(header: str, value: Any) -> AttributeValue | None:
         except UnicodeDecodeError:
             raise InvalidEvent(f"header {header!r}: bytes are not valid UTF-8") from None
     if isinstance(value, datetime):
-        return _format_datetime(value)
+        try:
+            return _format_datetime(value)
+        except OverflowError:  # e.g. year 1 at UTC+1: before datetime.min once in UTC
+            raise InvalidEvent(f"header {header!r}: timestamp {value} is out of range") from None
     if isinstance(value, Decimal):
         return str(value)
     if value is None:
@@ -155,4 +158,7 @@ def _trace(headers: Mapping[str, Any] | None) -> dict[str, str] | None:
     if not headers or "traceparent" not in headers:
         return None
     raw = {k: headers[k] for k in TRACE_HEADERS if k in headers}
-    return valid_trace({k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()})
+    # Not UTF-8 cannot be a valid trace header: "replace" makes valid_trace drop it.
+    return valid_trace(
+        {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in raw.items()}
+    )

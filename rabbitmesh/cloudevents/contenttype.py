@@ -96,6 +96,11 @@ def _event_format(mt: str) -> EventFormat | None | str:
     return None  # e.g. application/cloudeventsfoo: not the CloudEvents media type
 
 
+def is_event_format(content_type: str) -> bool:
+    """True for a CloudEvents media type (`application/cloudevents+json`, `...-batch+xml`)."""
+    return _event_format(media_type(content_type)) is not None
+
+
 def event_format(content_type: str | None) -> EventFormat | None:
     """Which content mode a Content-Type selects: "structured", "batch", or None (binary).
 

@@ -20,15 +20,23 @@ _TRACEPARENT = re.compile(
 _MAX_TRACESTATE = 512
 
 
+def _header_safe(value: str) -> bool:
+    """Printable ASCII only (W3C allows nothing else), so no CR/LF reaches an HTTP header."""
+    return value.isascii() and value.isprintable()
+
+
 def valid_trace(trace: dict[str, str] | None) -> dict[str, str] | None:
     """The usable part of a trace context, or None."""
     if not trace:
         return None
     parent = trace.get("traceparent")
-    if not isinstance(parent, str) or not _TRACEPARENT.match(parent.strip()):
+    if not isinstance(parent, str):
         return None
-    out = {"traceparent": parent.strip()}
+    parent = parent.strip()
+    if not _TRACEPARENT.match(parent) or not _header_safe(parent):
+        return None
+    out = {"traceparent": parent}
     state = trace.get("tracestate")
-    if isinstance(state, str) and state and len(state) <= _MAX_TRACESTATE:
+    if isinstance(state, str) and state and len(state) <= _MAX_TRACESTATE and _header_safe(state):
         out["tracestate"] = state
     return out

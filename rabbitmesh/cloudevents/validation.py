@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 
+from .contenttype import is_event_format
 from .errors import InvalidEvent
 
 INT_MIN = -(2**31)
@@ -169,6 +170,21 @@ def _source(name: str, value: str) -> None:
         raise InvalidEvent(f"attribute {name!r} has a malformed %-escape: {value!r}")
 
 
+def _content_type(name: str, value: str) -> None:
+    """Non-empty, and not a CloudEvents event format.
+
+    Binary mode puts datacontenttype in Content-Type (HTTP) or content_type (AMQP), where a
+    CloudEvents media type means "the body is an event": the data would be read as a
+    different event, or as a broken one, by the next hop.
+    """
+    _nonempty(name, value)
+    if is_event_format(value):
+        raise InvalidEvent(
+            f"attribute {name!r} is {value!r}, a CloudEvents event format: such data cannot "
+            "travel in binary mode (send the inner event itself)"
+        )
+
+
 def _uri(name: str, value: str) -> None:
     _nonempty(name, value)
     if not is_uri(value):
@@ -198,7 +214,7 @@ _CORE: dict[str, dict[str, _Check]] = {
         "id": _nonempty,
         "source": _source,
         "type": _nonempty,
-        "datacontenttype": _nonempty,
+        "datacontenttype": _content_type,
         "dataschema": _uri,
         "subject": _nonempty,
         "time": _timestamp,
@@ -208,7 +224,7 @@ _CORE: dict[str, dict[str, _Check]] = {
         "id": _nonempty,
         "source": _source,
         "type": _nonempty,
-        "datacontenttype": _nonempty,
+        "datacontenttype": _content_type,
         "datacontentencoding": _content_encoding,
         "schemaurl": _uri_reference,
         "subject": _nonempty,

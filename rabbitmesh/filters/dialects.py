@@ -29,6 +29,9 @@ from rabbitmesh.filters.base import MATCH_ALL, EventFilter
 from rabbitmesh.filters.errors import FilterError, child_path
 
 DIALECTS: Final = ("exact", "prefix", "suffix", "all", "any", "not", "cesql")
+#: Deepest nesting of all/any/not. Compiling, matching and deriving binding keys recurse
+#: once per level, so without a bound a deep enough filter raises RecursionError.
+MAX_NESTING: Final = 64
 
 Check = Callable[[Mapping[str, Any]], bool]
 
@@ -165,17 +168,19 @@ def compile_filters(filters: object, path: str = "spec.filters") -> EventFilter:
     return children[0] if len(children) == 1 else AllFilter(children)
 
 
-def _compile_list(filters: object, path: str) -> list[EventFilter] | None:
+def _compile_list(filters: object, path: str, depth: int = 0) -> list[EventFilter] | None:
     """The compiled non-neutral members of a filter list; None when the list is neutral."""
     if not isinstance(filters, list | tuple):
         raise FilterError(path, f"expected a list of filter objects, got {describe_type(filters)}")
-    compiled = [_compile_one(item, f"{path}[{i}]") for i, item in enumerate(filters)]
+    compiled = [_compile_one(item, f"{path}[{i}]", depth) for i, item in enumerate(filters)]
     children = [c for c in compiled if c is not None]
     return children or None
 
 
-def _compile_one(item: object, path: str) -> EventFilter | None:
+def _compile_one(item: object, path: str, depth: int = 0) -> EventFilter | None:
     """One filter object; None means neutral (see the module docstring)."""
+    if depth > MAX_NESTING:
+        raise FilterError(path, f"filters are nested more than {MAX_NESTING} levels deep")
     dialect, value = dialect_of(item, path)
     where = f"{path}.{dialect}"
     if dialect in ("exact", "prefix", "suffix"):
@@ -184,7 +189,7 @@ def _compile_one(item: object, path: str) -> EventFilter | None:
             return ExactFilter(attributes)
         return PrefixFilter(attributes) if dialect == "prefix" else SuffixFilter(attributes)
     if dialect in ("all", "any"):
-        children = _compile_list(value, where)
+        children = _compile_list(value, where, depth + 1)
         if children is None:
             return None
         if len(children) == 1:
@@ -193,7 +198,7 @@ def _compile_one(item: object, path: str) -> EventFilter | None:
     if dialect == "not":
         if not isinstance(value, Mapping):
             raise FilterError(where, f"expected a single filter object, got {describe_type(value)}")
-        inner = _compile_one(value, where)
+        inner = _compile_one(value, where, depth + 1)
         return None if inner is None else NotFilter(inner)
     return CesqlFilter(compile_cesql(value, where))
 

@@ -229,6 +229,9 @@ def load_documents(text: str, source: str) -> list[Any]:
         raise ManifestError(source, 1, "", "", _yaml_problem(e)) from None
     except RecursionError:  # e.g. a long chain of `<<` merges; depth is bounded above
         raise ManifestError(source, 1, "", "", "invalid YAML: nested too deeply") from None
+    except (ValueError, OverflowError, LookupError, TypeError) as e:
+        # PyYAML's scanner, e.g. ValueError for the escape "\U00110000" (beyond Unicode).
+        raise ManifestError(source, 1, "", "", f"invalid YAML: {e}") from None
 
 
 def load_text(text: str, source: str) -> list[Resource]:

@@ -685,7 +685,7 @@ def test_encode_binary_rejects_unencodable_strings() -> None:
         (None, b'{"a": [1, 2]}', "data", {"a": [1, 2]}),
         (None, b"not json", "data_base64", "bm90IGpzb24="),
         ("application/json", b"null", "data", None),
-        ("application/cloudevents+json", b"[1]", "data", [1]),
+        ("application/vnd.example+json", b"[1]", "data", [1]),
         ("application/json", b"\xff", "data_base64", "/w=="),
         ("text/plain", "caf\u00e9".encode(), "data", "caf\u00e9"),
         ("text/plain", b"caf\xe9", "data_base64", "Y2Fm6Q=="),  # not UTF-8
