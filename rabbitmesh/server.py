@@ -30,7 +30,12 @@ from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller
 from rabbitmesh.reconciler.hosted import ingress_target
+from rabbitmesh.reconciler.sources import on_runtime_change as source_status
+from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
+from rabbitmesh.sources.gitlab import GitLabWebhooks
+from rabbitmesh.sources.manager import SourceManager
+from rabbitmesh.tls import amqp_client_context, server_context
 
 log = logging.getLogger("rabbitmesh")
 
@@ -39,8 +44,13 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.names = Names(settings.topology_prefix)
-        self.publisher = AmqpClient(settings.amqp_url, "publisher", settings.publish_timeout)
-        self.consumer = AmqpClient(settings.amqp_url, "consumer", settings.publish_timeout)
+        amqp_tls = amqp_client_context(settings)
+        self.publisher = AmqpClient(
+            settings.amqp_url, "publisher", settings.publish_timeout, amqp_tls
+        )
+        self.consumer = AmqpClient(
+            settings.amqp_url, "consumer", settings.publish_timeout, amqp_tls
+        )
         self.ctx: Context | None = None
         self.controller: Controller | None = None
         self.plane: ControlPlane | None = None
@@ -75,11 +85,17 @@ class Server:
         )
         # The admin API first: the ingress' `/{namespace}/{name}` must not catch its paths.
         app.add_routes(AdminApi(lambda: self.plane, self.settings).routes())
+        if self.settings.role in ("all", "ingress", "sources"):
+            app.add_routes(GitLabWebhooks(self._resources, lambda: self.session).routes())
         if self.settings.role in ("all", "ingress"):
             app.add_routes(ingress.routes())
             if self.settings.eventtype_auto_create:
                 app.middlewares.append(self._observe_event_types)
         return app
+
+    def _resources(self) -> Callable[[str, str, str], Resource | None] | None:
+        """Reconciled resources, for the GitLab webhook (None until the first reconcile)."""
+        return self.ctx.get if self.ctx is not None and self.reconciled else None
 
     @web.middleware
     async def _observe_event_types(
@@ -130,12 +146,20 @@ class Server:
             keepalive_timeout=75.0,
         )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, s.http_host, s.http_port)
+        https = None
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            https = server_context(s.tls_cert_file, s.tls_key_file)
+        site = web.TCPSite(self.runner, s.http_host, s.http_port, ssl_context=https)
         await site.start()
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.bound_port = server.sockets[0].getsockname()[1]
-        log.info("listening on http://%s:%s", s.http_host, self.bound_port or s.http_port)
+        log.info(
+            "listening on %s://%s:%s",
+            "https" if https else "http",
+            s.http_host,
+            self.bound_port or s.http_port,
+        )
         await asyncio.gather(self.publisher.connect(), self.consumer.connect())
         if self._stop.is_set():
             return
@@ -155,6 +179,12 @@ class Server:
             session=self.session,
             run_dispatchers=s.role in ("all", "dispatcher"),
         )
+        if s.role in ("all", "sources"):
+            sources = SourceManager(s, self.names, self.session, self.publisher.ssl_context)
+            ctx = self.ctx
+            sources.on_change = lambda key: source_status(ctx, key)
+            sources.start()
+            ctx.sources = sources
         self.controller = Controller(self.ctx)
         self.plane = ControlPlane(
             s,
@@ -192,6 +222,8 @@ class Server:
 
     async def shutdown(self) -> None:
         log.info("shutting down: closing HTTP, finishing in-flight work")
+        if self.ctx is not None and self.ctx.sources is not None:
+            await self.ctx.sources.stop()  # first: their leases go to the other replicas
         if self.runner is not None:
             await self.runner.cleanup()  # stops listening, waits for in-flight requests
         if self.plane is not None:

@@ -7,6 +7,7 @@ overridable by adding it here alone.
 
 from __future__ import annotations
 
+import shlex
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -76,6 +77,28 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None, description="When set, admin API mutations need Authorization: Bearer <token>."
     )
+    # TLS (docs/security.md).
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate (chain) of the HTTP server; with RABBITMESH_TLS_KEY_FILE "
+        "it serves HTTPS only.",
+    )
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key of RABBITMESH_TLS_CERT_FILE."
+    )
+    amqp_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle that RabbitMQ's certificate must chain to (amqps:// only); "
+        "default: the system's CAs.",
+    )
+    amqp_cert_file: Path | None = Field(
+        None,
+        description="PEM client certificate offered to RabbitMQ (amqps:// only), with "
+        "RABBITMESH_AMQP_KEY_FILE.",
+    )
+    amqp_key_file: Path | None = Field(
+        None, description="PEM private key of RABBITMESH_AMQP_CERT_FILE."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
@@ -89,7 +112,7 @@ class Settings(BaseSettings):
         256, ge=1, le=65535, description="Unacked messages a trigger's consumer may hold."
     )
     concurrency: int = Field(
-        256,
+        64,
         ge=1,
         le=10000,
         description="Deliveries in flight per trigger/subscription; 1 gives FIFO order.",
@@ -129,6 +152,24 @@ class Settings(BaseSettings):
         "channel ingress, as Knative's eventtype-auto-create feature.",
     )
 
+    # Sources (docs/sources.md).
+    container_runtime: Literal["process", "docker"] = Field(
+        "process",
+        description="How ContainerSources run their containers when the source's "
+        "`rabbitmesh.dev/runtime` annotation does not say: `process` runs command + args, "
+        "`docker` runs the image through the Docker CLI.",
+    )
+    docker_args: str = Field(
+        "--network host",
+        description="Extra `docker run` arguments for the docker runtime (shell-quoted); "
+        "host networking lets a container reach K_SINK URLs on localhost.",
+    )
+    kubeconfig: Path | None = Field(
+        None,
+        description="kubeconfig ApiServerSources watch with; default $KUBECONFIG, else "
+        "~/.kube/config, else the in-cluster service account.",
+    )
+
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, v: str) -> str:
@@ -157,6 +198,12 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return v
 
+    @field_validator("docker_args")
+    @classmethod
+    def _docker_args(cls, v: str) -> str:
+        shlex.split(v)  # ValueError (unbalanced quotes) names the variable
+        return v
+
     @field_validator("default_backoff_delay")
     @classmethod
     def _duration(cls, v: str) -> str:
@@ -173,9 +220,39 @@ class Settings(BaseSettings):
             ) from e
         return self
 
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        """Pairs set together, amqps-only files only with amqps://, and files that load:
+        a bad certificate stops start-up with one line, not at the first connection."""
+        from rabbitmesh.tls import amqp_context, server_context
+
+        pairs = (("tls_cert_file", "tls_key_file"), ("amqp_cert_file", "amqp_key_file"))
+        for cert, key in pairs:
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(
+                    f"RABBITMESH_{cert.upper()} and RABBITMESH_{key.upper()} go together"
+                )
+        if self.tls_cert_file is not None and self.tls_key_file is not None:
+            server_context(self.tls_cert_file, self.tls_key_file)
+        amqp_files = ("amqp_ca_file", "amqp_cert_file")
+        if not self.amqp_tls:
+            for name in amqp_files:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"RABBITMESH_{name.upper()} needs an amqps:// RABBITMESH_AMQP_URL"
+                    )
+        else:
+            amqp_context(self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file)
+        return self
+
+    @property
+    def amqp_tls(self) -> bool:
+        return self.amqp_url.lower().startswith("amqps://")
+
     @property
     def base_url(self) -> str:
-        return self.public_url or f"http://localhost:{self.http_port}"
+        scheme = "https" if self.tls_cert_file is not None else "http"
+        return self.public_url or f"{scheme}://localhost:{self.http_port}"
 
     @property
     def default_backoff(self) -> timedelta:

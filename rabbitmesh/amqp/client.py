@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any, Protocol
 
 import aio_pika
@@ -52,10 +53,17 @@ def redact(url: str) -> str:
 class AmqpClient:
     """One robust connection with a confirm channel for publishing."""
 
-    def __init__(self, url: str, name: str, publish_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        publish_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
         self.name = name
         self.publish_timeout = publish_timeout
+        self.ssl_context = ssl_context  # amqps:// only (rabbitmesh.tls.amqp_client_context)
         self.connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._closing = False
@@ -67,6 +75,7 @@ class AmqpClient:
             try:
                 self.connection = await aio_pika.connect_robust(
                     self.url,
+                    ssl_context=self.ssl_context,
                     reconnect_interval=1.0,
                     client_properties={"connection_name": f"rabbitmesh-{self.name}"},
                 )
@@ -105,7 +114,7 @@ class AmqpClient:
     def blocked(self) -> bool:
         """RabbitMQ sent connection.blocked: a memory or disk alarm stops it reading what this
         connection publishes, so a publish would only wait for its timeout. aiormq tracks the
-        state but offers no public accessor; tests/unit/test_amqp_client.py checks the
+        state but offers no public accessor; tests/integration/test_amqp_client.py checks the
         attribute is there, so an aiormq upgrade cannot silently turn this into a timeout."""
         c = self.connection
         transport = getattr(c, "transport", None) if c is not None else None
@@ -149,6 +158,11 @@ class AmqpClient:
                     routing_key=routing_key,
                     properties=message.properties,
                     mandatory=mandatory,
+                    # Queue the frames and let go of the channel: waiting for the socket to
+                    # drain holds the channel lock for several loop iterations per publish,
+                    # which serialised every publish when the loop was busy (a backlog
+                    # draining): 503s. Memory stays bounded by the in-flight limits.
+                    wait=False,
                 )
         except TimeoutError:
             raise PublishFailed("publish not confirmed in time") from None

@@ -11,6 +11,7 @@ from rabbitmesh.cli.eventtype import eventtype
 from rabbitmesh.cli.manifests import apply, delete, get
 from rabbitmesh.cli.run import run
 from rabbitmesh.cli.send import send
+from rabbitmesh.cli.sinkbinding import sinkbinding
 from rabbitmesh.cli.source import source
 from rabbitmesh.cli.subscription import subscription
 from rabbitmesh.cli.tools import TOOLS
@@ -31,7 +32,18 @@ def cli() -> None:
 
 cli.add_command(run)
 # Talking to a running rabbitmesh through its admin API (kubectl- and kn-like).
-_API_COMMANDS = (apply, get, delete, broker, trigger, channel, subscription, source, eventtype)
+_API_COMMANDS = (
+    apply,
+    get,
+    delete,
+    broker,
+    trigger,
+    channel,
+    subscription,
+    source,
+    sinkbinding,
+    eventtype,
+)
 for _command in (*_API_COMMANDS, send):
     cli.add_command(_command)
 for _tool in TOOLS:

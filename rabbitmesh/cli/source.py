@@ -30,6 +30,7 @@ from rabbitmesh.cli.common import (
 )
 from rabbitmesh.cli.sinks import parse_sink
 from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.resources.sources import RUNTIME_ANNOTATION, RUNTIMES
 
 SINK_HELP = (
     "Where events go: ksvc:NAME, svc:NAME, broker:NAME, channel:NAME, NAME or an http(s) URL."
@@ -78,16 +79,25 @@ def list_sources(
 
 
 def _create(
-    client: ApiClient, kind: Kind, name: str, namespace: str, spec: dict[str, Any], sink: str
+    client: ApiClient,
+    kind: Kind,
+    name: str,
+    namespace: str,
+    spec: dict[str, Any],
+    sink: str,
+    annotations: dict[str, str] | None = None,
 ) -> None:
     spec = {**spec, "sink": parse_sink(sink)}
+    meta = metadata(name, namespace)
+    if annotations:
+        meta["annotations"] = annotations
     client.create(
         kind,
         namespace,
         {
             "apiVersion": f"{kind.group}/{kind.version}",
             "kind": kind.kind,
-            "metadata": metadata(name, namespace),
+            "metadata": meta,
             "spec": spec,
         },
     )
@@ -180,7 +190,13 @@ def _ping_spec(schedule: str | None, data: str | None, encoding: str) -> dict[st
 )
 @click.argument("name")
 @namespace_option
-@click.option("--schedule", required=True, help="Cron schedule: 5 fields, or 6 with seconds.")
+@click.option(
+    "--schedule",
+    default=None,
+    help="Cron schedule: 5 fields, or 6 with a leading seconds field "
+    "('*/3 * * * * *': every 3 seconds) [default: every minute].",
+)
+@click.option("--timezone", default=None, help="IANA time zone of the schedule (Europe/Paris).")
 @click.option("--data", "-d", default=None, help="Event data.")
 @click.option(
     "--encoding",
@@ -189,6 +205,7 @@ def _ping_spec(schedule: str | None, data: str | None, encoding: str) -> dict[st
     show_default=True,
     help="How --data is given.",
 )
+@click.option("--content-type", default=None, help="datacontenttype of the data.")
 @click.option("--sink", "-s", required=True, help=SINK_HELP)
 @ce_override_option
 @api_command
@@ -196,13 +213,19 @@ def ping_create(
     client: ApiClient,
     name: str,
     namespace: str,
-    schedule: str,
+    schedule: str | None,
+    timezone: str | None,
     data: str | None,
     encoding: str,
+    content_type: str | None,
     sink: str,
     ce_overrides: tuple[str, ...],
 ) -> None:
     spec = {**_ping_spec(schedule, data, encoding), **_overrides(ce_overrides)}
+    if timezone:
+        spec["timezone"] = timezone
+    if content_type:
+        spec["contentType"] = content_type
     _create(client, PINGSOURCE, name, namespace, spec, sink)
 
 
@@ -266,7 +289,8 @@ container = _group(
     + examples(
         "rabbitmesh source container create beats --cmd rabbitmesh --arg heartbeats "
         "--arg --period=1s --sink broker:default",
-        "rabbitmesh source container create beats --image ghcr.io/me/beats:1 --sink ksvc:display",
+        "rabbitmesh source container create beats --image ghcr.io/me/beats:1 --runtime docker "
+        "--sink ksvc:display",
     ),
 )
 @click.argument("name")
@@ -276,6 +300,13 @@ container = _group(
 @click.option("--arg", "args", multiple=True, help="Argument. Repeatable.")
 @click.option(
     "--env", "-e", "env", multiple=True, metavar="KEY=VALUE", help="Environment. Repeatable."
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default=None,
+    help="process (command + args) or docker (the image) [default: the server's "
+    "RABBITMESH_CONTAINER_RUNTIME].",
 )
 @click.option("--sink", "-s", required=True, help=SINK_HELP)
 @ce_override_option
@@ -288,6 +319,7 @@ def container_create(
     cmd: str | None,
     args: tuple[str, ...],
     env: tuple[str, ...],
+    runtime: str | None,
     sink: str,
     ce_overrides: tuple[str, ...],
 ) -> None:
@@ -304,7 +336,8 @@ def container_create(
     if envs:
         c["env"] = [{"name": k, "value": v} for k, v in envs.items()]
     spec = {"template": {"spec": {"containers": [c]}}, **_overrides(ce_overrides)}
-    _create(client, CONTAINERSOURCE, name, namespace, spec, sink)
+    annotations = {RUNTIME_ANNOTATION: runtime} if runtime else None
+    _create(client, CONTAINERSOURCE, name, namespace, spec, sink, annotations)
 
 
 # --- apiserver ------------------------------------------------------------------------------
@@ -365,6 +398,19 @@ def _resource(text: str) -> dict[str, Any]:
     help="Send a reference to the object, or the whole object.",
 )
 @click.option("--service-account", default=None, help="Service account to watch as.")
+@click.option(
+    "--owner",
+    default=None,
+    metavar="KIND:APIVERSION",
+    help="Only objects whose controller is of this kind (ReplicaSet:apps/v1).",
+)
+@click.option(
+    "--namespace-selector",
+    "namespace_labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Watch the namespaces with these labels instead of the source's own. Repeatable.",
+)
 @click.option("--sink", "-s", required=True, help=SINK_HELP)
 @ce_override_option
 @api_command
@@ -375,12 +421,22 @@ def apiserver_create(
     resources: tuple[str, ...],
     mode: str,
     service_account: str | None,
+    owner: str | None,
+    namespace_labels: tuple[str, ...],
     sink: str,
     ce_overrides: tuple[str, ...],
 ) -> None:
     spec: dict[str, Any] = {"resources": [_resource(r) for r in resources], "mode": mode}
     if service_account:
         spec["serviceAccountName"] = service_account
+    if owner:
+        kind, _, api_version = owner.partition(":")
+        if not kind or not api_version:
+            raise CliError(f"--owner {owner!r}: expected KIND:APIVERSION")
+        spec["owner"] = {"kind": kind, "apiVersion": api_version}
+    if namespace_labels:
+        labels = key_values(namespace_labels, "--namespace-selector")
+        spec["namespaceSelector"] = {"matchLabels": labels}
     spec.update(_overrides(ce_overrides))
     _create(client, APISERVERSOURCE, name, namespace, spec, sink)
 
@@ -429,6 +485,7 @@ def _secret_ref(text: str, flag: str) -> dict[str, Any]:
 @click.option("--secret-token", required=True, help="SECRET:KEY of the webhook secret token.")
 @click.option("--sslverify/--no-sslverify", default=True, help="Verify GitLab's TLS certificate.")
 @click.option("--sink", "-s", required=True, help=SINK_HELP)
+@ce_override_option
 @api_command
 def gitlab_create(
     client: ApiClient,
@@ -440,6 +497,7 @@ def gitlab_create(
     secret_token: str,
     sslverify: bool,
     sink: str,
+    ce_overrides: tuple[str, ...],
 ) -> None:
     spec = {
         "projectUrl": project_url,
@@ -447,5 +505,6 @@ def gitlab_create(
         "accessToken": _secret_ref(access_token, "--access-token"),
         "secretToken": _secret_ref(secret_token, "--secret-token"),
         "sslverify": sslverify,
+        **_overrides(ce_overrides),
     }
     _create(client, GITLABSOURCE, name, namespace, spec, sink)

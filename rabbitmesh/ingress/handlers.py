@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from rabbitmesh import telemetry
-from rabbitmesh.amqp.client import AmqpClient, PublishFailed
+from rabbitmesh.amqp.client import BLOCKED_MESSAGE, AmqpClient, PublishFailed
 from rabbitmesh.amqp.messages import to_message
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_request
 from rabbitmesh.dispatch.worker import now_rfc3339
 from rabbitmesh.filters.bindings import routing_key_for_type
+from rabbitmesh.ingress.auth import unauthorized
 from rabbitmesh.metrics import (
     bounded_type,
     code_class,
@@ -39,6 +41,8 @@ class Target:
 
     exchange: str
     is_broker: bool
+    #: Bearer tokens this ingress accepts (rabbitmesh/ingress/auth.py); None: open to all.
+    tokens: tuple[bytes, ...] | None = None
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -113,6 +117,10 @@ class Ingress:
                     **{"Retry-After": self.retry_after},
                 ), []
             return error(404, f"{kind} {ns}/{name} not found"), []
+        if target.tokens is not None:  # checked before the body is read
+            denied = unauthorized(request, target.tokens)
+            if denied is not None:
+                return denied, []
         length = request.content_length
         if length is not None and length > self.max_event_bytes:
             return error(413, f"body of {length} bytes exceeds {self.max_event_bytes} bytes"), []
@@ -145,6 +153,8 @@ class Ingress:
             return error(
                 503, "RabbitMQ is unavailable", **{"Retry-After": self.retry_after}
             ), events
+        if self.publisher.blocked:  # a publish would hang until the alarm clears
+            return error(503, BLOCKED_MESSAGE, **{"Retry-After": self.retry_after}), events
         self.inflight += len(events)
         try:
             if len(events) == 1:
@@ -175,6 +185,23 @@ class Ingress:
             unrouted.labels(target.exchange).inc()
 
 
+_TTL_TEXT = re.compile(r"[0-9]{1,10}")
+_INT32_MAX = 2**31 - 1
+
+
+def _ttl_value(raw: object) -> int:
+    """knativebrokerttl as a CloudEvents Integer (signed 32-bit), strictly: no "1_0", "٣"."""
+    if type(raw) is int:
+        value = raw
+    elif isinstance(raw, str) and _TTL_TEXT.fullmatch(raw):
+        value = int(raw)
+    else:
+        raise InvalidEvent(f"extension 'knativebrokerttl' is not an integer: {raw!r}")
+    if not 0 <= value <= _INT32_MAX:
+        raise InvalidEvent(f"extension 'knativebrokerttl' is out of range: {raw!r}")
+    return value
+
+
 def stamp_broker_ingress(event: CloudEvent) -> None:
     """Add knativearrivaltime and step knativebrokerttl down; raise InvalidEvent at 0."""
     attrs = event.attributes
@@ -182,10 +209,7 @@ def stamp_broker_ingress(event: CloudEvent) -> None:
     if raw is None:
         ttl = DEFAULT_TTL
     else:
-        try:
-            ttl = int(raw) - 1
-        except (TypeError, ValueError):
-            raise InvalidEvent(f"extension 'knativebrokerttl' is not an integer: {raw!r}") from None
+        ttl = _ttl_value(raw) - 1
         if ttl <= 0:
             raise InvalidEvent(
                 f"extension 'knativebrokerttl' is {raw}: the event has looped through brokers "

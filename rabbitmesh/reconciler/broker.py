@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aio_pika
 
+from rabbitmesh.ingress.auth import problem as auth_problem
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.resolve import address_url
 from rabbitmesh.resources.base import Address
@@ -20,6 +21,10 @@ async def reconcile(ctx: Context, broker: Broker) -> None:
     broker.status.address = Address(
         url=address_url(ctx.settings.base_url, KIND, broker.namespace, broker.name)
     )
+    why = auth_problem(ctx.get, broker)
+    if why is not None:  # fail closed: the ingress takes nothing it cannot authenticate
+        broker.status.set_ready(False, "IngressTokenSecretMissing", why)
+        return
     broker.status.set_ready(True, "BrokerReady", "")
 
 

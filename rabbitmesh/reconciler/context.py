@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -17,6 +17,9 @@ from rabbitmesh.reconciler.resolve import resolve
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.settings import Settings
+
+if TYPE_CHECKING:
+    from rabbitmesh.sources.manager import SourceManager
 
 log = logging.getLogger("rabbitmesh.reconciler")
 
@@ -40,6 +43,8 @@ class Context:
     #: (kind, namespace, name) -> earlier specs from the resource store (newest last), so a
     #: fresh process can undo what an earlier spec did before it started.
     history: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
+    sources: SourceManager | None = None
 
     def get(self, kind: str, namespace: str, name: str) -> Resource | None:
         return self.resources.get((kind, namespace, name))

@@ -6,11 +6,15 @@ hosted resource: straight into RabbitMQ, confirmed, without an HTTP round trip.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import aio_pika
 
 from rabbitmesh.amqp.names import Names
+from rabbitmesh.ingress.auth import tokens
 from rabbitmesh.ingress.handlers import Target
 from rabbitmesh.reconciler.context import Context
+from rabbitmesh.resources.eventing import Broker
 from rabbitmesh.resources.flows import Parallel, Sequence
 from rabbitmesh.resources.registry import canonical_kind
 
@@ -42,9 +46,12 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
     res = ctx.get(canonical_kind(kind), namespace, name)
     if res is None:
         return None
-    if res.KIND == "Broker":
+    if isinstance(res, Broker):
         if res.status.ready != "True":
             return None
-    elif res.status.address is None:
+        target = exchange_of(ctx.names, res.KIND, namespace, name)
+        accepted = tokens(ctx.get, res)
+        return target if target is None or accepted is None else replace(target, tokens=accepted)
+    if res.status.address is None:
         return None
     return exchange_of(ctx.names, res.KIND, namespace, name)

@@ -1,17 +1,36 @@
-"""Every source kind -> status: its sink resolved, the types it declares, and whether it runs.
+"""Every source kind -> its runtime (on replicas that run sources) and its status.
 
-A source's runtime (ticks, processes, webhooks) is not part of this reconciler. Until one is,
-a source is reported as it is: not Ready, reason `SourceNotRunning`, with its `sinkUri` and
-`ceAttributes` (the types the EventType registry lists for it) filled in as Knative's are. A
-source whose sink is a missing Broker/Channel/Sequence/Parallel is not Ready, reason `NotFound`.
+Status, as Knative's sources report it: `sinkUri` (the resolved sink), `ceAttributes` (the
+types the source emits; the EventType registry lists them), and Ready:
+- False, `NotFound`: the sink is a Broker/Channel/Sequence/Parallel that does not exist;
+- False, `SecretNotFound`: a `secretKeyRef` names a missing Secret or key;
+- False, `InvalidSpec`: the spec cannot run here (a process-runtime container without command);
+- False with the runtime's reason (`BackOff`, `ContainerFailed`, `ApiServerUnavailable`,
+  `WebhookNotConfigured`, ...), on the replica running the source, while it is failing;
+- True otherwise.
+Validation proper (a bad cron, an unknown time zone, both data fields) happens earlier: such a
+manifest is rejected (422, or one line at start) and never stored.
+
+Replicas whose role is `all` or `sources` run the sources (rabbitmesh/sources/manager.py),
+one replica per source at a time; the others only report status.
 """
 
 from __future__ import annotations
 
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.resolve import HOSTED_PATHS
+from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.registry import canonical_kind
-from rabbitmesh.resources.sources import Source
+from rabbitmesh.resources.sources import (
+    ApiServerSource,
+    ContainerSource,
+    GitLabSource,
+    PingSource,
+    Source,
+)
+from rabbitmesh.sources import apiserver, container, gitlab, ping
+from rabbitmesh.sources.manager import Key, Plan, Problem
+from rabbitmesh.sources.secrets import NotReady, secrets_in
 
 KINDS = ("PingSource", "ContainerSource", "ApiServerSource", "SinkBinding", "GitLabSource")
 KIND = "PingSource"
@@ -25,6 +44,7 @@ async def reconcile(ctx: Context, source: Source) -> None:
     if sink.ref is not None and sink.ref.kind in HOSTED_PATHS:
         ref_ns = sink.ref.namespace or ns
         if ctx.get(canonical_kind(sink.ref.kind), ref_ns, sink.ref.name) is None:
+            _stop(ctx, source)
             extra.pop("sinkUri", None)
             source.status.set_ready(
                 False,
@@ -32,17 +52,81 @@ async def reconcile(ctx: Context, source: Source) -> None:
                 f"sink {sink.ref.kind} {sink.ref.name!r} does not exist in namespace {ref_ns!r}",
             )
             return
-    extra["sinkUri"] = ctx.resolve(sink, ns)
+    url = ctx.resolve(sink, ns)
+    extra["sinkUri"] = url
+    if isinstance(source, ApiServerSource) and source.spec.namespace_selector is None:
+        extra["namespaces"] = [ns]
+    try:
+        plan = make_plan(ctx, source, url)
+    except NotReady as e:
+        _stop(ctx, source)
+        refresh(ctx, source, (e.reason, e.message))
+        return
+    if ctx.sources is not None:
+        if plan is None:
+            ctx.sources.remove(source.key, deleted=False)
+        else:
+            ctx.sources.run(plan)
+    refresh(ctx, source)
+
+
+def make_plan(ctx: Context, source: Source, sink: str) -> Plan | None:
+    """What this source runs (None: nothing); NotReady when it cannot run."""
+    s = ctx.settings
+    if isinstance(source, PingSource):
+        return ping.plan(source, sink)
+    if isinstance(source, ContainerSource):
+        secrets = secrets_in(ctx.get)
+        return container.plan(source, sink, s.container_runtime, s.docker_args, secrets)
+    if isinstance(source, ApiServerSource):
+        return apiserver.plan(source, sink, s.kubeconfig)
+    if isinstance(source, GitLabSource):
+        access, secret = gitlab.tokens(source, ctx.get)
+        if access is None:
+            return None  # no accessToken: the user registers the hook
+        return gitlab.plan(source, s.base_url, access, secret)
+    return None  # SinkBinding: `rabbitmesh sinkbinding exec` runs its subject
+
+
+def refresh(ctx: Context, source: Resource, problem: Problem = None) -> None:
+    """Status from what the source's runtime reports (also called when it reports), or from
+    `problem` when it cannot run."""
+    extra = source.status.model_extra
+    assert extra is not None
     declared = source.declared_event_types()
+    manager = ctx.sources
+    runtime = manager.status(source.key) if manager is not None else {}
+    ce_source = runtime.pop("ceSource", None)
     if declared:
-        extra["ceAttributes"] = [{"type": t, "source": s} for t, s in declared]
-    source.status.set_ready(
-        False,
-        "SourceNotRunning",
-        f"{source.KIND} is stored and its sink resolves to {extra['sinkUri']}, but this "
-        f"rabbitmesh version does not run {source.KIND}s yet",
-    )
+        extra["ceAttributes"] = [{"type": t, "source": s or ce_source or ""} for t, s in declared]
+    extra.update(runtime)
+    if problem is None and manager is not None:
+        problem = manager.problem(source.key)
+    if problem is not None:
+        source.status.set_ready(False, *problem)
+    elif manager is None and source.KIND != "SinkBinding":
+        source.status.set_ready(
+            True,
+            "",
+            f"runs on the replicas whose role is all or sources (this one: {ctx.settings.role})",
+        )
+    else:
+        source.status.set_ready(True)
+
+
+def on_runtime_change(ctx: Context, key: Key) -> None:
+    """A running source reported (a problem, a hook id, a leadership change)."""
+    source = ctx.get(*key)
+    if source is not None and "sinkUri" in (source.status.model_extra or {}):
+        refresh(ctx, source)
+
+
+def _stop(ctx: Context, source: Source) -> None:
+    if ctx.sources is not None:
+        ctx.sources.remove(source.key, deleted=False)
 
 
 async def finalize(ctx: Context, source: Source) -> None:
-    """Nothing to remove: a source has no topology of its own."""
+    """Stop its runtime; the replica that led it cleans up (a GitLab hook, a tick record)."""
+    if ctx.sources is not None:
+        ctx.sources.remove(source.key, deleted=True)

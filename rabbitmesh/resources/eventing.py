@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from rabbitmesh.filters import FilterError, compile_trigger_filter
-from rabbitmesh.resources.base import FieldError, Model, Resource
+from rabbitmesh.resources.base import DNS1123_SUBDOMAIN, FieldError, Model, Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination, KReference
 from rabbitmesh.resources.registry import register
 
@@ -17,9 +17,32 @@ class BrokerSpec(Model):
     delivery: DeliverySpec | None = None
 
 
+#: Broker annotation naming the Secret (`name` or `name/key`) of its ingress' bearer tokens
+#: (rabbitmesh/ingress/auth.py, docs/security.md).
+INGRESS_TOKEN_ANNOTATION = "rabbitmesh.dev/ingress-token-secret"
+INGRESS_TOKEN_DEFAULT_KEY = "token"
+
+
 @register("eventing.knative.dev", ("v1",), "brokers", addressable=True)
 class Broker(Resource):
     spec: BrokerSpec = Field(default_factory=BrokerSpec)
+
+    def check(self) -> None:
+        self.ingress_token_secret()
+
+    def ingress_token_secret(self) -> tuple[str, str] | None:
+        """(Secret name, key) of the ingress tokens, None when the ingress is open."""
+        raw = self.metadata.annotations.get(INGRESS_TOKEN_ANNOTATION)
+        if raw is None:
+            return None
+        name, _, key = raw.strip().partition("/")
+        key = key or INGRESS_TOKEN_DEFAULT_KEY
+        if not DNS1123_SUBDOMAIN.match(name) or "/" in key:
+            raise FieldError(
+                f"metadata.annotations[{INGRESS_TOKEN_ANNOTATION}]",
+                "must be a Secret name, optionally followed by /key (default key: token)",
+            )
+        return name, key
 
 
 class TriggerFilter(Model):

@@ -157,7 +157,9 @@ def _check_json_object(raw: bytes, path: str) -> None:
     try:
         value = json.loads(raw)
     except ValueError as e:
-        raise FieldError(path, f"is not valid JSON (contentType is application/json): {e}") from None
+        raise FieldError(
+            path, f"is not valid JSON (contentType is application/json): {e}"
+        ) from None
     if not isinstance(value, dict):
         raise FieldError(path, "must be a JSON object when contentType is application/json")
 
@@ -326,8 +328,8 @@ class LabelSelectorRequirement(Model):
 class LabelSelector(Model):
     """Kubernetes' metav1.LabelSelector."""
 
-    match_labels: dict[str, str] = Field(default_factory=dict)
-    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+    match_labels: dict[str, str] | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = None
 
     @property
     def empty(self) -> bool:
@@ -335,8 +337,8 @@ class LabelSelector(Model):
 
     def query(self) -> str:
         """The selector as the API server's `labelSelector` query parameter."""
-        parts = [f"{k}={v}" for k, v in sorted(self.match_labels.items())]
-        for r in self.match_expressions:
+        parts = [f"{k}={v}" for k, v in sorted((self.match_labels or {}).items())]
+        for r in self.match_expressions or []:
             if r.operator == "Exists":
                 parts.append(r.key)
             elif r.operator == "DoesNotExist":
@@ -347,9 +349,9 @@ class LabelSelector(Model):
         return ",".join(parts)
 
     def matches(self, labels: dict[str, str]) -> bool:
-        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+        if any(labels.get(k) != v for k, v in (self.match_labels or {}).items()):
             return False
-        for r in self.match_expressions:
+        for r in self.match_expressions or []:
             present = r.key in labels
             if r.operator == "Exists" and not present:
                 return False

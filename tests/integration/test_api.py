@@ -261,7 +261,7 @@ async def test_event_types_of_both_versions_and_of_sources(start_mesh):
     status, body = await call(
         "POST", mesh.url + "/apis/sources.knative.dev/v1/namespaces/default/pingsources", ping
     )
-    assert status == 201 and ready(body) == ("False", "SourceNotRunning")
+    assert status == 201 and ready(body) == ("True", None)
     assert body["status"]["ceAttributes"] == [
         {
             "type": "dev.knative.sources.ping",

@@ -83,6 +83,8 @@ async def test_spec_version_03_is_accepted(mesh):
             "type",
         ),
         ({**binary_headers(), "ce-knativebrokerttl": "1"}, b"{}", "knativebrokerttl"),
+        ({**binary_headers(), "ce-knativebrokerttl": "1_0"}, b"{}", "knativebrokerttl"),
+        ({**binary_headers(), "ce-knativebrokerttl": "3000000000"}, b"{}", "knativebrokerttl"),
     ],
 )
 async def test_400_names_the_problem(mesh, headers, body, needle):

@@ -173,6 +173,8 @@ class IdSink:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
+        self._held: dict[int, web.Request] = {}  # by id(): requests are not hashable
+        self.max_open_held = 0  # most held requests whose sender was still waiting at once
 
     @property
     def url(self) -> str:
@@ -214,7 +216,12 @@ class IdSink:
         await request.read()
         self.requests += 1
         if self.mode == "hang":
-            await self._release.wait()
+            self._held[id(request)] = request
+            self.max_open_held = max(self.max_open_held, self.open_held())
+            try:
+                await self._release.wait()
+            finally:
+                self._held.pop(id(request), None)
             return web.Response(status=503)
         if self.mode == "fail":
             return web.Response(status=self.fail_status)
@@ -222,6 +229,14 @@ class IdSink:
         if event_id is not None:
             self.ok[event_id] += 1
         return web.Response(status=200)
+
+    def open_held(self) -> int:
+        """Held requests whose connection is still open (the sender has not given up)."""
+        return sum(
+            1
+            for r in self._held.values()
+            if r.transport is not None and not r.transport.is_closing()
+        )
 
     def delivered(self) -> set[str]:
         return set(self.ok)
@@ -323,3 +338,31 @@ def vm_rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def markdown_table(path: Path = REPORT_PATH) -> str:
+    """The last report of each scenario in `path`, as the table of docs/reliability.md."""
+    latest: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            latest[record["scenario"]] = record
+    rows = [
+        "| fault | sent | accepted | refused (status: count) | delivered | lost | duplicates "
+        "| notes |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in latest.values():
+        refused = ", ".join(f"{k}: {v}" for k, v in sorted(r["refused"].items())) or "-"
+        notes = ", ".join(f"{k} {v}" for k, v in r["notes"].items() if k != "rss_mib_by_minute")
+        rows.append(
+            f"| {r['scenario']} | {r['sent']} | {r['accepted']} | {refused} "
+            f"| {r['delivered']}/{r['expected']} | {r['lost']} | {r['duplicates']} | {notes} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m tests.support.faults [REPORT.jsonl]
+    import sys
+
+    print(markdown_table(Path(sys.argv[1]) if len(sys.argv) > 1 else REPORT_PATH))

@@ -11,10 +11,9 @@ import aio_pika
 
 from tests.support.mesh import AMQP_URL
 
-
 #: The node behind AMQP_URL, for rabbitmqctl (unset: rabbitmqctl's default node). Set it with
 #: RABBITMESH_TEST_AMQP_URL to run the suite against a private node, e.g. the fault suite
-#: (tests/faults/README.md) while others test against the default one.
+#: (docs/reliability.md) while others test against the default one.
 RABBITMQ_NODE = os.environ.get("RABBITMESH_TEST_RABBITMQ_NODE", "")
 
 

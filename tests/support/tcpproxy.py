@@ -5,18 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 
 class TcpProxy:
-    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672) -> None:
+    """With `ssl_context`, clients speak TLS to the proxy and it forwards plain TCP: a TLS
+    listener in front of a RabbitMQ that has none (amqps:// tests)."""
+
+    def __init__(
+        self,
+        target_host: str = "127.0.0.1",
+        target_port: int = 5672,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.target = (target_host, target_port)
+        self.ssl_context = ssl_context
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self.open = True
 
     async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, ssl=self.ssl_context
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

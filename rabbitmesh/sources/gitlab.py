@@ -1,0 +1,265 @@
+"""GitLabSource: GitLab webhooks in, CloudEvents out, as knative-extensions/eventing-gitlab.
+
+Receiving (every replica that serves HTTP): `POST /sources/gitlab/{namespace}/{name}`.
+- `X-Gitlab-Token` must equal the `secretToken` Secret's value (compared in constant time):
+  401 otherwise. A source without `secretToken` accepts any request, as eventing-gitlab does.
+- `X-Gitlab-Event: Push Hook` becomes type `dev.knative.sources.gitlab.push` (the header
+  without " Hook", snake_case: `tag_push`, `issue`, `confidential_issue`, `merge_request`,
+  `note`, `confidential_note`, `job`, `pipeline`, `wiki_page`, `deployment`); an unknown or
+  missing header is 400. Source: `spec.projectUrl`. Extension `comgitlabevent`: the header.
+  Data: the payload as GitLab sent it (application/json; a body that is not JSON is 400).
+- The answer waits for the sink: 202 once it took the event (retried briefly), 502 if it did
+  not (GitLab shows the failure, and its "resend" retries it), 503 while the source is not
+  ready, 404 for an unknown source.
+
+Registering (the replica holding the source's lease): with `accessToken`, the project hook is
+created or updated through GitLab's REST API (`/api/v4/projects/{url-encoded path}/hooks`,
+header `PRIVATE-TOKEN`) for `{RABBITMESH_PUBLIC_URL}/sources/gitlab/{namespace}/{name}`, with
+the `eventTypes` flags on and the others off, `token` = the secret token, and
+`enable_ssl_verification` = `sslverify`. A hook with that URL is updated rather than added
+again. When the source is deleted, its hooks are removed. `sslverify: false` also turns off
+rabbitmesh's own TLS verification of the GitLab API (a self-signed GitLab).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from rabbitmesh.resources.sources import GITLAB_EVENTS, GITLAB_TYPE_PREFIX, GitLabSource
+from rabbitmesh.sources.manager import Plan, Runtime
+from rabbitmesh.sources.secrets import NotReady, ResourceLookup, secret_value, secrets_in
+from rabbitmesh.sources.sender import Retry, deliver, new_event
+
+log = logging.getLogger("rabbitmesh.sources")
+
+EVENT_HEADER = "X-Gitlab-Event"
+TOKEN_HEADER = "X-Gitlab-Token"
+EVENT_EXTENSION = "comgitlabevent"
+PATH = "/sources/gitlab/{namespace}/{name}"
+
+#: GitLab gives a webhook 10 s: the sink gets a few quick tries within that.
+WEBHOOK_RETRY = Retry(retries=3, backoff=0.1, max_backoff=1.0, timeout=2.5)
+#: GitLab API calls.
+API_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+KINDS = frozenset(GITLAB_EVENTS.values())
+
+
+def event_kind(header: str) -> str | None:
+    """`Merge Request Hook` -> `merge_request`; None for a header we do not know."""
+    if not header.endswith(" Hook"):
+        return None
+    kind = header[: -len(" Hook")].strip().lower().replace(" ", "_")
+    return kind if kind in KINDS else None
+
+
+def split_project_url(url: str) -> tuple[str, str]:
+    """(GitLab base URL, project path): https://gitlab.com/group/app -> (https://gitlab.com,
+    group/app)."""
+    parts = urlsplit(url.rstrip("/"))
+    project = parts.path.strip("/").removesuffix(".git")
+    return f"{parts.scheme}://{parts.netloc}", project
+
+
+def hook_url(base_url: str, namespace: str, name: str) -> str:
+    return base_url.rstrip("/") + PATH.format(namespace=namespace, name=name)
+
+
+def tokens(source: GitLabSource, lookup: ResourceLookup) -> tuple[str | None, str | None]:
+    """(access token, secret token); NotReady when a referenced Secret or key is missing."""
+    secrets = secrets_in(lookup)
+    out: list[str | None] = []
+    for ref in (source.spec.access_token, source.spec.secret_token):
+        if ref is None:
+            out.append(None)
+            continue
+        sel = ref.secret_key_ref
+        out.append(
+            secret_value(secrets, source.namespace, sel.name, sel.key, optional=bool(sel.optional))
+        )
+    return out[0], out[1]
+
+
+# --- receiving ----------------------------------------------------------------------------
+
+
+class GitLabWebhooks:
+    """The webhook endpoint. `lookup` reads reconciled resources; `session` is the shared
+    HTTP client (both exist only once rabbitmesh is connected)."""
+
+    def __init__(
+        self,
+        lookup: Callable[[], ResourceLookup | None],
+        session: Callable[[], aiohttp.ClientSession | None],
+    ) -> None:
+        self.lookup = lookup
+        self.session = session
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(PATH, self.handle)]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        lookup, session = self.lookup(), self.session()
+        if lookup is None or session is None:
+            return _error(503, "starting up", retry=True)
+        source = lookup("GitLabSource", ns, name)
+        if not isinstance(source, GitLabSource):
+            return _error(404, f"no GitLabSource {name!r} in namespace {ns!r}")
+        sink = (source.status.model_extra or {}).get("sinkUri")
+        try:
+            _, secret = tokens(source, lookup)
+        except NotReady as e:
+            return _error(503, f"GitLabSource {ns}/{name} is not ready: {e.message}", retry=True)
+        if secret is not None:
+            given = request.headers.get(TOKEN_HEADER, "")
+            if not hmac.compare_digest(given.encode(), secret.encode()):
+                log.warning("GitLabSource %s/%s: webhook with a wrong %s", ns, name, TOKEN_HEADER)
+                return _error(401, f"missing or wrong {TOKEN_HEADER}")
+        header = request.headers.get(EVENT_HEADER, "")
+        kind = event_kind(header)
+        if kind is None:
+            return _error(400, f"unknown or missing {EVENT_HEADER}: {header!r}")
+        body = await request.read()
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error(400, "the payload is not JSON")
+        if not sink:
+            return _error(503, f"GitLabSource {ns}/{name} has no resolved sink", retry=True)
+        event = new_event(
+            GITLAB_TYPE_PREFIX + kind,
+            source.spec.project_url,
+            data=body,
+            datacontenttype="application/json",
+            extensions={EVENT_EXTENSION: header, **source.extensions},
+        )
+        outcome = await deliver(
+            session,
+            sink,
+            event,
+            namespace=ns,
+            what=f"GitLabSource {ns}/{name}",
+            retry=WEBHOOK_RETRY,
+        )
+        if not outcome.ok:
+            return _error(502, f"the sink did not take the event: {outcome.error}")
+        return web.json_response({"id": event.id, "type": event.type}, status=202)
+
+
+def _error(status: int, message: str, retry: bool = False) -> web.Response:
+    headers = {"Retry-After": "5"} if retry else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+# --- registering --------------------------------------------------------------------------
+
+
+class GitLabApiError(Exception):
+    pass
+
+
+class GitLabApi:
+    """The project-hook part of GitLab's REST API v4."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, project_url: str, token: str, verify: bool
+    ) -> None:
+        self.session = session
+        base, project = split_project_url(project_url)
+        self.hooks = f"{base}/api/v4/projects/{quote(project, safe='')}/hooks"
+        self.headers = {"PRIVATE-TOKEN": token, "Accept": "application/json"}
+        self.ssl = None if verify else False  # aiohttp: None = default verification
+
+    async def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            async with self.session.request(
+                method, url, json=body, headers=self.headers, ssl=self.ssl, timeout=API_TIMEOUT
+            ) as resp:
+                raw = await resp.read()
+                if method == "DELETE" and resp.status == 404:
+                    return None  # already gone
+                if not 200 <= resp.status < 300:
+                    text = raw[:300].decode(errors="replace")
+                    raise GitLabApiError(f"{method} {url}: HTTP {resp.status} {text}")
+                return orjson.loads(raw) if raw.strip() else None
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as e:
+            raise GitLabApiError(f"{method} {url}: {type(e).__name__}: {e}") from None
+
+    async def find(self, url: str) -> list[dict[str, Any]]:
+        hooks = await self._call("GET", self.hooks)
+        return [h for h in hooks or [] if isinstance(h, dict) and h.get("url") == url]
+
+    async def register(self, body: dict[str, Any]) -> int:
+        """Update the hook with this URL, or add one; the hook's id."""
+        existing = await self.find(body["url"])
+        if existing:
+            hook_id = int(existing[0]["id"])
+            await self._call("PUT", f"{self.hooks}/{hook_id}", body)
+            return hook_id
+        created = await self._call("POST", self.hooks, body)
+        return int(created["id"])
+
+    async def unregister(self, url: str) -> list[int]:
+        gone = []
+        for hook in await self.find(url):
+            await self._call("DELETE", f"{self.hooks}/{int(hook['id'])}")
+            gone.append(int(hook["id"]))
+        return gone
+
+
+def hook_body(url: str, event_types: list[str], secret: str | None, verify: bool) -> dict[str, Any]:
+    """The hook: every event flag explicit (on for eventTypes, off otherwise)."""
+    body: dict[str, Any] = {"url": url, "enable_ssl_verification": verify}
+    for flag in GITLAB_EVENTS:
+        body[flag] = flag in event_types
+    if secret is not None:
+        body["token"] = secret
+    return body
+
+
+def plan(source: GitLabSource, base_url: str, access: str, secret: str | None) -> Plan:
+    url = hook_url(base_url, source.namespace, source.name)
+    verify = source.spec.sslverify is not False
+    body = hook_body(url, source.spec.event_types, secret, verify)
+    what = f"GitLabSource {source.namespace}/{source.name}"
+
+    def api(rt: Runtime) -> GitLabApi:
+        return GitLabApi(rt.session, source.spec.project_url, access, verify)
+
+    async def register(rt: Runtime) -> None:
+        delay = 1.0
+        while True:
+            try:
+                hook_id = await api(rt).register(body)
+                break
+            except GitLabApiError as e:
+                rt.report(("WebhookNotConfigured", str(e)))
+                log.warning("%s: registering the project hook failed: %s", what, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        log.info("%s: project hook %d -> %s", what, hook_id, url)
+        rt.status["webhookID"] = hook_id
+        rt.report(None)
+        rt.changed()
+
+    async def unregister(rt: Runtime) -> None:
+        for hook_id in await api(rt).unregister(url):
+            log.info("%s: project hook %d removed", what, hook_id)
+
+    return Plan(
+        key=source.key,
+        what=what,
+        fingerprint=(source.spec.dump(), body, access, base_url),
+        work=register,
+        on_delete=unregister,
+    )
