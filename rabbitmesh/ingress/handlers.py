@@ -87,10 +87,11 @@ class Ingress:
         return handler
 
     async def handle(self, kind: str, request: web.Request) -> web.StreamResponse:
-        response, events = await self._handle(kind, request)
-        status = code_class(response.status)
         ns, name = request.match_info["namespace"], request.match_info["name"]
-        if self.lookup(kind, ns, name) is None:
+        target = self.lookup(kind, ns, name)  # once per request: it is on the hot path
+        response, events = await self._handle(kind, request, target)
+        status = code_class(response.status)
+        if target is None:
             ns = name = ""  # unknown paths must not grow the label set
         if events:
             for ev in events:
@@ -100,16 +101,15 @@ class Ingress:
         return response
 
     async def _handle(
-        self, kind: str, request: web.Request
+        self, kind: str, request: web.Request, target: Target | None
     ) -> tuple[web.StreamResponse, list[CloudEvent]]:
         """The response, and the events it concerns (for the metrics)."""
         if request.method == "OPTIONS":
             return web.Response(status=200, headers={"Allow": ALLOW}), []
         if request.method != "POST":
             return error(405, f"method {request.method} not allowed", Allow=ALLOW), []
-        ns, name = request.match_info["namespace"], request.match_info["name"]
-        target = self.lookup(kind, ns, name)
         if target is None:
+            ns, name = request.match_info["namespace"], request.match_info["name"]
             if not self.ready():
                 return error(
                     503,
