@@ -18,6 +18,8 @@ import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
+from rabbitmesh.amqp.limits import UnpublishableMessage, check_publishable
+
 log = logging.getLogger("rabbitmesh.amqp")
 
 
@@ -32,7 +34,12 @@ class MessageLike(Protocol):
 
 
 class PublishFailed(Exception):
-    """RabbitMQ did not confirm a publish (down, nacked, unroutable or too slow)."""
+    """RabbitMQ did not confirm a publish (down, nacked, unroutable or too slow): transient.
+
+    A message RabbitMQ could never take raises `UnpublishableMessage` instead (permanent)."""
+
+
+__all__ = ["AmqpClient", "PublishFailed", "UnpublishableMessage", "BLOCKED_MESSAGE"]
 
 
 BLOCKED_MESSAGE = "RabbitMQ is blocking publishers (a memory or disk alarm)"
@@ -111,6 +118,14 @@ class AmqpClient:
         return c is not None and not c.is_closed and c.connected.is_set()
 
     @property
+    def frame_max(self) -> int:
+        """The frame size negotiated with RabbitMQ (0 before the first connection)."""
+        c = self.connection
+        transport = getattr(c, "transport", None) if c is not None else None
+        tune = getattr(getattr(transport, "connection", None), "connection_tune", None)
+        return int(getattr(tune, "frame_max", 0) or 0)
+
+    @property
     def blocked(self) -> bool:
         """RabbitMQ sent connection.blocked: a memory or disk alarm stops it reading what this
         connection publishes, so a publish would only wait for its timeout. aiormq tracks the
@@ -143,7 +158,12 @@ class AmqpClient:
         With `mandatory`, a message no queue takes comes back from RabbitMQ: that raises
         PublishFailed, or, with `unroutable_ok`, returns False (a broker event no trigger
         wants: confirmed, and dropped as Knative drops it). True means a queue has it.
+
+        A message RabbitMQ would refuse by closing the connection (a content header over the
+        negotiated frame size, an over-long short string) raises UnpublishableMessage before
+        anything is sent: no input may close the connection every publisher shares.
         """
+        check_publishable(message.properties, self.frame_max)
         ch = self._publish_channel
         if ch is None or not self.connected:
             raise PublishFailed("not connected to RabbitMQ")
