@@ -435,12 +435,13 @@ class QueueWorker:
             await _nack(msg, requeue=self.mode == "dead-letter")
 
     def _log_handler_error(self, msg: AbstractIncomingMessage, exc: Exception, n: int) -> None:
-        """One line per error; the traceback too, at most once per TRACEBACK_INTERVAL."""
+        """One line per error; the traceback only for a message's first error, and at most
+        one per TRACEBACK_INTERVAL (many poison messages at once must not flood the log)."""
         now = time.monotonic()
         verdict = "parking it" if n >= HANDLER_ERROR_LIMIT else "will handle it again later"
         text = "unexpected error handling message %s from %s (%d of %d): %s: %s; %s"
         args = (msg.message_id, self.queue_name, n, HANDLER_ERROR_LIMIT)
-        if now - self._last_traceback >= TRACEBACK_INTERVAL:
+        if n == 1 and now - self._last_traceback >= TRACEBACK_INTERVAL:
             self._last_traceback = now
             log.error(text, *args, type(exc).__name__, exc, verdict, exc_info=exc)
         else:
