@@ -371,6 +371,8 @@ class QueueWorker:
                 self.names.dead_letter_queue(self.queue_name),
                 extra=log_fields(event, sub, attempt),
             )
+            self.stats.dead_lettered += 1
+            metrics.dead_lettered.labels(sub.name).inc()
             await _nack(msg, requeue=False)
             return
         except PublishFailed as e:

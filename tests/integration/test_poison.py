@@ -247,3 +247,54 @@ async def test_redelivery_guard_parks_after_a_few_unexpected_errors(start_mesh, 
     errors = records_about(caplog, "unexpected error handling message")
     assert len(errors) == HANDLER_ERROR_LIMIT
     assert sum(1 for r in errors if r.exc_info) == 1
+
+
+async def test_message_too_large_to_copy_is_dead_lettered_by_rabbitmq_then_parked(
+    start_mesh, make_sink
+):
+    """An AMQP-native event whose headers fit RabbitMQ's frame but not rabbitmesh's margin:
+    no copy of it (dead letter, parked copy) can be published as it is. It must still end
+    somewhere, once: RabbitMQ's own dead-lettering into the `:dlq`, then the parked queue."""
+    sub = await make_sink()
+    dls = await make_sink()
+    mesh = await start_mesh(broker_and_trigger(sub.url, delivery(dls.url, 2), ONLY_REQUESTS))
+    names = Names(mesh.settings.topology_prefix)
+    queue = names.trigger_queue("default", "tr")
+    frame_max = mesh.server.publisher.frame_max
+    big = "x" * (frame_max - 700)  # under frame_max, over frame_max less rabbitmesh's margin
+    async with await aio_pika.connect(AMQP_URL) as conn:
+        ch = await conn.channel()
+        x = await ch.get_exchange(names.broker_exchange("default", "br"))
+        await x.publish(
+            aio_pika.Message(
+                b"{}",
+                headers={
+                    "ce-specversion": "1.0",
+                    "ce-id": "huge-1",
+                    "ce-source": "native",
+                    "ce-type": REQUEST,
+                    "ce-big": big,
+                },
+                content_type="application/json",
+            ),
+            routing_key=routing_key_for_type(REQUEST),
+        )
+        # HTTP servers refuse a 130 kB header line (aiohttp: 8190 bytes) with a 4xx: final.
+        parked_q = await ch.declare_queue(names.parked_queue, passive=True)
+        parked = await eventually(
+            lambda: parked_q.get(fail=False), timeout=20, what="parked message"
+        )
+        await parked.ack()
+    assert parked.body == b"{}"
+    assert parked.headers["x-rabbitmesh-parked-from"] == names.dead_letter_queue(queue)
+    assert "dead-letter sink" in parked.headers["x-rabbitmesh-parked-reason"]
+    assert "ce-big" not in parked.headers  # what did not fit is left out, the body kept
+
+    # Each tried once (the sinks' HTTP parser refuses the request before any handler runs).
+    worker = worker_of(mesh, queue)
+    assert worker.stats.attempts == 1 and worker.stats.dead_lettered == 1
+    assert worker.stats.handler_errors == 0
+    dl_worker = worker_of(mesh, names.dead_letter_queue(queue))
+    assert dl_worker.stats.attempts == 1 and dl_worker.stats.parked == 1
+    assert dl_worker.stats.handler_errors == 0
+    assert sub.received == [] and dls.received == []
