@@ -19,7 +19,7 @@ from rabbitmesh.dispatch.worker import HANDLER_ERROR_LIMIT, HANDLER_ERRORS_HEADE
 from rabbitmesh.filters.bindings import routing_key_for_type
 from tests.integration.test_delivery import broker_and_trigger
 from tests.support.events import post_binary
-from tests.support.mesh import AMQP_URL
+from tests.support.mesh import AMQP_URL, MeshProcess, write_manifests
 from tests.support.sink import Received, Reply
 from tests.support.waiting import eventually
 
@@ -298,3 +298,107 @@ async def test_message_too_large_to_copy_is_dead_lettered_by_rabbitmq_then_parke
     assert dl_worker.stats.attempts == 1 and dl_worker.stats.parked == 1
     assert dl_worker.stats.handler_errors == 0
     assert sub.received == [] and dls.received == []
+
+
+OVERLONG_ID_REPLY = {
+    "ce-specversion": "1.0",
+    "ce-id": "r" * 300,
+    "ce-type": "com.example.reply",
+    "ce-source": "replier",
+}
+
+
+@pytest.mark.parametrize("path", ["into the next step's channel", "into the reply queue"])
+async def test_flow_step_reply_that_cannot_be_published_is_a_failed_delivery(
+    start_mesh, make_sink, path
+):
+    """The same rule for Subscriptions, Sequences and Parallels: a reply published into a
+    hosted channel (ExchangeReplier) or parked for an external `reply` URL (QueueReplier)."""
+    bad = await make_sink(lambda r, i: Reply(200, dict(OVERLONG_ID_REPLY)))
+    after, end, dls = await make_sink(), await make_sink(), await make_sink()
+    step = (
+        f'{{uri: "{bad.url}", delivery: {{retry: 1, backoffDelay: PT0.05S, '
+        f'deadLetterSink: {{uri: "{dls.url}"}}}}}}'
+    )
+    steps = [step, f'{{uri: "{after.url}"}}'] if path.startswith("into the next") else [step]
+    body = "\n".join(f"            - {s}" for s in steps)
+    mesh = await start_mesh(
+        f"""
+        apiVersion: flows.knative.dev/v1
+        kind: Sequence
+        metadata: {{name: seq}}
+        spec:
+          steps:
+{body}
+          reply: {{uri: "{end.url}"}}
+        """
+    )
+    status, eid = await post_binary(mesh.url + "/sequences/default/seq")
+    assert status == 202
+    (dead,) = await dls.wait_for(1)
+    assert dead.ce_id == eid
+    assert dead.headers["ce-knativeerrorcode"] == "502"
+    assert "'id'" in base64.b64decode(dead.headers["ce-knativeerrordata"]).decode()
+    queue = mesh.server.names.flow_queue("sequence", "default", "seq-kn-sequence-0")
+    worker = worker_of(mesh, queue)
+    await eventually(lambda: worker.stats.dead_lettered == 1, what="dead letter counted")
+    assert bad.ids() == [eid, eid]  # 1 attempt + 1 retry
+    assert (worker.stats.retried, worker.stats.handler_errors) == (1, 0)
+    assert after.received == [] and end.received == []
+
+
+async def test_redelivery_guard_count_travels_with_the_message(start_mesh, make_sink):
+    """The count is in the message, not in a process's memory: a message that already failed
+    twice (in a replica that was restarted since, say) is parked at its next error."""
+    sub = await make_sink()
+    mesh = await start_mesh(broker_and_trigger(sub.url))
+    names = Names(mesh.settings.topology_prefix)
+    queue = names.trigger_queue("default", "tr")
+    worker = worker_of(mesh, queue)
+    worker.subscriber = dataclasses.replace(worker.subscriber, filter=ExplodingFilter("old-1"))
+    async with await aio_pika.connect(AMQP_URL) as conn:
+        ch = await conn.channel()
+        await ch.default_exchange.publish(
+            aio_pika.Message(
+                b"{}",
+                headers={
+                    "ce-specversion": "1.0",
+                    "ce-id": "old-1",
+                    "ce-source": "native",
+                    "ce-type": REQUEST,
+                    HANDLER_ERRORS_HEADER: HANDLER_ERROR_LIMIT - 1,
+                },
+                content_type="application/json",
+            ),
+            routing_key=queue,
+        )
+        parked_q = await ch.declare_queue(names.parked_queue, passive=True)
+        parked = await eventually(lambda: parked_q.get(fail=False), what="parked message")
+        await parked.ack()
+    assert parked.headers["ce-id"] == "old-1"
+    assert worker.stats.handler_errors == 1 and worker.stats.parked == 1
+
+
+async def test_real_process_logs_a_poison_message_once(tmp_path, prefix, make_sink):
+    """`rabbitmesh run` as a user starts it: the deep-JSON event of the issue (a log growing
+    1.4 MB/s) now costs one log line and no traceback."""
+    sub, dls = await make_sink(), await make_sink()
+    write_manifests(
+        tmp_path / "config",
+        broker_and_trigger(sub.url, delivery(dls.url, 3, "json"), ONLY_REQUESTS),
+    )
+    mesh = await MeshProcess(tmp_path / "config", prefix).start()
+    try:
+        names = Names(prefix)
+        nested = b"[" * 1000 + b"]" * 1000
+        await publish_amqp(mesh, names.broker_exchange("default", "br"), "deep-2", nested)
+        (dead,) = await dls.wait_for(1)
+        assert dead.headers["ce-knativeerrorcode"] == "422"
+        status, later = await post_binary(mesh.url + "/default/br", REQUEST)
+        assert status == 202
+        await sub.wait_for(1)
+    finally:
+        await mesh.stop()
+    out = mesh.output()
+    assert "Traceback" not in out and "RecursionError" not in out, out[-3000:]
+    assert sum(1 for line in out.splitlines() if "deep-2" in line) == 1, out[-3000:]
