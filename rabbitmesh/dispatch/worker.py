@@ -9,7 +9,7 @@ Every outcome is made durable in RabbitMQ before the message is acked:
 - a publish that fails for now (PublishFailed: RabbitMQ down, blocked, slow): nack, so
   RabbitMQ redelivers (or dead-letters) it.
 
-What can never succeed is never requeued (docs/reliability.md, "Poison messages"):
+What can never succeed is never requeued (docs/delivery.md, "Poison messages"):
 - a message that is not a CloudEvent, or cannot be decoded at all: parked once;
 - an event that cannot be encoded for HTTP (`Outcome.unsendable`): dead-lettered at once;
 - a reply RabbitMQ could never take (UnpublishableMessage): a failed delivery of the event it
