@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import aiohttp
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
 from rabbitmesh import metrics, telemetry
@@ -47,6 +48,9 @@ from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, send
 
 log = logging.getLogger("rabbitmesh.dispatch")
+
+#: What acking or nacking raises when the channel is gone: transient, not a poison message.
+_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError)
 
 ReplyHandler = Callable[[CloudEvent, CloudEvent], Awaitable[None]]
 """(original event, reply) -> publishes the reply durably; raises PublishFailed."""
@@ -408,6 +412,18 @@ class QueueWorker:
         copy through a delay queue with the count in HANDLER_ERRORS_HEADER, then ack
         (publish-then-ack: at least once); at HANDLER_ERROR_LIMIT, park it.
         """
+        if isinstance(exc, _CHANNEL_ERRORS):
+            # RabbitMQ went away under us (an ack on a closed channel, say): not the
+            # message's fault, and RabbitMQ redelivers it by itself; a copy would duplicate it.
+            log.warning(
+                "message %s from %s: %s; RabbitMQ will redeliver it",
+                msg.message_id,
+                self.queue_name,
+                exc,
+            )
+            await asyncio.sleep(REQUEUE_PAUSE)
+            await _nack(msg, requeue=True)
+            return
         self.stats.handler_errors += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
         errors = _int((msg.headers or {}).get(HANDLER_ERRORS_HEADER)) + 1
@@ -428,7 +444,7 @@ class QueueWorker:
                 await self._park(msg, f"unexpected error ({exc}); copy not publishable: {e}")
                 return
             await msg.ack()
-        except PublishFailed:
+        except (PublishFailed, *_CHANNEL_ERRORS):  # transient: RabbitMQ hands it back later
             await asyncio.sleep(REQUEUE_PAUSE)
             await _nack(msg, requeue=True)
         except Exception:  # the guard itself failed: hand it to RabbitMQ, never lose it
