@@ -72,6 +72,9 @@ HANDLER_ERROR_LIMIT = 3
 HANDLER_ERROR_BACKOFF = 1.0
 #: At most one traceback per worker in this many seconds; other errors get one line each.
 TRACEBACK_INTERVAL = 1.0
+#: At most one warning per worker in this many seconds about publishes RabbitMQ could not
+#: take for now (they repeat for every in-flight message while it is down or blocked).
+TRANSIENT_LOG_INTERVAL = 1.0
 #: knativeerrorcode when the subscriber's reply can never be published (too large, an
 #: attribute over AMQP's limits): the subscriber answered with something unusable, as for a
 #: reply that is not a CloudEvent (Knative's broker answers 502 for that).
@@ -162,6 +165,7 @@ class QueueWorker:
         self._busy: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._last_traceback = -TRACEBACK_INTERVAL
+        self._last_transient_warning = -TRANSIENT_LOG_INTERVAL
 
     async def start(self) -> None:
         self._channel = await self.consumer.channel(prefetch=self.prefetch)
@@ -284,7 +288,7 @@ class QueueWorker:
                 await self._failed(msg, event, failed, retries)
                 return
             except PublishFailed as e:
-                log.warning(
+                self._transient_log(
                     "reply from %s for event %s could not be published (%s); will redeliver",
                     sub.name,
                     event.id,
@@ -327,7 +331,7 @@ class QueueWorker:
             try:
                 await self._schedule_retry(event, retries + 1, delay)
             except PublishFailed as e:
-                log.warning(
+                self._transient_log(
                     "could not schedule retry for event %s (%s); requeued",
                     event.id,
                     e,
@@ -451,6 +455,17 @@ class QueueWorker:
             log.exception("redelivery guard failed for message %s", msg.message_id)
             await asyncio.sleep(REQUEUE_PAUSE)
             await _nack(msg, requeue=self.mode == "dead-letter")
+
+    def _transient_log(self, text: str, *args: Any, extra: dict[str, Any]) -> None:
+        """A publish RabbitMQ could not take for now: every in-flight message meets it at
+        once, every REQUEUE_PAUSE, while RabbitMQ is down or blocked. One warning a second
+        per queue; the rest at DEBUG."""
+        now = time.monotonic()
+        if now - self._last_transient_warning >= TRANSIENT_LOG_INTERVAL:
+            self._last_transient_warning = now
+            log.warning(text, *args, extra=extra)
+        else:
+            log.debug(text, *args, extra=extra)
 
     def _log_handler_error(self, msg: AbstractIncomingMessage, exc: Exception, n: int) -> None:
         """One line per error; the traceback only for a message's first error, and at most
