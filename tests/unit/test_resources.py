@@ -119,7 +119,7 @@ def test_delivery_and_ref_fields():
      metadata: {name: t}
      spec: {broker: b, subscriber: {uri: "http://x"}, filtr: {}}
      """,
-            "spec.filtr: Extra inputs are not permitted",
+            "spec.filtr: unknown field (did you mean 'filter'?)",
         ),
         (
             """
