@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rabbitmesh import telemetry
+from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.topology import Topology
@@ -37,7 +37,6 @@ from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
 from rabbitmesh.tls import amqp_client_context, server_context
-from rabbitmesh.unknown_paths import json_not_found
 
 log = logging.getLogger("rabbitmesh")
 
@@ -75,9 +74,7 @@ class Server:
         return None if ctx is None else not_ready_reason(ctx, kind, namespace, name)
 
     def build_app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.settings.max_event_bytes, middlewares=[json_not_found]
-        )
+        app = web.Application(client_max_size=self.settings.max_event_bytes)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -100,6 +97,7 @@ class Server:
             app.add_routes(ingress.routes())
             if self.settings.eventtype_auto_create:
                 app.middlewares.append(self._observe_event_types)
+        app.add_routes([unknown_paths.catch_all()])  # last: JSON 404/405 for the rest
         return app
 
     def _resources(self) -> Callable[[str, str, str], Resource | None] | None:

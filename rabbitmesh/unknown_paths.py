@@ -2,12 +2,11 @@
 
 aiohttp answers those itself with a plain-text `404: Not Found`; a user who forgot the
 namespace (`POST /br1`) learns nothing from it. Every other error here is JSON with an
-`error` field, so these are too.
+`error` field, so these are too. A catch-all route added last does it rather than a
+middleware, which would wrap every request, ingress included.
 """
 
 from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -26,24 +25,21 @@ PATH_FORMS = (
     "GET /metrics",
 )
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+def catch_all() -> web.RouteDef:
+    """Add it after every other route: it takes what none of them took."""
+    return web.route("*", "/{tail:.*}", unknown_path)
 
 
-def _message(request: web.Request) -> str:
-    what = f"no such path: {request.method} {request.path}"
-    segments = [s for s in request.path.split("/") if s]
-    if len(segments) == 1 and request.method == "POST":
-        # The usual mistake: a broker's name without its namespace.
-        what += f" (a broker's path has its namespace: /default/{segments[0]}?)"
-    return f"{what}; the paths served are {', '.join(PATH_FORMS)}"
-
-
-@web.middleware
-async def json_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPMethodNotAllowed as e:
-        allow = ", ".join(sorted(e.allowed_methods))
+async def unknown_path(request: web.Request) -> web.Response:
+    # A path another route serves, with a method it does not take: 405, as aiohttp would.
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        allow = ", ".join(sorted(allowed))
         return web.json_response(
             {
                 "error": f"method {request.method} not allowed on {request.path}; use {allow}",
@@ -53,9 +49,15 @@ async def json_not_found(request: web.Request, handler: Handler) -> web.StreamRe
             status=405,
             headers={"Allow": allow},
         )
-    except web.HTTPNotFound as e:
-        if e.text and e.text != "404: Not Found":  # a handler's own 404 keeps its text
-            raise
-        return web.json_response(
-            {"error": _message(request), "code": 404, "reason": "NotFound"}, status=404
-        )
+    return web.json_response(
+        {"error": _message(request), "code": 404, "reason": "NotFound"}, status=404
+    )
+
+
+def _message(request: web.Request) -> str:
+    what = f"no such path: {request.method} {request.path}"
+    segments = [s for s in request.path.split("/") if s]
+    if len(segments) == 1 and request.method == "POST":
+        # The usual mistake: a broker's name without its namespace.
+        what += f" (a broker's path has its namespace: /default/{segments[0]}?)"
+    return f"{what}; the paths served are {', '.join(PATH_FORMS)}"

@@ -13,7 +13,7 @@ from rabbitmesh.cli.client import POINT_ELSEWHERE, SERVER_DEFAULT_HELP, CliError
 from rabbitmesh.cli.common import key_values
 from rabbitmesh.cloudevents.percent import percent_encode as encode_header_value
 
-#: --to prefixes -> the ingress path of that kind (CONTRACT.md §3).
+#: --to prefixes -> the ingress path of that kind (docs/contract.md §3).
 PATHS = {
     "broker": "/{namespace}/{name}",
     "channel": "/channels/{namespace}/{name}",
