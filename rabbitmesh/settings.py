@@ -1,4 +1,4 @@
-"""Process settings, read from `RABBITMESH_*` environment variables (CONTRACT.md §1).
+"""Process settings, read from `RABBITMESH_*` environment variables (docs/contract.md §1).
 
 Every field here is also a `rabbitmesh run` flag (`--http-port` for `RABBITMESH_HTTP_PORT`),
 and `docs/configuration.md` is generated from this model, so a new setting is documented and

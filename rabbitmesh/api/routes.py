@@ -1,4 +1,4 @@
-"""The admin API's routes (CONTRACT.md §7), Kubernetes-shaped:
+"""The admin API's routes (docs/contract.md §7), Kubernetes-shaped:
 
     GET          /apis                                              kinds this server knows
     GET          /apis/{group}/{version}/{plural}                   list, every namespace

@@ -51,6 +51,7 @@ def run(**flags: Any) -> None:
       RABBITMESH_CONFIG_DIR=config/examples rabbitmesh run --http-port 8081
       rabbitmesh run --role ingress      # split roles across processes
     """
+    from rabbitmesh.listen import ListenError
     from rabbitmesh.logs import setup_logging
     from rabbitmesh.resources.loader import ManifestError, load_path
     from rabbitmesh.server import Server
@@ -73,4 +74,8 @@ def run(**flags: Any) -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(Server(settings).run_forever())
+    try:
+        asyncio.run(Server(settings).run_forever())
+    except ListenError as e:
+        click.echo(f"rabbitmesh: {e}", err=True)
+        sys.exit(1)

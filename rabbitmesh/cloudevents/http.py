@@ -13,6 +13,7 @@ escaping for values that need none.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
@@ -86,6 +87,7 @@ def _decode_binary(scanned: _Headers, body: bytes) -> CloudEvent:
         raise NotACloudEvent(
             "not a CloudEvent: no 'ce-specversion' header and content type "
             f"{scanned.content_type or '(none)'!r} is not a CloudEvents format"
+            f"{_structured_hint(body)}"
         )
     if scanned.duplicate is not None:
         raise InvalidEvent(f"duplicate header {scanned.duplicate!r}")
@@ -106,6 +108,32 @@ def _decode_binary(scanned: _Headers, body: bytes) -> CloudEvent:
         attributes["datacontenttype"] = scanned.content_type
     validate(attributes)
     return CloudEvent(attributes, body or None, scanned.trace)
+
+
+def _structured_hint(body: bytes) -> str:
+    """A body that is a structured event (or a batch of them) sent with another content
+    type, e.g. `application/json`, is the usual cause: say which content type to use."""
+    if b"specversion" not in body:  # cheap test first: this is also the path of junk
+        return ""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    if isinstance(data, dict) and "specversion" in data:
+        return (
+            "; the body looks like a structured-mode event: send it with "
+            "Content-Type: application/cloudevents+json"
+        )
+    if (
+        isinstance(data, list)
+        and data
+        and all(isinstance(e, dict) and "specversion" in e for e in data)
+    ):
+        return (
+            "; the body looks like a batch of events: send it with "
+            "Content-Type: application/cloudevents-batch+json"
+        )
+    return ""
 
 
 def decode_request(headers: Mapping[str, str], body: bytes) -> list[CloudEvent]:

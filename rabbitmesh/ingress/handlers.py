@@ -60,6 +60,7 @@ class Ingress:
         max_batch_events: int = 1000,
         max_inflight: int = 4096,
         request_timeout: float = 30.0,
+        not_ready: Callable[[str, str, str], str | None] | None = None,
     ) -> None:
         self.publisher = publisher
         self.lookup = lookup  # (kind, namespace, name) -> Target, None when unknown
@@ -70,6 +71,9 @@ class Ingress:
         self.max_inflight = max_inflight
         self.request_timeout = request_timeout
         self.inflight = 0  # events published and awaiting their confirm
+        #: (kind, namespace, name) -> why a resource without a target is not Ready, None
+        #: when it does not exist: "exists but not Ready" is 503, not "not found".
+        self.not_ready = not_ready
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -116,6 +120,9 @@ class Ingress:
                     "starting up: resources not loaded yet",
                     **{"Retry-After": self.retry_after},
                 ), []
+            why = self.not_ready(kind, ns, name) if self.not_ready is not None else None
+            if why is not None:  # 503 as for a broker still starting (docs/troubleshooting.md)
+                return error(503, why, **{"Retry-After": self.retry_after}), []
             return error(404, f"{kind} {ns}/{name} not found"), []
         if target.tokens is not None:  # checked before the body is read
             denied = unauthorized(request, target.tokens)

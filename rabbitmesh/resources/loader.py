@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -10,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rabbitmesh.resources import kinds  # noqa: F401  (registers every kind)
 from rabbitmesh.resources.base import FieldError, Resource
@@ -86,18 +89,63 @@ def parse_document(doc: Any, source: str, index: int) -> Resource:
     try:
         res = info.model.model_validate(doc)
     except ValidationError as e:
-        errors = [
-            (loc_to_path(err["loc"]), err["msg"].removeprefix("Value error, "))
-            for err in e.errors()
-        ]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        errors = [(loc_to_path(err["loc"]), _describe(info.model, err)) for err in e.errors()]
+        # Every error in the one line, not "(and 2 more)": the one left out is often the
+        # typo that caused the others (`subscribr:` makes `subscriber` missing).
         path, msg = errors[0]
-        raise ManifestError(source, index, what, path, msg + more, errors) from None
+        rest = "".join(f"; {p + ': ' if p else ''}{m}" for p, m in errors[1:])
+        raise ManifestError(source, index, what, path, msg + rest, errors) from None
     try:
         res.check()
     except FieldError as e:
         raise ManifestError(source, index, what, e.path, e.message) from None
     return res
+
+
+def _describe(model: type[BaseModel], err: Any) -> str:
+    """Pydantic's message for one error; an unknown field says which known one is close."""
+    if err["type"] != "extra_forbidden":
+        return str(err["msg"]).removeprefix("Value error, ")
+    *parent, name = err["loc"]
+    known = _field_names(model, parent)
+    close = difflib.get_close_matches(str(name), known, n=1) if known else []
+    return "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _field_names(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    """The field names (as written in manifests) of the model found at `loc` under `model`;
+    [] when the path leads somewhere that is not a model (a dict, a union of models)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current, list_item=isinstance(part, int))
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        fields = {f.alias or n: f for n, f in current.model_fields.items()}
+        fields.update(current.model_fields)
+        if part not in fields:
+            return []
+        current = fields[part].annotation
+    current = _unwrap(current, list_item=False)
+    if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        return []
+    return [f.alias or n for n, f in current.model_fields.items()]
+
+
+def _unwrap(tp: Any, list_item: bool) -> Any:
+    """`X | None` -> X, `Annotated[X, ...]` -> X, and `list[X]` -> X for a list index."""
+    while True:
+        origin = typing.get_origin(tp)
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if origin is typing.Annotated:
+            tp = args[0]
+        elif origin in (typing.Union, types.UnionType) and len(args) == 1:
+            tp = args[0]
+        elif list_item and origin in (list, tuple) and args:
+            tp, list_item = args[0], False
+        else:
+            return tp
 
 
 #: Deepest nesting of mappings and sequences a manifest may have (Knative's are under 20).

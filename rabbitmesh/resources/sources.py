@@ -117,9 +117,7 @@ class PingSource(Source):
             Schedule(s.schedule)
         except ScheduleError as e:
             raise FieldError(
-                "spec.schedule",
-                f"invalid cron expression {s.schedule!r}: {e}. Use 5 fields "
-                "(minute hour day month weekday), or 6 with a leading seconds field",
+                "spec.schedule", f"invalid cron expression {s.schedule!r}: {e}"
             ) from None
         try:
             Schedule(s.schedule, s.timezone)

@@ -1,4 +1,4 @@
-"""The admin REST API (CONTRACT.md §7) against a real rabbitmesh and RabbitMQ."""
+"""The admin REST API (docs/contract.md §7) against a real rabbitmesh and RabbitMQ."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ContainerSource (CONTRACT.md §6): real supervised processes posting to real sinks, their
+"""ContainerSource (docs/contract.md §6): real supervised processes posting to real sinks, their
 environment, their logs, restarts with backoff, stopping on delete and on update."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Knative's delivery rules (CONTRACT.md §4) against a real RabbitMQ and real HTTP sinks."""
+"""Knative's delivery rules (docs/contract.md §4) against a real RabbitMQ and real HTTP sinks."""
 
 from __future__ import annotations
 

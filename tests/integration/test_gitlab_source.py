@@ -1,4 +1,4 @@
-"""GitLabSource (CONTRACT.md §6): webhooks in (token checked, every event kind mapped), hooks
+"""GitLabSource (docs/contract.md §6): webhooks in (token checked, every event kind mapped), hooks
 registered and removed through a fake GitLab API that checks the requests, real sinks."""
 
 from __future__ import annotations

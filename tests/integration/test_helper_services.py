@@ -1,4 +1,4 @@
-"""The helper services as the processes users start (CONTRACT.md §7)."""
+"""The helper services as the processes users start (docs/contract.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every ingress status code of CONTRACT.md §3, over real HTTP to a real RabbitMQ."""
+"""Every ingress status code of docs/contract.md §3, over real HTTP to a real RabbitMQ."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parallels: an ingress channel fanning out to filtered branches (CONTRACT.md §3–4)."""
+"""Parallels: an ingress channel fanning out to filtered branches (docs/contract.md §3–4)."""
 
 from __future__ import annotations
 

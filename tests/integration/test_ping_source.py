@@ -1,4 +1,4 @@
-"""PingSource (CONTRACT.md §6) against a real RabbitMQ and real HTTP sinks: the events, the
+"""PingSource (docs/contract.md §6) against a real RabbitMQ and real HTTP sinks: the events, the
 status, validation, retries, deletion, and one event per tick across two replicas."""
 
 from __future__ import annotations

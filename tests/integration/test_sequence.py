@@ -1,4 +1,4 @@
-"""Sequences: one channel per step, each reply feeding the next step (CONTRACT.md §3–4)."""
+"""Sequences: one channel per step, each reply feeding the next step (docs/contract.md §3–4)."""
 
 from __future__ import annotations
 

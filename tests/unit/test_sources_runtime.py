@@ -304,3 +304,22 @@ def test_sinkbinding_environment_from_the_api_object():
     }
     with pytest.raises(NotBound, match="NotFound"):
         env_of(unbound)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "why"),
+    [
+        ("61 * * * *", "a value is out of range"),
+        ("*/x * * * *", "not a valid schedule"),
+        ("* * *", "3 fields"),
+        ("0 0 31 2 *", "never fires"),
+    ],
+)
+def test_schedule_errors_do_not_repeat_the_schedule(schedule, why):
+    """The caller names the schedule once ("invalid cron expression '...': <this>")."""
+    with pytest.raises(ScheduleError) as e:
+        croniter_expression(schedule)
+    message = str(e.value)
+    assert message.startswith(why), message
+    assert schedule not in message and "[" not in message, message
+    assert message.count("5 fields") <= 1, message
