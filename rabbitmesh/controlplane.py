@@ -59,7 +59,7 @@ class ControlPlane:
             max_bytes=settings.store_max_bytes,
             timeout=settings.publish_timeout + 5.0,
         )
-        self.config = ConfigSync(self.store, settings.config_dir)
+        self.config = ConfigSync(self.store, settings.config_dir, names.check_length)
         self.desired = Desired()
         self.autotypes = (
             AutoEventTypes(self.store, self.resource) if settings.eventtype_auto_create else None
