@@ -62,7 +62,14 @@ class ControlPlane:
         self.config = ConfigSync(self.store, settings.config_dir, names.check_length)
         self.desired = Desired()
         self.autotypes = (
-            AutoEventTypes(self.store, self.resource) if settings.eventtype_auto_create else None
+            AutoEventTypes(
+                self.store,
+                self.resource,
+                max_per_owner=settings.eventtype_auto_create_max_per_broker,
+                per_minute=settings.eventtype_auto_create_per_minute,
+            )
+            if settings.eventtype_auto_create
+            else None
         )
         self.ready = False  # the first reconcile succeeded
         self.started = False  # the store is read, the config dir applied, reconciled once

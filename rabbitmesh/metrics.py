@@ -64,6 +64,14 @@ parked = Counter(
     ["queue"],
     registry=REGISTRY,
 )
+eventtype_auto_create_refused = Counter(
+    "eventtype_auto_create_refused",
+    "(type, source) pairs seen at an ingress that were not registered as EventTypes because "
+    "their broker or channel is at RABBITMESH_EVENTTYPE_AUTO_CREATE_MAX_PER_BROKER "
+    '(reason="limit") or RABBITMESH_EVENTTYPE_AUTO_CREATE_PER_MINUTE (reason="rate").',
+    ["kind", "namespace", "name", "reason"],
+    registry=REGISTRY,
+)
 
 
 def code_class(status: int) -> str:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.api import BROKERS, TRIGGERS, broker, call, ready, trigger
+from tests.support.api import BROKERS, EVENTTYPES, TRIGGERS, broker, call, ready, trigger
+from tests.support.events import post
 from tests.support.mesh import MeshProcess, write_manifests
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +130,84 @@ async def test_a_config_dir_with_a_name_too_long_stops_rabbitmesh_with_a_clear_e
         assert "Traceback" not in out, out
     finally:
         await mesh.stop()
+
+
+# --- item 9: EventTypes auto-created for whatever senders make up -------------------------------
+
+
+async def flood(url: str, types: list[str]) -> None:
+    """One batched request with an event of each type, as an anonymous sender sends it."""
+    batch = [
+        {"specversion": "1.0", "id": f"e{i}", "source": "/junk", "type": t}
+        for i, t in enumerate(types)
+    ]
+    status, _, body = await post(
+        url,
+        headers={"content-type": "application/cloudevents-batch+json"},
+        body=orjson.dumps(batch),
+    )
+    assert status == 202, body
+
+
+async def metric(mesh, metric_name: str, **labels: str) -> float:
+    """A sample of rabbitmesh's /metrics (0 when absent)."""
+    status, _, body = await post(mesh.url + "/metrics", method="GET")
+    assert status == 200
+    total = 0.0
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name in (metric_name, f"{metric_name}_total") and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
+                total += sample.value
+    return total
+
+
+async def auto_event_types(mesh, broker_name: str) -> list[dict]:
+    _, listed = await call("GET", mesh.url + EVENTTYPES.format(ns=NS))
+    return [et for et in listed["items"] if et["spec"]["reference"]["name"] == broker_name]
+
+
+BROKER = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: flooded}\n"
+
+
+async def test_auto_created_event_types_stop_at_the_per_broker_limit(start_mesh):
+    # 5,000 EventTypes from 5 anonymous requests used to be stored (and carried in every
+    # store snapshot); now a broker gets at most its limit, and the refusals are counted.
+    mesh = await start_mesh(
+        BROKER,
+        eventtype_auto_create=True,
+        eventtype_auto_create_max_per_broker=5,
+        eventtype_auto_create_per_minute=1000,
+    )
+    labels = {"kind": "Broker", "namespace": NS, "name": "flooded", "reason": "limit"}
+    before = await metric(mesh, "eventtype_auto_create_refused", **labels)
+    await flood(mesh.url + "/default/flooded", [f"junk.{i}" for i in range(50)])
+
+    async def refused() -> float:
+        return await metric(mesh, "eventtype_auto_create_refused", **labels) - before
+
+    assert await eventually(lambda: _at_least(refused(), 45), what="45 refusals") == 45
+    assert len(await auto_event_types(mesh, "flooded")) == 5
+    # Seen again, still refused: the limit holds over time, not per request.
+    await flood(mesh.url + "/default/flooded", [f"more.{i}" for i in range(10)])
+    await eventually(lambda: _at_least(refused(), 55), what="55 refusals")
+    assert len(await auto_event_types(mesh, "flooded")) == 5
+
+
+async def test_auto_created_event_types_are_rate_limited_per_broker(start_mesh):
+    mesh = await start_mesh(BROKER, eventtype_auto_create=True, eventtype_auto_create_per_minute=3)
+    labels = {"kind": "Broker", "namespace": NS, "name": "flooded", "reason": "rate"}
+    before = await metric(mesh, "eventtype_auto_create_refused", **labels)
+    await flood(mesh.url + "/default/flooded", [f"burst.{i}" for i in range(20)])
+
+    async def refused() -> float:
+        return await metric(mesh, "eventtype_auto_create_refused", **labels) - before
+
+    await eventually(lambda: _at_least(refused(), 17), what="17 refusals")
+    assert len(await auto_event_types(mesh, "flooded")) == 3
+
+
+async def _at_least(value, n: float) -> float | None:
+    v = await value
+    return v if v >= n else None
