@@ -16,11 +16,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller
 from rabbitmesh.reconciler.desired import Desired
+from rabbitmesh.reconciler.known_types import known_types
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
@@ -128,6 +130,7 @@ class ControlPlane:
         async with self._lock:
             offset = self.store.state.last_offset
             desired = self.desired.build(self.store.state.entries.values())
+            metrics.set_known_types(known_types(desired, self._auto_keys()))
             self.ctx.history = self.desired.history
             ok = await self.controller.apply_all(desired)
             self.last_ok = ok
@@ -139,6 +142,10 @@ class ControlPlane:
                 self.reconciled_offset = max(self.reconciled_offset, offset)
                 self._reconciled.notify_all()
             return ok
+
+    def _auto_keys(self) -> set[Key]:
+        """EventTypes auto-created from what senders sent (they label metrics last)."""
+        return {e.key for e in self.store.state.entries.values() if e.origin == "auto"}
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

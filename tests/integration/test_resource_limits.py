@@ -188,11 +188,11 @@ async def test_auto_created_event_types_stop_at_the_per_broker_limit(start_mesh)
         return await metric(mesh, "eventtype_auto_create_refused", **labels) - before
 
     assert await eventually(lambda: _at_least(refused(), 45), what="45 refusals") == 45
-    assert len(await auto_event_types(mesh, "flooded")) == 5
+    await eventually(lambda: registered(mesh, 5), what="5 EventTypes listed")
     # Seen again, still refused: the limit holds over time, not per request.
     await flood(mesh.url + "/default/flooded", [f"more.{i}" for i in range(10)])
     await eventually(lambda: _at_least(refused(), 55), what="55 refusals")
-    assert len(await auto_event_types(mesh, "flooded")) == 5
+    assert await registered(mesh, 5)
 
 
 async def test_auto_created_event_types_are_rate_limited_per_broker(start_mesh):
@@ -204,10 +204,83 @@ async def test_auto_created_event_types_are_rate_limited_per_broker(start_mesh):
     async def refused() -> float:
         return await metric(mesh, "eventtype_auto_create_refused", **labels) - before
 
-    await eventually(lambda: _at_least(refused(), 17), what="17 refusals")
-    assert len(await auto_event_types(mesh, "flooded")) == 3
+    assert await eventually(lambda: _at_least(refused(), 17), what="17 refusals") == 17
+    await eventually(lambda: registered(mesh, 3), what="3 EventTypes listed")
+
+
+async def registered(mesh, n: int) -> bool:
+    """The broker has exactly `n` EventTypes, once the control plane reconciled them (the
+    limit counts what the store holds: never more than `n` at any time)."""
+    found = len(await auto_event_types(mesh, "flooded"))
+    assert found <= n, found
+    return found == n
 
 
 async def _at_least(value, n: float) -> float | None:
     v = await value
     return v if v >= n else None
+
+
+# --- item 10: metric labels senders cannot fill ---------------------------------------------------
+
+
+async def test_junk_types_cannot_push_real_types_out_of_the_metric_labels(
+    tmp_path: Path, prefix, make_sink
+):
+    # After 210 junk types, real types used to be counted as `other` for the life of the
+    # process: the first 200 types seen got labels. Now configuration names the labels.
+    sink = await make_sink()
+    write_manifests(
+        tmp_path / "config",
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: metered}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: real}}
+        spec:
+          broker: metered
+          filter: {{attributes: {{type: com.example.real}}}}
+          subscriber: {{uri: "{sink.url}"}}
+        """,
+    )
+    mesh = await MeshProcess(tmp_path / "config", prefix).start()
+    try:
+        url = mesh.url + "/default/metered"
+        await flood(url, [f"junk.{i}" for i in range(300)])  # the attacker comes first
+        await flood(url, ["com.example.real"])
+        await sink.wait_for(1, timeout=20)
+
+        def count(metric_name: str, event_type: str, **labels: str):
+            return metric(mesh, metric_name, event_type=event_type, **labels)
+
+        ingress = {"kind": "Broker", "namespace": NS, "name": "metered"}
+        assert await count("event_count", "com.example.real", **ingress) == 1
+        assert await count("event_count", "other", **ingress) == 300
+        await eventually(  # counted just after the sink answered
+            lambda: _at_least(count("dispatch_event_count", "com.example.real"), 1),
+            what="the delivery counted under its type",
+        )
+        status, _, body = await post(mesh.url + "/metrics", method="GET")
+        assert b'event_type="junk.' not in body
+
+        # Hot reload: types named by a new Trigger's filter (here CESQL) or a new EventType
+        # get their own label from then on.
+        later = trigger("later", "metered", sink.url)
+        later["spec"]["filters"] = [{"cesql": "type = 'com.example.later'"}]
+        assert (await call("POST", mesh.url + TRIGGERS.format(ns=NS), later))[0] == 201
+        registered = {
+            "apiVersion": "eventing.knative.dev/v1beta2",
+            "kind": "EventType",
+            "metadata": {"name": "registered", "namespace": NS},
+            "spec": {"type": "com.example.registered", "broker": "metered"},
+        }
+        assert (await call("POST", mesh.url + "/apply", registered))[0] == 200
+        await flood(url, ["com.example.later", "com.example.registered", "junk.again"])
+        assert await count("event_count", "com.example.later", **ingress) == 1
+        assert await count("event_count", "com.example.registered", **ingress) == 1
+        assert await count("event_count", "other", **ingress) == 301
+    finally:
+        await mesh.stop()
