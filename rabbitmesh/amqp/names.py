@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rabbitmesh.resources.base import FieldError, Resource
+from rabbitmesh.resources.core import Namespace
 from rabbitmesh.resources.flows import Parallel, Sequence
 
 #: AMQP 0-9-1 limits exchange names to 127 characters (the client, pamqp, enforces it) and
@@ -80,6 +81,8 @@ class Names:
         match res.KIND:
             case "Broker":
                 return [(self.broker_exchange(ns, name), MAX_EXCHANGE_NAME)]
+            case "Namespace" if isinstance(res, Namespace) and res.injects_broker:
+                return [(self.broker_exchange(name, "default"), MAX_EXCHANGE_NAME)]
             case "Trigger":
                 return [(self.dead_letter_queue(self.trigger_queue(ns, name)), MAX_QUEUE_NAME)]
             case "Channel":
@@ -129,10 +132,11 @@ class Names:
         excess, longest, limit = max(over)
         allowed = max(len(res.name.encode()) - excess, 0)
         what = "an exchange" if limit == MAX_EXCHANGE_NAME else "a queue"
+        where = f" in namespace {res.namespace!r}" if res.NAMESPACED else ""
         raise FieldError(
             "metadata.name",
-            f"too long: at most {allowed} characters for a {res.KIND} in namespace "
-            f"{res.namespace!r} with RABBITMESH_TOPOLOGY_PREFIX {self.prefix!r} (the RabbitMQ "
+            f"too long: at most {allowed} characters for a {res.KIND}{where} with "
+            f"RABBITMESH_TOPOLOGY_PREFIX {self.prefix!r} (the RabbitMQ "
             f"name made from it, {_ellipsis(longest)}, would be {len(longest.encode())} bytes; "
             f"AMQP allows {limit} for {what} name)",
         )
