@@ -16,11 +16,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller
 from rabbitmesh.reconciler.desired import Desired
+from rabbitmesh.reconciler.known_types import known_types
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
@@ -59,10 +61,17 @@ class ControlPlane:
             max_bytes=settings.store_max_bytes,
             timeout=settings.publish_timeout + 5.0,
         )
-        self.config = ConfigSync(self.store, settings.config_dir)
+        self.config = ConfigSync(self.store, settings.config_dir, names.check_length)
         self.desired = Desired()
         self.autotypes = (
-            AutoEventTypes(self.store, self.resource) if settings.eventtype_auto_create else None
+            AutoEventTypes(
+                self.store,
+                self.resource,
+                max_per_owner=settings.eventtype_auto_create_max_per_broker,
+                per_minute=settings.eventtype_auto_create_per_minute,
+            )
+            if settings.eventtype_auto_create
+            else None
         )
         self.ready = False  # the first reconcile succeeded
         self.started = False  # the store is read, the config dir applied, reconciled once
@@ -121,6 +130,7 @@ class ControlPlane:
         async with self._lock:
             offset = self.store.state.last_offset
             desired = self.desired.build(self.store.state.entries.values())
+            metrics.set_known_types(known_types(desired, self._auto_keys()))
             self.ctx.history = self.desired.history
             ok = await self.controller.apply_all(desired)
             self.last_ok = ok
@@ -132,6 +142,10 @@ class ControlPlane:
                 self.reconciled_offset = max(self.reconciled_offset, offset)
                 self._reconciled.notify_all()
             return ok
+
+    def _auto_keys(self) -> set[Key]:
+        """EventTypes auto-created from what senders sent (they label metrics last)."""
+        return {e.key for e in self.store.state.entries.values() if e.origin == "auto"}
 
     async def _reconcile_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

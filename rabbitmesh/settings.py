@@ -151,6 +151,18 @@ class Settings(BaseSettings):
         description="Register an EventType for each (type, source) seen at a broker or "
         "channel ingress, as Knative's eventtype-auto-create feature.",
     )
+    eventtype_auto_create_max_per_broker: int = Field(
+        1000,
+        ge=0,
+        description="Most auto-created EventTypes one broker (or channel) may have; types "
+        "seen past this are not registered (metric eventtype_auto_create_refused).",
+    )
+    eventtype_auto_create_per_minute: int = Field(
+        60,
+        ge=0,
+        description="Most EventTypes auto-created per broker (or channel) per minute, a burst "
+        "included; the others wait until their type is seen again.",
+    )
 
     # Sources (docs/sources.md).
     container_runtime: Literal["process", "docker"] = Field(

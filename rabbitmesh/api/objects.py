@@ -16,7 +16,12 @@ from aiohttp import web
 from rabbitmesh.api.errors import ApiError
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.core import REDACTED, Secret
-from rabbitmesh.resources.loader import ManifestError, load_documents, parse_document
+from rabbitmesh.resources.loader import (
+    ExtraCheck,
+    ManifestError,
+    load_documents,
+    parse_document,
+)
 from rabbitmesh.resources.registry import KindInfo, aliases, all_kinds, by_kind
 from rabbitmesh.store.manifests import key_of
 from rabbitmesh.store.state import Entry
@@ -95,10 +100,11 @@ def details_of(e: ManifestError) -> list[dict[str, Any]]:
     return [{"field": field or None, "message": message} for field, message in pairs]
 
 
-def validate(doc: Any, index: int = 1) -> Resource:
-    """A validated resource, or ApiError 422 with every (field, message) found."""
+def validate(doc: Any, index: int = 1, extra: ExtraCheck | None = None) -> Resource:
+    """A validated resource, or ApiError 422 with every (field, message) found. `extra`:
+    checks that need this server's settings (Names.check_length)."""
     try:
-        return parse_document(doc, "request", index)
+        return parse_document(doc, "request", index, extra)
     except ManifestError as e:
         what = f"{e.what}: " if e.what else ""
         raise ApiError(

@@ -229,7 +229,7 @@ class AdminApi:
         if len(docs) != 1:
             raise ApiError(400, f"expected one object, got {len(docs)} (use POST /apply)")
         doc = fill_from_url(docs[0], info, version, namespace)
-        return validate(doc), doc
+        return validate(doc, extra=self.plane.ctx.names.check_length), doc
 
     async def _create(
         self, request: web.Request, info: KindInfo, version: str, namespace: str | None
@@ -325,7 +325,7 @@ class AdminApi:
                 if info is None or info.model.NAMESPACED:
                     doc["metadata"].setdefault("namespace", namespace)
             try:
-                resources.append(validate(doc, i))
+                resources.append(validate(doc, i, plane.ctx.names.check_length))
             except ApiError as e:
                 messages.append(f"document {i}: {e.message}")
                 details.extend({"document": i, **d} for d in e.details)

@@ -6,7 +6,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -60,7 +60,11 @@ def loc_to_path(loc: Iterable[Any]) -> str:
     return out
 
 
-def parse_document(doc: Any, source: str, index: int) -> Resource:
+#: A check that needs more than the manifest (the topology prefix, say); raises FieldError.
+ExtraCheck = Callable[[Resource], None]
+
+
+def parse_document(doc: Any, source: str, index: int, extra: ExtraCheck | None = None) -> Resource:
     """Validate one decoded YAML/JSON document into its resource model."""
     if not isinstance(doc, dict):
         raise ManifestError(source, index, "", "", "a manifest must be a mapping")
@@ -97,6 +101,8 @@ def parse_document(doc: Any, source: str, index: int) -> Resource:
         raise ManifestError(source, index, what, path, msg + rest, errors) from None
     try:
         res.check()
+        if extra is not None:
+            extra(res)
     except FieldError as e:
         raise ManifestError(source, index, what, e.path, e.message) from None
     return res
@@ -282,7 +288,7 @@ def load_documents(text: str, source: str) -> list[Any]:
         raise ManifestError(source, 1, "", "", f"invalid YAML: {e}") from None
 
 
-def load_text(text: str, source: str) -> list[Resource]:
+def load_text(text: str, source: str, extra: ExtraCheck | None = None) -> list[Resource]:
     """All resources in a multi-document YAML (or JSON) text; the first error stops loading."""
     docs = load_documents(text, source)
     out: list[Resource] = []
@@ -294,9 +300,9 @@ def load_text(text: str, source: str) -> list[Resource]:
             and doc.get("kind") == "List"
             and isinstance(doc.get("items"), list)
         ):
-            out.extend(parse_document(item, source, i) for item in doc["items"])
+            out.extend(parse_document(item, source, i, extra) for item in doc["items"])
             continue
-        out.append(parse_document(doc, source, i))
+        out.append(parse_document(doc, source, i, extra))
     return out
 
 
@@ -324,7 +330,7 @@ def manifest_files(directory: Path) -> Iterator[Path]:
             yield p
 
 
-def load_path(path: Path) -> list[Resource]:
+def load_path(path: Path, extra: ExtraCheck | None = None) -> list[Resource]:
     """Resources from a file or the manifest files of a directory."""
     files = [path] if path.is_file() else list(manifest_files(path))
     out: list[Resource] = []
@@ -333,7 +339,7 @@ def load_path(path: Path) -> list[Resource]:
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ManifestError(str(f), 1, "", "", f"cannot read: {e}") from None
-        out.extend(load_text(text, str(f)))
+        out.extend(load_text(text, str(f), extra))
     check_duplicates(out)
     return out
 

@@ -1,16 +1,19 @@
 """GitLabSource: GitLab webhooks in, CloudEvents out, as knative-extensions/eventing-gitlab.
 
 Receiving (every replica that serves HTTP): `POST /sources/gitlab/{namespace}/{name}`.
-- `X-Gitlab-Token` must equal the `secretToken` Secret's value (compared in constant time):
-  401 otherwise. A source without `secretToken` accepts any request, as eventing-gitlab does.
+- `X-Gitlab-Token` must equal the `secretToken` Secret's value (compared in constant time, as
+  bytes): 401 otherwise. A `secretToken` that cannot be read — its Secret or key missing
+  (optional or not), or its value empty — fails closed, as ingress tokens do: the source is not
+  Ready (`SecretTokenMissing`/`SecretNotFound`) and every webhook gets 401. A source without
+  `secretToken` accepts any request, as eventing-gitlab does.
 - `X-Gitlab-Event: Push Hook` becomes type `dev.knative.sources.gitlab.push` (the header
   without " Hook", snake_case: `tag_push`, `issue`, `confidential_issue`, `merge_request`,
   `note`, `confidential_note`, `job`, `pipeline`, `wiki_page`, `deployment`); an unknown or
   missing header is 400. Source: `spec.projectUrl`. Extension `comgitlabevent`: the header.
   Data: the payload as GitLab sent it (application/json; a body that is not JSON is 400).
 - The answer waits for the sink: 202 once it took the event (retried briefly), 502 if it did
-  not (GitLab shows the failure, and its "resend" retries it), 503 while the source is not
-  ready, 404 for an unknown source.
+  not (GitLab shows the failure, and its "resend" retries it), 503 while the source has no
+  resolved sink, 404 for an unknown source.
 
 Registering (the replica holding the source's lease): with `accessToken`, the project hook is
 created or updated through GitLab's REST API (`/api/v4/projects/{url-encoded path}/hooks`,
@@ -75,18 +78,42 @@ def hook_url(base_url: str, namespace: str, name: str) -> str:
 
 
 def tokens(source: GitLabSource, lookup: ResourceLookup) -> tuple[str | None, str | None]:
-    """(access token, secret token); NotReady when a referenced Secret or key is missing."""
-    secrets = secrets_in(lookup)
-    out: list[str | None] = []
-    for ref in (source.spec.access_token, source.spec.secret_token):
-        if ref is None:
-            out.append(None)
-            continue
+    """(access token, secret token); NotReady when a referenced Secret or key is missing, or
+    the secret token cannot authenticate anyone (see `webhook_token`)."""
+    access = None
+    ref = source.spec.access_token
+    if ref is not None:
         sel = ref.secret_key_ref
-        out.append(
-            secret_value(secrets, source.namespace, sel.name, sel.key, optional=bool(sel.optional))
+        access = secret_value(
+            secrets_in(lookup), source.namespace, sel.name, sel.key, optional=bool(sel.optional)
         )
-    return out[0], out[1]
+    return access, webhook_token(source, lookup)
+
+
+def webhook_token(source: GitLabSource, lookup: ResourceLookup) -> str | None:
+    """The token webhooks must carry; None when the source has no `secretToken` (it accepts
+    any request). A `secretToken` that names a missing Secret or key — even an optional one —
+    or an empty value is NotReady: fail closed, never open."""
+    ref = source.spec.secret_token
+    if ref is None:
+        return None
+    sel = ref.secret_key_ref
+    value = secret_value(secrets_in(lookup), source.namespace, sel.name, sel.key, optional=True)
+    if value is None:
+        if not sel.optional:  # the usual SecretNotFound message
+            secret_value(secrets_in(lookup), source.namespace, sel.name, sel.key)
+        raise NotReady(
+            "SecretTokenMissing",
+            f"secretToken: Secret {sel.name!r} or its key {sel.key!r} is missing (namespace "
+            f"{source.namespace!r}); webhooks are refused until it exists",
+        )
+    if not value.strip():
+        raise NotReady(
+            "SecretTokenMissing",
+            f"secretToken: key {sel.key!r} of Secret {sel.name!r} is empty; webhooks are "
+            "refused until it holds a token",
+        )
+    return value
 
 
 # --- receiving ----------------------------------------------------------------------------
@@ -117,12 +144,15 @@ class GitLabWebhooks:
             return _error(404, f"no GitLabSource {name!r} in namespace {ns!r}")
         sink = (source.status.model_extra or {}).get("sinkUri")
         try:
-            _, secret = tokens(source, lookup)
-        except NotReady as e:
-            return _error(503, f"GitLabSource {ns}/{name} is not ready: {e.message}", retry=True)
+            secret = webhook_token(source, lookup)
+        except NotReady as e:  # fail closed: no usable token, nobody is authenticated
+            log.warning("GitLabSource %s/%s: webhook refused: %s", ns, name, e.message)
+            return _error(401, f"GitLabSource {ns}/{name} cannot authenticate webhooks yet")
         if secret is not None:
-            given = request.headers.get(TOKEN_HEADER, "")
-            if not hmac.compare_digest(given.encode(), secret.encode()):
+            # Bytes as received (aiohttp keeps undecodable bytes as surrogates): a header that
+            # is not UTF-8 is simply a wrong token, never an encoding error.
+            given = request.headers.get(TOKEN_HEADER, "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, secret.encode()):
                 log.warning("GitLabSource %s/%s: webhook with a wrong %s", ns, name, TOKEN_HEADER)
                 return _error(401, f"missing or wrong {TOKEN_HEADER}")
         header = request.headers.get(EVENT_HEADER, "")
