@@ -61,3 +61,14 @@ async def queue_depth(name: str) -> int:
 
 def delete_everything_sync(prefix: str | tuple[str, ...]) -> None:
     asyncio.run(delete_everything(prefix))
+
+
+def queued_messages(prefix: str | tuple[str, ...]) -> dict[str, int]:
+    """Messages (ready + unacknowledged) of every queue whose name starts with `prefix`."""
+    out = rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages")
+    depths: dict[str, int] = {}
+    for line in out.splitlines():
+        name, _, count = line.strip().rpartition("\t")
+        if name.startswith(prefix):
+            depths[name] = int(count)
+    return depths
