@@ -69,6 +69,8 @@ async def test_resource_alarm_gives_503_with_retry_after_then_recovers(
     started = time.monotonic()
     load = await LoadGenerator(mesh.url + "/default/br", timeout=60).start()
     await load.wait_accepted(600, "load flowing before the alarm")
+    # This machine's own slowness right now, to bound the answers during the alarm by.
+    baseline = max(load.latency.values())
     clear = resource_alarm(kind)
     try:
         assert kind in alarms()
@@ -93,7 +95,10 @@ async def test_resource_alarm_gives_503_with_retry_after_then_recovers(
     )
     assert set(result.refused) <= {"503"}, result.line()
     assert load.count(CLIENT_TIMEOUT) == 0
-    assert slowest < publish_timeout + 5, f"a request took {slowest:.1f}s: ingress hung"
+    # A publish caught as the block begins waits out publish_timeout; nothing waits longer
+    # than that plus what answers took here before the alarm (a hang would reach 60 s).
+    bound = publish_timeout + max(5.0, 3 * baseline)
+    assert slowest < bound, f"a request took {slowest:.1f}s (before the alarm {baseline:.1f}s)"
 
 
 def probe_headers() -> dict[str, str]:
