@@ -131,7 +131,11 @@ async def test_health_and_readiness(mesh):
     assert (await post(mesh.url + "/healthz", method="GET"))[0] == 200
     assert (await post(mesh.url + "/readyz", method="GET"))[0] == 200
     status, headers, body = await post(mesh.url + "/metrics", method="GET")
-    assert status == 200 and b"event_count" in body
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    # Parsed as Prometheus text (labels and values: test_event_count_is_labelled_per_request).
+    assert families["event_count"].type == "counter"
+    assert families["event_dispatch_latencies"].type == "histogram"
 
 
 async def test_503_while_rabbitmq_is_unreachable_then_recovers(tmp_path, prefix, make_sink):
