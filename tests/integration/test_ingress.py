@@ -438,10 +438,15 @@ async def test_concurrent_requests_hit_the_inflight_limit(proxied):
     # RabbitMQ has both events; only its confirms are held back.
     await eventually(lambda: _in_rabbitmq(mesh) == 2, timeout=20, what="both events in RabbitMQ")
     assert not any(t.done() for t in held)
-    status, headers, body = await post(url, headers=binary_headers(id_="over"), body=b"{}")
+    before = await _samples(mesh, "event_count_total")
+    over = binary_headers("com.example.over", id_="over")
+    status, headers, body = await post(url, headers=over, body=b"{}")
     assert status == 503, body
     assert int(headers["Retry-After"]) >= 1
     assert "limit 2" in orjson.loads(body)["error"]
+    # Counted as one 5xx of its broker and type.
+    label = _labels("Broker", "default", "br", bounded_type("com.example.over"), "5xx")
+    assert (await _samples(mesh, "event_count_total"))[label] - before.get(label, 0.0) == 1.0
     mesh.proxy.release()
     assert [(await t)[0] for t in held] == [202, 202]
     assert (await post_binary(url, id_="after"))[0] == 202  # room again
