@@ -32,9 +32,16 @@ from typing import Any
 import orjson
 
 from .contenttype import charset, is_json_content_type, is_textual_content_type
-from .errors import InvalidEvent
+from .errors import InvalidEvent, OverLimit
 from .event import AttributeValue, CloudEvent
 from .validation import type_name, validate
+
+#: Deepest nesting of arrays and objects accepted in any JSON ingress reads (the outermost
+#: value counts as 1): a structured event as a whole, a batch, binary-mode data with a JSON
+#: content type. orjson parses up to 1024 levels but serialises only 254, and the stdlib's
+#: fallback raises RecursionError near 1000, so deeper data would be accepted and then break
+#: every delivery attempt. Real events nest a handful of levels.
+MAX_JSON_DEPTH = 64
 
 _MISSING: Any = object()
 _UTF8_NAMES = frozenset({"utf-8", "utf8"})
@@ -49,17 +56,90 @@ def _reject_constant(name: str) -> Any:
 _LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
 
 
+class _NestedTooDeep(InvalidEvent):
+    """The parser itself gave up on the nesting (orjson past 1024 levels, the stdlib near
+    the recursion limit)."""
+
+
 def loads(body: bytes) -> Any:
     """Parse JSON exactly: orjson normally, the stdlib when the body may hold huge integers."""
     if _LONG_DIGIT_RUN.search(body) is None:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            if str(exc).startswith("depth limit exceeded"):
+                raise _NestedTooDeep(f"malformed JSON: {exc}") from None
             raise InvalidEvent(f"malformed JSON: {exc}") from None
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError as exc:
+        raise _NestedTooDeep(f"malformed JSON: {exc}") from None
+    except ValueError as exc:
         raise InvalidEvent(f"malformed JSON: {exc}") from None
+
+
+def _may_nest_deeper(body: bytes, limit: int) -> bool:
+    """False when `body` cannot nest deeper than `limit`: it has no more than `limit` opening
+    brackets at all. Two C-speed counts, so the common small event skips the real check."""
+    return body.count(b"[") + body.count(b"{") > limit
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """True when parsed JSON nests arrays and objects more than `limit` levels deep.
+
+    Level by level and without recursion, so a hostile value cannot exhaust the stack; only
+    containers are followed.
+    """
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if type(node) is dict else node
+            below.extend([c for c in children if type(c) is dict or type(c) is list])
+        level = below
+    return False
+
+
+def _depth_error(limit: int) -> InvalidEvent:
+    return InvalidEvent(f"JSON nested deeper than the limit of {limit} levels")
+
+
+def _loads_depth(body: bytes, max_depth: int) -> Any:
+    """`loads`, with the parser's own depth refusal reported as our limit."""
+    try:
+        return loads(body)
+    except _NestedTooDeep:
+        raise _depth_error(max_depth) from None
+
+
+def loads_limited(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`loads`, refusing JSON nested deeper than `max_depth` with InvalidEvent."""
+    value = _loads_depth(body, max_depth)
+    if _may_nest_deeper(body, max_depth) and too_deep(value, max_depth):
+        raise _depth_error(max_depth)
+    return value
+
+
+def check_json_data_depth(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse binary-mode data labelled JSON that nests deeper than `max_depth`.
+
+    Data that is not JSON at all is left alone (ingress forwards data as it is; a reader that
+    tries to parse it falls back to bytes), so only parseable, too deep data is an error.
+    """
+    if not _may_nest_deeper(data, max_depth):
+        return
+    try:
+        value = loads(data)
+    except _NestedTooDeep:
+        raise InvalidEvent(f"data: {_depth_error(max_depth)}") from None
+    except InvalidEvent:
+        return
+    if too_deep(value, max_depth):
+        raise InvalidEvent(f"data: {_depth_error(max_depth)}")
 
 
 def dumps(value: Any) -> bytes:
@@ -151,19 +231,29 @@ def event_from_json(obj: dict[str, Any]) -> CloudEvent:
     return CloudEvent(attributes, payload)
 
 
-def decode_structured(body: bytes) -> CloudEvent:
+def decode_structured(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> CloudEvent:
     """Decode an `application/cloudevents+json` body."""
-    obj = loads(body)
+    obj = loads_limited(body, max_depth)
     if type(obj) is not dict:
         raise InvalidEvent(f"a structured event must be a JSON object, not {type_name(obj)}")
     return event_from_json(obj)
 
 
-def decode_batch(body: bytes) -> list[CloudEvent]:
-    """Decode an `application/cloudevents-batch+json` body; items are numbered from 0."""
-    items = loads(body)
+def decode_batch(
+    body: bytes, max_events: int | None = None, max_depth: int = MAX_JSON_DEPTH
+) -> list[CloudEvent]:
+    """Decode an `application/cloudevents-batch+json` body; items are numbered from 0.
+
+    More than `max_events` items raise OverLimit before any item is validated: validating a
+    batch costs far more than parsing it, and a refused batch should cost little.
+    """
+    items = _loads_depth(body, max_depth)  # the full depth check waits for the count
     if type(items) is not list:
         raise InvalidEvent(f"a batch must be a JSON array of events, not {type_name(items)}")
+    if max_events is not None and len(items) > max_events:
+        raise OverLimit(f"batch of {len(items)} events exceeds {max_events} events")
+    if _may_nest_deeper(body, max_depth) and too_deep(items, max_depth):
+        raise _depth_error(max_depth)
     events: list[CloudEvent] = []
     for index, item in enumerate(items):
         try:
