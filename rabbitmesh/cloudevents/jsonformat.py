@@ -239,21 +239,76 @@ def decode_structured(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> CloudEven
     return event_from_json(obj)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: orjson refuses it too
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+_ITEM_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_SKIP_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def batch_items(body: bytes, max_events: int | None, max_depth: int) -> list[Any]:
+    """The items of a JSON array, parsed one at a time; stops at item `max_events` + 1.
+
+    The stdlib's C scanner parses each item (orjson can only parse the whole body): counting
+    stops at the first item over the limit, so a refused batch costs what its first
+    `max_events` items cost, and a long batch is never one long call that holds the GIL. Its
+    results equal orjson's except that huge integers stay exact (as `loads` keeps them) and
+    lone surrogates in strings get through (attribute validation refuses them).
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}") from None
+    skip = _SKIP_WHITESPACE.match
+    pos = skip(text).end()
+    if text[pos : pos + 1] != "[":
+        value = _loads_depth(body, max_depth)  # not an array: say what it is, or how broken
+        raise InvalidEvent(f"a batch must be a JSON array of events, not {type_name(value)}")
+    items: list[Any] = []
+    pos = skip(text, pos + 1).end()
+    closed = text[pos : pos + 1] == "]"
+    while not closed:
+        start = pos
+        try:
+            item, pos = _ITEM_DECODER.raw_decode(text, pos)
+        except RecursionError:
+            raise _depth_error(max_depth) from None
+        except ValueError as exc:
+            raise InvalidEvent(f"malformed JSON: {exc}") from None
+        items.append(item)
+        if max_events is not None and len(items) > max_events:
+            raise OverLimit(f"batch exceeds the limit of {max_events} events")
+        # The array is level 1, so an item may nest max_depth - 1 levels.
+        brackets = text.count("[", start, pos) + text.count("{", start, pos)
+        if brackets >= max_depth and too_deep(item, max_depth - 1):
+            raise _depth_error(max_depth)
+        pos = skip(text, pos).end()
+        separator = text[pos : pos + 1]
+        if separator == ",":
+            pos = skip(text, pos + 1).end()
+        elif separator == "]":
+            closed = True
+        else:
+            raise InvalidEvent(f"malformed JSON: expected ',' or ']' at char {pos}")
+    if skip(text, pos + 1).end() != len(text):
+        raise InvalidEvent(f"malformed JSON: unexpected content after the array at char {pos + 1}")
+    return items
+
+
 def decode_batch(
     body: bytes, max_events: int | None = None, max_depth: int = MAX_JSON_DEPTH
 ) -> list[CloudEvent]:
     """Decode an `application/cloudevents-batch+json` body; items are numbered from 0.
 
-    More than `max_events` items raise OverLimit before any item is validated: validating a
-    batch costs far more than parsing it, and a refused batch should cost little.
+    More than `max_events` items raise OverLimit as soon as item `max_events` + 1 is read,
+    before any item is validated: validating costs far more than parsing, and a refused
+    batch should cost little.
     """
-    items = _loads_depth(body, max_depth)  # the full depth check waits for the count
-    if type(items) is not list:
-        raise InvalidEvent(f"a batch must be a JSON array of events, not {type_name(items)}")
-    if max_events is not None and len(items) > max_events:
-        raise OverLimit(f"batch of {len(items)} events exceeds {max_events} events")
-    if _may_nest_deeper(body, max_depth) and too_deep(items, max_depth):
-        raise _depth_error(max_depth)
+    items = batch_items(body, max_events, max_depth)
     events: list[CloudEvent] = []
     for index, item in enumerate(items):
         try:
