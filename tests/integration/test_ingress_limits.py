@@ -301,3 +301,42 @@ async def test_huge_batches_do_not_stall_other_requests(tmp_path, prefix, make_s
     )
     print(report)  # shown with -s, for docs/reliability.md
     assert max(attacked) < max(control) + 1.0, report
+
+
+async def test_a_source_whose_events_rabbitmq_cannot_take_gets_a_clear_error(
+    start_mesh, make_sink, caplog
+):
+    """Sources publish through the broker's ingress: an event with 24 extensions of 7 kB
+    (ceOverrides) is refused there with 413 naming the limit, which the source logs; the
+    shared publisher connection is never closed."""
+    caplog.set_level(logging.INFO)
+    sink = await make_sink()
+    extensions = ", ".join(f"x{i}: {'v' * 7_000}" for i in range(24))
+    mesh = await start_mesh(
+        BROKER.replace("SINK", sink.url)
+        + f"""
+    ---
+    apiVersion: sources.knative.dev/v1
+    kind: PingSource
+    metadata: {{name: heavy}}
+    spec:
+      schedule: "*/1 * * * * *"
+      ceOverrides: {{extensions: {{{extensions}}}}}
+      sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: br}}}}
+    """
+    )
+    link = publisher_link(mesh)
+
+    def refusals() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "rabbitmesh.sources" and "not delivered" in r.getMessage()
+        ]
+
+    found = await eventually(refusals, timeout=20, what="the source logging the refusal")
+    assert "HTTP 413" in found[0] and "frame limit" in found[0], found[0]
+    assert publisher_link(mesh) is link
+    assert (await post_binary(mesh.url + "/default/br"))[0] == 202
+    await sink.wait_for(1)
+    assert all(r.headers.get("ce-type") != "dev.knative.sources.ping" for r in sink.received)
