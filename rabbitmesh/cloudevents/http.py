@@ -93,7 +93,7 @@ def _scan(headers: Mapping[str, str]) -> _Headers:
     return _Headers(ce, content_type or None, duplicate, valid_trace(trace))
 
 
-def _decode_binary(scanned: _Headers, body: bytes, max_depth: int) -> CloudEvent:
+def _decode_binary(scanned: _Headers, body: bytes, max_depth: int | None) -> CloudEvent:
     if _SPECVERSION_HEADER not in scanned.ce:
         raise NotACloudEvent(
             "not a CloudEvent: no 'ce-specversion' header and content type "
@@ -117,7 +117,8 @@ def _decode_binary(scanned: _Headers, body: bytes, max_depth: int) -> CloudEvent
     if scanned.content_type is not None:
         attributes["datacontenttype"] = scanned.content_type
     validate(attributes)
-    if body and is_json_content_type(scanned.content_type):  # no content type means JSON
+    # No content type means JSON data.
+    if max_depth is not None and body and is_json_content_type(scanned.content_type):
         check_json_data_depth(body, max_depth)
     return CloudEvent(attributes, body or None, scanned.trace)
 
@@ -127,15 +128,16 @@ def decode_request(
     body: bytes,
     *,
     max_events: int | None = None,
-    max_depth: int = MAX_JSON_DEPTH,
+    max_depth: int | None = MAX_JSON_DEPTH,
 ) -> list[CloudEvent]:
     """Decode an HTTP request into its events (one, or any number in batched mode).
 
     `headers` may be aiohttp's case-insensitive multidict or a plain dict with any case.
     Raises NotACloudEvent when the request is not a CloudEvent at all, InvalidEvent when it
     is a broken one: JSON (the structured event, the batch, binary data with a JSON content
-    type) nested deeper than `max_depth` included. A batch of more than `max_events` raises
-    OverLimit (an InvalidEvent) before any of its events is validated.
+    type) nested deeper than `max_depth` included (None: no limit but the parser's). A batch
+    of more than `max_events` raises OverLimit (an InvalidEvent) before any of its events is
+    validated.
     """
     if type(body) is not bytes:
         body = bytes(body)
@@ -175,7 +177,7 @@ def decode_response(status: int, headers: Mapping[str, str], body: bytes) -> Clo
         return event
     if mode == "batch":
         raise InvalidEvent("a reply must be a single event, not a batch")
-    return _decode_binary(scanned, body, MAX_JSON_DEPTH)
+    return _decode_binary(scanned, body, None)
 
 
 def encode_binary(event: CloudEvent) -> tuple[dict[str, str], bytes]:

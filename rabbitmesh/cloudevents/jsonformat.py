@@ -231,9 +231,9 @@ def event_from_json(obj: dict[str, Any]) -> CloudEvent:
     return CloudEvent(attributes, payload)
 
 
-def decode_structured(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> CloudEvent:
-    """Decode an `application/cloudevents+json` body."""
-    obj = loads_limited(body, max_depth)
+def decode_structured(body: bytes, max_depth: int | None = None) -> CloudEvent:
+    """Decode an `application/cloudevents+json` body, no deeper than `max_depth` if given."""
+    obj = loads(body) if max_depth is None else loads_limited(body, max_depth)
     if type(obj) is not dict:
         raise InvalidEvent(f"a structured event must be a JSON object, not {type_name(obj)}")
     return event_from_json(obj)
@@ -250,7 +250,7 @@ _ITEM_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_f
 _SKIP_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
-def batch_items(body: bytes, max_events: int | None, max_depth: int) -> list[Any]:
+def batch_items(body: bytes, max_events: int | None, max_depth: int | None) -> list[Any]:
     """The items of a JSON array, parsed one at a time; stops at item `max_events` + 1.
 
     The stdlib's C scanner parses each item (orjson can only parse the whole body): counting
@@ -266,7 +266,8 @@ def batch_items(body: bytes, max_events: int | None, max_depth: int) -> list[Any
     skip = _SKIP_WHITESPACE.match
     pos = skip(text).end()
     if text[pos : pos + 1] != "[":
-        value = _loads_depth(body, max_depth)  # not an array: say what it is, or how broken
+        # Not an array: say what it is, or how it is broken.
+        value = loads(body) if max_depth is None else _loads_depth(body, max_depth)
         raise InvalidEvent(f"a batch must be a JSON array of events, not {type_name(value)}")
     items: list[Any] = []
     pos = skip(text, pos + 1).end()
@@ -276,6 +277,8 @@ def batch_items(body: bytes, max_events: int | None, max_depth: int) -> list[Any
         try:
             item, pos = _ITEM_DECODER.raw_decode(text, pos)
         except RecursionError:
+            if max_depth is None:
+                raise InvalidEvent("malformed JSON: nested too deep to parse") from None
             raise _depth_error(max_depth) from None
         except ValueError as exc:
             raise InvalidEvent(f"malformed JSON: {exc}") from None
@@ -283,9 +286,10 @@ def batch_items(body: bytes, max_events: int | None, max_depth: int) -> list[Any
         if max_events is not None and len(items) > max_events:
             raise OverLimit(f"batch exceeds the limit of {max_events} events")
         # The array is level 1, so an item may nest max_depth - 1 levels.
-        brackets = text.count("[", start, pos) + text.count("{", start, pos)
-        if brackets >= max_depth and too_deep(item, max_depth - 1):
-            raise _depth_error(max_depth)
+        if max_depth is not None:
+            brackets = text.count("[", start, pos) + text.count("{", start, pos)
+            if brackets >= max_depth and too_deep(item, max_depth - 1):
+                raise _depth_error(max_depth)
         pos = skip(text, pos).end()
         separator = text[pos : pos + 1]
         if separator == ",":
@@ -300,13 +304,14 @@ def batch_items(body: bytes, max_events: int | None, max_depth: int) -> list[Any
 
 
 def decode_batch(
-    body: bytes, max_events: int | None = None, max_depth: int = MAX_JSON_DEPTH
+    body: bytes, max_events: int | None = None, max_depth: int | None = None
 ) -> list[CloudEvent]:
     """Decode an `application/cloudevents-batch+json` body; items are numbered from 0.
 
     More than `max_events` items raise OverLimit as soon as item `max_events` + 1 is read,
     before any item is validated: validating costs far more than parsing, and a refused
-    batch should cost little.
+    batch should cost little. JSON deeper than `max_depth` (if given; the array counts as a
+    level) is refused.
     """
     items = batch_items(body, max_events, max_depth)
     events: list[CloudEvent] = []
