@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rabbitmesh.cloudevents import InvalidEvent, OverLimit, decode_request, validate
-from rabbitmesh.cloudevents.jsonformat import batch_items, loads, too_deep
+from rabbitmesh.cloudevents.jsonformat import batch_items, loads, text_too_deep, too_deep
 
 BATCH = {"content-type": "application/cloudevents-batch+json"}
 STRUCTURED = {"content-type": "application/cloudevents+json"}
@@ -46,7 +46,8 @@ def test_the_limit_is_a_parameter_and_applies_to_json_content_types_only():
     with pytest.raises(InvalidEvent, match="limit of 8 levels"):
         decode_request(binary("text/json"), nested(9), max_depth=8)
     decode_request(binary("application/octet-stream"), nested(1000))
-    decode_request(binary(), b"[" * 1000)  # not JSON at all: forwarded as it is
+    with pytest.raises(InvalidEvent, match="limit of 64"):  # broken JSON, still too deep
+        decode_request(binary(), b"[" * 1000)
     decode_request(binary(), b'["' + b"[" * 1000 + b'"]')  # brackets inside a string
 
 
@@ -144,3 +145,36 @@ def test_amqp_short_string_attributes_are_limited_to_255_bytes(attribute):
         validate({**event(), attribute: "a" * 256})
     with pytest.raises(InvalidEvent, match=f"'{attribute}' is 258 bytes"):
         validate({**event(), attribute: "é" * 129})  # 129 characters, 258 bytes
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.integers(-1000, 1000) | st.text(alphabet='[]{}"\\ab,:\n', max_size=6),
+    lambda c: (
+        st.lists(c, max_size=3) | st.dictionaries(st.text('[]{}"\\k', max_size=3), c, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+def reference_depth(v: object) -> int:
+    if isinstance(v, list):
+        return 1 + max((reference_depth(x) for x in v), default=0)
+    if isinstance(v, dict):
+        return 1 + max((reference_depth(x) for x in v.values()), default=0)
+    return 0
+
+
+@given(JSON_VALUES, st.integers(min_value=1, max_value=7), st.integers(min_value=0, max_value=6))
+@settings(max_examples=400, deadline=None)
+def test_text_too_deep_reads_the_depth_from_the_bytes(value, chunk, limit):
+    # Tiny chunks put every boundary (inside strings, between backslashes) to the test.
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2 if chunk % 2 else 0)
+    assert text_too_deep(text, limit, chunk=chunk) == (reference_depth(value) > limit)
+
+
+def test_text_too_deep_is_cheap_on_a_worst_case_body():
+    body = (b"[" * 64 + b"]" * 64) * (4_000_000 // 128)
+    started = time.process_time()
+    assert not text_too_deep(body, 64)
+    assert text_too_deep(b"[" + body + b"]", 64)
+    assert time.process_time() - started < 2.0  # ~0.3 s of C work on a busy machine
