@@ -275,12 +275,13 @@ async def test_huge_batches_do_not_stall_other_requests(tmp_path, prefix, make_s
                     return r.status, await r.text()
 
             async def under(headers: dict[str, str]) -> tuple[list[float], list[tuple[int, str]]]:
-                """Normal events, one after the other, while 16 big requests are answered."""
+                """Normal events, one every 20 ms, while 16 big requests are answered."""
                 requests = [asyncio.create_task(big(headers)) for _ in range(16)]
-                latencies = []
+                probes = []
                 while not all(r.done() for r in requests):
-                    latencies.append(await normal())
-                return latencies, [r.result() for r in requests]
+                    probes.append(asyncio.create_task(normal()))
+                    await asyncio.sleep(0.02)  # the probes' pace, not synchronisation
+                return list(await asyncio.gather(*probes)), [r.result() for r in requests]
 
             for _ in range(3):
                 await normal()  # warm-up: connections, caches
@@ -294,13 +295,18 @@ async def test_huge_batches_do_not_stall_other_requests(tmp_path, prefix, make_s
         :2
     ]
     assert control and attacked, "no normal event was sent while the big requests were answered"
+    med = statistics.median
     report = (
-        f"slowest normal event: {max(attacked):.3f}s under the batches ({len(attacked)} sent), "
-        f"{max(control):.3f}s under the control ({len(control)} sent); baseline median "
-        f"{statistics.median(baseline):.3f}s"
+        f"normal events under the batches: median {med(attacked):.3f}s, slowest "
+        f"{max(attacked):.3f}s ({len(attacked)} sent); under the control: median "
+        f"{med(control):.3f}s, slowest {max(control):.3f}s ({len(control)} sent); baseline "
+        f"median {med(baseline):.3f}s"
     )
-    print(report)  # shown with -s, for docs/reliability.md
-    assert max(attacked) < max(control) + 1.0, report
+    print(report)  # shown with -s
+    # Before the fix the batches held the loop for seconds (a normal event even ran into the
+    # 10 s publish timeout); margins absorb a busy machine.
+    assert med(attacked) < med(control) + 0.5, report
+    assert max(attacked) < max(control) + 3.0, report
 
 
 async def test_a_source_whose_events_rabbitmq_cannot_take_gets_a_clear_error(
