@@ -85,6 +85,7 @@ class Server:
             self.settings.max_event_bytes,
             self.settings.retry_after_seconds,
             max_batch_events=self.settings.max_batch_events,
+            max_json_depth=self.settings.max_json_depth,
             max_inflight=self.settings.max_inflight_publishes,
             request_timeout=self.settings.request_timeout,
             not_ready=self.not_ready,

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(
         1000, ge=1, description="Batched requests with more events get 413."
     )
+    max_json_depth: int = Field(
+        64,
+        ge=2,
+        le=250,
+        description="Deepest nesting of JSON arrays and objects ingress accepts (the outermost "
+        "counts as 1) in a structured event, a batch, or binary-mode data with a JSON content "
+        "type; deeper gets 400.",
+    )
     max_inflight_publishes: int = Field(
         4096,
         ge=1,
