@@ -27,23 +27,22 @@ from typing import Any
 
 from aiohttp import web
 
-from rabbitmesh.api.auth import check_mutation
+from rabbitmesh.api.auth import body_format, check_mutation
 from rabbitmesh.api.errors import ApiError
 from rabbitmesh.api.objects import (
     api_version_of,
     check_target,
     describe,
     discovery,
-    fill_from_url,
-    read_documents,
     render,
     resolve_kind,
     restore_secret,
-    validate,
 )
+from rabbitmesh.api.parsing import Mode, Parser, build_resources
 from rabbitmesh.controlplane import ControlPlane
+from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.resources.base import Resource
-from rabbitmesh.resources.registry import KindInfo, by_kind
+from rabbitmesh.resources.registry import KindInfo
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.manifests import key_of, to_manifest
 from rabbitmesh.store.state import Key, Outcome
@@ -61,6 +60,11 @@ class AdminApi:
     def __init__(self, plane: Callable[[], ControlPlane | None], settings: Settings) -> None:
         self._plane = plane
         self.settings = settings
+        self.parser = Parser(settings.manifest_parse_timeout)
+
+    def close(self) -> None:
+        """Stop the parser's worker process."""
+        self.parser.close()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -88,7 +92,7 @@ class AdminApi:
     def _wrap(self, fn: Handler) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             try:
-                check_mutation(request, self.settings.admin_token)
+                check_mutation(request, self.settings)
                 return await fn(request)
             except ApiError as e:
                 return e.response()
@@ -222,14 +226,29 @@ class AdminApi:
 
     # --- writing ---------------------------------------------------------------------------
 
+    async def _documents(self, request: web.Request, mode: Mode) -> list[Any]:
+        """The body's documents, checked (rabbitmesh/api/parsing.py), read within
+        RABBITMESH_MAX_MANIFEST_BYTES and RABBITMESH_REQUEST_TIMEOUT."""
+        s = self.settings
+        try:
+            raw = await read_body(
+                request,
+                s.max_manifest_bytes,
+                s.request_timeout,
+                limit_name="RABBITMESH_MAX_MANIFEST_BYTES",
+            )
+        except BodyError as e:
+            raise ApiError(e.status, e.message) from None
+        fmt = body_format(request.content_type)
+        assert fmt is not None, "check_mutation refused other types"
+        return await self.parser.documents(raw, fmt, mode)
+
     async def _body(
         self, request: web.Request, info: KindInfo, version: str, namespace: str | None
     ) -> tuple[Resource, dict[str, Any]]:
-        docs = await read_documents(request)
-        if len(docs) != 1:
-            raise ApiError(400, f"expected one object, got {len(docs)} (use POST /apply)")
-        doc = fill_from_url(docs[0], info, version, namespace)
-        return validate(doc), doc
+        docs = await self._documents(request, ("one", info.kind, version, namespace))
+        (res,) = await build_resources(docs)
+        return res, docs[0]
 
     async def _create(
         self, request: web.Request, info: KindInfo, version: str, namespace: str | None
@@ -315,29 +334,9 @@ class AdminApi:
         plane = self.plane
         namespace = request.query.get("namespace")
         dry_run = request.query.get("dryRun", "").lower() in ("all", "true", "1")
-        docs = await read_documents(request)
-        resources: list[Resource] = []
-        details: list[dict[str, Any]] = []
-        messages: list[str] = []
-        for i, doc in enumerate(docs, start=1):
-            if namespace and isinstance(doc, dict) and isinstance(doc.get("metadata"), dict):
-                info = by_kind(str(doc.get("kind", "")))
-                if info is None or info.model.NAMESPACED:
-                    doc["metadata"].setdefault("namespace", namespace)
-            try:
-                resources.append(validate(doc, i))
-            except ApiError as e:
-                messages.append(f"document {i}: {e.message}")
-                details.extend({"document": i, **d} for d in e.details)
-        seen: set[Key] = set()
-        for res in resources:
-            if key_of(res) in seen:
-                messages.append(f"{describe(res)} appears twice")
-                details.append({"field": "metadata.name", "message": "defined more than once"})
-            seen.add(key_of(res))
-        if messages:
-            raise ApiError(422, "; ".join(messages), details=details)
-        resources = [restore_secret(r, plane.store.get(key_of(r))) for r in resources]
+        docs = await self._documents(request, ("apply", namespace))
+        built = await build_resources(docs)
+        resources = [restore_secret(r, plane.store.get(key_of(r))) for r in built]
         sem = asyncio.Semaphore(PARALLEL_WRITES)
 
         async def one(res: Resource) -> tuple[str, int]:

@@ -34,6 +34,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from rabbitmesh.http_input import BodyError, header_bytes, read_body
 from rabbitmesh.resources.sources import GITLAB_EVENTS, GITLAB_TYPE_PREFIX, GitLabSource
 from rabbitmesh.sources.manager import Plan, Runtime
 from rabbitmesh.sources.secrets import NotReady, ResourceLookup, secret_value, secrets_in
@@ -52,6 +53,8 @@ WEBHOOK_RETRY = Retry(retries=3, backoff=0.1, max_backoff=1.0, timeout=2.5)
 API_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 KINDS = frozenset(GITLAB_EVENTS.values())
+#: The webhook's body is bounded like an event posted to ingress.
+BODY_LIMIT = "RABBITMESH_MAX_EVENT_BYTES"
 
 
 def event_kind(header: str) -> str | None:
@@ -100,9 +103,14 @@ class GitLabWebhooks:
         self,
         lookup: Callable[[], ResourceLookup | None],
         session: Callable[[], aiohttp.ClientSession | None],
+        *,
+        max_body_bytes: int,
+        request_timeout: float,
     ) -> None:
         self.lookup = lookup
         self.session = session
+        self.max_body_bytes = max_body_bytes  # RABBITMESH_MAX_EVENT_BYTES, as ingress
+        self.request_timeout = request_timeout
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(PATH, self.handle)]
@@ -121,15 +129,20 @@ class GitLabWebhooks:
         except NotReady as e:
             return _error(503, f"GitLabSource {ns}/{name} is not ready: {e.message}", retry=True)
         if secret is not None:
-            given = request.headers.get(TOKEN_HEADER, "")
-            if not hmac.compare_digest(given.encode(), secret.encode()):
+            given = header_bytes(request, TOKEN_HEADER)  # bytes: non-UTF-8 is a 401, not a 500
+            if not hmac.compare_digest(given, secret.encode()):
                 log.warning("GitLabSource %s/%s: webhook with a wrong %s", ns, name, TOKEN_HEADER)
                 return _error(401, f"missing or wrong {TOKEN_HEADER}")
         header = request.headers.get(EVENT_HEADER, "")
         kind = event_kind(header)
         if kind is None:
             return _error(400, f"unknown or missing {EVENT_HEADER}: {header!r}")
-        body = await request.read()
+        try:
+            body = await read_body(
+                request, self.max_body_bytes, self.request_timeout, limit_name=BODY_LIMIT
+            )
+        except BodyError as e:
+            return _error(e.status, e.message)
         try:
             orjson.loads(body)
         except orjson.JSONDecodeError:
