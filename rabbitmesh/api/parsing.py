@@ -166,10 +166,9 @@ class Parser:
         loop = asyncio.get_running_loop()
         async with self._lock:
             if self._pool is None:
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload([__name__])
-                self._pool = ProcessPoolExecutor(1, mp_context=context)
-                self._pid = await loop.run_in_executor(self._pool, os.getpid)
+                # Starting the worker blocks until the forkserver has imported rabbitmesh
+                # (seconds on a busy host): in a thread, not on the loop.
+                self._pool, self._pid = await asyncio.to_thread(self._start)
             try:
                 return await asyncio.wait_for(
                     loop.run_in_executor(self._pool, check, raw, fmt, mode), self.timeout
@@ -184,6 +183,13 @@ class Parser:
             except BrokenProcessPool:
                 self._reset()
                 raise ApiError(503, "the manifest parser stopped; try again") from None
+
+    @staticmethod
+    def _start() -> tuple[ProcessPoolExecutor, int]:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        pool = ProcessPoolExecutor(1, mp_context=context)
+        return pool, pool.submit(os.getpid).result()
 
     def _reset(self) -> None:
         """Kill the worker (it may be mid-parse) and start a new one on next use."""

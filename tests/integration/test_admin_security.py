@@ -164,7 +164,7 @@ async def test_a_large_manifest_does_not_stall_other_requests(tmp_path, prefix):
         tmp_path / "c", prefix, RABBITMESH_MANIFEST_PARSE_TIMEOUT="120"
     ).start()
     try:
-        body = token_storm(400 * 1024)  # under the default 1 MiB, seconds to parse
+        body = token_storm(200 * 1024)  # under the default 1 MiB, seconds to parse
 
         async def apply() -> tuple[int, object, float]:
             started = time.monotonic()
@@ -181,11 +181,11 @@ async def test_a_large_manifest_does_not_stall_other_requests(tmp_path, prefix):
                 latencies.append(time.monotonic() - started)
         status, answer, took = await pending
         assert status == 422 and "a manifest must be a mapping" in str(answer), answer
-        # While the body was parsed, /healthz kept answering, each time in a fraction of
-        # the parse (the loop was never held for it); before the fix the first probe
-        # waited for the whole parse.
+        # While the body was parsed, /healthz kept answering, each time in a small fraction
+        # of the parse (the loop was never held for it, not even while the worker process
+        # started); before the fix the first probe waited for the whole parse.
         assert len(latencies) >= 3, (latencies, took)
-        assert max(latencies) < took / 3, (max(latencies), took)
+        assert max(latencies) < took / 10, (sorted(latencies)[-3:], took)
 
         # Past the size limit: 413 naming the setting, before anything is parsed.
         status, answer = await call("POST", mesh.url + "/apply", text=token_storm(1100 * 1024))
