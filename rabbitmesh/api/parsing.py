@@ -37,7 +37,7 @@ from rabbitmesh.store.manifests import key_of
 
 #: Bodies parsed in place (a worker's round trip costs more): JSON parses at ~50 MB/s,
 #: YAML at well under 1 MB/s when it is all tiny tokens.
-INLINE_BYTES = {"json": 16 * 1024, "yaml": 512}
+INLINE_BYTES = {"json": 8 * 1024, "yaml": 512}
 #: Longest the loop validates documents before letting other work run.
 SLICE = 0.002
 

@@ -116,6 +116,41 @@ async def test_not_trusting_loopback_needs_the_token_for_every_change(start_mesh
     assert (await call("POST", brokers, broker, token="t0k"))[0] == 201
 
 
+async def test_a_web_page_cannot_post_an_event_without_a_preflight(start_mesh, make_sink):
+    """Ingress has no Host check (services call it by any name, docs/security.md); what
+    keeps cross-site pages out is that an event needs headers or a type that only a
+    preflighted request may carry, and no preflight is granted."""
+    sink = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: br}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: tr}}
+        spec: {{broker: br, subscriber: {{uri: "{sink.url}"}}}}
+        """
+    )
+    url = mesh.url + "/default/br"
+    page = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+    event = orjson.dumps({"specversion": "1.0", "id": "x", "source": "s", "type": "t"})
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        status, _, _ = await post(url, headers={**page, "Content-Type": ctype}, body=event)
+        assert status == 400, ctype
+    status, headers, _ = await post(
+        url,
+        method="OPTIONS",
+        headers={**page, "Access-Control-Request-Method": "POST"},
+    )
+    assert not any(h.lower().startswith("access-control-allow") for h in headers), headers
+    status, _, _ = await post(url, headers=binary_headers(id_="ok"), body=b"{}")
+    assert status == 202  # a service's request, for comparison
+    await sink.wait_for(1)
+    assert sink.ids() == ["ok"]
+
+
 # --- item 1: the operator's runtime wins ------------------------------------------------------
 
 
