@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         "ones get 413.",
     )
     manifest_parse_timeout: float = Field(
-        10.0,
+        30.0,
         gt=0,
         description="Seconds an admin API body may take to parse and validate (in a worker "
         "process, off the event loop); longer ones are stopped and get 413.",

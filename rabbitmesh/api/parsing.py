@@ -21,10 +21,10 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -38,8 +38,11 @@ from rabbitmesh.store.manifests import key_of
 #: Bodies parsed in place (a worker's round trip costs more): JSON parses at ~50 MB/s,
 #: YAML at well under 1 MB/s when it is all tiny tokens.
 INLINE_BYTES = {"json": 8 * 1024, "yaml": 512}
-#: Longest the loop validates documents before letting other work run.
+#: Longest the loop validates documents (or renders resources) before letting other work run.
 SLICE = 0.002
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 #: What a body is for: ("apply", namespace for documents that name none) or
 #: ("one", kind, version, namespace from the URL).
@@ -136,6 +139,18 @@ async def build_resources(docs: list[Any]) -> list[Resource]:
     out: list[Resource] = []
     started = time.monotonic()
     for _ in _validating(docs, out):
+        if time.monotonic() - started > SLICE:
+            await asyncio.sleep(0)
+            started = time.monotonic()
+    return out
+
+
+async def in_slices(items: Iterable[T], fn: Callable[[T], U]) -> list[U]:
+    """`fn` over `items` on the loop, letting other work run every SLICE seconds."""
+    out: list[U] = []
+    started = time.monotonic()
+    for item in items:
+        out.append(fn(item))
         if time.monotonic() - started > SLICE:
             await asyncio.sleep(0)
             started = time.monotonic()

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from rabbitmesh.api.auth import body_format, check_mutation
@@ -38,7 +39,7 @@ from rabbitmesh.api.objects import (
     resolve_kind,
     restore_secret,
 )
-from rabbitmesh.api.parsing import Mode, Parser, build_resources
+from rabbitmesh.api.parsing import Mode, Parser, build_resources, in_slices
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.resources.base import Resource
@@ -336,44 +337,54 @@ class AdminApi:
         dry_run = request.query.get("dryRun", "").lower() in ("all", "true", "1")
         docs = await self._documents(request, ("apply", namespace))
         built = await build_resources(docs)
-        resources = [restore_secret(r, plane.store.get(key_of(r))) for r in built]
+        # Every step over all resources runs in slices (in_slices): a large /apply must not
+        # hold the loop (issue 11).
+        resources = await in_slices(built, lambda r: restore_secret(r, plane.store.get(key_of(r))))
         sem = asyncio.Semaphore(PARALLEL_WRITES)
 
-        async def one(res: Resource) -> tuple[str, int]:
+        def decide(res: Resource) -> tuple[str, dict[str, Any]]:
+            """ "unchanged", what a dry run would do, or "write"; and the manifest."""
+            manifest = to_manifest(res)
             stored = plane.store.get(key_of(res))
-            if stored is not None and stored.manifest == to_manifest(res):
-                return "unchanged", -1
+            if stored is not None and stored.manifest == manifest:
+                return "unchanged", manifest
             if dry_run:
-                return ("configured" if stored is not None else "created"), -1
+                return ("configured" if stored is not None else "created"), manifest
+            return "write", manifest
+
+        async def write(res: Resource, manifest: dict[str, Any]) -> tuple[str, int]:
             async with sem:
-                outcome = await plane.store.apply(to_manifest(res), key_of(res), origin="api")
+                outcome = await plane.store.apply(manifest, key_of(res), origin="api")
             if outcome.result in ("created", "configured"):
                 log.info("api: %s %s", describe(res), outcome.result)
                 return outcome.result, outcome.offset
             return outcome.result, -1
 
-        done = await asyncio.gather(*(one(r) for r in resources))
-        results = [result for result, _ in done]
-        changed = max(offset for _, offset in done)
+        decided = await in_slices(resources, decide)
+        todo = [i for i, (what, _) in enumerate(decided) if what == "write"]
+        written = await asyncio.gather(*(write(resources[i], decided[i][1]) for i in todo))
+        results = [what for what, _ in decided]
+        for i, (result, _) in zip(todo, written, strict=True):
+            results[i] = result
+        changed = max((offset for _, offset in written), default=-1)
         if changed >= 0:
             await plane.wait_reconciled(changed)
-        return web.json_response(
-            {
-                "apiVersion": "v1",
-                "kind": "List",
-                "results": [
-                    {
-                        "apiVersion": r.api_version,
-                        "kind": r.KIND,
-                        "namespace": r.namespace or None,
-                        "name": r.name,
-                        "result": result,
-                    }
-                    for r, result in zip(resources, results, strict=True)
-                ],
-                "items": [
-                    render(plane.resource(*key_of(r)) or r) if not dry_run else render(r)
-                    for r in resources
-                ],
-            }
+        items = await in_slices(
+            resources, lambda r: render(r if dry_run else plane.resource(*key_of(r)) or r)
         )
+        body = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "results": [
+                {
+                    "apiVersion": r.api_version,
+                    "kind": r.KIND,
+                    "namespace": r.namespace or None,
+                    "name": r.name,
+                    "result": result,
+                }
+                for r, result in zip(resources, results, strict=True)
+            ],
+            "items": items,
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
