@@ -10,7 +10,9 @@ Receiving (every replica that serves HTTP): `POST /sources/gitlab/{namespace}/{n
   Data: the payload as GitLab sent it (application/json; a body that is not JSON is 400).
 - The answer waits for the sink: 202 once it took the event (retried briefly), 502 if it did
   not (GitLab shows the failure, and its "resend" retries it), 503 while the source is not
-  ready, 404 for an unknown source.
+  ready, 404 for an unknown source. The body is read as ingress reads one
+  (rabbitmesh/http_input.py): 413 past RABBITMESH_MAX_EVENT_BYTES, 408 when slower than
+  RABBITMESH_REQUEST_TIMEOUT.
 
 Registering (the replica holding the source's lease): with `accessToken`, the project hook is
 created or updated through GitLab's REST API (`/api/v4/projects/{url-encoded path}/hooks`,
