@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -34,6 +35,8 @@ from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.loader import ManifestError, load_documents
 from rabbitmesh.resources.registry import by_kind
 from rabbitmesh.store.manifests import key_of
+
+log = logging.getLogger("rabbitmesh.api")
 
 #: Bodies parsed in place (a worker's round trip costs more): JSON parses at ~50 MB/s,
 #: YAML at well under 1 MB/s when it is all tiny tokens.
@@ -183,7 +186,13 @@ class Parser:
             if self._pool is None:
                 # Starting the worker blocks until the forkserver has imported rabbitmesh
                 # (seconds on a busy host): in a thread, not on the loop.
-                self._pool, self._pid = await asyncio.to_thread(self._start)
+                try:
+                    self._pool, self._pid = await asyncio.to_thread(self._start)
+                except (OSError, BrokenProcessPool) as e:  # no /dev/shm, no writable TMPDIR
+                    log.error("cannot start the manifest parser's worker process: %s", e)
+                    raise ApiError(
+                        503, f"cannot start the manifest parser's worker process: {e}"
+                    ) from None
             try:
                 return await asyncio.wait_for(
                     loop.run_in_executor(self._pool, check, raw, fmt, mode), self.timeout
