@@ -60,6 +60,7 @@ class Server:
         self.session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
+        self.admin = AdminApi(lambda: self.plane, settings)
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -91,9 +92,15 @@ class Server:
             not_ready=self.not_ready,
         )
         # The admin API first: the ingress' `/{namespace}/{name}` must not catch its paths.
-        app.add_routes(AdminApi(lambda: self.plane, self.settings).routes())
+        app.add_routes(self.admin.routes())
         if self.settings.role in ("all", "ingress", "sources"):
-            app.add_routes(GitLabWebhooks(self._resources, lambda: self.session).routes())
+            webhooks = GitLabWebhooks(
+                self._resources,
+                lambda: self.session,
+                max_body_bytes=self.settings.max_event_bytes,
+                request_timeout=self.settings.request_timeout,
+            )
+            app.add_routes(webhooks.routes())
         if self.settings.role in ("all", "ingress"):
             app.add_routes(ingress.routes())
             if self.settings.eventtype_auto_create:
@@ -247,6 +254,7 @@ class Server:
             await self.ctx.sources.stop()  # first: their leases go to the other replicas
         if self.runner is not None:
             await self.runner.cleanup()  # stops listening, waits for in-flight requests
+        self.admin.close()
         if self.plane is not None:
             await self.plane.stop()
         if self.controller is not None:

@@ -85,6 +85,25 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None, description="When set, admin API mutations need Authorization: Bearer <token>."
     )
+    admin_trust_loopback: bool = Field(
+        True,
+        description="Without RABBITMESH_ADMIN_TOKEN, accept admin API changes from loopback "
+        "clients. Turn off when a reverse proxy, sidecar, tunnel or other users share the "
+        "host: then changes need the token, and with no token none are accepted "
+        "(docs/security.md).",
+    )
+    max_manifest_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest admin API request body (a manifest, or many for /apply); larger "
+        "ones get 413.",
+    )
+    manifest_parse_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an admin API body may take to parse and validate (in a worker "
+        "process, off the event loop); longer ones are stopped and get 413.",
+    )
     # TLS (docs/security.md).
     tls_cert_file: Path | None = Field(
         None,
@@ -175,9 +194,17 @@ class Settings(BaseSettings):
     # Sources (docs/sources.md).
     container_runtime: Literal["process", "docker"] = Field(
         "process",
-        description="How ContainerSources run their containers when the source's "
-        "`rabbitmesh.dev/runtime` annotation does not say: `process` runs command + args, "
-        "`docker` runs the image through the Docker CLI.",
+        description="How ContainerSources run their containers: `process` runs command + "
+        "args on this host, `docker` runs the image through the Docker CLI. A source whose "
+        "`rabbitmesh.dev/runtime` annotation asks for the other one is not run (not Ready, "
+        "`RuntimeNotAllowed`).",
+    )
+    allow_process_runtime: bool = Field(
+        True,
+        description="Allow the `process` runtime. With `false`, no ContainerSource runs a "
+        "command on this host (they are not Ready unless RABBITMESH_CONTAINER_RUNTIME is "
+        "`docker`); whoever may change resources can otherwise run any command as "
+        "rabbitmesh's user (docs/security.md).",
     )
     docker_args: str = Field(
         "--network host",

@@ -33,6 +33,7 @@ from rabbitmesh.cloudevents import (
 )
 from rabbitmesh.dispatch.worker import now_rfc3339
 from rabbitmesh.filters.bindings import routing_key_for_type
+from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.ingress.auth import unauthorized
 from rabbitmesh.metrics import (
     bounded_type,
@@ -162,16 +163,15 @@ class Ingress:
             denied = unauthorized(request, target.tokens)
             if denied is not None:
                 return denied, []
-        length = request.content_length
-        if length is not None and length > self.max_event_bytes:
-            return error(413, f"body of {length} bytes exceeds {self.max_event_bytes} bytes"), []
         try:
-            async with asyncio.timeout(self.request_timeout):
-                body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return error(413, f"body exceeds {self.max_event_bytes} bytes"), []
-        except TimeoutError:
-            return error(408, f"request body not received within {self.request_timeout:g}s"), []
+            body = await read_body(
+                request,
+                self.max_event_bytes,
+                self.request_timeout,
+                limit_name="RABBITMESH_MAX_EVENT_BYTES",
+            )
+        except BodyError as e:
+            return error(e.status, e.message), []
         ingress_request_bytes.labels(kind).observe(len(body))
         try:
             prepared = await self._prepare(request.headers, body, target.is_broker)

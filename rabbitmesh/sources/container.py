@@ -6,7 +6,9 @@ Environment, as Knative's ContainerSource (through its SinkBinding) sets it: `NA
 then `K_SINK` and `K_CE_OVERRIDES`. `$(VAR)` in env values, `command` and `args` expands as
 Kubernetes expands it (`$$(VAR)` stays literal).
 
-Runtimes (annotation `rabbitmesh.dev/runtime`, else RABBITMESH_CONTAINER_RUNTIME):
+Runtimes: RABBITMESH_CONTAINER_RUNTIME, the operator's choice. A source whose annotation
+`rabbitmesh.dev/runtime` asks for another one does not run (not Ready, `RuntimeNotAllowed`),
+nor does any with RABBITMESH_ALLOW_PROCESS_RUNTIME=false and the process runtime:
 - `process` (default): runs `command` + `args` with rabbitmesh's environment (minus every
   `RABBITMESH_*` variable: the admin token stays out of children) plus the container's. A
   container with no command whose image is Knative's heartbeats sample runs the built-in
@@ -43,7 +45,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rabbitmesh.resources.sources import Container, ContainerSource
+from rabbitmesh.resources.sources import RUNTIME_ANNOTATION, Container, ContainerSource
 from rabbitmesh.sources.manager import Plan, Problem, Runtime
 from rabbitmesh.sources.secrets import NotReady, Redactor, SecretLookup, secret_value
 from rabbitmesh.sources.sinkbinding import binding_env
@@ -224,14 +226,39 @@ def launches(
     return out
 
 
+def runtime_for(source: ContainerSource, runtime: str, allow_process: bool) -> str:
+    """The runtime the operator chose (RABBITMESH_CONTAINER_RUNTIME), never the manifest's:
+    whoever may write a manifest must not pick how it runs on this host. NotReady
+    (`RuntimeNotAllowed`) when the annotation asks for another runtime, or when the process
+    runtime is turned off (RABBITMESH_ALLOW_PROCESS_RUNTIME=false)."""
+    asked = source.runtime
+    if asked is not None and asked != runtime:
+        raise NotReady(
+            "RuntimeNotAllowed",
+            f"annotation {RUNTIME_ANNOTATION} asks for the {asked} runtime, but this "
+            f"rabbitmesh runs containers with the {runtime} runtime "
+            "(RABBITMESH_CONTAINER_RUNTIME); remove the annotation or set it to "
+            f"{runtime!r}",
+        )
+    if runtime == "process" and not allow_process:
+        raise NotReady(
+            "RuntimeNotAllowed",
+            "the process runtime is turned off on this rabbitmesh "
+            "(RABBITMESH_ALLOW_PROCESS_RUNTIME=false): ContainerSources run only with "
+            "RABBITMESH_CONTAINER_RUNTIME=docker",
+        )
+    return runtime
+
+
 def plan(
     source: ContainerSource,
     sink: str,
-    default_runtime: str,
+    runtime: str,
     docker_args: str,
     secrets: SecretLookup,
+    allow_process: bool = True,
 ) -> Plan:
-    runtime = source.runtime or default_runtime
+    runtime = runtime_for(source, runtime, allow_process)
     todo = launches(source, sink, runtime, docker_args, secrets)
     what = f"ContainerSource {source.namespace}/{source.name}"
     return Plan(

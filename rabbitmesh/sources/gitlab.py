@@ -12,8 +12,10 @@ Receiving (every replica that serves HTTP): `POST /sources/gitlab/{namespace}/{n
   missing header is 400. Source: `spec.projectUrl`. Extension `comgitlabevent`: the header.
   Data: the payload as GitLab sent it (application/json; a body that is not JSON is 400).
 - The answer waits for the sink: 202 once it took the event (retried briefly), 502 if it did
-  not (GitLab shows the failure, and its "resend" retries it), 503 while the source has no
-  resolved sink, 404 for an unknown source.
+  not (GitLab shows the failure, and its "resend" retries it), 503 while the source is not
+  ready, 404 for an unknown source. The body is read as ingress reads one
+  (rabbitmesh/http_input.py): 413 past RABBITMESH_MAX_EVENT_BYTES, 408 when slower than
+  RABBITMESH_REQUEST_TIMEOUT.
 
 Registering (the replica holding the source's lease): with `accessToken`, the project hook is
 created or updated through GitLab's REST API (`/api/v4/projects/{url-encoded path}/hooks`,
@@ -37,6 +39,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from rabbitmesh.http_input import BodyError, header_bytes, read_body
 from rabbitmesh.resources.sources import GITLAB_EVENTS, GITLAB_TYPE_PREFIX, GitLabSource
 from rabbitmesh.sources.manager import Plan, Runtime
 from rabbitmesh.sources.secrets import NotReady, ResourceLookup, secret_value, secrets_in
@@ -55,6 +58,8 @@ WEBHOOK_RETRY = Retry(retries=3, backoff=0.1, max_backoff=1.0, timeout=2.5)
 API_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 KINDS = frozenset(GITLAB_EVENTS.values())
+#: The webhook's body is bounded like an event posted to ingress.
+BODY_LIMIT = "RABBITMESH_MAX_EVENT_BYTES"
 
 
 def event_kind(header: str) -> str | None:
@@ -127,9 +132,14 @@ class GitLabWebhooks:
         self,
         lookup: Callable[[], ResourceLookup | None],
         session: Callable[[], aiohttp.ClientSession | None],
+        *,
+        max_body_bytes: int,
+        request_timeout: float,
     ) -> None:
         self.lookup = lookup
         self.session = session
+        self.max_body_bytes = max_body_bytes  # RABBITMESH_MAX_EVENT_BYTES, as ingress
+        self.request_timeout = request_timeout
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(PATH, self.handle)]
@@ -149,9 +159,7 @@ class GitLabWebhooks:
             log.warning("GitLabSource %s/%s: webhook refused: %s", ns, name, e.message)
             return _error(401, f"GitLabSource {ns}/{name} cannot authenticate webhooks yet")
         if secret is not None:
-            # Bytes as received (aiohttp keeps undecodable bytes as surrogates): a header that
-            # is not UTF-8 is simply a wrong token, never an encoding error.
-            given = request.headers.get(TOKEN_HEADER, "").encode("utf-8", "surrogateescape")
+            given = header_bytes(request, TOKEN_HEADER)  # bytes: non-UTF-8 is a 401, not a 500
             if not hmac.compare_digest(given, secret.encode()):
                 log.warning("GitLabSource %s/%s: webhook with a wrong %s", ns, name, TOKEN_HEADER)
                 return _error(401, f"missing or wrong {TOKEN_HEADER}")
@@ -159,7 +167,12 @@ class GitLabWebhooks:
         kind = event_kind(header)
         if kind is None:
             return _error(400, f"unknown or missing {EVENT_HEADER}: {header!r}")
-        body = await request.read()
+        try:
+            body = await read_body(
+                request, self.max_body_bytes, self.request_timeout, limit_name=BODY_LIMIT
+            )
+        except BodyError as e:
+            return _error(e.status, e.message)
         try:
             orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -254,7 +254,9 @@ async def test_the_docker_runtime_runs_the_image_through_the_docker_cli(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     sink = await make_sink()
-    mesh = await start_mesh("", docker_args="--network host --pull never")
+    mesh = await start_mesh(
+        "", container_runtime="docker", docker_args="--network host --pull never"
+    )
     source = container_source(
         "app",
         sink.url,
