@@ -47,6 +47,11 @@ class UnpublishableMessage(ValueError):
         self.status = status
 
 
+def header_budget(frame_max: int) -> int:
+    """Bytes the encoded AMQP headers of one message may take with this `frame_max`."""
+    return max(frame_max - FRAME_MARGIN, 4096) if frame_max else 128 * 1024 - FRAME_MARGIN
+
+
 def _rough_size(value: Any) -> int:
     """An upper-ish estimate of a header value's encoded size, without encoding it."""
     if isinstance(value, str | bytes):
@@ -75,7 +80,7 @@ def check_publishable(properties: Basic.Properties, frame_max: int) -> None:
                     status=400,
                 )
     headers = properties.headers or {}
-    budget = max(frame_max - FRAME_MARGIN, 4096) if frame_max else 128 * 1024 - FRAME_MARGIN
+    budget = header_budget(frame_max)
     rough = _rough_size(headers) + 512
     if rough < budget:
         return

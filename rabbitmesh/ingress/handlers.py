@@ -22,7 +22,7 @@ from aiohttp import web
 
 from rabbitmesh import telemetry
 from rabbitmesh.amqp.client import BLOCKED_MESSAGE, AmqpClient, PublishFailed
-from rabbitmesh.amqp.limits import UnpublishableMessage, check_publishable
+from rabbitmesh.amqp.limits import UnpublishableMessage, check_publishable, header_budget
 from rabbitmesh.amqp.messages import Outgoing, to_message
 from rabbitmesh.cloudevents import (
     MAX_JSON_DEPTH,
@@ -163,6 +163,9 @@ class Ingress:
             denied = unauthorized(request, target.tokens)
             if denied is not None:
                 return denied, []
+        too_large = self._attribute_headers_too_large(request)
+        if too_large is not None:
+            return error(413, too_large), []
         try:
             body = await read_body(
                 request,
@@ -210,6 +213,23 @@ class Ingress:
         finally:
             self.inflight -= len(events)
         return web.Response(status=202), events
+
+    def _attribute_headers_too_large(self, request: web.Request) -> str | None:
+        """Binary-mode attributes that can never fit RabbitMQ's frame, refused before the
+        body is read or anything decoded: each becomes an AMQP header at least as large as
+        its HTTP header, so this is cheap and never refuses what would fit. Repeated at full
+        speed, the full decode-then-refuse path cost an attacker's victims a core."""
+        size = 0
+        for name, value in request.raw_headers:
+            if name[:3].lower() == b"ce-":
+                size += len(name) + len(value)
+        budget = header_budget(self.publisher.frame_max)
+        if size <= budget:
+            return None
+        return (
+            f"the event's attributes take {size} bytes as ce- headers; RabbitMQ's frame limit "
+            f"allows at most {budget} for them as AMQP headers"
+        )
 
     async def _prepare(
         self, headers: Mapping[str, str], body: bytes, is_broker: bool

@@ -1,26 +1,35 @@
 """A hostile client in its own process, for the attack-under-load test (docs/security.md).
 
-    python -m tests.support.attacker URL SECONDS
+    python -m tests.support.attacker URL START PHASE_SECONDS PATTERN
 
-For SECONDS it repeats, back to back, the three attacks of the security review that once hurt
-everyone else: events whose attributes overflow RabbitMQ's frame (they used to close the
-shared publisher connection), 4 MiB YAML bodies to the admin API's /apply (parsed on the event
-loop), and 4 MiB batches of 70,000 tiny events (decoded before their 413). It prints one JSON
-line: how many of each it sent and the statuses it got. Bounded in time and count, loopback
-only. A process of its own, so that its CPU is not taken from the legitimate senders' client.
+PATTERN is a string of phases, `A` (attack) or `Q` (quiet), each PHASE_SECONDS long, the first
+starting at the Unix time START. In each `A` phase it repeats the three attacks of the security
+review that once hurt everyone else, each RATE times a second: events whose attributes overflow
+RabbitMQ's frame (they used to close the shared publisher connection), 4 MiB YAML bodies to the
+admin API's /apply (parsed on the event loop), and 4 MiB batches of 70,000 tiny events (decoded
+before their 413). It prints one JSON line: how many of each it sent and the statuses it got.
+Bounded in time and count, loopback only. A process of its own, so that its CPU is not taken
+from the legitimate senders' client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections import Counter
+from typing import Any
 
 import aiohttp
 import orjson
 
-ATTACKS = ("frame", "yaml", "batch")
+ATTACKS = tuple(os.environ.get("ATTACKS", "frame,yaml,batch").split(","))
+#: Requests a second of each attack, and how many of one kind may be unanswered at once: the
+#: rates of the security review's reproduction (~18 frame attacks a second; 16 batches in
+#: parallel).
+RATE = float(os.environ.get("ATTACK_RATE", "20"))
+PARALLEL = 16
 
 
 def frame_bomb() -> tuple[dict[str, str], bytes]:
@@ -53,45 +62,69 @@ def batch_bomb() -> bytes:
     return orjson.dumps([{**one, "id": str(i)} for i in range(70_000)])
 
 
-async def run(url: str, seconds: float) -> dict[str, object]:
+def phase_at(now: float, start: float, phase_seconds: float, pattern: str) -> str | None:
+    """The phase letter at `now`, or None before the first and after the last."""
+    if now < start:
+        return "Q"
+    index = int((now - start) / phase_seconds)
+    return pattern[index] if index < len(pattern) else None
+
+
+async def run(url: str, start: float, phase_seconds: float, pattern: str) -> dict[str, object]:
     frame_headers, frame_body = frame_bomb()
     yaml_body = yaml_bomb()
     batch_body = batch_bomb()
     statuses: dict[str, Counter[str]] = {a: Counter() for a in ATTACKS}
-    deadline = time.monotonic() + seconds
     timeout = aiohttp.ClientTimeout(total=60)
 
+    def request(s: aiohttp.ClientSession, attack: str) -> Any:
+        if attack == "frame":
+            return s.post(f"{url}/default/br", headers=frame_headers, data=frame_body)
+        if attack == "yaml":
+            return s.post(
+                f"{url}/apply", headers={"content-type": "application/yaml"}, data=yaml_body
+            )
+        return s.post(
+            f"{url}/default/br",
+            headers={"content-type": "application/cloudevents-batch+json"},
+            data=batch_body,
+        )
+
+    async def one(s: aiohttp.ClientSession, attack: str, slots: asyncio.Semaphore) -> None:
+        try:
+            async with request(s, attack) as r:
+                await r.read()
+                statuses[attack][str(r.status)] += 1
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            statuses[attack][type(e).__name__] += 1
+        finally:
+            slots.release()
+
     async def repeat(attack: str) -> None:
+        """RATE requests a second during attack phases, each on its own schedule (an attacker
+        does not wait for its answers), at most PARALLEL at once."""
+        slots = asyncio.Semaphore(PARALLEL)
+        tasks: set[asyncio.Task[None]] = set()
         async with aiohttp.ClientSession(timeout=timeout) as s:
-            while time.monotonic() < deadline:
-                try:
-                    if attack == "frame":
-                        req = s.post(f"{url}/default/br", headers=frame_headers, data=frame_body)
-                    elif attack == "yaml":
-                        req = s.post(
-                            f"{url}/apply",
-                            headers={"content-type": "application/yaml"},
-                            data=yaml_body,
-                        )
-                    else:
-                        req = s.post(
-                            f"{url}/default/br",
-                            headers={"content-type": "application/cloudevents-batch+json"},
-                            data=batch_body,
-                        )
-                    async with req as r:
-                        await r.read()
-                        statuses[attack][str(r.status)] += 1
-                except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                    statuses[attack][type(e).__name__] += 1
+            while (phase := phase_at(time.time(), start, phase_seconds, pattern)) is not None:
+                if phase == "A" and not slots.locked():
+                    await slots.acquire()
+                    task = asyncio.create_task(one(s, attack, slots))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    await asyncio.sleep(1 / RATE)  # the attacker's own pacing
+                else:
+                    await asyncio.sleep(0.01)
+            await asyncio.gather(*tasks)
 
     await asyncio.gather(*(repeat(a) for a in ATTACKS))
     return {a: dict(c) for a, c in statuses.items()}
 
 
 def main() -> None:
-    url, seconds = sys.argv[1], float(sys.argv[2])
-    print(orjson.dumps(asyncio.run(run(url, seconds))).decode(), flush=True)
+    url, start, phase_seconds, pattern = sys.argv[1:5]
+    report = asyncio.run(run(url, float(start), float(phase_seconds), pattern))
+    print(orjson.dumps(report).decode(), flush=True)
 
 
 if __name__ == "__main__":
