@@ -20,9 +20,17 @@ if [ "$(id -u)" = 0 ]; then
         cp /var/lib/rabbitmq/.erlang.cookie /root/.erlang.cookie
         chmod 600 /root/.erlang.cookie
     fi
-    chown -R rabbitmq:rabbitmq /var/lib/rabbitmq /etc/rabbitmq
+    # /etc/rabbitmq/conf.d may hold read-only mounts (the HA file's 20-cluster.conf): only
+    # what this script wrote and the data directory change owner. The default password is in
+    # 05-environment.conf: readable by rabbitmq only.
+    chown rabbitmq:rabbitmq "$conf" && chmod 600 "$conf"
+    chown -R rabbitmq:rabbitmq /var/lib/rabbitmq
     if [ "$1" = rabbitmq-server ]; then
-        exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups "$@"
+        # Debian's /usr/sbin/rabbitmq-server sends the console to a file; the script it wraps
+        # logs to stdout, as a container should.
+        shift
+        exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+            /usr/lib/rabbitmq/bin/rabbitmq-server "$@"
     fi
 fi
 exec "$@"
