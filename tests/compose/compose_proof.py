@@ -317,7 +317,7 @@ def prove_single(client: list[str], images: dict[str, str]) -> None:
         stack.down()
 
 
-# --- HA --------------------------------------------------------------------------------------------
+# --- HA ----------------------------------------------------------------------------------------
 
 
 def post_event(url: str, event_id: str, attempts: int = 40) -> tuple[bool, int]:
