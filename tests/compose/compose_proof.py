@@ -377,6 +377,13 @@ def prove_ha(client: list[str], images: dict[str, str], events: int) -> None:
         services = [s for s in stack.services() if s != "send-event"]
         stack.wait_healthy(services, 600)
         result("ha: time from `up -d` to all healthy", f"{time.monotonic() - started:.0f}s")
+        restarts = {
+            s: sh("docker", "inspect", "-f", "{{.RestartCount}}", stack.container(s)).stdout.strip()
+            for s in ("rabbitmesh-1", "rabbitmesh-2")
+        }
+        # Not a failure: `restart: unless-stopped` is part of the layout. Reported because a
+        # replica that exits while the cluster forms is worth knowing (docs/operations.md).
+        result("ha: restarts of the replicas before healthy", restarts)
         nodes = wait_for(
             "3 running nodes in rabbitmq1's cluster_status",
             lambda: (n := rabbitmq_running_nodes(stack, "rabbitmq1")) and len(n) == 3 and n,
