@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "rabbitmesh:local"
 #: The compose files' stop_grace_period for the rabbitmesh services.
 STOP_GRACE = 40.0
+#: HA load: least seconds before, between and after the two kills.
+STEP = 15.0
 
 
 class ProofFailed(Exception):
@@ -424,17 +426,26 @@ def prove_ha(client: list[str], images: dict[str, str], events: int) -> None:
         killed: dict[str, int] = {}
 
         def killer() -> None:
-            # Each step waits for `events` more accepted events: before the first kill, between
-            # the two, and after the second, so both happen in the middle of the load.
+            # Each step waits for `events` more accepted events and at least STEP seconds:
+            # before the first kill, between the two, and after the second. So both kills land
+            # in the middle of the load, with time for HAProxy to mark the node down (about 4 s)
+            # and the quorum queues to elect new leaders while events keep coming.
+            def step(name: str) -> None:
+                mark, until = len(accepted) + events, time.monotonic() + STEP
+                wait_for(
+                    f"{mark} accepted events ({name})",
+                    lambda: len(accepted) >= mark and time.monotonic() >= until,
+                    600,
+                    0.1,
+                )
+
             try:
                 for service in ("rabbitmq2", "rabbitmesh-2"):
-                    mark = len(accepted) + events
-                    wait_for(f"{mark} accepted events", lambda m=mark: len(accepted) >= m, 600, 0.1)
+                    step(f"before killing {service}")
                     log(f"docker kill {service} (SIGKILL) at {len(accepted)} accepted")
                     sh("docker", "kill", stack.container(service))
                     killed[service] = len(accepted)
-                mark = len(accepted) + events
-                wait_for(f"{mark} accepted events", lambda: len(accepted) >= mark, 600, 0.1)
+                step("after the kills")
             finally:
                 stop.set()
 
