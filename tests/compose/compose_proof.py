@@ -282,7 +282,7 @@ def send_readme_event(stack: Stack, event_id: str) -> None:
     block = str(seen).split("☁️  cloudevents.Event")
     shown = next(b for b in block if f"id: {event_id}" in b).split("\n")
     # The event's lines end where the container's logging (stderr, timestamped) starts.
-    shown = [ln for ln in shown if not re.match(r"\d{4}-\d\d-\d\d |\{", ln)]
+    shown = [ln for ln in shown if ln and not re.match(r"\d{4}-\d\d-\d\d |\{", ln)]
     text = "\n".join(["☁️  cloudevents.Event", *shown]).rstrip()
     result("event seen in event-display's log", "\n" + text)
 
@@ -474,12 +474,20 @@ def prove_ha(client: list[str], images: dict[str, str], events: int) -> None:
         try:
             wait_for("every accepted event in event-display's log", all_delivered, 240, 5)
         finally:
-            seen = ids_seen(stack.logs("event-display"))
+            display = stack.logs("event-display")
+            seen = ids_seen(display)
             delivered = set(accepted) & seen
+            every = re.findall(r"^\s*id: (ha-load-\S+)\s*$", display, re.M)
             result(
                 "ha: accepted (202) / delivered / lost / refused after retries",
                 f"{len(accepted)} / {len(delivered)} / {len(set(accepted) - seen)} / "
                 f"{len(refused)}",
+            )
+            # At-least-once: a replica killed between the POST to the subscriber and the ack
+            # leaves that message to be delivered again by the other replica.
+            result(
+                "ha: deliveries beyond the first (at-least-once)",
+                len(every) - len(seen & set(every)),
             )
         check(not refused, f"{len(refused)} events never accepted: {refused[:10]}")
     finally:
