@@ -168,6 +168,25 @@ def test_ports_are_sane(path):
     assert len(host_ports) == len(set(host_ports)), f"host port published twice: {host_ports}"
 
 
+def test_every_compose_variable_has_a_default_and_is_documented():
+    """The variables that move images and ports (PUBLISH_ADDR, HTTP_PORT, ...) are optional
+    and listed in docs/operations.md, where a user whose port 5672 is taken looks."""
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    names = set()
+    for path in COMPOSE_FILES:
+        for name, op in re.findall(r"\$\{(\w+)(:-|:\?)?", path.read_text()):
+            if name.startswith("RABBITMESH_") or name in (
+                "RABBITMQ_PASSWORD",
+                "RABBITMQ_ERLANG_COOKIE",
+            ):
+                continue  # settings and secrets, documented with the settings and security
+            assert op == ":-", f"{path.name}: ${{{name}}} has no default"
+            names.add(name)
+    assert {"PUBLISH_ADDR", "HTTP_PORT", "AMQP_PORT", "PYTHON_IMAGE", "RABBITMQ_IMAGE"} <= names
+    for name in names:
+        assert f"`{name}`" in ops, f"docs/operations.md does not list {name}"
+
+
 def test_rabbitmesh_waits_for_a_healthy_rabbitmq():
     svcs = services(COMPOSE)
     image = image_of(svcs["rabbitmq"])
