@@ -386,6 +386,15 @@ def prove_ha(client: list[str], images: dict[str, str], events: int) -> None:
         # Not a failure: `restart: unless-stopped` is part of the layout. Reported because a
         # replica that exits while the cluster forms is worth knowing (docs/operations.md).
         result("ha: restarts of the replicas before healthy", restarts)
+        for service, count in restarts.items():
+            if count != "0":
+                # Why it exited: its earlier run's error lines are still in its log.
+                errors = [
+                    ln
+                    for ln in stack.logs(service).splitlines()
+                    if '"level":"error"' in ln or '"level":"critical"' in ln
+                ]
+                result(f"ha: {service} errors before its restart", errors[:3])
         nodes = wait_for(
             "3 running nodes in rabbitmq1's cluster_status",
             lambda: (n := rabbitmq_running_nodes(stack, "rabbitmq1")) and len(n) == 3 and n,
