@@ -6,24 +6,42 @@
 # Every setting is a RABBITMESH_* environment variable (docs/configuration.md). Manifests are
 # read from /config. The same image runs the helper services of docs/contract.md §7 by overriding the
 # command, e.g. `command: ["event-display", "--port", "8080"]`.
+#
+# Build arguments (no edit of this file needed where Docker Hub or PyPI cannot be reached):
+#   PYTHON_IMAGE   the base of both stages; anything with Python 3.11 as `python` on PATH and
+#                  the venv module (the official python:3.11-slim, or the Debian stand-in that
+#                  deploy/standins/build.sh makes, see docs/operations.md)
+#   PIP_INDEX_URL  the package index the dependencies come from (pip reads it from the env)
+ARG PYTHON_IMAGE=python:3.11-slim
 
-# --- build: install the package and its dependencies into /install ----------------------------
-FROM python:3.11-slim AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+# --- build: a virtualenv at /opt/venv with the package and its dependencies ------------------
+# A venv rather than `pip install --prefix`: it works the same whether the base has Python in
+# /usr/local (official image) or /usr (Debian, whose system pip refuses installs, PEP 668).
+FROM ${PYTHON_IMAGE} AS build
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_INDEX_URL=${PIP_INDEX_URL}
 WORKDIR /src
+RUN python -m venv /opt/venv
 # Only what the package build needs (pyproject.toml names README.md as the long description).
 COPY pyproject.toml README.md ./
 COPY rabbitmesh ./rabbitmesh
-RUN pip install --no-cache-dir --prefix=/install .
+# Every dependency ships a wheel, so no compiler is needed; pip itself leaves the venv after
+# use, so the runtime image has no installer either.
+RUN /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/pip uninstall -y -q pip setuptools \
+    && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
-# --- runtime: the slim base, the installed package, a non-root user ---------------------------
-FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# --- runtime: the same base, the venv, a non-root user ----------------------------------------
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     RABBITMESH_CONFIG_DIR=/config \
     RABBITMESH_HTTP_HOST=0.0.0.0 \
     RABBITMESH_HTTP_PORT=8080
-COPY --from=build /install /usr/local
+COPY --from=build /opt/venv /opt/venv
 RUN groupadd --system --gid 10001 rabbitmesh \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin rabbitmesh \

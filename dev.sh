@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The two commands of README.md:
 #   ./dev.sh run    RabbitMQ (installed/started if missing) + rabbitmesh with ./config
-#   ./dev.sh test   the whole test suite against that real RabbitMQ
+#   ./dev.sh test   the whole test suite against that real RabbitMQ (installs the Compose client
+#                   the compose-file tests need; the Docker proof: ./dev.sh test tests/compose -m compose)
 # Works on a fresh Debian/Ubuntu machine with Python >= 3.11; uses a virtualenv in .venv.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,6 +24,18 @@ ensure_rabbitmq() {
   fi
   # Waits for the node to boot; fails after the timeout with rabbitmqctl's own message.
   rabbitmqctl -q await_startup --timeout 120 >/dev/null
+}
+
+# tests/unit/test_compose.py runs `docker compose config` on the compose files: the client
+# only (no Docker engine needed). Debian's docker-compose (v1) when neither client is there.
+ensure_compose_client() {
+  if docker compose version >/dev/null 2>&1 || docker-compose version >/dev/null 2>&1; then
+    return
+  fi
+  echo "dev.sh: installing docker-compose (apt-get)" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null
 }
 
 ensure_python() {
@@ -48,6 +61,7 @@ case "${1:-}" in
   test)
     shift
     ensure_rabbitmq
+    ensure_compose_client
     ensure_python
     exec "$VENV/bin/python" -m pytest "$@"
     ;;

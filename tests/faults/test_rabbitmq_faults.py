@@ -3,7 +3,7 @@ alarm. Every event that got a 202 must reach its subscriber.
 
 These scenarios disturb the whole RabbitMQ node (marked `disruptive`): run them against a
 node of your own while others test against the shared one, or deselect them with
--m "not slow and not disruptive" (tests/faults/README.md). Whatever happens, the node is put
+-m "not slow and not compose and not disruptive" (tests/faults/README.md). Whatever happens, the node is put
 back (tests/support/disruption.py).
 """
 
