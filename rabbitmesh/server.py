@@ -185,7 +185,7 @@ class Server:
             sources.on_change = lambda key: source_status(ctx, key)
             sources.start()
             ctx.sources = sources
-        self.controller = Controller(self.ctx)
+        self.controller = Controller(self.ctx, s.reconcile_concurrency)
         self.plane = ControlPlane(
             s,
             self.names,

@@ -146,6 +146,19 @@ class Settings(BaseSettings):
         description="Size the resource store stream is kept under (x-max-length-bytes); set "
         "when the stream is first created (docs/control-plane.md).",
     )
+    resync_interval: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between two full reconciles of every resource, which repair drift "
+        "(a queue deleted by hand); 0 turns them off. Changes are reconciled as they come, "
+        "one resource and its dependents at a time.",
+    )
+    reconcile_concurrency: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Resources the control plane reconciles at once.",
+    )
     eventtype_auto_create: bool = Field(
         False,
         description="Register an EventType for each (type, source) seen at a broker or "
