@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from collections import Counter
 
-from tests.support.api import TRIGGERS, call, trigger
-from tests.support.mesh import InProcessMesh
+import aio_pika
+
+from rabbitmesh.resources.eventing import INGRESS_TOKEN_ANNOTATION
+from tests.support.api import BROKERS, SECRETS, TRIGGERS, broker, call, ready, trigger
+from tests.support.mesh import AMQP_URL, InProcessMesh
+from tests.support.waiting import eventually
 
 SINK = "http://127.0.0.1:9/unused"
 LOADED = 60
@@ -64,3 +69,78 @@ async def test_memory_per_write_does_not_grow(start_mesh) -> None:
     # noise (log records, a few in-flight frames) and must not depend on LOADED.
     assert per_write_objects < 20, per_write_objects
     assert per_write_bytes < 16384, per_write_bytes
+
+
+def _counts(mesh: InProcessMesh) -> Counter[tuple[str, str, str]]:
+    controller = mesh.server.controller
+    assert controller is not None
+    return Counter(controller.counts)
+
+
+async def test_a_write_reconciles_the_resource_and_its_dependents_only(start_mesh) -> None:
+    mesh = await start_mesh(manifests(20))
+    before = _counts(mesh)
+    await _update(mesh, 1)
+    assert _counts(mesh) - before == Counter({("Trigger", "default", "t0"): 1})
+
+    # A Broker's change reconciles its Triggers (and nothing of another broker).
+    status, _ = await call(
+        "POST", mesh.url + BROKERS.format(ns="default"), {**broker("other"), "spec": {}}
+    )
+    assert status == 201
+    before = _counts(mesh)
+    status, out = await call(
+        "PUT",
+        mesh.url + BROKERS.format(ns="default") + "/b",
+        broker("b", delivery={"retry": 2}),
+    )
+    assert status == 200, out
+    diff = _counts(mesh) - before
+    assert set(diff) == {("Broker", "default", "b")} | {
+        ("Trigger", "default", f"t{i}") for i in range(20)
+    }
+    assert ("Broker", "default", "other") not in diff
+
+
+async def test_a_secret_change_reconciles_the_broker_that_reads_it(start_mesh) -> None:
+    mesh = await start_mesh(manifests(3))
+    url = mesh.url + BROKERS.format(ns="default") + "/locked"
+    body = broker("locked")
+    body["metadata"]["annotations"] = {INGRESS_TOKEN_ANNOTATION: "tokens"}
+    status, out = await call("POST", mesh.url + BROKERS.format(ns="default"), body)
+    assert status == 201 and ready(out) == ("False", "IngressTokenSecretMissing")
+    before = _counts(mesh)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "tokens", "namespace": "default"},
+        "stringData": {"token": "s3cret"},
+    }
+    status, out = await call("POST", mesh.url + SECRETS.format(ns="default"), secret)
+    assert status == 201, out
+    status, out = await call("GET", url)
+    assert ready(out) == ("True", "BrokerReady")  # the write answered after the dependents
+    diff = _counts(mesh) - before
+    assert ("Broker", "default", "locked") in diff
+    assert not any(k[0] == "Trigger" for k in diff)  # the Broker's Ready flipped, not b's
+
+
+async def test_a_failed_reconcile_is_retried_without_another_write(start_mesh, prefix) -> None:
+    mesh = await start_mesh(manifests(1))
+    queue = mesh.server.names.trigger_queue("default", "late")
+    conn = await aio_pika.connect(AMQP_URL)
+    async with conn:
+        ch = await conn.channel()
+        # A queue of that name with other arguments: declaring it fails (PRECONDITION_FAILED).
+        await ch.declare_queue(queue, durable=True, arguments={"x-max-length": 7})
+        url = mesh.url + TRIGGERS.format(ns="default")
+        status, out = await call("POST", url, trigger("late", "b", SINK))
+        assert status == 201 and ready(out) == ("False", "ReconcileFailed"), out
+        await ch.queue_delete(queue)
+
+    async def recovered() -> bool:
+        _, got = await call("GET", url + "/late")
+        return ready(got) == ("True", "TriggerReady")
+
+    await eventually(recovered, timeout=15, what="the trigger retried to Ready")
+    assert _counts(mesh)[("Trigger", "default", "late")] >= 2
