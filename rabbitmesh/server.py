@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rabbitmesh import telemetry
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
+from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
 from rabbitmesh.controlplane import ControlPlane
@@ -50,6 +51,14 @@ class Server:
         )
         self.consumer = AmqpClient(
             settings.amqp_url, "consumer", settings.publish_timeout, amqp_tls
+        )
+        # Queue workers' channels: the consumer connection, then more as they fill up.
+        self.consumers = ConsumerPool(
+            self.consumer,
+            lambda i: AmqpClient(
+                settings.amqp_url, f"consumer-{i}", settings.publish_timeout, amqp_tls
+            ),
+            settings.channels_per_connection,
         )
         self.ctx: Context | None = None
         self.controller: Controller | None = None
@@ -113,7 +122,7 @@ class Server:
         problems = []
         if not self.publisher.connected:
             problems.append("not connected to RabbitMQ (publisher)")
-        if self.settings.role in ("all", "dispatcher") and not self.consumer.connected:
+        if self.settings.role in ("all", "dispatcher") and not self.consumers.connected:
             problems.append("not connected to RabbitMQ (consumer)")
         if not self.reconciled:
             problems.append(
@@ -174,7 +183,7 @@ class Server:
             settings=s,
             names=self.names,
             publisher=self.publisher,
-            consumer=self.consumer,
+            consumer=self.consumers,
             topology=topology,
             session=self.session,
             run_dispatchers=s.role in ("all", "dispatcher"),
@@ -232,5 +241,6 @@ class Server:
             await self.controller.stop()
         if self.session is not None:
             await self.session.close()
+        await self.consumers.close()
         await asyncio.gather(self.publisher.close(), self.consumer.close())
         log.info("stopped")

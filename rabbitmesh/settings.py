@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         le=10000,
         description="Deliveries in flight per trigger/subscription; 1 gives FIFO order.",
     )
+    channels_per_connection: int = Field(
+        500,
+        ge=1,
+        le=2000,
+        description="Queue consumers (one AMQP channel each) per RabbitMQ connection; past "
+        "this another connection is opened (RabbitMQ's default channel_max is 2047).",
+    )
     publish_timeout: float = Field(
         10.0, gt=0, description="Seconds to wait for a publisher confirm before answering 503."
     )

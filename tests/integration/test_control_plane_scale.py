@@ -14,6 +14,7 @@ import aio_pika
 
 from rabbitmesh.resources.eventing import INGRESS_TOKEN_ANNOTATION
 from tests.support.api import BROKERS, SECRETS, TRIGGERS, broker, call, ready, trigger
+from tests.support.events import post_binary
 from tests.support.mesh import AMQP_URL, InProcessMesh
 from tests.support.waiting import eventually
 
@@ -144,3 +145,31 @@ async def test_a_failed_reconcile_is_retried_without_another_write(start_mesh, p
 
     await eventually(recovered, timeout=15, what="the trigger retried to Ready")
     assert _counts(mesh)[("Trigger", "default", "late")] >= 2
+
+
+async def test_queue_workers_spread_over_connections(start_mesh, make_sink) -> None:
+    """Each connection hosts at most RABBITMESH_CHANNELS_PER_CONNECTION workers' channels;
+    events flow through workers on every connection, and a deleted trigger frees its slot."""
+    sink = await make_sink()
+    docs = ["apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n"]
+    for i in range(5):
+        docs.append(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
+            f"metadata: {{name: t{i}}}\n"
+            f"spec: {{broker: b, filter: {{attributes: {{type: ty{i}}}}}, "
+            f"subscriber: {{uri: '{sink.url}'}}}}\n"
+        )
+    mesh = await start_mesh("---\n".join(docs), channels_per_connection=3)
+    pool = mesh.server.consumers
+    assert pool.counts() == [3, 2]
+    assert len({id(c.connection) for c in pool.clients}) == 2
+    ids = []
+    for i in range(5):
+        status, id_ = await post_binary(f"{mesh.url}/default/b", type_=f"ty{i}")
+        assert status == 202
+        ids.append(id_)
+    got = await sink.wait_for(5)
+    assert sorted(r.ce_id for r in got) == sorted(ids)
+    status, _ = await call("DELETE", mesh.url + TRIGGERS.format(ns="default") + "/t0")
+    assert status == 200
+    assert sum(pool.counts()) == 4
