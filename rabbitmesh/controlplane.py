@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
+from rabbitmesh.api.objects import render
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller, order
 from rabbitmesh.reconciler.desired import Desired
@@ -34,6 +35,7 @@ from rabbitmesh.store.autocreate import AutoEventTypes
 from rabbitmesh.store.configsync import ConfigSync
 from rabbitmesh.store.state import Key
 from rabbitmesh.store.stream import Store
+from rabbitmesh.watch import WatchLog
 
 log = logging.getLogger("rabbitmesh.controlplane")
 
@@ -78,6 +80,8 @@ class ControlPlane:
         self.ready = False  # a full reconcile succeeded
         self.started = False  # the store is read, the config dir applied, reconciled once
         self.reconciled_offset = -1
+        #: What `?watch=true` streams (rabbitmesh/watch.py).
+        self.watch = WatchLog()
         #: Store keys changed since the desired set last took them in.
         self._changed: set[Key] = set()
         #: Keys to reconcile in the next batch.
@@ -207,6 +211,9 @@ class ControlPlane:
                     timer.cancel()
             failed = await self._reconcile(work, changed)
             self._schedule_retries(work, failed)
+            for key in work | changed:
+                res = self.ctx.resources.get(key)
+                self.watch.record(offset, key, render(res) if res is not None else None)
             ok = not self._failures
             if ok and not self.ready:
                 self.ready = True
