@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from typing import Any
 
 import aiohttp
@@ -129,3 +131,40 @@ async def test_merge_patch(start_mesh) -> None:
             assert "broker" in (await r.json())["error"]
         async with s.patch(triggers(mesh) + "/nope", data=b"{}", headers=headers) as r:
             assert r.status == 404
+
+
+async def test_cli_patch_and_get_watch(start_mesh) -> None:
+    mesh = await start_mesh(MANIFESTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMESH_")}
+    env["RABBITMESH_SERVER"] = mesh.url
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rabbitmesh", "get", "triggers", "-w",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert watcher.stdout is not None
+
+        async def line() -> str:
+            return (await asyncio.wait_for(watcher.stdout.readline(), 20)).decode()
+
+        assert line_cells(await line())[:2] == ["EVENT", "NAME"]
+        assert line_cells(await line())[:2] == ["ADDED", "t0"]
+        patched = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rabbitmesh", "patch", "trigger", "t0",
+            "-p", '{"spec": {"subscriber": {"uri": "http://127.0.0.1:9/b"}}}',
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(patched.communicate(), 60)
+        assert patched.returncode == 0, err
+        assert out.decode().strip() == "trigger.eventing.knative.dev/t0 patched"
+        modified = line_cells(await line())
+        assert modified[:2] == ["MODIFIED", "t0"] and "http://127.0.0.1:9/b" in modified
+    finally:
+        watcher.kill()
+        await watcher.wait()
+    _, got = await call("GET", triggers(mesh) + "/t0")
+    assert got["spec"]["subscriber"] == {"uri": "http://127.0.0.1:9/b"}
+
+
+def line_cells(text: str) -> list[str]:
+    return text.split()
