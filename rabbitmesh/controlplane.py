@@ -34,7 +34,7 @@ from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
 from rabbitmesh.store.configsync import ConfigSync
 from rabbitmesh.store.state import Key
-from rabbitmesh.store.stream import Store
+from rabbitmesh.store.stream import Store, StoreUnavailable
 from rabbitmesh.watch import WatchLog
 
 log = logging.getLogger("rabbitmesh.controlplane")
@@ -236,6 +236,8 @@ class ControlPlane:
             if old is not None and old is not res:
                 res.status = old.status  # keep transition times across re-applies
             ctx.resources[key] = res
+        if gone and self.started:
+            gone = await self._still_gone(gone)
         present = [ctx.resources[k] for k in work if k in ctx.resources]
         before = {r.key: r.status.ready for r in present}
         failed = await self.controller.apply(present, gone)
@@ -248,6 +250,27 @@ class ControlPlane:
             if dependents:
                 self.enqueue(dependents)
         return failed
+
+    async def _still_gone(self, gone: list[Resource]) -> list[Resource]:
+        """Of `gone`, those not created again since: a replica that is behind must not
+        delete the queue (and the events in it) that another replica already made for a
+        new resource of the same name. Reading the stream up to its head first makes the
+        window where that can still happen the time of one queue.delete (docs/control-plane.md,
+        "Deleting and re-creating a name")."""
+        try:
+            await self.store.sync()
+        except StoreUnavailable:
+            return gone  # RabbitMQ is away: deleting later would not be safer
+        back = [r for r in gone if self.store.get(r.key) is not None]
+        back_keys = {r.key for r in back}
+        for res in back:
+            log.info(
+                "%s %s/%s was created again before this replica deleted it: its queue stays",
+                res.KIND,
+                res.namespace,
+                res.name,
+            )
+        return [r for r in gone if r.key not in back_keys]
 
     def _schedule_retries(self, work: set[Key], failed: set[Key]) -> None:
         loop = asyncio.get_running_loop()
