@@ -82,23 +82,6 @@ class Controller:
             await asyncio.gather(*(one(r) for r in group))
         return failed
 
-    async def apply_all(self, desired: list[Resource]) -> bool:
-        """Reconcile `desired` as the whole truth; delete what is no longer there.
-
-        Returns True when every resource reconciled without an infrastructure error.
-        """
-        ctx = self.ctx
-        wanted = {r.key: r for r in desired}
-        gone = [r for k, r in ctx.resources.items() if k not in wanted]
-        for res in gone:
-            ctx.resources.pop(res.key, None)
-        for res in desired:
-            old = ctx.resources.get(res.key)
-            if old is not None and old is not res:
-                res.status = old.status  # keep transition times across re-applies
-            ctx.resources[res.key] = res
-        return not await self.apply(desired, gone)
-
     async def _reconcile(self, res: Resource) -> bool:
         self.counts[res.key] += 1
         module = RECONCILERS.get(res.KIND)
