@@ -305,16 +305,10 @@ async def watch_latency(
     return latencies
 
 
-def names_of(prefixes: list[str]) -> list[str]:
-    """Queues and exchanges of these prefixes (rabbitmqctl: no management plugin needed)."""
+def names_of(what: str, prefixes: list[str]) -> list[str]:
+    """Queues or exchanges of these prefixes (rabbitmqctl: no management plugin needed)."""
     out = subprocess.run(
-        ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    out += subprocess.run(
-        ["rabbitmqctl", "list_exchanges", "-q", "--no-table-headers", "name"],
+        ["rabbitmqctl", f"list_{what}", "-q", "--no-table-headers", "name"],
         capture_output=True,
         text=True,
         check=False,
@@ -323,19 +317,18 @@ def names_of(prefixes: list[str]) -> list[str]:
 
 
 async def cleanup(prefixes: list[str]) -> None:
-    mine = await asyncio.to_thread(names_of, prefixes)
+    queues = await asyncio.to_thread(names_of, "queues", prefixes)
+    exchanges = await asyncio.to_thread(names_of, "exchanges", prefixes)
     conn = await aio_pika.connect(AMQP_URL)
     async with conn:
-        for name in mine:
+        for name in queues:
             ch = await conn.channel()
-            try:
+            with contextlib.suppress(Exception):
                 await ch.queue_delete(name)
-            except Exception:
-                ch = await conn.channel()
-                try:
-                    await ch.exchange_delete(name)
-                except Exception:
-                    pass
+        for name in exchanges:
+            ch = await conn.channel()
+            with contextlib.suppress(Exception):
+                await ch.exchange_delete(name)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
