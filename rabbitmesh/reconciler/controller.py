@@ -101,7 +101,7 @@ class Controller:
             return False
 
     async def _finalize(self, res: Resource) -> None:
-        self.counts[res.key] += 1
+        self.counts.pop(res.key, None)  # names come and go: keep only the live ones
         reconciles_total.labels(res.KIND, "deleted").inc()
         module = RECONCILERS.get(res.KIND)
         if module is None:

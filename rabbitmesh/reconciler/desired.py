@@ -148,7 +148,11 @@ class Desired:
             self.history.pop(key, None)
             if old is not None and old.origin == "auto":
                 for owner in old.owners():
-                    self._auto.get(owner, set()).discard(key)
+                    owned = self._auto.get(owner)
+                    if owned is not None:
+                        owned.discard(key)
+                        if not owned:
+                            del self._auto[owner]
             if entry is not None and res is not None:
                 self._entries[key] = entry
                 self._stored[key] = res
