@@ -35,23 +35,37 @@ class ConsumerPool:
         self.clients: list[AmqpClient] = [first]
         self._extra: list[AmqpClient] = []
         self._channels: dict[int, weakref.WeakSet[AbstractRobustChannel]] = {}
+        self._opening: dict[int, int] = {}  # channels being opened, per connection
         self._lock = asyncio.Lock()
 
-    def _open(self, client: AmqpClient) -> int:
+    def _open(self, client: AmqpClient, exact: bool = False) -> int:
+        # A stopped worker's closed channel leaves the weak set when it is collected; count
+        # the closed ones out only when it matters (the connection looks full), not on every
+        # call, which would cost O(workers) per worker start.
         channels = self._channels.setdefault(id(client), weakref.WeakSet())
-        return sum(1 for ch in channels if not ch.is_closed)
+        opening = self._opening.get(id(client), 0)
+        if exact or len(channels) + opening >= self.per_connection:
+            for ch in [ch for ch in channels if ch.is_closed]:
+                channels.discard(ch)
+        return len(channels) + opening
 
     async def channel(self, prefetch: int | None = None) -> AbstractRobustChannel:
-        async with self._lock:  # so two workers starting at once do not both open a connection
+        # Only choosing (and, when all are full, opening) a connection is serialised, so two
+        # workers starting at once never both open one; the channels open concurrently.
+        async with self._lock:
             client = next((c for c in self.clients if self._open(c) < self.per_connection), None)
             if client is None:
                 client = self._make(len(self.clients))
                 await client.connect()
                 self.clients.append(client)
                 self._extra.append(client)
+            self._opening[id(client)] = self._opening.get(id(client), 0) + 1
+        try:
             ch = await client.channel(prefetch=prefetch)
             self._channels.setdefault(id(client), weakref.WeakSet()).add(ch)
             return ch
+        finally:
+            self._opening[id(client)] -= 1
 
     @property
     def connected(self) -> bool:
@@ -59,7 +73,7 @@ class ConsumerPool:
 
     def counts(self) -> list[int]:
         """Open channels per connection (for logs and tests)."""
-        return [self._open(c) for c in self.clients]
+        return [self._open(c, exact=True) for c in self.clients]
 
     async def close(self) -> None:
         """Close the connections the pool opened (the first one is its owner's)."""
