@@ -209,7 +209,11 @@ class ControlPlane:
                 timer = self._retry_timers.pop(key, None)
                 if timer is not None:
                     timer.cancel()
-            failed = await self._reconcile(work, changed)
+            try:
+                failed = await self._reconcile(work, changed)
+            except BaseException:
+                self._queued |= work  # not lost: the next batch takes them again
+                raise
             self._schedule_retries(work, failed)
             for key in work | changed:
                 res = self.ctx.resources.get(key)
