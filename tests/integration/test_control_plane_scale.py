@@ -6,17 +6,22 @@ collection, not as RSS over time: a write that leaves anything behind shows up a
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import tracemalloc
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import aio_pika
+import orjson
 
 from rabbitmesh.resources.eventing import INGRESS_TOKEN_ANNOTATION
 from rabbitmesh.watch import WatchLog
 from tests.support.api import BROKERS, SECRETS, TRIGGERS, broker, call, ready, trigger
 from tests.support.events import post_binary
 from tests.support.mesh import AMQP_URL, InProcessMesh
+from tests.support.sink import Reply
 from tests.support.waiting import eventually
 
 SINK = "http://127.0.0.1:9/unused"
@@ -195,3 +200,77 @@ async def test_queue_workers_spread_over_connections(start_mesh, make_sink) -> N
     status, _ = await call("DELETE", mesh.url + TRIGGERS.format(ns="default") + "/t0")
     assert status == 200
     assert sum(pool.counts()) == 4
+
+
+class _Nothing:
+    """Not a store record (no offset): the store's reader skips it."""
+
+    headers: dict[str, Any] = {}
+    body = b""
+
+    async def ack(self, multiple: bool = False) -> None:
+        return None
+
+
+class _GatedInbox(asyncio.Queue):
+    """A replica's store inbox that holds back one record until the test lets it through:
+    the replica then lags behind the stream exactly there, as a slow replica would."""
+
+    def __init__(self, held: Callable[[dict[str, Any]], bool]) -> None:
+        super().__init__()
+        self.held = held
+        self.gate = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    async def get(self):  # type: ignore[override]
+        msg = await super().get()
+        if not self.gate.is_set() and self.held(orjson.loads(msg.body)):
+            self.holding.set()
+            await self.gate.wait()
+        return msg
+
+
+async def test_a_lagging_replica_does_not_delete_a_recreated_trigger_queue(
+    start_mesh, make_sink
+) -> None:
+    """Replica B reads a Trigger's deletion, but not yet its re-creation through replica A,
+    while events for the new Trigger wait in its queue: B must not delete that queue."""
+    slow = await make_sink(lambda _r, _i: Reply(202, delay=0.5))  # the subscriber is slow
+    text = (
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n---\n"
+        + trigger_yaml("t", slow.url)
+    )
+    a = await start_mesh(text, prefetch=1, concurrency=1)
+    b = await start_mesh(text, prefetch=1, concurrency=1)
+    plane = b.server.plane
+    assert plane is not None
+    key = ["Trigger", "default", "t"]
+    inbox = _GatedInbox(lambda r: r.get("op") == "apply" and r.get("key") == key)
+    waiting, plane.store._inbox = plane.store._inbox, inbox  # records now come through it
+    waiting.put_nowait(_Nothing())  # wake the reader from the old inbox (a record it skips)
+    url = a.url + TRIGGERS.format(ns="default")
+    async with plane._lock:  # B is busy (a long batch) while all this happens
+        status, _ = await call("DELETE", url + "/t")
+        assert status == 200
+        await eventually(lambda: plane.store.get(tuple(key)) is None, what="B read the delete")
+        status, _ = await call("POST", url, trigger("t", "b", slow.url))
+        assert status == 201
+        await asyncio.wait_for(inbox.holding.wait(), 10)  # B is behind, before the re-create
+        ids = []
+        for _ in range(5):
+            status, id_ = await post_binary(f"{a.url}/default/b", type_="t")
+            assert status == 202
+            ids.append(id_)
+    # B's next batch takes the deletion (and only it: the re-creation is held back) ...
+    await eventually(lambda: tuple(key) not in plane._changed, what="B took the deletion")
+    inbox.gate.set()  # ... then B catches up: the name exists again
+    got = await slow.wait_for(5, timeout=30)
+    assert sorted(r.ce_id for r in got) == sorted(ids)  # nothing lost with B's late delete
+
+
+def trigger_yaml(name: str, url: str) -> str:
+    return (
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
+        f"metadata: {{name: {name}}}\n"
+        f"spec: {{broker: b, filter: {{attributes: {{type: t}}}}, subscriber: {{uri: '{url}'}}}}\n"
+    )
