@@ -333,14 +333,14 @@ async def cleanup(prefixes: list[str]) -> None:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     n = args.triggers
-    work = Path(tempfile.mkdtemp(prefix="rmbench-"))
+    work = Path(tempfile.mkdtemp(prefix="cpbench-"))
     prefixes: list[str] = []
     results: dict[str, Any] = {"triggers": n}
     sink = Sink()
     await sink.start()
     meshes: list[Mesh] = []
     try:
-        prefix = f"rmbench-{uuid.uuid4().hex[:8]}"
+        prefix = f"cpbench-{uuid.uuid4().hex[:8]}"
         prefixes.append(prefix)
         config = work / "config"
         config.mkdir()
@@ -413,7 +413,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             m.stop()
         meshes.clear()
         if not args.skip_cold_start:
-            cold = f"rmbench-{uuid.uuid4().hex[:8]}"
+            cold = f"cpbench-{uuid.uuid4().hex[:8]}"
             prefixes.append(cold)
             cold_config = work / "cold"
             cold_config.mkdir()

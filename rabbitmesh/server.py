@@ -52,11 +52,11 @@ class Server:
         self.consumer = AmqpClient(
             settings.amqp_url, "consumer", settings.publish_timeout, amqp_tls
         )
-        # Queue workers' channels: the consumer connection, then more as they fill up.
+        # Queue workers' channels: connections of their own, opened as they fill up (the
+        # consumer connection above is the resource store's).
         self.consumers = ConsumerPool(
-            self.consumer,
             lambda i: AmqpClient(
-                settings.amqp_url, f"consumer-{i}", settings.publish_timeout, amqp_tls
+                settings.amqp_url, f"workers-{i}", settings.publish_timeout, amqp_tls
             ),
             settings.channels_per_connection,
         )
@@ -122,7 +122,8 @@ class Server:
         problems = []
         if not self.publisher.connected:
             problems.append("not connected to RabbitMQ (publisher)")
-        if self.settings.role in ("all", "dispatcher") and not self.consumers.connected:
+        dispatching = self.settings.role in ("all", "dispatcher")
+        if dispatching and not (self.consumer.connected and self.consumers.connected):
             problems.append("not connected to RabbitMQ (consumer)")
         if not self.reconciled:
             problems.append(

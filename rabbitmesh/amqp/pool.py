@@ -6,7 +6,9 @@ channel of its own: its prefetch, its ordering (concurrency 1 is FIFO) and its s
 channel, and a channel error (a queue deleted under it) closes one worker, not its
 neighbours. RabbitMQ allows 2,047 channels per connection by default (`channel_max`), so one
 connection would stop at about a thousand triggers; the pool opens another connection once
-each open one hosts RABBITMESH_CHANNELS_PER_CONNECTION channels.
+each open one hosts RABBITMESH_CHANNELS_PER_CONNECTION channels. The resource store's reader
+keeps the `consumer` connection to itself: a worker's channel trouble (aio-pika closes the
+whole connection on some of them) never interrupts the control plane.
 """
 
 from __future__ import annotations
@@ -23,17 +25,11 @@ from rabbitmesh.amqp.client import AmqpClient
 class ConsumerPool:
     """Hands out consumer channels: `channel(prefetch)`, as AmqpClient does."""
 
-    def __init__(
-        self,
-        first: AmqpClient,
-        make: Callable[[int], AmqpClient],
-        per_connection: int,
-    ) -> None:
-        """`first` is connected by its owner; `make(i)` builds the i-th extra connection."""
+    def __init__(self, make: Callable[[int], AmqpClient], per_connection: int) -> None:
+        """`make(i)` builds the i-th connection (connected here, when first needed)."""
         self.per_connection = per_connection
         self._make = make
-        self.clients: list[AmqpClient] = [first]
-        self._extra: list[AmqpClient] = []
+        self.clients: list[AmqpClient] = []
         self._channels: dict[int, weakref.WeakSet[AbstractRobustChannel]] = {}
         self._opening: dict[int, int] = {}  # channels being opened, per connection
         self._lock = asyncio.Lock()
@@ -58,7 +54,6 @@ class ConsumerPool:
                 client = self._make(len(self.clients))
                 await client.connect()
                 self.clients.append(client)
-                self._extra.append(client)
             self._opening[id(client)] = self._opening.get(id(client), 0) + 1
         try:
             ch = await client.channel(prefetch=prefetch)
@@ -76,5 +71,4 @@ class ConsumerPool:
         return [self._open(c, exact=True) for c in self.clients]
 
     async def close(self) -> None:
-        """Close the connections the pool opened (the first one is its owner's)."""
-        await asyncio.gather(*(c.close() for c in self._extra), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
