@@ -4,7 +4,7 @@
 #     -e RABBITMESH_AMQP_URL=amqp://user:pass@rabbitmq-host:5672/ rabbitmesh
 #
 # Every setting is a RABBITMESH_* environment variable (docs/configuration.md). Manifests are
-# read from /config. The same image runs the helper services of CONTRACT §7 by overriding the
+# read from /config. The same image runs the helper services of docs/contract.md §7 by overriding the
 # command, e.g. `command: ["event-display", "--port", "8080"]`.
 
 # --- build: install the package and its dependencies into /install ----------------------------

@@ -215,7 +215,11 @@ def main() -> None:
     ap.add_argument("--paced-seconds", type=float, default=10)
     a = ap.parse_args()
     if not (a.bench_dir / "loadgen.py").exists():
-        raise SystemExit(f"loadgen.py not found in {a.bench_dir} (use --bench-dir)")
+        raise SystemExit(
+            f"loadgen.py not found in {a.bench_dir}: the load generator and the thin reference "
+            "pipeline live beside the repository in ../shared/bench (the project's steering "
+            "repository), not in it; point --bench-dir at a copy"
+        )
     work = Path(tempfile.mkdtemp(prefix="rmbench-"))
     pipelines = {
         "thin": lambda port, sink: start_thin(a.bench_dir, port, sink, uvloop=False),

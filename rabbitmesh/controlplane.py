@@ -23,12 +23,14 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.api.objects import render
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller, order
 from rabbitmesh.reconciler.desired import Desired
+from rabbitmesh.reconciler.known_types import known_types
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
@@ -71,15 +73,24 @@ class ControlPlane:
             max_bytes=settings.store_max_bytes,
             timeout=settings.publish_timeout + 5.0,
         )
-        self.config = ConfigSync(self.store, settings.config_dir)
+        self.config = ConfigSync(self.store, settings.config_dir, names.check_length)
         self.desired = Desired()
         self.ctx.history = self.desired.history
         self.autotypes = (
-            AutoEventTypes(self.store, self.resource) if settings.eventtype_auto_create else None
+            AutoEventTypes(
+                self.store,
+                self.resource,
+                max_per_owner=settings.eventtype_auto_create_max_per_broker,
+                per_minute=settings.eventtype_auto_create_per_minute,
+            )
+            if settings.eventtype_auto_create
+            else None
         )
         self.ready = False  # a full reconcile succeeded
         self.started = False  # the store is read, the config dir applied, reconciled once
         self.reconciled_offset = -1
+        #: key -> (rank, the event types it names) for the metric label set.
+        self._types: dict[Key, tuple[int, list[str]]] = {}
         #: What `?watch=true` streams (rabbitmesh/watch.py).
         self.watch = WatchLog()
         #: Store keys changed since the desired set last took them in.
@@ -196,6 +207,8 @@ class ControlPlane:
             offset = self.store.state.last_offset
             changed_keys, self._changed = self._changed, set()
             changed = self.desired.update(self.store.state.entries, changed_keys)
+            if changed:
+                self._update_known_types(changed)
             work = changed | self._queued
             self._queued = set()
             for key in changed:
@@ -301,6 +314,29 @@ class ControlPlane:
     async def reconcile(self) -> bool:
         """Reconcile everything changed so far, now; True when nothing is failing."""
         return await self._batch()
+
+    def _update_known_types(self, changed: set[Key]) -> None:
+        """The metric label set (rabbitmesh/reconciler/known_types.py), kept per resource so
+        a write costs its own resource's types, not every Trigger's filter again."""
+        for key in changed:
+            res = self.desired.current.get(key)
+            if res is None:
+                self._types.pop(key, None)
+                continue
+            entry = self.store.get(key)
+            auto = entry is not None and entry.origin == "auto"
+            rank = (
+                0 if res.KIND == "Trigger" else (3 if auto else 2) if res.KIND == "EventType" else 1
+            )
+            types = list(known_types([res], {key} if auto else ()))
+            if types:
+                self._types[key] = (rank, types)
+            else:
+                self._types.pop(key, None)
+        ranked: list[list[str]] = [[], [], [], []]
+        for rank, types in self._types.values():
+            ranked[rank].extend(types)
+        metrics.set_known_types(t for group in ranked for t in group)
 
     async def wait_reconciled(self, offset: int, timeout: float = 10.0) -> bool:
         """Wait until a reconcile including the record at `offset` finished here."""

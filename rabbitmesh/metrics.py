@@ -1,9 +1,12 @@
 """Prometheus metrics, named as Knative's where an equivalent exists.
 
 Labels stay low-cardinality: resource names, the event type, and the response code class.
+The event type is a label value only when configuration names it (`bounded_type`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -64,22 +67,38 @@ parked = Counter(
     ["queue"],
     registry=REGISTRY,
 )
+eventtype_auto_create_refused = Counter(
+    "eventtype_auto_create_refused",
+    "(type, source) pairs seen at an ingress that were not registered as EventTypes because "
+    "their broker or channel is at RABBITMESH_EVENTTYPE_AUTO_CREATE_MAX_PER_BROKER "
+    '(reason="limit") or RABBITMESH_EVENTTYPE_AUTO_CREATE_PER_MINUTE (reason="rate").',
+    ["kind", "namespace", "name", "reason"],
+    registry=REGISTRY,
+)
 
 
 def code_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-#: Distinct event types given their own label value; the rest are counted as "other".
-MAX_EVENT_TYPES = 200
-_seen_types: set[str] = set()
+#: Most event types given their own label value; every other type is counted as "other".
+MAX_EVENT_TYPES = 1000
+_known_types: frozenset[str] = frozenset()
+
+
+def set_known_types(types: Iterable[str]) -> None:
+    """The event types that get their own label value, most important first (the first
+    MAX_EVENT_TYPES are kept). Configuration names them (rabbitmesh/reconciler/known_types.py),
+    never traffic: a sender cannot add a label, nor fill the set before the real types."""
+    global _known_types
+    kept: dict[str, None] = {}
+    for t in types:
+        if len(kept) >= MAX_EVENT_TYPES:
+            break
+        kept[t] = None
+    _known_types = frozenset(kept)
 
 
 def bounded_type(event_type: str) -> str:
-    """The event type as a label value, without letting senders grow the series forever."""
-    if event_type in _seen_types:
-        return event_type
-    if len(_seen_types) < MAX_EVENT_TYPES:
-        _seen_types.add(event_type)
-        return event_type
-    return "other"
+    """The event type as a label value: itself when configuration names it, else "other"."""
+    return event_type if event_type in _known_types else "other"

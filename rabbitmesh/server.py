@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rabbitmesh import telemetry
+from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
@@ -27,10 +27,11 @@ from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.ingress.handlers import Ingress, Target
+from rabbitmesh.listen import ListenError, cannot_listen
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller
-from rabbitmesh.reconciler.hosted import ingress_target
+from rabbitmesh.reconciler.hosted import ingress_target, not_ready_reason
 from rabbitmesh.reconciler.sources import on_runtime_change as source_status
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
@@ -68,6 +69,7 @@ class Server:
         self.session: aiohttp.ClientSession | None = None
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
+        self.admin = AdminApi(lambda: self.plane, settings)
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -76,6 +78,10 @@ class Server:
         if ctx is None:
             return None
         return ingress_target(ctx, kind, namespace, name)
+
+    def not_ready(self, kind: str, namespace: str, name: str) -> str | None:
+        ctx = self.ctx
+        return None if ctx is None else not_ready_reason(ctx, kind, namespace, name)
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_event_bytes)
@@ -89,17 +95,26 @@ class Server:
             self.settings.max_event_bytes,
             self.settings.retry_after_seconds,
             max_batch_events=self.settings.max_batch_events,
+            max_json_depth=self.settings.max_json_depth,
             max_inflight=self.settings.max_inflight_publishes,
             request_timeout=self.settings.request_timeout,
+            not_ready=self.not_ready,
         )
         # The admin API first: the ingress' `/{namespace}/{name}` must not catch its paths.
-        app.add_routes(AdminApi(lambda: self.plane, self.settings).routes())
+        app.add_routes(self.admin.routes())
         if self.settings.role in ("all", "ingress", "sources"):
-            app.add_routes(GitLabWebhooks(self._resources, lambda: self.session).routes())
+            webhooks = GitLabWebhooks(
+                self._resources,
+                lambda: self.session,
+                max_body_bytes=self.settings.max_event_bytes,
+                request_timeout=self.settings.request_timeout,
+            )
+            app.add_routes(webhooks.routes())
         if self.settings.role in ("all", "ingress"):
             app.add_routes(ingress.routes())
             if self.settings.eventtype_auto_create:
                 app.middlewares.append(self._observe_event_types)
+        app.add_routes([unknown_paths.catch_all()])  # last: JSON 404/405 for the rest
         return app
 
     def _resources(self) -> Callable[[str, str, str], Resource | None] | None:
@@ -160,7 +175,18 @@ class Server:
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             https = server_context(s.tls_cert_file, s.tls_key_file)
         site = web.TCPSite(self.runner, s.http_host, s.http_port, ssl_context=https)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await self.runner.cleanup()
+            self.runner = None
+            raise cannot_listen(
+                e,
+                s.http_host,
+                s.http_port,
+                "set RABBITMESH_HTTP_PORT or --http-port for another port, "
+                "RABBITMESH_HTTP_HOST or --http-host for another address",
+            ) from None
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.bound_port = server.sockets[0].getsockname()[1]
@@ -218,6 +244,8 @@ class Server:
         stop_wait = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if starting in done:
+            if isinstance(starting.exception(), ListenError):  # nothing else started yet
+                starting.result()
             if starting.exception() is not None:  # e.g. invalid manifests: stop, then raise
                 await self.shutdown()
                 starting.result()
@@ -236,6 +264,7 @@ class Server:
             await self.ctx.sources.stop()  # first: their leases go to the other replicas
         if self.runner is not None:
             await self.runner.cleanup()  # stops listening, waits for in-flight requests
+        self.admin.close()
         if self.plane is not None:
             await self.plane.stop()
         if self.controller is not None:

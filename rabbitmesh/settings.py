@@ -1,4 +1,4 @@
-"""Process settings, read from `RABBITMESH_*` environment variables (CONTRACT.md §1).
+"""Process settings, read from `RABBITMESH_*` environment variables (docs/contract.md §1).
 
 Every field here is also a `rabbitmesh run` flag (`--http-port` for `RABBITMESH_HTTP_PORT`),
 and `docs/configuration.md` is generated from this model, so a new setting is documented and
@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(
         1000, ge=1, description="Batched requests with more events get 413."
     )
+    max_json_depth: int = Field(
+        64,
+        ge=2,
+        le=250,
+        description="Deepest nesting of JSON arrays and objects ingress accepts (the outermost "
+        "counts as 1) in a structured event, a batch, or binary-mode data with a JSON content "
+        "type; deeper gets 400.",
+    )
     max_inflight_publishes: int = Field(
         4096,
         ge=1,
@@ -76,6 +84,25 @@ class Settings(BaseSettings):
     )
     admin_token: str | None = Field(
         None, description="When set, admin API mutations need Authorization: Bearer <token>."
+    )
+    admin_trust_loopback: bool = Field(
+        True,
+        description="Without RABBITMESH_ADMIN_TOKEN, accept admin API changes from loopback "
+        "clients. Turn off when a reverse proxy, sidecar, tunnel or other users share the "
+        "host: then changes need the token, and with no token none are accepted "
+        "(docs/security.md).",
+    )
+    max_manifest_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest admin API request body (a manifest, or many for /apply); larger "
+        "ones get 413.",
+    )
+    manifest_parse_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an admin API body may take to parse and validate (in a worker "
+        "process, off the event loop); longer ones are stopped and get 413.",
     )
     # TLS (docs/security.md).
     tls_cert_file: Path | None = Field(
@@ -171,13 +198,33 @@ class Settings(BaseSettings):
         description="Register an EventType for each (type, source) seen at a broker or "
         "channel ingress, as Knative's eventtype-auto-create feature.",
     )
+    eventtype_auto_create_max_per_broker: int = Field(
+        1000,
+        ge=0,
+        description="Most auto-created EventTypes one broker (or channel) may have; types "
+        "seen past this are not registered (metric eventtype_auto_create_refused).",
+    )
+    eventtype_auto_create_per_minute: int = Field(
+        60,
+        ge=0,
+        description="Most EventTypes auto-created per broker (or channel) per minute, a burst "
+        "included; the others wait until their type is seen again.",
+    )
 
     # Sources (docs/sources.md).
     container_runtime: Literal["process", "docker"] = Field(
         "process",
-        description="How ContainerSources run their containers when the source's "
-        "`rabbitmesh.dev/runtime` annotation does not say: `process` runs command + args, "
-        "`docker` runs the image through the Docker CLI.",
+        description="How ContainerSources run their containers: `process` runs command + "
+        "args on this host, `docker` runs the image through the Docker CLI. A source whose "
+        "`rabbitmesh.dev/runtime` annotation asks for the other one is not run (not Ready, "
+        "`RuntimeNotAllowed`).",
+    )
+    allow_process_runtime: bool = Field(
+        True,
+        description="Allow the `process` runtime. With `false`, no ContainerSource runs a "
+        "command on this host (they are not Ready unless RABBITMESH_CONTAINER_RUNTIME is "
+        "`docker`); whoever may change resources can otherwise run any command as "
+        "rabbitmesh's user (docs/security.md).",
     )
     docker_args: str = Field(
         "--network host",

@@ -31,9 +31,29 @@ def rabbitmq() -> str:
     return AMQP_URL
 
 
+def _restore_node(when: str) -> None:
+    """Undo a stop_app or resource alarm a disruptive test left behind: one of this session
+    interrupted mid-way, or of an earlier run that was killed (tests/support/disruption.py)."""
+    from tests.support.disruption import restore_interrupted
+
+    try:
+        ran = restore_interrupted()
+    except Exception as e:  # never mask the suite's verdict; say what could not be done
+        print(f"\nrabbitmesh tests: could not check for an interrupted disruption ({e})")
+        return
+    for undo in ran:
+        print(f"\nrabbitmesh tests ({when}): RabbitMQ left disrupted; ran rabbitmqctl {undo}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _restore_node("session start")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Remove what this session's tests declared (only its own prefixes: another session
-    may be testing against the same RabbitMQ right now)."""
+    """Put the node back if a disruptive test could not, then remove what this session's
+    tests declared (only its own prefixes: another session may be testing against the same
+    RabbitMQ right now)."""
+    _restore_node("session end")
     from tests.support.mesh import CREATED_PREFIXES
 
     if not CREATED_PREFIXES:

@@ -1,4 +1,4 @@
-"""CloudEvent -> AMQP message, in the RabbitMQ CloudEvents binding (CONTRACT.md §3).
+"""CloudEvent -> AMQP message, in the RabbitMQ CloudEvents binding (docs/contract.md §3).
 
 Messages are built straight as pamqp properties: aio-pika's Message class costs about as
 much as the rest of the ingress path together, and the publish path needs only body and

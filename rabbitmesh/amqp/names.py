@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rabbitmesh.resources.base import FieldError, Resource
+from rabbitmesh.resources.core import Namespace
+from rabbitmesh.resources.flows import Parallel, Sequence
+
+#: AMQP 0-9-1 limits exchange names to 127 characters (the client, pamqp, enforces it) and
+#: RabbitMQ queue names to 255 bytes. Resource names are ASCII: characters are bytes.
+MAX_EXCHANGE_NAME = 127
+MAX_QUEUE_NAME = 255
+
 
 @dataclass(frozen=True)
 class Names:
@@ -61,3 +70,77 @@ class Names:
     def parked_queue(self) -> str:
         """Messages that are not CloudEvents at all: kept for an operator, never redelivered."""
         return f"{self.prefix}.parked"
+
+    # --- how long a resource's name may be -------------------------------------------------
+
+    def derived(self, res: Resource) -> list[tuple[str, int]]:
+        """The longest RabbitMQ names rabbitmesh derives from `res`'s name, each with its
+        limit: an exchange and a queue, or nothing when its name becomes none (sources'
+        queues are hashed when too long; see source_queue)."""
+        ns, name = res.namespace, res.name
+        match res.KIND:
+            case "Broker":
+                return [(self.broker_exchange(ns, name), MAX_EXCHANGE_NAME)]
+            case "Namespace" if isinstance(res, Namespace) and res.injects_broker:
+                return [(self.broker_exchange(name, "default"), MAX_EXCHANGE_NAME)]
+            case "Trigger":
+                return [(self.dead_letter_queue(self.trigger_queue(ns, name)), MAX_QUEUE_NAME)]
+            case "Channel":
+                return [(self.channel_exchange(ns, name), MAX_EXCHANGE_NAME)]
+            case "Subscription":  # its `:reply` queue is longer than its `:dlq`
+                return [(self.reply_queue(self.subscription_queue(ns, name)), MAX_QUEUE_NAME)]
+            case "Sequence" if isinstance(res, Sequence):
+                last = max(len(res.spec.steps) - 1, 0)
+                return [
+                    (
+                        self.flow_exchange("sequence", ns, Sequence.channel_name(name, last)),
+                        MAX_EXCHANGE_NAME,
+                    ),
+                    (
+                        self.reply_queue(
+                            self.flow_queue("sequence", ns, Sequence.subscription_name(name, last))
+                        ),
+                        MAX_QUEUE_NAME,
+                    ),
+                ]
+            case "Parallel" if isinstance(res, Parallel):
+                last = max(len(res.spec.branches) - 1, 0)
+                return [
+                    (
+                        self.flow_exchange(
+                            "parallel", ns, Parallel.branch_channel_name(name, last)
+                        ),
+                        MAX_EXCHANGE_NAME,
+                    ),
+                    (
+                        self.reply_queue(
+                            self.flow_queue(
+                                "parallel", ns, Parallel.filter_subscription_name(name, last)
+                            )
+                        ),
+                        MAX_QUEUE_NAME,
+                    ),
+                ]
+        return []
+
+    def check_length(self, res: Resource) -> None:
+        """FieldError on metadata.name when a RabbitMQ name derived from it would be too long:
+        RabbitMQ (or the AMQP client) would refuse it and the resource never reconcile."""
+        over = [(len(n.encode()) - limit, n, limit) for n, limit in self.derived(res)]
+        if not over or max(over)[0] <= 0:
+            return
+        excess, longest, limit = max(over)
+        allowed = max(len(res.name.encode()) - excess, 0)
+        what = "an exchange" if limit == MAX_EXCHANGE_NAME else "a queue"
+        where = f" in namespace {res.namespace!r}" if res.NAMESPACED else ""
+        raise FieldError(
+            "metadata.name",
+            f"too long: at most {allowed} characters for a {res.KIND}{where} with "
+            f"RABBITMESH_TOPOLOGY_PREFIX {self.prefix!r} (the RabbitMQ "
+            f"name made from it, {_ellipsis(longest)}, would be {len(longest.encode())} bytes; "
+            f"AMQP allows {limit} for {what} name)",
+        )
+
+
+def _ellipsis(text: str) -> str:
+    return repr(text if len(text) <= 80 else f"{text[:40]}...{text[-30:]}")

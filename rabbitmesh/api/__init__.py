@@ -1,1 +1,1 @@
-"""The admin REST API: Kubernetes-shaped paths over the resource store (CONTRACT.md §7)."""
+"""The admin REST API: Kubernetes-shaped paths over the resource store (docs/contract.md §7)."""

@@ -12,8 +12,11 @@ REASONS = {
     403: "Forbidden",
     404: "NotFound",
     405: "MethodNotAllowed",
+    408: "Timeout",
     409: "Conflict",
+    413: "RequestEntityTooLarge",
     415: "UnsupportedMediaType",
+    421: "MisdirectedRequest",
     422: "Invalid",
     503: "ServiceUnavailable",
 }

@@ -1,22 +1,19 @@
-"""What the admin API reads and writes: request bodies -> validated resources -> JSON.
+"""What the admin API reads and writes: documents -> validated resources -> JSON.
 
-Bodies are JSON or YAML (one document, or several for `/apply`; a `kind: List` is unrolled).
-Invalid resources give every problem found with its field path. Secret values never leave:
-a Secret is shown with each value replaced by `<redacted>`, and a `<redacted>` sent back (a
-Secret read, edited and replaced) keeps the stored value.
+Bodies are parsed by rabbitmesh/api/parsing.py. Invalid resources give every problem found
+with its field path. Secret values never leave: a Secret is shown with each value replaced
+by `<redacted>`, and a `<redacted>` sent back (a Secret read, edited and replaced) keeps the
+stored value.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from aiohttp import web
-
 from rabbitmesh.api.errors import ApiError
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.core import REDACTED, Secret
-from rabbitmesh.resources.loader import ManifestError, load_documents, parse_document
+from rabbitmesh.resources.loader import ExtraCheck, ManifestError, parse_document
 from rabbitmesh.resources.registry import KindInfo, aliases, all_kinds, by_kind
 from rabbitmesh.store.manifests import key_of
 from rabbitmesh.store.state import Entry
@@ -64,41 +61,16 @@ def discovery() -> dict[str, Any]:
     }
 
 
-async def read_documents(request: web.Request) -> list[Any]:
-    raw = await request.read()
-    if not raw.strip():
-        raise ApiError(400, "the request body is empty; send a manifest (JSON or YAML)")
-    try:
-        if "json" in request.content_type:
-            data = orjson.loads(raw)
-            docs = data if isinstance(data, list) else [data]
-        else:
-            docs = [d for d in load_documents(raw.decode("utf-8"), "request") if d is not None]
-    except ManifestError as e:
-        raise ApiError(400, f"malformed request body: {e.message}") from None
-    except (orjson.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ApiError(400, f"malformed request body: {first}") from None
-    out: list[Any] = []
-    for d in docs:
-        if isinstance(d, dict) and d.get("kind") == "List" and isinstance(d.get("items"), list):
-            out.extend(d["items"])
-        else:
-            out.append(d)
-    if not out:
-        raise ApiError(400, "the request body holds no document")
-    return out
-
-
 def details_of(e: ManifestError) -> list[dict[str, Any]]:
     pairs = e.details or [(e.field, e.message)]
     return [{"field": field or None, "message": message} for field, message in pairs]
 
 
-def validate(doc: Any, index: int = 1) -> Resource:
-    """A validated resource, or ApiError 422 with every (field, message) found."""
+def validate(doc: Any, index: int = 1, extra: ExtraCheck | None = None) -> Resource:
+    """A validated resource, or ApiError 422 with every (field, message) found. `extra`:
+    checks that need this server's settings (Names.check_length)."""
     try:
-        return parse_document(doc, "request", index)
+        return parse_document(doc, "request", index, extra)
     except ManifestError as e:
         what = f"{e.what}: " if e.what else ""
         raise ApiError(

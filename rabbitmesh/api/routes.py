@@ -1,4 +1,4 @@
-"""The admin API's routes (CONTRACT.md §7), Kubernetes-shaped:
+"""The admin API's routes (docs/contract.md §7), Kubernetes-shaped:
 
     GET          /apis                                              kinds this server knows
     GET          /apis/{group}/{version}/{plural}                   list, every namespace
@@ -31,26 +31,25 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from rabbitmesh.api.auth import check_mutation
+from rabbitmesh.api.auth import body_format, check_mutation
 from rabbitmesh.api.errors import ApiError
 from rabbitmesh.api.objects import (
     api_version_of,
     check_target,
     describe,
     discovery,
-    fill_from_url,
-    read_documents,
     render,
     resolve_kind,
     restore_secret,
-    validate,
 )
+from rabbitmesh.api.parsing import Mode, Parser, build_resources, in_slices, prepare
 from rabbitmesh.api.patch import merge_patch
 from rabbitmesh.api.watch import stream as watch_stream
 from rabbitmesh.api.watch import wants_watch
 from rabbitmesh.controlplane import ControlPlane
+from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.resources.base import Resource
-from rabbitmesh.resources.registry import KindInfo, by_kind
+from rabbitmesh.resources.registry import KindInfo
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.manifests import key_of, to_manifest
 from rabbitmesh.store.state import Key, Outcome
@@ -71,6 +70,11 @@ class AdminApi:
     def __init__(self, plane: Callable[[], ControlPlane | None], settings: Settings) -> None:
         self._plane = plane
         self.settings = settings
+        self.parser = Parser(settings.manifest_parse_timeout)
+
+    def close(self) -> None:
+        """Stop the parser's worker process."""
+        self.parser.close()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -98,7 +102,7 @@ class AdminApi:
     def _wrap(self, fn: Handler) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             try:
-                check_mutation(request, self.settings.admin_token)
+                check_mutation(request, self.settings)
                 return await fn(request)
             except ApiError as e:
                 return e.response()
@@ -244,14 +248,29 @@ class AdminApi:
 
     # --- writing ---------------------------------------------------------------------------
 
+    async def _documents(self, request: web.Request, mode: Mode) -> list[Any]:
+        """The body's documents, checked (rabbitmesh/api/parsing.py), read within
+        RABBITMESH_MAX_MANIFEST_BYTES and RABBITMESH_REQUEST_TIMEOUT."""
+        s = self.settings
+        try:
+            raw = await read_body(
+                request,
+                s.max_manifest_bytes,
+                s.request_timeout,
+                limit_name="RABBITMESH_MAX_MANIFEST_BYTES",
+            )
+        except BodyError as e:
+            raise ApiError(e.status, e.message) from None
+        fmt = body_format(request.content_type)
+        assert fmt is not None, "check_mutation refused other types"
+        return await self.parser.documents(raw, fmt, mode)
+
     async def _body(
         self, request: web.Request, info: KindInfo, version: str, namespace: str | None
     ) -> tuple[Resource, dict[str, Any]]:
-        docs = await read_documents(request)
-        if len(docs) != 1:
-            raise ApiError(400, f"expected one object, got {len(docs)} (use POST /apply)")
-        doc = fill_from_url(docs[0], info, version, namespace)
-        return validate(doc), doc
+        docs = await self._documents(request, ("one", info.kind, version, namespace))
+        (res,) = await build_resources(docs, self.plane.ctx.names.check_length, single=True)
+        return res, docs[0]
 
     async def _create(
         self, request: web.Request, info: KindInfo, version: str, namespace: str | None
@@ -301,9 +320,18 @@ class AdminApi:
                 f"PATCH takes {MERGE_PATCH} (RFC 7386), not {request.content_type or 'nothing'}",
                 headers={"Accept-Patch": MERGE_PATCH},
             )
+        s = self.settings
         try:
-            patch = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as e:
+            raw = await read_body(
+                request,
+                s.max_manifest_bytes,
+                s.request_timeout,
+                limit_name="RABBITMESH_MAX_MANIFEST_BYTES",
+            )
+            patch = orjson.loads(raw)
+        except BodyError as e:
+            raise ApiError(e.status, e.message) from None
+        except (orjson.JSONDecodeError, RecursionError) as e:
             raise ApiError(400, f"malformed merge patch: {e}") from None
         if not isinstance(patch, dict):
             raise ApiError(400, "a merge patch must be a JSON object")
@@ -317,8 +345,8 @@ class AdminApi:
             doc = merge_patch(stored.manifest, patch)
             if not isinstance(doc.get("metadata"), dict):
                 raise ApiError(422, "metadata must stay an object", details=[{"field": "metadata"}])
-            doc = fill_from_url(doc, info, version, namespace)
-            res = validate(doc)
+            docs = prepare([doc], ("one", info.kind, version, namespace))
+            (res,) = await build_resources(docs, plane.ctx.names.check_length, single=True)
             check_target(res, info, namespace, key[2])
             res = restore_secret(res, stored)
             outcome = await plane.store.apply(
@@ -380,66 +408,56 @@ class AdminApi:
         plane = self.plane
         namespace = request.query.get("namespace")
         dry_run = request.query.get("dryRun", "").lower() in ("all", "true", "1")
-        docs = await read_documents(request)
-        resources: list[Resource] = []
-        details: list[dict[str, Any]] = []
-        messages: list[str] = []
-        for i, doc in enumerate(docs, start=1):
-            if namespace and isinstance(doc, dict) and isinstance(doc.get("metadata"), dict):
-                info = by_kind(str(doc.get("kind", "")))
-                if info is None or info.model.NAMESPACED:
-                    doc["metadata"].setdefault("namespace", namespace)
-            try:
-                resources.append(validate(doc, i))
-            except ApiError as e:
-                messages.append(f"document {i}: {e.message}")
-                details.extend({"document": i, **d} for d in e.details)
-        seen: set[Key] = set()
-        for res in resources:
-            if key_of(res) in seen:
-                messages.append(f"{describe(res)} appears twice")
-                details.append({"field": "metadata.name", "message": "defined more than once"})
-            seen.add(key_of(res))
-        if messages:
-            raise ApiError(422, "; ".join(messages), details=details)
-        resources = [restore_secret(r, plane.store.get(key_of(r))) for r in resources]
+        docs = await self._documents(request, ("apply", namespace))
+        built = await build_resources(docs, self.plane.ctx.names.check_length)
+        # Every step over all resources runs in slices (in_slices): a large /apply must not
+        # hold the loop (issue 11).
+        resources = await in_slices(built, lambda r: restore_secret(r, plane.store.get(key_of(r))))
         sem = asyncio.Semaphore(PARALLEL_WRITES)
 
-        async def one(res: Resource) -> tuple[str, int]:
+        def decide(res: Resource) -> tuple[str, dict[str, Any]]:
+            """ "unchanged", what a dry run would do, or "write"; and the manifest."""
+            manifest = to_manifest(res)
             stored = plane.store.get(key_of(res))
-            if stored is not None and stored.manifest == to_manifest(res):
-                return "unchanged", -1
+            if stored is not None and stored.manifest == manifest:
+                return "unchanged", manifest
             if dry_run:
-                return ("configured" if stored is not None else "created"), -1
+                return ("configured" if stored is not None else "created"), manifest
+            return "write", manifest
+
+        async def write(res: Resource, manifest: dict[str, Any]) -> tuple[str, int]:
             async with sem:
-                outcome = await plane.store.apply(to_manifest(res), key_of(res), origin="api")
+                outcome = await plane.store.apply(manifest, key_of(res), origin="api")
             if outcome.result in ("created", "configured"):
                 log.info("api: %s %s", describe(res), outcome.result)
                 return outcome.result, outcome.offset
             return outcome.result, -1
 
-        done = await asyncio.gather(*(one(r) for r in resources))
-        results = [result for result, _ in done]
-        changed = max(offset for _, offset in done)
+        decided = await in_slices(resources, decide)
+        todo = [i for i, (what, _) in enumerate(decided) if what == "write"]
+        written = await asyncio.gather(*(write(resources[i], decided[i][1]) for i in todo))
+        results = [what for what, _ in decided]
+        for i, (result, _) in zip(todo, written, strict=True):
+            results[i] = result
+        changed = max((offset for _, offset in written), default=-1)
         if changed >= 0:
             await plane.wait_reconciled(changed)
-        return web.json_response(
-            {
-                "apiVersion": "v1",
-                "kind": "List",
-                "results": [
-                    {
-                        "apiVersion": r.api_version,
-                        "kind": r.KIND,
-                        "namespace": r.namespace or None,
-                        "name": r.name,
-                        "result": result,
-                    }
-                    for r, result in zip(resources, results, strict=True)
-                ],
-                "items": [
-                    render(plane.resource(*key_of(r)) or r) if not dry_run else render(r)
-                    for r in resources
-                ],
-            }
+        items = await in_slices(
+            resources, lambda r: render(r if dry_run else plane.resource(*key_of(r)) or r)
         )
+        body = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "results": [
+                {
+                    "apiVersion": r.api_version,
+                    "kind": r.KIND,
+                    "namespace": r.namespace or None,
+                    "name": r.name,
+                    "result": result,
+                }
+                for r, result in zip(resources, results, strict=True)
+            ],
+            "items": items,
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")

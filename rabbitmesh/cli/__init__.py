@@ -25,7 +25,8 @@ def cli() -> None:
 
     Start everything with `rabbitmesh run`; manifests in RABBITMESH_CONFIG_DIR (./config)
     are applied at start and whenever a file changes. The other commands talk to a running
-    rabbitmesh (--server, env RABBITMESH_SERVER, default http://localhost:8080), as kubectl
+    rabbitmesh (--server, env RABBITMESH_SERVER, default http://localhost:8080 or the
+    port RABBITMESH_HTTP_PORT gives), as kubectl
     (apply, get, delete) and kn (broker, trigger, ...) do. See README.md and docs/.
     """
 

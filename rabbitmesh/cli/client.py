@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -11,6 +12,36 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_SERVER = "http://localhost:8080"
+#: What `--server` shows as its default in help texts.
+SERVER_DEFAULT_HELP = "http://localhost:$RABBITMESH_HTTP_PORT, else " + DEFAULT_SERVER
+
+
+def default_server() -> str:
+    """Where the CLI looks without --server or RABBITMESH_SERVER: the `rabbitmesh run` this
+    same environment would start, i.e. localhost on RABBITMESH_HTTP_PORT (https with
+    RABBITMESH_TLS_CERT_FILE). Not RABBITMESH_PUBLIC_URL: that is how sinks and other
+    services reach rabbitmesh, often a name that only resolves inside a container network.
+    """
+    port = os.environ.get("RABBITMESH_HTTP_PORT", "").strip()
+    if not port.isdigit() or int(port) in (0, 8080) or int(port) > 65535:
+        port = ""  # unset, or 0 (any free port): nothing to follow
+    scheme = "https" if os.environ.get("RABBITMESH_TLS_CERT_FILE") else "http"
+    if not port:
+        return f"{scheme}://localhost:8080"
+    return f"{scheme}://localhost:{int(port)}"
+
+
+def server_origin(server: str, from_flag_or_env: bool) -> str:
+    """Where the server URL came from, for error messages."""
+    if from_flag_or_env:
+        return "from --server / RABBITMESH_SERVER"
+    if os.environ.get("RABBITMESH_HTTP_PORT", "").strip() and server != DEFAULT_SERVER:
+        return "from RABBITMESH_HTTP_PORT"
+    return "the default"
+
+
+#: How to point the CLI at another rabbitmesh, said with every "cannot reach".
+POINT_ELSEWHERE = "for another rabbitmesh pass --server URL or set RABBITMESH_SERVER=URL"
 TIMEOUT = 30.0
 
 #: Short names accepted by `get`/`delete` besides kind, plural and singular (as kubectl's).
@@ -72,9 +103,10 @@ SOURCE_KINDS = (PINGSOURCE, CONTAINERSOURCE, APISERVERSOURCE, SINKBINDING, GITLA
 
 
 class ApiClient:
-    def __init__(self, server: str, token: str | None = None) -> None:
+    def __init__(self, server: str, token: str | None = None, origin: str = "") -> None:
         self.server = server.rstrip("/")
         self.token = token or None
+        self.origin = origin  # "from RABBITMESH_HTTP_PORT", ..., for "cannot reach"
 
     def request(
         self,
@@ -103,10 +135,11 @@ class ApiClient:
             raise CliError(self._error_text(e), e.code) from None
         except (TimeoutError, urllib.error.URLError, OSError) as e:
             why = getattr(e, "reason", e)
-            detail = "" if isinstance(why, ConnectionRefusedError) else f": {why}"
+            detail = "connection refused" if isinstance(why, ConnectionRefusedError) else why
+            origin = f", {self.origin}" if self.origin else ""
             raise CliError(
-                f"cannot reach the rabbitmesh API at {self.server} (is `rabbitmesh run` "
-                f"running?){detail}"
+                f"cannot reach the rabbitmesh API at {self.server}{origin} ({detail}); is "
+                f"`rabbitmesh run` running there? ({POINT_ELSEWHERE})"
             ) from None
         if not payload:
             return None

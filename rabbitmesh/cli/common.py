@@ -9,12 +9,18 @@ from typing import Any
 
 import click
 
-from rabbitmesh.cli.client import DEFAULT_SERVER, ApiClient, CliError
+from rabbitmesh.cli.client import (
+    SERVER_DEFAULT_HELP,
+    ApiClient,
+    CliError,
+    default_server,
+    server_origin,
+)
 
 #: Settings every group's help points at.
 CONNECTION_HELP = (
     "Commands reach a running `rabbitmesh run` through its admin API: --server "
-    f"(env RABBITMESH_SERVER, default {DEFAULT_SERVER}) and, when the server sets "
+    f"(env RABBITMESH_SERVER, default {SERVER_DEFAULT_HELP}) and, when the server sets "
     "RABBITMESH_ADMIN_TOKEN, --token (env RABBITMESH_ADMIN_TOKEN)."
 )
 
@@ -38,8 +44,10 @@ def api_command(f: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(f)
     def wrapper(server: str, token: str | None, **kwargs: Any) -> Any:
+        source = click.get_current_context().get_parameter_source("server")
+        given = source not in (None, click.core.ParameterSource.DEFAULT)
         try:
-            return f(ApiClient(server, token), **kwargs)
+            return f(ApiClient(server, token, server_origin(server, given)), **kwargs)
         except CliError as e:
             click.echo(f"rabbitmesh: {e}", err=True)
             sys.exit(1)
@@ -54,8 +62,8 @@ def api_command(f: Callable[..., Any]) -> Callable[..., Any]:
     wrapper = click.option(
         "--server",
         envvar="RABBITMESH_SERVER",
-        default=DEFAULT_SERVER,
-        show_default=True,
+        default=default_server,
+        show_default=SERVER_DEFAULT_HELP,
         help="URL of the rabbitmesh API [env RABBITMESH_SERVER].",
     )(wrapper)
     return wrapper

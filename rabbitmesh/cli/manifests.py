@@ -110,6 +110,13 @@ def apply(client: ApiClient, files: tuple[str, ...], namespace: str | None, dry_
     """
     query = {"namespace": namespace} if namespace else {}
     sources = [(w, t) for w, t in read_sources(files) if t.strip()]
+    for where, text in sources:
+        # YAML errors are found here, so they name the file and line, not the API's
+        # "request body".
+        try:
+            load_documents(text, where)
+        except ManifestError as e:
+            raise CliError(str(e)) from None
 
     def send(where: str, text: str, extra: dict[str, str]) -> dict[str, Any]:
         try:

@@ -51,6 +51,8 @@ def run(**flags: Any) -> None:
       RABBITMESH_CONFIG_DIR=config/examples rabbitmesh run --http-port 8081
       rabbitmesh run --role ingress      # split roles across processes
     """
+    from rabbitmesh.amqp.names import Names
+    from rabbitmesh.listen import ListenError
     from rabbitmesh.logs import setup_logging
     from rabbitmesh.resources.loader import ManifestError, load_path
     from rabbitmesh.server import Server
@@ -63,7 +65,8 @@ def run(**flags: Any) -> None:
     setup_logging(settings.log_level, settings.log_format)
     if settings.config_dir.exists():
         try:
-            load_path(settings.config_dir)  # fail fast, before waiting on RabbitMQ
+            # Fail fast, before waiting on RabbitMQ; names must fit RabbitMQ's limits.
+            load_path(settings.config_dir, Names(settings.topology_prefix).check_length)
         except ManifestError as e:
             click.echo(f"rabbitmesh: invalid manifest: {e}", err=True)
             sys.exit(1)
@@ -73,4 +76,8 @@ def run(**flags: Any) -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(Server(settings).run_forever())
+    try:
+        asyncio.run(Server(settings).run_forever())
+    except ListenError as e:
+        click.echo(f"rabbitmesh: {e}", err=True)
+        sys.exit(1)

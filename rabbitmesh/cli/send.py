@@ -9,11 +9,11 @@ import uuid
 
 import click
 
-from rabbitmesh.cli.client import DEFAULT_SERVER, CliError
+from rabbitmesh.cli.client import POINT_ELSEWHERE, SERVER_DEFAULT_HELP, CliError, default_server
 from rabbitmesh.cli.common import key_values
 from rabbitmesh.cloudevents.percent import percent_encode as encode_header_value
 
-#: --to prefixes -> the ingress path of that kind (CONTRACT.md §3).
+#: --to prefixes -> the ingress path of that kind (docs/contract.md §3).
 PATHS = {
     "broker": "/{namespace}/{name}",
     "channel": "/channels/{namespace}/{name}",
@@ -58,8 +58,8 @@ def target_url(to: str, server: str, namespace: str) -> str:
 @click.option(
     "--server",
     envvar="RABBITMESH_SERVER",
-    default=DEFAULT_SERVER,
-    show_default=True,
+    default=default_server,
+    show_default=SERVER_DEFAULT_HELP,
     help="rabbitmesh to send through, for broker:/channel: targets [env RABBITMESH_SERVER].",
 )
 def send(
@@ -131,4 +131,6 @@ def _post(url: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
             pass
         return e.code, raw.strip()
     except (urllib.error.URLError, OSError) as e:
-        raise CliError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
+        why = getattr(e, "reason", e)
+        detail = "connection refused" if isinstance(why, ConnectionRefusedError) else why
+        raise CliError(f"cannot reach {url} ({detail}); {POINT_ELSEWHERE}") from None

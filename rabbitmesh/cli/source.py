@@ -305,8 +305,8 @@ container = _group(
     "--runtime",
     type=click.Choice(RUNTIMES),
     default=None,
-    help="process (command + args) or docker (the image) [default: the server's "
-    "RABBITMESH_CONTAINER_RUNTIME].",
+    help="process (command + args) or docker (the image); the server runs only its own "
+    "RABBITMESH_CONTAINER_RUNTIME [default: say nothing].",
 )
 @click.option("--sink", "-s", required=True, help=SINK_HELP)
 @ce_override_option

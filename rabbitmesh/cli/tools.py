@@ -1,6 +1,6 @@
 """The helper services of Knative's samples: `rabbitmesh event-display|appender|filter|heartbeats`.
 
-Each is its own process, as the seed's examples run them (CONTRACT.md §7); docs/examples/
+Each is its own process, as the seed's examples run them (docs/contract.md §7); docs/examples/
 shows them wired to channels, sequences and parallels.
 """
 

@@ -7,9 +7,10 @@ percent-encoding, decides binary mode only from `ce-specversion`, and supports b
 
 from .amqp import AmqpParts, decode_amqp, encode_amqp
 from .contenttype import is_json_content_type
-from .errors import InvalidEvent, NotACloudEvent
+from .errors import InvalidEvent, NotACloudEvent, OverLimit
 from .event import REQUIRED_ATTRIBUTES, SPEC_ATTRIBUTES, AttributeValue, CloudEvent
 from .http import decode_request, decode_response, encode_batch, encode_binary, encode_structured
+from .jsonformat import MAX_JSON_DEPTH
 from .validation import validate
 
 __all__ = [
@@ -17,7 +18,9 @@ __all__ = [
     "AttributeValue",
     "CloudEvent",
     "InvalidEvent",
+    "MAX_JSON_DEPTH",
     "NotACloudEvent",
+    "OverLimit",
     "REQUIRED_ATTRIBUTES",
     "SPEC_ATTRIBUTES",
     "decode_amqp",

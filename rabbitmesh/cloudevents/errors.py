@@ -19,3 +19,8 @@ class NotACloudEvent(InvalidEvent):
     content type. A subclass of InvalidEvent so callers that only care about "400 or not"
     need one except clause, while a reply path can tell "plain body" from "broken event".
     """
+
+
+class OverLimit(InvalidEvent):
+    """The request is well-formed but over a size limit (too many events in a batch): the
+    ingress answers 413 rather than 400."""

@@ -13,13 +13,26 @@ escaping for values that need none.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from .contenttype import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE, event_format
+from .contenttype import (
+    BATCH_CONTENT_TYPE,
+    STRUCTURED_CONTENT_TYPE,
+    event_format,
+    is_json_content_type,
+)
 from .errors import InvalidEvent, NotACloudEvent
 from .event import AttributeValue, CloudEvent
-from .jsonformat import decode_batch, decode_structured, encode_json, encode_json_batch
+from .jsonformat import (
+    MAX_JSON_DEPTH,
+    check_json_data_depth,
+    decode_batch,
+    decode_structured,
+    encode_json,
+    encode_json_batch,
+)
 from .percent import percent_decode, percent_encode
 from .tracecontext import TRACE_HEADERS, valid_trace
 from .validation import validate
@@ -81,11 +94,12 @@ def _scan(headers: Mapping[str, str]) -> _Headers:
     return _Headers(ce, content_type or None, duplicate, valid_trace(trace))
 
 
-def _decode_binary(scanned: _Headers, body: bytes) -> CloudEvent:
+def _decode_binary(scanned: _Headers, body: bytes, max_depth: int | None) -> CloudEvent:
     if _SPECVERSION_HEADER not in scanned.ce:
         raise NotACloudEvent(
             "not a CloudEvent: no 'ce-specversion' header and content type "
             f"{scanned.content_type or '(none)'!r} is not a CloudEvents format"
+            f"{_structured_hint(body)}"
         )
     if scanned.duplicate is not None:
         raise InvalidEvent(f"duplicate header {scanned.duplicate!r}")
@@ -105,26 +119,66 @@ def _decode_binary(scanned: _Headers, body: bytes) -> CloudEvent:
     if scanned.content_type is not None:
         attributes["datacontenttype"] = scanned.content_type
     validate(attributes)
+    # No content type means JSON data.
+    if max_depth is not None and body and is_json_content_type(scanned.content_type):
+        check_json_data_depth(body, max_depth)
     return CloudEvent(attributes, body or None, scanned.trace)
 
 
-def decode_request(headers: Mapping[str, str], body: bytes) -> list[CloudEvent]:
+def _structured_hint(body: bytes) -> str:
+    """A body that is a structured event (or a batch of them) sent with another content
+    type, e.g. `application/json`, is the usual cause: say which content type to use."""
+    # Cheap tests first: this is also the path of junk, and a hint is not worth parsing a
+    # large body on an error path.
+    if len(body) > 64 * 1024 or b"specversion" not in body:
+        return ""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    if isinstance(data, dict) and "specversion" in data:
+        return (
+            "; the body looks like a structured-mode event: send it with "
+            "Content-Type: application/cloudevents+json"
+        )
+    if (
+        isinstance(data, list)
+        and data
+        and all(isinstance(e, dict) and "specversion" in e for e in data)
+    ):
+        return (
+            "; the body looks like a batch of events: send it with "
+            "Content-Type: application/cloudevents-batch+json"
+        )
+    return ""
+
+
+def decode_request(
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    max_events: int | None = None,
+    max_depth: int | None = MAX_JSON_DEPTH,
+) -> list[CloudEvent]:
     """Decode an HTTP request into its events (one, or any number in batched mode).
 
     `headers` may be aiohttp's case-insensitive multidict or a plain dict with any case.
     Raises NotACloudEvent when the request is not a CloudEvent at all, InvalidEvent when it
-    is a broken one.
+    is a broken one: JSON (the structured event, the batch, binary data with a JSON content
+    type) nested deeper than `max_depth` included (None: no limit but the parser's). A batch
+    of more than `max_events` raises OverLimit (an InvalidEvent) before any of its events is
+    validated.
     """
     if type(body) is not bytes:
         body = bytes(body)
     scanned = _scan(headers)
     mode = event_format(scanned.content_type)
     if mode == "structured":
-        events = [decode_structured(body)]
+        events = [decode_structured(body, max_depth)]
     elif mode == "batch":
-        events = decode_batch(body)
+        events = decode_batch(body, max_events, max_depth)
     else:
-        return [_decode_binary(scanned, body)]
+        return [_decode_binary(scanned, body, max_depth)]
     if scanned.trace:
         for event in events:
             event.trace = scanned.trace
@@ -153,7 +207,7 @@ def decode_response(status: int, headers: Mapping[str, str], body: bytes) -> Clo
         return event
     if mode == "batch":
         raise InvalidEvent("a reply must be a single event, not a batch")
-    return _decode_binary(scanned, body)
+    return _decode_binary(scanned, body, None)
 
 
 def encode_binary(event: CloudEvent) -> tuple[dict[str, str], bytes]:

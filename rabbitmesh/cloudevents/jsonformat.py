@@ -27,14 +27,22 @@ import json
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from itertools import accumulate
 from typing import Any
 
 import orjson
 
 from .contenttype import charset, is_json_content_type, is_textual_content_type
-from .errors import InvalidEvent
+from .errors import InvalidEvent, OverLimit
 from .event import AttributeValue, CloudEvent
 from .validation import type_name, validate
+
+#: Deepest nesting of arrays and objects accepted in any JSON ingress reads (the outermost
+#: value counts as 1): a structured event as a whole, a batch, binary-mode data with a JSON
+#: content type. orjson parses up to 1024 levels but serialises only 254, and the stdlib's
+#: fallback raises RecursionError near 1000, so deeper data would be accepted and then break
+#: every delivery attempt. Real events nest a handful of levels.
+MAX_JSON_DEPTH = 64
 
 _MISSING: Any = object()
 _UTF8_NAMES = frozenset({"utf-8", "utf8"})
@@ -49,17 +57,126 @@ def _reject_constant(name: str) -> Any:
 _LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}")
 
 
+class _NestedTooDeep(InvalidEvent):
+    """The parser itself gave up on the nesting (orjson past 1024 levels, the stdlib near
+    the recursion limit)."""
+
+
 def loads(body: bytes) -> Any:
     """Parse JSON exactly: orjson normally, the stdlib when the body may hold huge integers."""
     if _LONG_DIGIT_RUN.search(body) is None:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            if str(exc).startswith("depth limit exceeded"):
+                raise _NestedTooDeep(f"malformed JSON: {exc}") from None
             raise InvalidEvent(f"malformed JSON: {exc}") from None
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError as exc:
+        raise _NestedTooDeep(f"malformed JSON: {exc}") from None
+    except ValueError as exc:
         raise InvalidEvent(f"malformed JSON: {exc}") from None
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """True when parsed JSON nests arrays and objects more than `limit` levels deep.
+
+    Level by level and without recursion, so a hostile value cannot exhaust the stack; only
+    containers are followed.
+    """
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if type(node) is dict else node
+            below.extend([c for c in children if type(c) is dict or type(c) is list])
+        level = below
+    return False
+
+
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_TO_SQUARE = bytes.maketrans(b"{}", b"[]")
+_DELTA = [0] * 256
+_DELTA[ord("[")], _DELTA[ord("]")] = 1, -1
+_BACKSLASH = ord("\\")
+
+
+def text_too_deep(data: bytes, limit: int, chunk: int = 64 * 1024) -> bool:
+    """True when the JSON text `data` nests arrays and objects more than `limit` deep.
+
+    Read from the bytes, without building a single object: binary-mode data is otherwise
+    never parsed, and parsing 4 MiB of `[[],[],...]` would cost far more than the check. Per
+    chunk, escaped backslashes and quotes are dropped, strings cut out with split('"'), the
+    brackets kept (translate), and their running depth followed (accumulate), all in C; the
+    GIL is free between chunks. For text that is not JSON the answer only says how deep its
+    brackets outside quotes nest.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = False  # at the start of the chunk
+    start, size = 0, len(data)
+    while start < size:
+        end = min(start + chunk, size)
+        while end < size and data[end - 1] == _BACKSLASH:  # keep escapes whole
+            end += 1
+        piece = data[start:end]
+        if in_string or b'"' in piece:
+            # A backslash only appears in JSON strings, where pairing them left to right
+            # finds its escapes: once the `\\` pairs are gone, a `\"` left is an escaped
+            # quote, and every other quote opens or closes a string.
+            piece = piece.replace(b"\\\\", b"").replace(b'\\"', b"")
+            parts = piece.split(b'"')
+            outside = b"".join(parts[1 if in_string else 0 :: 2])
+            if len(parts) % 2 == 0:
+                in_string = not in_string
+        else:
+            outside = piece
+        brackets = outside.translate(_TO_SQUARE, _NOT_BRACKETS)
+        opens = brackets.count(b"[")
+        if depth + opens > limit and (
+            max(accumulate(map(_DELTA.__getitem__, brackets), initial=depth)) > limit
+        ):
+            return True
+        depth += 2 * opens - len(brackets)
+        start = end
+    return False
+
+
+def _depth_error(limit: int) -> InvalidEvent:
+    return InvalidEvent(f"JSON nested deeper than the limit of {limit} levels")
+
+
+def _loads_depth(body: bytes, max_depth: int) -> Any:
+    """`loads`, with the parser's own depth refusal reported as our limit."""
+    try:
+        return loads(body)
+    except _NestedTooDeep:
+        raise _depth_error(max_depth) from None
+
+
+def loads_limited(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`loads`, refusing JSON nested deeper than `max_depth` with InvalidEvent (measured on
+    the bytes first: a too deep body is never parsed)."""
+    if text_too_deep(body, max_depth):
+        raise _depth_error(max_depth)
+    return _loads_depth(body, max_depth)
+
+
+def check_json_data_depth(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse binary-mode data labelled JSON that nests deeper than `max_depth`.
+
+    The data is not parsed (ingress forwards it as it is): its brackets outside strings are
+    counted, so data labelled JSON whose brackets nest too deep is refused even when it is
+    not valid JSON.
+    """
+    if text_too_deep(data, max_depth):
+        raise InvalidEvent(f"data: {_depth_error(max_depth)}")
 
 
 def dumps(value: Any) -> bytes:
@@ -151,19 +268,89 @@ def event_from_json(obj: dict[str, Any]) -> CloudEvent:
     return CloudEvent(attributes, payload)
 
 
-def decode_structured(body: bytes) -> CloudEvent:
-    """Decode an `application/cloudevents+json` body."""
-    obj = loads(body)
+def decode_structured(body: bytes, max_depth: int | None = None) -> CloudEvent:
+    """Decode an `application/cloudevents+json` body, no deeper than `max_depth` if given."""
+    obj = loads(body) if max_depth is None else loads_limited(body, max_depth)
     if type(obj) is not dict:
         raise InvalidEvent(f"a structured event must be a JSON object, not {type_name(obj)}")
     return event_from_json(obj)
 
 
-def decode_batch(body: bytes) -> list[CloudEvent]:
-    """Decode an `application/cloudevents-batch+json` body; items are numbered from 0."""
-    items = loads(body)
-    if type(items) is not list:
-        raise InvalidEvent(f"a batch must be a JSON array of events, not {type_name(items)}")
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: orjson refuses it too
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+_ITEM_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_SKIP_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def batch_items(body: bytes, max_events: int | None, max_depth: int | None) -> list[Any]:
+    """The items of a JSON array, parsed one at a time; stops at item `max_events` + 1.
+
+    The stdlib's C scanner parses each item (orjson can only parse the whole body): counting
+    stops at the first item over the limit, so a refused batch costs what its first
+    `max_events` items cost, and a long batch is never one long call that holds the GIL. Its
+    results equal orjson's except that huge integers stay exact (as `loads` keeps them) and
+    lone surrogates in strings get through (attribute validation refuses them).
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}") from None
+    skip = _SKIP_WHITESPACE.match
+    pos = skip(text).end()
+    if text[pos : pos + 1] != "[":
+        # Not an array: say what it is, or how it is broken.
+        value = loads(body) if max_depth is None else _loads_depth(body, max_depth)
+        raise InvalidEvent(f"a batch must be a JSON array of events, not {type_name(value)}")
+    items: list[Any] = []
+    pos = skip(text, pos + 1).end()
+    closed = text[pos : pos + 1] == "]"
+    while not closed:
+        start = pos
+        try:
+            item, pos = _ITEM_DECODER.raw_decode(text, pos)
+        except RecursionError:
+            if max_depth is None:
+                raise InvalidEvent("malformed JSON: nested too deep to parse") from None
+            raise _depth_error(max_depth) from None
+        except ValueError as exc:
+            raise InvalidEvent(f"malformed JSON: {exc}") from None
+        items.append(item)
+        if max_events is not None and len(items) > max_events:
+            raise OverLimit(f"batch exceeds the limit of {max_events} events")
+        # The array is level 1, so an item may nest max_depth - 1 levels.
+        if max_depth is not None:
+            brackets = text.count("[", start, pos) + text.count("{", start, pos)
+            if brackets >= max_depth and too_deep(item, max_depth - 1):
+                raise _depth_error(max_depth)
+        pos = skip(text, pos).end()
+        separator = text[pos : pos + 1]
+        if separator == ",":
+            pos = skip(text, pos + 1).end()
+        elif separator == "]":
+            closed = True
+        else:
+            raise InvalidEvent(f"malformed JSON: expected ',' or ']' at char {pos}")
+    if skip(text, pos + 1).end() != len(text):
+        raise InvalidEvent(f"malformed JSON: unexpected content after the array at char {pos + 1}")
+    return items
+
+
+def decode_batch(
+    body: bytes, max_events: int | None = None, max_depth: int | None = None
+) -> list[CloudEvent]:
+    """Decode an `application/cloudevents-batch+json` body; items are numbered from 0.
+
+    More than `max_events` items raise OverLimit as soon as item `max_events` + 1 is read,
+    before any item is validated: validating costs far more than parsing, and a refused
+    batch should cost little. JSON deeper than `max_depth` (if given; the array counts as a
+    level) is refused.
+    """
+    items = batch_items(body, max_events, max_depth)
     events: list[CloudEvent] = []
     for index, item in enumerate(items):
         try:

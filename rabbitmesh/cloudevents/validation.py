@@ -25,6 +25,10 @@ INT_MAX = 2**31 - 1
 #: Longest extension name accepted. The spec only recommends <= 20 characters; 250 keeps
 #: names usable as HTTP and AMQP header names without rejecting real producers.
 MAX_NAME_LENGTH = 250
+#: Longest `id` and `datacontenttype`, in UTF-8 bytes. They travel as the AMQP short-string
+#: properties message_id and content_type (RabbitMQ binding), which hold at most 255 bytes:
+#: a longer value could never be published, so it is refused here, naming the attribute.
+MAX_SHORT_STRING_BYTES = 255
 
 
 def _forbidden_chars() -> re.Pattern[str]:
@@ -149,6 +153,22 @@ def _nonempty(name: str, value: str) -> None:
         raise InvalidEvent(f"attribute {name!r} must not be empty")
 
 
+def _short_string(name: str, value: str) -> None:
+    # 63 characters are at most 252 bytes in UTF-8: only longer values need encoding.
+    if len(value) > MAX_SHORT_STRING_BYTES // 4:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_SHORT_STRING_BYTES:
+            raise InvalidEvent(
+                f"attribute {name!r} is {size} bytes; at most {MAX_SHORT_STRING_BYTES} are "
+                "allowed (it travels as an AMQP short string)"
+            )
+
+
+def _id(name: str, value: str) -> None:
+    _nonempty(name, value)
+    _short_string(name, value)
+
+
 def _uri_reference(name: str, value: str) -> None:
     _nonempty(name, value)
     if not is_uri_reference(value):
@@ -178,6 +198,7 @@ def _content_type(name: str, value: str) -> None:
     different event, or as a broken one, by the next hop.
     """
     _nonempty(name, value)
+    _short_string(name, value)
     if is_event_format(value):
         raise InvalidEvent(
             f"attribute {name!r} is {value!r}, a CloudEvents event format: such data cannot "
@@ -211,7 +232,7 @@ _Check = Callable[[str, str], None]
 _CORE: dict[str, dict[str, _Check]] = {
     "1.0": {
         "specversion": _any_string,
-        "id": _nonempty,
+        "id": _id,
         "source": _source,
         "type": _nonempty,
         "datacontenttype": _content_type,
@@ -221,7 +242,7 @@ _CORE: dict[str, dict[str, _Check]] = {
     },
     "0.3": {
         "specversion": _any_string,
-        "id": _nonempty,
+        "id": _id,
         "source": _source,
         "type": _nonempty,
         "datacontenttype": _content_type,

@@ -1,1 +1,1 @@
-"""Delivering events from RabbitMQ queues to HTTP subscribers (CONTRACT.md §4)."""
+"""Delivering events from RabbitMQ queues to HTTP subscribers (docs/contract.md §4)."""

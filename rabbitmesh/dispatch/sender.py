@@ -18,6 +18,15 @@ from rabbitmesh.dispatch.policy import is_retryable, parse_retry_after
 _SKIP_AUTO = ("Content-Type",)
 
 
+#: knativeerrorcode of an event rabbitmesh could not even put into an HTTP request (its data
+#: cannot be written in the JSON format, say): the event itself is at fault, for good.
+UNSENDABLE_CODE = 422
+
+#: What encoding an event for HTTP may raise besides InvalidEvent: data nested too deep for
+#: the JSON encoder (RecursionError), values no codec takes (ValueError, TypeError).
+ENCODE_ERRORS = (InvalidEvent, RecursionError, ValueError, TypeError)
+
+
 @dataclass(slots=True)
 class Outcome:
     ok: bool
@@ -26,15 +35,26 @@ class Outcome:
     reply: CloudEvent | None = None
     retry_after: float | None = None
     error: str = ""
+    #: The event could not be sent at all and never will be (nothing left this process):
+    #: not retryable, whatever `status` says.
+    unsendable: bool = False
 
     @property
     def retryable(self) -> bool:
-        return is_retryable(self.status)
+        return not self.unsendable and is_retryable(self.status)
 
     @property
     def error_code(self) -> int:
-        """knativeerrorcode: the HTTP status, 500 when there was no response."""
+        """knativeerrorcode: the HTTP status, 500 when there was no response, 422 when the
+        event could not be encoded for HTTP at all."""
+        if self.unsendable:
+            return UNSENDABLE_CODE
         return self.status or 500
+
+
+def unsendable(why: str) -> Outcome:
+    """An event that can never be sent; `body` (knativeerrordata once base64) says why."""
+    return Outcome(False, 0, why.encode(), error=why, unsendable=True)
 
 
 async def send(
@@ -53,7 +73,11 @@ async def send(
     `reply_must_be_event`: a non-empty 2xx body that is not a CloudEvent is a failure
     (Knative's broker answers 502 for it) rather than a success without reply.
     """
-    headers, body = encode_structured(event) if structured else encode_binary(event)
+    try:
+        headers, body = encode_structured(event) if structured else encode_binary(event)
+    except ENCODE_ERRORS as e:
+        mode = "structured (JSON format)" if structured else "binary"
+        return unsendable(f"event cannot be encoded in {mode} mode: {_describe(e)}")
     headers["Prefer"] = "reply"
     headers["Kn-Namespace"] = namespace
     if extra_headers:
@@ -80,7 +104,8 @@ async def send(
                 )
             try:
                 reply = decode_response(status, resp.headers, rbody)
-            except InvalidEvent as e:
+            except ENCODE_ERRORS as e:  # InvalidEvent, or a body no decoder survives
+                e = e if isinstance(e, InvalidEvent) else InvalidEvent(_describe(e))
                 if reply_must_be_event:
                     return Outcome(False, 502, rbody, error=f"reply is not a valid CloudEvent: {e}")
                 reply = None
@@ -89,3 +114,9 @@ async def send(
         return Outcome(False, 0, error=f"no response within {timeout}s")
     except (aiohttp.ClientError, OSError, ValueError) as e:
         return Outcome(False, 0, error=f"{type(e).__name__}: {e}")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "data nested too deeply to encode"
+    return f"{type(e).__name__}: {e}" if not isinstance(e, InvalidEvent) else str(e)

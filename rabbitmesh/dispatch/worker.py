@@ -6,7 +6,19 @@ Every outcome is made durable in RabbitMQ before the message is acked:
   the retry count in a header (confirmed), then ack; nothing waits in memory;
 - final failure: the event, with knativeerror* extensions, goes to the queue's `:dlq`
   (confirmed), then ack; with no dead-letter sink it is dropped and logged;
-- a publish that fails: nack, so RabbitMQ redelivers (or dead-letters) it.
+- a publish that fails for now (PublishFailed: RabbitMQ down, blocked, slow): nack, so
+  RabbitMQ redelivers (or dead-letters) it.
+
+What can never succeed is never requeued (docs/delivery.md, "Poison messages"):
+- a message that is not a CloudEvent, or cannot be decoded at all: parked once;
+- an event that cannot be encoded for HTTP (`Outcome.unsendable`): dead-lettered at once;
+- a reply RabbitMQ could never take (UnpublishableMessage): a failed delivery of the event it
+  answers (code 502), so retried per the delivery policy, then dead-lettered;
+- a retry, dead letter or parked copy too large to publish: a smaller copy, else RabbitMQ's
+  own dead-lettering of the message as it came (nack without requeue);
+- any other exception while handling (a bug): the redelivery guard republishes the message
+  through a delay queue with a count in `x-rabbitmesh-handler-errors`, and parks it at
+  HANDLER_ERROR_LIMIT. The count travels in the message, so it survives a restart.
 With `concurrency` 1 the queue is delivered strictly in order.
 """
 
@@ -23,10 +35,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import aiohttp
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 
 from rabbitmesh import metrics, telemetry
-from rabbitmesh.amqp.client import AmqpClient, PublishFailed
+from rabbitmesh.amqp.client import AmqpClient, PublishFailed, UnpublishableMessage
 from rabbitmesh.amqp.messages import RETRIES_HEADER, Outgoing, raw_message, to_message
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.topology import DELAY_HEADER, Topology
@@ -36,6 +49,9 @@ from rabbitmesh.dispatch.sender import Outcome, send
 
 log = logging.getLogger("rabbitmesh.dispatch")
 
+#: What acking or nacking raises when the channel is gone: transient, not a poison message.
+_CHANNEL_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError)
+
 ReplyHandler = Callable[[CloudEvent, CloudEvent], Awaitable[None]]
 """(original event, reply) -> publishes the reply durably; raises PublishFailed."""
 
@@ -44,6 +60,25 @@ ERROR_DATA_LIMIT = 1024
 #: Pause before handing a message back after a failed publish, so a RabbitMQ hiccup does not
 #: turn into a tight redelivery loop that hammers the subscriber.
 REQUEUE_PAUSE = 1.0
+
+#: How many times handling one message ended in an unexpected exception (the redelivery
+#: guard). RabbitMQ gives classic queues only a `redelivered` flag, so the count travels in
+#: the message itself and survives a restart of rabbitmesh.
+HANDLER_ERRORS_HEADER = "x-rabbitmesh-handler-errors"
+#: Unexpected exceptions one message may cause before it is parked.
+HANDLER_ERROR_LIMIT = 3
+#: Wait before handling a message again after an unexpected exception, times the count: a
+#: failure that is not the message's fault (a passing race) gets a chance to clear.
+HANDLER_ERROR_BACKOFF = 1.0
+#: At most one traceback per worker in this many seconds; other errors get one line each.
+TRACEBACK_INTERVAL = 1.0
+#: At most one warning per worker in this many seconds about publishes RabbitMQ could not
+#: take for now (they repeat for every in-flight message while it is down or blocked).
+TRANSIENT_LOG_INTERVAL = 1.0
+#: knativeerrorcode when the subscriber's reply can never be published (too large, an
+#: attribute over AMQP's limits): the subscriber answered with something unusable, as for a
+#: reply that is not a CloudEvent (Knative's broker answers 502 for that).
+UNPUBLISHABLE_REPLY_CODE = 502
 
 
 class EventFilter(Protocol):
@@ -73,6 +108,10 @@ class WorkerStats:
     dropped: int = 0
     parked: int = 0
     in_flight: int = 0
+    #: HTTP attempts (and events found unsendable before any request)
+    attempts: int = 0
+    #: unexpected exceptions while handling a message (the redelivery guard's count)
+    handler_errors: int = 0
     last_error: str = ""
 
 
@@ -125,6 +164,8 @@ class QueueWorker:
         self._tag: str | None = None
         self._busy: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._last_traceback = -TRACEBACK_INTERVAL
+        self._last_transient_warning = -TRANSIENT_LOG_INTERVAL
 
     async def start(self) -> None:
         self._channel = await self.consumer.channel(prefetch=self.prefetch)
@@ -180,10 +221,8 @@ class QueueWorker:
                 await self._handle(msg)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug must not kill the worker or lose the message
-                log.exception("unexpected error delivering from %s", self.queue_name)
-                with contextlib.suppress(Exception):
-                    await msg.nack(requeue=True)
+            except Exception as e:  # a bug must neither kill the worker, lose the message
+                await self._guard(msg, e)  # nor loop on it
             finally:
                 self.stats.in_flight -= 1
                 self._busy.discard(task)
@@ -194,6 +233,9 @@ class QueueWorker:
             event = decode_amqp(headers, msg.body, msg.content_type)
         except InvalidEvent as e:
             await self._park(msg, f"not a CloudEvent: {e}")
+            return
+        except (RecursionError, ValueError, TypeError) as e:  # the codec choked: same verdict
+            await self._park(msg, f"cannot be decoded: {type(e).__name__}: {e}")
             return
         sub = self.subscriber
         if sub.filter is not None and not sub.filter.matches(event.attributes):
@@ -218,33 +260,48 @@ class QueueWorker:
             kind="consumer",
             **{"url.full": sub.url, "messaging.message.delivery_attempt": retries + 1},
         ):
-            outcome = await send(
-                self.session,
-                sub.url,
-                outbound,
-                namespace=sub.namespace,
-                structured=sub.policy.format == "json",
-                timeout=sub.policy.timeout,
-                reply_must_be_event=sub.reply_must_be_event,
-            )
+            outcome = await self._send(sub, outbound, structured=sub.policy.format == "json")
+            if outcome.unsendable and self.mode == "dead-letter" and sub.policy.format == "json":
+                # A dead letter whose data the JSON format cannot carry (often the very reason
+                # it is a dead letter) still reaches the sink, in binary mode.
+                outcome = await self._send(sub, outbound, structured=False)
         metrics.dispatch_latency.labels(sub.name).observe(time.perf_counter() - started)
         metrics.dispatch_events.labels(
             sub.name, metrics.bounded_type(event.type), metrics.code_class(outcome.status)
         ).inc()
         if outcome.ok:
-            await self._succeeded(msg, event, outcome)
+            await self._succeeded(msg, event, outcome, retries)
         else:
             await self._failed(msg, event, outcome, retries)
 
+    async def _send(self, sub: Subscriber, event: CloudEvent, structured: bool) -> Outcome:
+        self.stats.attempts += 1
+        return await send(
+            self.session,
+            sub.url,
+            event,
+            namespace=sub.namespace,
+            structured=structured,
+            timeout=sub.policy.timeout,
+            reply_must_be_event=sub.reply_must_be_event,
+        )
+
     async def _succeeded(
-        self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome
+        self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome, retries: int
     ) -> None:
         sub = self.subscriber
         if outcome.reply is not None and sub.on_reply is not None:
             try:
                 await sub.on_reply(event, outcome.reply)
+            except UnpublishableMessage as e:
+                # Permanent for this reply; the subscriber may answer differently next time,
+                # so this is a failed delivery of the original: retried, then dead-lettered.
+                why = f"the subscriber's reply cannot be published: {e}"
+                failed = Outcome(False, UNPUBLISHABLE_REPLY_CODE, why.encode(), error=why)
+                await self._failed(msg, event, failed, retries)
+                return
             except PublishFailed as e:
-                log.warning(
+                self._transient_log(
                     "reply from %s for event %s could not be published (%s); will redeliver",
                     sub.name,
                     event.id,
@@ -287,7 +344,7 @@ class QueueWorker:
             try:
                 await self._schedule_retry(event, retries + 1, delay)
             except PublishFailed as e:
-                log.warning(
+                self._transient_log(
                     "could not schedule retry for event %s (%s); requeued",
                     event.id,
                     e,
@@ -296,11 +353,17 @@ class QueueWorker:
                 await asyncio.sleep(REQUEUE_PAUSE)
                 await _nack(msg, requeue=True)
                 return
-            self.stats.retried += 1
-            metrics.retries.labels(sub.name).inc()
-            await msg.ack()
-            return
-        why = "not retryable" if not outcome.retryable else "retries exhausted"
+            except UnpublishableMessage as e:  # the retry copy can never be published
+                why = f"retry cannot be published ({e})"
+            else:
+                self.stats.retried += 1
+                metrics.retries.labels(sub.name).inc()
+                await msg.ack()
+                return
+        elif outcome.unsendable:
+            why = "cannot be sent"
+        else:
+            why = "not retryable" if not outcome.retryable else "retries exhausted"
         if self.mode == "dead-letter":
             await self._park(msg, f"dead-letter sink {sub.url} refused it: {outcome.error}")
             return
@@ -318,12 +381,21 @@ class QueueWorker:
                 :ERROR_DATA_LIMIT
             ]
         try:
-            await self.publisher.publish(
-                "",
+            await self._publish_dead_letter(dead)
+        except UnpublishableMessage as e:
+            # Even without knativeerrordata it does not fit: let RabbitMQ dead-letter the
+            # message as it came (it moves it internally, no frame limit on the way).
+            log.warning(
+                "dead letter for event %s cannot be published (%s); rejecting it to %s as is",
+                event.id,
+                e,
                 self.names.dead_letter_queue(self.queue_name),
-                to_message(dead),
-                mandatory=True,
+                extra=log_fields(event, sub, attempt),
             )
+            self.stats.dead_lettered += 1
+            metrics.dead_lettered.labels(sub.name).inc()
+            await _nack(msg, requeue=False)
+            return
         except PublishFailed as e:
             # RabbitMQ's own dead-lettering moves it to the same :dlq queue.
             log.warning(
@@ -339,6 +411,103 @@ class QueueWorker:
         metrics.dead_lettered.labels(sub.name).inc()
         await msg.ack()
 
+    async def _publish_dead_letter(self, dead: CloudEvent) -> None:
+        """Publish to this queue's `:dlq`; if the error data tips it over the limits, again
+        without it (knativeerrordest and knativeerrorcode are short)."""
+        queue = self.names.dead_letter_queue(self.queue_name)
+        try:
+            await self.publisher.publish("", queue, to_message(dead), mandatory=True)
+        except UnpublishableMessage:
+            if dead.attributes.pop("knativeerrordata", None) is None:
+                raise
+            await self.publisher.publish("", queue, to_message(dead), mandatory=True)
+
+    async def _guard(self, msg: AbstractIncomingMessage, exc: Exception) -> None:
+        """The redelivery guard: an unexpected exception while handling `msg`.
+
+        Rather than a requeue (RabbitMQ would hand it straight back, for ever), publish a
+        copy through a delay queue with the count in HANDLER_ERRORS_HEADER, then ack
+        (publish-then-ack: at least once); at HANDLER_ERROR_LIMIT, park it.
+        """
+        if isinstance(exc, _CHANNEL_ERRORS):
+            # RabbitMQ went away under us (an ack on a closed channel, say): not the
+            # message's fault, and RabbitMQ redelivers it by itself; a copy would duplicate it.
+            log.warning(
+                "message %s from %s: %s; RabbitMQ will redeliver it",
+                msg.message_id,
+                self.queue_name,
+                exc,
+            )
+            await asyncio.sleep(REQUEUE_PAUSE)
+            await _nack(msg, requeue=True)
+            return
+        self.stats.handler_errors += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        errors = _int((msg.headers or {}).get(HANDLER_ERRORS_HEADER)) + 1
+        self._log_handler_error(msg, exc, errors)
+        try:
+            if errors >= HANDLER_ERROR_LIMIT:
+                await self._park(
+                    msg,
+                    f"handling failed {errors} times with an unexpected error; last: "
+                    f"{type(exc).__name__}: {exc}",
+                )
+                return
+            try:
+                await self._redeliver_later(
+                    msg, {HANDLER_ERRORS_HEADER: errors}, HANDLER_ERROR_BACKOFF * errors
+                )
+            except UnpublishableMessage as e:
+                await self._park(msg, f"unexpected error ({exc}); copy not publishable: {e}")
+                return
+            await msg.ack()
+        except (PublishFailed, *_CHANNEL_ERRORS):  # transient: RabbitMQ hands it back later
+            await asyncio.sleep(REQUEUE_PAUSE)
+            await _nack(msg, requeue=True)
+        except Exception:  # the guard itself failed: hand it to RabbitMQ, never lose it
+            log.exception("redelivery guard failed for message %s", msg.message_id)
+            await asyncio.sleep(REQUEUE_PAUSE)
+            await _nack(msg, requeue=self.mode == "dead-letter")
+
+    def _transient_log(self, text: str, *args: Any, extra: dict[str, Any]) -> None:
+        """A publish RabbitMQ could not take for now: every in-flight message meets it at
+        once, every REQUEUE_PAUSE, while RabbitMQ is down or blocked. One warning a second
+        per queue; the rest at DEBUG."""
+        now = time.monotonic()
+        if now - self._last_transient_warning >= TRANSIENT_LOG_INTERVAL:
+            self._last_transient_warning = now
+            log.warning(text, *args, extra=extra)
+        else:
+            log.debug(text, *args, extra=extra)
+
+    def _log_handler_error(self, msg: AbstractIncomingMessage, exc: Exception, n: int) -> None:
+        """One line per error; the traceback only for a message's first error, and at most
+        one per TRACEBACK_INTERVAL (many poison messages at once must not flood the log)."""
+        now = time.monotonic()
+        verdict = "parking it" if n >= HANDLER_ERROR_LIMIT else "will handle it again later"
+        text = "unexpected error handling message %s from %s (%d of %d): %s: %s; %s"
+        args = (msg.message_id, self.queue_name, n, HANDLER_ERROR_LIMIT)
+        if n == 1 and now - self._last_traceback >= TRACEBACK_INTERVAL:
+            self._last_traceback = now
+            log.error(text, *args, type(exc).__name__, exc, verdict, exc_info=exc)
+        else:
+            log.error(text, *args, type(exc).__name__, exc, verdict)
+
+    async def _redeliver_later(
+        self, msg: AbstractIncomingMessage, extra_headers: dict[str, Any], delay: float
+    ) -> None:
+        """A copy of `msg` as it came (plus `extra_headers`) back into this queue after
+        `delay`, through the delay queues retries use."""
+        delay_ms = max(1, round(delay * 1000))
+        await self.topology.ensure_delay_queue(delay_ms)
+        headers = {**(msg.headers or {}), **extra_headers, DELAY_HEADER: str(delay_ms)}
+        await self.publisher.publish(
+            self.names.delay_exchange,
+            self.queue_name,
+            raw_message(msg.body, headers, msg.content_type, msg.message_id),
+            mandatory=True,
+        )
+
     async def _schedule_retry(self, event: CloudEvent, retries: int, delay: float) -> None:
         delay_ms = max(1, round(delay * 1000))
         await self.topology.ensure_delay_queue(delay_ms)
@@ -353,12 +522,14 @@ class QueueWorker:
         """Keep a message we can never deliver where an operator can see it, exactly once."""
         log.error("parking message %s from %s: %s", msg.message_id, self.queue_name, why)
         try:
-            await self.publisher.publish(
-                "",
-                self.names.parked_queue,
-                _raw_copy(msg, why, self.queue_name),
-                mandatory=True,
-            )
+            try:
+                copy = _raw_copy(msg, why, self.queue_name)
+                await self.publisher.publish("", self.names.parked_queue, copy, mandatory=True)
+            except UnpublishableMessage as e:
+                # Its own headers are what does not fit: park the body with our headers only.
+                log.warning("parking message %s without its headers: %s", msg.message_id, e)
+                copy = _raw_copy(msg, why, self.queue_name, keep_headers=False)
+                await self.publisher.publish("", self.names.parked_queue, copy, mandatory=True)
         except PublishFailed:
             await asyncio.sleep(REQUEUE_PAUSE)
             await _nack(msg, requeue=True)
@@ -368,8 +539,10 @@ class QueueWorker:
         await msg.ack()
 
 
-def _raw_copy(msg: AbstractIncomingMessage, why: str, queue: str) -> Outgoing:
-    headers = dict(msg.headers or {})
+def _raw_copy(
+    msg: AbstractIncomingMessage, why: str, queue: str, keep_headers: bool = True
+) -> Outgoing:
+    headers = dict(msg.headers or {}) if keep_headers else {}
     headers["x-rabbitmesh-parked-from"] = queue
     headers["x-rabbitmesh-parked-reason"] = why[:1000]
     headers["x-rabbitmesh-parked-at"] = int(time.time())

@@ -1,1 +1,1 @@
-"""HTTP ingress: CloudEvents in, confirmed RabbitMQ publishes out (CONTRACT.md §3)."""
+"""HTTP ingress: CloudEvents in, confirmed RabbitMQ publishes out (docs/contract.md §3)."""

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from rabbitmesh.http_input import bearer_token
 from rabbitmesh.resources.base import FieldError, Resource
 from rabbitmesh.resources.core import Secret
 from rabbitmesh.resources.eventing import INGRESS_TOKEN_ANNOTATION, Broker
@@ -64,9 +65,8 @@ def problem(get: Lookup, broker: Broker) -> str | None:
 
 def unauthorized(request: web.Request, accepted: tuple[bytes, ...]) -> web.Response | None:
     """None when the request carries one of the `accepted` tokens, else the 401 to send."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and given.strip():
-        candidate = given.strip().encode()
+    candidate = bearer_token(request)
+    if candidate is not None:
         ok = False
         for token in accepted:  # every one, so the time does not tell which matched
             ok |= hmac.compare_digest(candidate, token)

@@ -2,6 +2,11 @@
 
 Many requests share one confirm channel and each awaits only its own confirms, so
 throughput is not bounded by one round trip per event.
+
+Every event of a request is decoded, validated and checked against what RabbitMQ can take
+(rabbitmesh/amqp/limits.py) before the first one is published, so a request is refused as a
+whole (400/413) or published as a whole: a batch is all-or-nothing for bad input. Large
+bodies are decoded in one worker thread, so no request holds the event loop for long.
 """
 
 from __future__ import annotations
@@ -9,17 +14,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from rabbitmesh import telemetry
 from rabbitmesh.amqp.client import BLOCKED_MESSAGE, AmqpClient, PublishFailed
-from rabbitmesh.amqp.messages import to_message
-from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_request
+from rabbitmesh.amqp.limits import UnpublishableMessage, check_publishable
+from rabbitmesh.amqp.messages import Outgoing, to_message
+from rabbitmesh.cloudevents import (
+    MAX_JSON_DEPTH,
+    CloudEvent,
+    InvalidEvent,
+    OverLimit,
+    decode_request,
+)
 from rabbitmesh.dispatch.worker import now_rfc3339
 from rabbitmesh.filters.bindings import routing_key_for_type
+from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.ingress.auth import unauthorized
 from rabbitmesh.metrics import (
     bounded_type,
@@ -33,6 +47,25 @@ from rabbitmesh.reconciler.trigger import DEFAULT_TTL
 log = logging.getLogger("rabbitmesh.ingress")
 
 ALLOW = "POST, OPTIONS"
+
+#: Bodies up to this size are decoded on the event loop (well under a millisecond); larger
+#: ones in the decode thread. Parsing and validating a 4 MiB batch takes tens of
+#: milliseconds of CPU: on the loop, every other request would wait that long.
+INLINE_DECODE_BYTES = 16 * 1024
+_decode_thread: ThreadPoolExecutor | None = None
+
+
+def decode_executor() -> ThreadPoolExecutor:
+    """The one thread large bodies are decoded in, shared by every Ingress of the process.
+
+    One, not a pool: decoding is CPU work that holds the GIL most of the time (orjson does
+    not release it), so more threads would only take more turns from the event loop; with
+    one, the loop waits at most for one parse step at a time.
+    """
+    global _decode_thread
+    if _decode_thread is None:
+        _decode_thread = ThreadPoolExecutor(1, thread_name_prefix="rabbitmesh-decode")
+    return _decode_thread
 
 
 @dataclass(frozen=True)
@@ -60,6 +93,8 @@ class Ingress:
         max_batch_events: int = 1000,
         max_inflight: int = 4096,
         request_timeout: float = 30.0,
+        not_ready: Callable[[str, str, str], str | None] | None = None,
+        max_json_depth: int = MAX_JSON_DEPTH,
     ) -> None:
         self.publisher = publisher
         self.lookup = lookup  # (kind, namespace, name) -> Target, None when unknown
@@ -69,7 +104,11 @@ class Ingress:
         self.max_batch_events = max_batch_events
         self.max_inflight = max_inflight
         self.request_timeout = request_timeout
+        self.max_json_depth = max_json_depth
         self.inflight = 0  # events published and awaiting their confirm
+        #: (kind, namespace, name) -> why a resource without a target is not Ready, None
+        #: when it does not exist: "exists but not Ready" is 503, not "not found".
+        self.not_ready = not_ready
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -116,33 +155,33 @@ class Ingress:
                     "starting up: resources not loaded yet",
                     **{"Retry-After": self.retry_after},
                 ), []
+            why = self.not_ready(kind, ns, name) if self.not_ready is not None else None
+            if why is not None:  # 503 as for a broker still starting (docs/troubleshooting.md)
+                return error(503, why, **{"Retry-After": self.retry_after}), []
             return error(404, f"{kind} {ns}/{name} not found"), []
         if target.tokens is not None:  # checked before the body is read
             denied = unauthorized(request, target.tokens)
             if denied is not None:
                 return denied, []
-        length = request.content_length
-        if length is not None and length > self.max_event_bytes:
-            return error(413, f"body of {length} bytes exceeds {self.max_event_bytes} bytes"), []
         try:
-            async with asyncio.timeout(self.request_timeout):
-                body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return error(413, f"body exceeds {self.max_event_bytes} bytes"), []
-        except TimeoutError:
-            return error(408, f"request body not received within {self.request_timeout:g}s"), []
+            body = await read_body(
+                request,
+                self.max_event_bytes,
+                self.request_timeout,
+                limit_name="RABBITMESH_MAX_EVENT_BYTES",
+            )
+        except BodyError as e:
+            return error(e.status, e.message), []
         ingress_request_bytes.labels(kind).observe(len(body))
         try:
-            events = decode_request(request.headers, body)
-            if target.is_broker:
-                for ev in events:
-                    stamp_broker_ingress(ev)
+            prepared = await self._prepare(request.headers, body, target.is_broker)
+        except OverLimit as e:
+            return error(413, str(e)), []
         except InvalidEvent as e:
             return error(400, str(e)), []
-        if len(events) > self.max_batch_events:
-            return error(
-                413, f"batch of {len(events)} events exceeds {self.max_batch_events} events"
-            ), []
+        except UnpublishableMessage as e:
+            return error(e.status, str(e)), []
+        events = [event for event, _ in prepared]
         if self.inflight + len(events) > self.max_inflight:
             return error(
                 503,
@@ -157,27 +196,63 @@ class Ingress:
             return error(503, BLOCKED_MESSAGE, **{"Retry-After": self.retry_after}), events
         self.inflight += len(events)
         try:
-            if len(events) == 1:
-                await self._publish(target, events[0])
-            elif events:
-                await asyncio.gather(*(self._publish(target, ev) for ev in events))
+            if len(prepared) == 1:
+                await self._publish(target, *prepared[0])
+            elif prepared:
+                await asyncio.gather(*(self._publish(target, ev, msg) for ev, msg in prepared))
         except PublishFailed as e:
             log.warning("publish to %s failed: %s", target.exchange, e)
             return error(
                 503, f"event not accepted: {e}", **{"Retry-After": self.retry_after}
             ), events
+        except UnpublishableMessage as e:  # only if frame_max shrank since _prepare checked
+            return error(e.status, str(e)), events
         finally:
             self.inflight -= len(events)
         return web.Response(status=202), events
 
-    async def _publish(self, target: Target, event: CloudEvent) -> None:
+    async def _prepare(
+        self, headers: Mapping[str, str], body: bytes, is_broker: bool
+    ) -> list[tuple[CloudEvent, Outgoing]]:
+        """Decode the request's events and build their messages, off the loop when large.
+
+        Raises InvalidEvent (400), OverLimit (413) or UnpublishableMessage (its status).
+        """
+        frame_max = self.publisher.frame_max
+        if len(body) <= INLINE_DECODE_BYTES:
+            return self._prepare_sync(headers, body, is_broker, frame_max)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            decode_executor(), self._prepare_sync, headers, body, is_broker, frame_max
+        )
+
+    def _prepare_sync(
+        self, headers: Mapping[str, str], body: bytes, is_broker: bool, frame_max: int
+    ) -> list[tuple[CloudEvent, Outgoing]]:
+        events = decode_request(
+            headers, body, max_events=self.max_batch_events, max_depth=self.max_json_depth
+        )
+        prepared = []
+        for event in events:
+            if is_broker:
+                stamp_broker_ingress(event)
+            message = to_message(event)
+            # Every event is checked before any is published: nothing of a request that
+            # RabbitMQ would refuse (by closing the shared connection) reaches it.
+            check_publishable(message.properties, frame_max)
+            prepared.append((event, message))
+        return prepared
+
+    async def _publish(self, target: Target, event: CloudEvent, message: Outgoing) -> None:
         with telemetry.span(
             event, operation="publish", destination=target.exchange, kind="producer"
         ):
+            if telemetry.enabled():  # the span gave the event its own trace context
+                message = to_message(event)
             routed = await self.publisher.publish(
                 target.exchange,
                 routing_key_for_type(event.type),
-                to_message(event),
+                message,
                 mandatory=True,
                 unroutable_ok=True,
             )

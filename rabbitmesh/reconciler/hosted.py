@@ -55,3 +55,17 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
     if res.status.address is None:
         return None
     return exchange_of(ctx.names, res.KIND, namespace, name)
+
+
+def not_ready_reason(ctx: Context, kind: str, namespace: str, name: str) -> str | None:
+    """Why an ingress path that exists takes no events ("... exists but is not Ready:
+    reason: message"), or None when the resource does not exist. Off the hot path: only
+    asked once `ingress_target` found no target."""
+    res = ctx.get(canonical_kind(kind), namespace, name)
+    if res is None:
+        return None
+    ready = next((c for c in res.status.conditions if c.type == "Ready"), None)
+    why = "not reconciled yet"
+    if ready is not None and (ready.reason or ready.message):
+        why = ": ".join(part for part in (ready.reason, ready.message) if part)
+    return f"{res.KIND} {namespace}/{name} exists but is not Ready ({why})"

@@ -6,7 +6,9 @@
   POSTs them with the subscription's retries, backoff and dead-letter sink (as Knative's
   channel dispatcher retries a reply). A POST inline would have to redeliver the original,
   and call the subscriber again, each time the reply destination hiccups.
-The worker requeues the original when either publish fails (PublishFailed propagates).
+Errors propagate to the worker: PublishFailed (RabbitMQ down or slow, transient) requeues
+the original; UnpublishableMessage (a reply RabbitMQ could never take: over frame_max, an
+attribute over 255 bytes) is a failed delivery of the original, retried then dead-lettered.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Destination -> URL, as Knative's addressable resolver does (CONTRACT.md §2)."""
+"""Destination -> URL, as Knative's addressable resolver does (docs/contract.md §2)."""
 
 from __future__ import annotations
 

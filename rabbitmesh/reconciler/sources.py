@@ -5,6 +5,8 @@ types the source emits; the EventType registry lists them), and Ready:
 - False, `NotFound`: the sink is a Broker/Channel/Sequence/Parallel that does not exist;
 - False, `SecretNotFound`: a `secretKeyRef` names a missing Secret or key;
 - False, `InvalidSpec`: the spec cannot run here (a process-runtime container without command);
+- False, `RuntimeNotAllowed`: the operator's runtime policy forbids it (rabbitmesh/sources/
+  container.py: an annotation asking for another runtime, or the process runtime turned off);
 - False with the runtime's reason (`BackOff`, `ContainerFailed`, `ApiServerUnavailable`,
   `WebhookNotConfigured`, ...), on the replica running the source, while it is failing;
 - True otherwise.
@@ -77,7 +79,14 @@ def make_plan(ctx: Context, source: Source, sink: str) -> Plan | None:
         return ping.plan(source, sink)
     if isinstance(source, ContainerSource):
         secrets = secrets_in(ctx.get)
-        return container.plan(source, sink, s.container_runtime, s.docker_args, secrets)
+        return container.plan(
+            source,
+            sink,
+            s.container_runtime,
+            s.docker_args,
+            secrets,
+            allow_process=s.allow_process_runtime,
+        )
     if isinstance(source, ApiServerSource):
         return apiserver.plan(source, sink, s.kubeconfig)
     if isinstance(source, GitLabSource):

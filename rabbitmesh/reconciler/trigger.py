@@ -60,7 +60,8 @@ class BrokerReplier:
         reply.attributes["knativebrokerttl"] = ttl
         reply.trace = reply.trace or original.trace  # the reply continues the event's trace
         reply.attributes["knativearrivaltime"] = now_rfc3339()
-        # PublishFailed propagates: the worker then requeues the original event.
+        # PublishFailed propagates: the worker then requeues the original event;
+        # UnpublishableMessage too: the worker counts a failed delivery (retry, dead letter).
         await self.ctx.publisher.publish(
             self.exchange, routing_key_for_type(reply.type), to_message(reply)
         )

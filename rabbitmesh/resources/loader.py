@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterable, Iterator
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rabbitmesh.resources import kinds  # noqa: F401  (registers every kind)
 from rabbitmesh.resources.base import FieldError, Resource
@@ -57,7 +60,11 @@ def loc_to_path(loc: Iterable[Any]) -> str:
     return out
 
 
-def parse_document(doc: Any, source: str, index: int) -> Resource:
+#: A check that needs more than the manifest (the topology prefix, say); raises FieldError.
+ExtraCheck = Callable[[Resource], None]
+
+
+def parse_document(doc: Any, source: str, index: int, extra: ExtraCheck | None = None) -> Resource:
     """Validate one decoded YAML/JSON document into its resource model."""
     if not isinstance(doc, dict):
         raise ManifestError(source, index, "", "", "a manifest must be a mapping")
@@ -86,18 +93,65 @@ def parse_document(doc: Any, source: str, index: int) -> Resource:
     try:
         res = info.model.model_validate(doc)
     except ValidationError as e:
-        errors = [
-            (loc_to_path(err["loc"]), err["msg"].removeprefix("Value error, "))
-            for err in e.errors()
-        ]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        errors = [(loc_to_path(err["loc"]), _describe(info.model, err)) for err in e.errors()]
+        # Every error in the one line, not "(and 2 more)": the one left out is often the
+        # typo that caused the others (`subscribr:` makes `subscriber` missing).
         path, msg = errors[0]
-        raise ManifestError(source, index, what, path, msg + more, errors) from None
+        rest = "".join(f"; {p + ': ' if p else ''}{m}" for p, m in errors[1:])
+        raise ManifestError(source, index, what, path, msg + rest, errors) from None
     try:
         res.check()
+        if extra is not None:
+            extra(res)
     except FieldError as e:
         raise ManifestError(source, index, what, e.path, e.message) from None
     return res
+
+
+def _describe(model: type[BaseModel], err: Any) -> str:
+    """Pydantic's message for one error; an unknown field says which known one is close."""
+    if err["type"] != "extra_forbidden":
+        return str(err["msg"]).removeprefix("Value error, ")
+    *parent, name = err["loc"]
+    known = _field_names(model, parent)
+    close = difflib.get_close_matches(str(name), known, n=1) if known else []
+    return "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _field_names(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    """The field names (as written in manifests) of the model found at `loc` under `model`;
+    [] when the path leads somewhere that is not a model (a dict, a union of models)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current, list_item=isinstance(part, int))
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        fields = {f.alias or n: f for n, f in current.model_fields.items()}
+        fields.update(current.model_fields)
+        if part not in fields:
+            return []
+        current = fields[part].annotation
+    current = _unwrap(current, list_item=False)
+    if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        return []
+    return [f.alias or n for n, f in current.model_fields.items()]
+
+
+def _unwrap(tp: Any, list_item: bool) -> Any:
+    """`X | None` -> X, `Annotated[X, ...]` -> X, and `list[X]` -> X for a list index."""
+    while True:
+        origin = typing.get_origin(tp)
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if origin is typing.Annotated:
+            tp = args[0]
+        elif origin in (typing.Union, types.UnionType) and len(args) == 1:
+            tp = args[0]
+        elif list_item and origin in (list, tuple) and args:
+            tp, list_item = args[0], False
+        else:
+            return tp
 
 
 #: Deepest nesting of mappings and sequences a manifest may have (Knative's are under 20).
@@ -234,7 +288,7 @@ def load_documents(text: str, source: str) -> list[Any]:
         raise ManifestError(source, 1, "", "", f"invalid YAML: {e}") from None
 
 
-def load_text(text: str, source: str) -> list[Resource]:
+def load_text(text: str, source: str, extra: ExtraCheck | None = None) -> list[Resource]:
     """All resources in a multi-document YAML (or JSON) text; the first error stops loading."""
     docs = load_documents(text, source)
     out: list[Resource] = []
@@ -246,9 +300,9 @@ def load_text(text: str, source: str) -> list[Resource]:
             and doc.get("kind") == "List"
             and isinstance(doc.get("items"), list)
         ):
-            out.extend(parse_document(item, source, i) for item in doc["items"])
+            out.extend(parse_document(item, source, i, extra) for item in doc["items"])
             continue
-        out.append(parse_document(doc, source, i))
+        out.append(parse_document(doc, source, i, extra))
     return out
 
 
@@ -276,7 +330,7 @@ def manifest_files(directory: Path) -> Iterator[Path]:
             yield p
 
 
-def load_path(path: Path) -> list[Resource]:
+def load_path(path: Path, extra: ExtraCheck | None = None) -> list[Resource]:
     """Resources from a file or the manifest files of a directory."""
     files = [path] if path.is_file() else list(manifest_files(path))
     out: list[Resource] = []
@@ -285,7 +339,7 @@ def load_path(path: Path) -> list[Resource]:
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ManifestError(str(f), 1, "", "", f"cannot read: {e}") from None
-        out.extend(load_text(text, str(f)))
+        out.extend(load_text(text, str(f), extra))
     check_duplicates(out)
     return out
 

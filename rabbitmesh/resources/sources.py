@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -27,6 +28,32 @@ PING_TYPE = "dev.knative.sources.ping"
 #: How a ContainerSource's containers run: `process` (command + args) or `docker` (image).
 RUNTIME_ANNOTATION = "rabbitmesh.dev/runtime"
 RUNTIMES = ("process", "docker")
+
+# A container image reference, as Docker's distribution/reference grammar defines it:
+# [registry[:port]/]path[:tag][@digest]. Nothing else may reach `docker run` as the image
+# (a value starting with `-` would be read as an option).
+_ALNUM = r"[a-z0-9]+"
+_PATH_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_TAG = r"\w[\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_REFERENCE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?",
+    re.ASCII,
+)
+
+
+def image_problem(image: str) -> str | None:
+    """Why `image` is not a container image reference, or None when it is one."""
+    if not IMAGE_REFERENCE.fullmatch(image):
+        return (
+            "must be a container image reference: [registry[:port]/]path[:tag][@digest], "
+            "path in lowercase letters, digits and separators (for example "
+            "ghcr.io/me/app:1.2 or docker.io/library/alpine@sha256:<hex>)"
+        )
+    return None
+
 
 #: GitLab hook names (spec.eventTypes) -> the event type suffix the source emits for them:
 #: eventing-gitlab's receive adapter names a type after the `X-Gitlab-Event` header GitLab
@@ -117,9 +144,7 @@ class PingSource(Source):
             Schedule(s.schedule)
         except ScheduleError as e:
             raise FieldError(
-                "spec.schedule",
-                f"invalid cron expression {s.schedule!r}: {e}. Use 5 fields "
-                "(minute hour day month weekday), or 6 with a leading seconds field",
+                "spec.schedule", f"invalid cron expression {s.schedule!r}: {e}"
             ) from None
         try:
             Schedule(s.schedule, s.timezone)
@@ -238,6 +263,8 @@ class ContainerSource(Source):
             image = c.get("image")
             if image is not None and not isinstance(image, str):
                 raise FieldError(f"{here}.image", "must be a string")
+            if image and (problem := image_problem(image)) is not None:
+                raise FieldError(f"{here}.image", problem)
             command = _strings(c.get("command"), f"{here}.command")
             if not image and not command:
                 raise FieldError(here, "needs an image (docker runtime) or a command")

@@ -6,20 +6,26 @@ Environment, as Knative's ContainerSource (through its SinkBinding) sets it: `NA
 then `K_SINK` and `K_CE_OVERRIDES`. `$(VAR)` in env values, `command` and `args` expands as
 Kubernetes expands it (`$$(VAR)` stays literal).
 
-Runtimes (annotation `rabbitmesh.dev/runtime`, else RABBITMESH_CONTAINER_RUNTIME):
+Runtimes: RABBITMESH_CONTAINER_RUNTIME, the operator's choice. A source whose annotation
+`rabbitmesh.dev/runtime` asks for another one does not run (not Ready, `RuntimeNotAllowed`),
+nor does any with RABBITMESH_ALLOW_PROCESS_RUNTIME=false and the process runtime:
 - `process` (default): runs `command` + `args` with rabbitmesh's environment (minus every
   `RABBITMESH_*` variable: the admin token stays out of children) plus the container's. A
   container with no command whose image is Knative's heartbeats sample runs the built-in
   `rabbitmesh heartbeats` instead; any other image needs a command. A command `rabbitmesh`
   runs this rabbitmesh's own Python when `rabbitmesh` is not on PATH.
-- `docker`: `docker run --rm --name rabbitmesh-{ns}-{name}-{container} ... IMAGE ARGS`, with
-  the environment passed by name (`-e K_SINK`), so no value shows in `ps`, and
-  RABBITMESH_DOCKER_ARGS (default `--network host`, so `K_SINK` URLs on localhost work).
+- `docker`: `docker run --rm --name=rabbitmesh-{ns}-{name}-{container}-{hash} ... -- IMAGE
+  ARGS`, with the environment passed by name (`--env=K_SINK`), so no value shows in `ps`, and
+  RABBITMESH_DOCKER_ARGS (default `--network host`, so `K_SINK` URLs on localhost work). The
+  hash of (namespace, name, container) keeps names apart that would read the same; `--` and
+  the image reference's validation keep the image from being read as an option.
 
 Each process runs in its own process group, dies with rabbitmesh (Linux: parent-death signal)
 and is restarted when it exits, after a capped exponential backoff (0.5 s doubling up to 30 s,
 back to 0.5 s once it ran 10 s). Its stdout and stderr lines go to rabbitmesh's log as
-`source=ContainerSource ns/name container=c: line`. Stopping (source deleted or changed,
+`source=ContainerSource ns/name container=c: line`. No value read from a Secret is ever
+logged: in the argv logged at start, in error messages and in the process's own output lines,
+every occurrence of one is replaced by `<redacted>`. Stopping (source deleted or changed,
 rabbitmesh stopping) sends SIGTERM to the group, then SIGKILL after 10 s.
 """
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import logging
 import os
 import re
@@ -38,9 +45,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rabbitmesh.resources.sources import Container, ContainerSource
+from rabbitmesh.resources.sources import RUNTIME_ANNOTATION, Container, ContainerSource
 from rabbitmesh.sources.manager import Plan, Problem, Runtime
-from rabbitmesh.sources.secrets import NotReady, SecretLookup, secret_value
+from rabbitmesh.sources.secrets import NotReady, Redactor, SecretLookup, secret_value
 from rabbitmesh.sources.sinkbinding import binding_env
 
 log = logging.getLogger("rabbitmesh.sources.container")
@@ -92,9 +99,14 @@ def this_rabbitmesh(command: list[str]) -> list[str]:
 
 
 def container_env(
-    source: ContainerSource, container: Container, sink: str, secrets: SecretLookup
+    source: ContainerSource,
+    container: Container,
+    sink: str,
+    secrets: SecretLookup,
+    secret_values: set[str] | None = None,
 ) -> dict[str, str]:
-    """The container's environment (what rabbitmesh adds, not what it inherits)."""
+    """The container's environment (what rabbitmesh adds, not what it inherits). The values
+    read from Secrets are added to `secret_values`: they must never reach the log."""
     binding = binding_env(
         sink,
         source.spec.ce_overrides.dump() if source.spec.ce_overrides else None,
@@ -114,6 +126,8 @@ def container_env(
             )
             if value is not None:
                 env[var.name] = value
+                if secret_values is not None:
+                    secret_values.add(value)
         else:
             env[var.name] = expand(var.value or "", env)
     for name in ("K_SINK", "K_CE_OVERRIDES"):  # last, as Knative's binding appends them
@@ -127,34 +141,38 @@ def inherited_env() -> dict[str, str]:
 
 
 def docker_name(source: ContainerSource, container: Container) -> str:
+    """`rabbitmesh-{ns}-{name}-{container}-{hash}`: the readable part can be the same for two
+    sources (`team-a`/`sync` and `team`/`a-sync`), the hash of (namespace, name, container)
+    cannot, so one source's start never removes another's container."""
+    key = "\0".join((source.namespace, source.name, container.name))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     raw = f"rabbitmesh-{source.namespace}-{source.name}-{container.name}"
-    return re.sub(r"[^a-zA-Z0-9_.-]", "-", raw)[:200]
+    return f"{re.sub(r'[^a-zA-Z0-9_.-]', '-', raw)[:180]}-{digest}"
 
 
 def docker_argv(
     source: ContainerSource, container: Container, env: dict[str, str], docker_args: str
 ) -> list[str]:
     """`docker run` for one container: Kubernetes' command overrides the entrypoint, args
-    the image's CMD; variables are passed by name (their values come with the process)."""
+    the image's CMD; variables are passed by name (their values come with the process).
+    Every option from the manifest is written `--option=value`, and `--` ends the options
+    before the image, so no manifest value can be read as another option."""
     assert container.image, "checked by the plan"
     argv = [
         "docker",
         "run",
         "--rm",
-        "--name",
-        docker_name(source, container),
-        "--label",
-        f"dev.rabbitmesh.source={source.namespace}/{source.name}",
-        *shlex.split(docker_args),
+        f"--name={docker_name(source, container)}",
+        f"--label=dev.rabbitmesh.source={source.namespace}/{source.name}",
+        *shlex.split(docker_args),  # the operator's, not the manifest's
     ]
-    for name in env:
-        argv += ["-e", name]
+    argv += [f"--env={name}" for name in env]
     if container.working_dir:
-        argv += ["--workdir", container.working_dir]
+        argv.append(f"--workdir={container.working_dir}")
     command = [expand(c, env) for c in container.command]
     if command:
-        argv += ["--entrypoint", command[0]]
-    argv.append(container.image)
+        argv.append(f"--entrypoint={command[0]}")
+    argv += ["--", container.image]
     argv += command[1:]
     argv += [expand(a, env) for a in container.args]
     return argv
@@ -169,6 +187,9 @@ class Launch:
     env: tuple[tuple[str, str], ...]  # what rabbitmesh adds (the fingerprint's part)
     cwd: str | None
     docker_name: str | None = None
+    #: Hides the Secret values this container got (as such or inside an expansion) in
+    #: everything logged about it: its argv, its status messages, its output lines.
+    redact: Redactor = Redactor()
 
     def environ(self) -> dict[str, str]:
         return {**inherited_env(), **dict(self.env)}
@@ -179,7 +200,9 @@ def launches(
 ) -> list[Launch]:
     out = []
     for i, c in enumerate(source.containers()):
-        env = container_env(source, c, sink, secrets)
+        found: set[str] = set()
+        env = container_env(source, c, sink, secrets, found)
+        redact = Redactor(found)
         if runtime == "docker":
             if not c.image:
                 raise NotReady(
@@ -188,7 +211,7 @@ def launches(
                 )
             name = docker_name(source, c)
             argv = docker_argv(source, c, env, docker_args)
-            out.append(Launch(c.name, tuple(argv), tuple(env.items()), None, name))
+            out.append(Launch(c.name, tuple(argv), tuple(env.items()), None, name, redact))
             continue
         command = this_rabbitmesh([expand(x, env) for x in c.command]) or builtin_command(c.image)
         if not command:
@@ -199,18 +222,43 @@ def launches(
                 "Add `command:` (e.g. [rabbitmesh, heartbeats]) or use the docker runtime",
             )
         argv = [*command, *(expand(a, env) for a in c.args)]
-        out.append(Launch(c.name, tuple(argv), tuple(env.items()), c.working_dir))
+        out.append(Launch(c.name, tuple(argv), tuple(env.items()), c.working_dir, None, redact))
     return out
+
+
+def runtime_for(source: ContainerSource, runtime: str, allow_process: bool) -> str:
+    """The runtime the operator chose (RABBITMESH_CONTAINER_RUNTIME), never the manifest's:
+    whoever may write a manifest must not pick how it runs on this host. NotReady
+    (`RuntimeNotAllowed`) when the annotation asks for another runtime, or when the process
+    runtime is turned off (RABBITMESH_ALLOW_PROCESS_RUNTIME=false)."""
+    asked = source.runtime
+    if asked is not None and asked != runtime:
+        raise NotReady(
+            "RuntimeNotAllowed",
+            f"annotation {RUNTIME_ANNOTATION} asks for the {asked} runtime, but this "
+            f"rabbitmesh runs containers with the {runtime} runtime "
+            "(RABBITMESH_CONTAINER_RUNTIME); remove the annotation or set it to "
+            f"{runtime!r}",
+        )
+    if runtime == "process" and not allow_process:
+        raise NotReady(
+            "RuntimeNotAllowed",
+            "the process runtime is turned off on this rabbitmesh "
+            "(RABBITMESH_ALLOW_PROCESS_RUNTIME=false): ContainerSources run only with "
+            "RABBITMESH_CONTAINER_RUNTIME=docker",
+        )
+    return runtime
 
 
 def plan(
     source: ContainerSource,
     sink: str,
-    default_runtime: str,
+    runtime: str,
     docker_args: str,
     secrets: SecretLookup,
+    allow_process: bool = True,
 ) -> Plan:
-    runtime = source.runtime or default_runtime
+    runtime = runtime_for(source, runtime, allow_process)
     todo = launches(source, sink, runtime, docker_args, secrets)
     what = f"ContainerSource {source.namespace}/{source.name}"
     return Plan(
@@ -274,8 +322,13 @@ class Supervisor:
             try:
                 code = await self._run_once()
             except OSError as e:  # not found, not executable, bad cwd
-                log.error("%s: cannot start %r: %s", self.tag, self.launch.argv[0], e)
-                self.report(("ContainerFailed", f"{self.launch.container}: cannot start: {e}"))
+                redact = self.launch.redact
+                log.error(
+                    "%s: cannot start %r: %s", self.tag, redact(self.launch.argv[0]), redact(str(e))
+                )
+                self.report(
+                    ("ContainerFailed", f"{self.launch.container}: cannot start: {redact(str(e))}")
+                )
             else:
                 if loop.time() - started >= HEALTHY_AFTER:
                     delay = BACKOFF_INITIAL
@@ -302,7 +355,9 @@ class Supervisor:
             preexec_fn=_PREEXEC,
             limit=LINE_LIMIT,
         )
-        log.info("%s: started (pid %d): %s", self.tag, proc.pid, shlex.join(self.launch.argv))
+        # Each word is redacted before quoting: quoting could split a value in pieces.
+        argv = shlex.join(self.launch.redact(a) for a in self.launch.argv)
+        log.info("%s: started (pid %d): %s", self.tag, proc.pid, argv)
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [
             asyncio.create_task(self._pump(proc.stdout)),
@@ -330,7 +385,8 @@ class Supervisor:
                 line = await stream.read(LINE_LIMIT)
             if not line:
                 return
-            log.info("%s: %s", self.tag, line.decode(errors="replace").rstrip("\r\n"))
+            text = line.decode(errors="replace").rstrip("\r\n")
+            log.info("%s: %s", self.tag, self.launch.redact(text))
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM to the process group, SIGKILL after the grace period."""

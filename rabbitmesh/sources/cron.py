@@ -10,6 +10,7 @@ day" stays 9:00 across daylight-saving changes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -23,7 +24,12 @@ DESCRIPTORS = frozenset(
 
 
 class ScheduleError(ValueError):
-    """An invalid schedule or time zone; the message is one line for a FieldError."""
+    """An invalid schedule or time zone; the message is one line for a FieldError, and does
+    not repeat the schedule (the caller names it once)."""
+
+
+#: How a schedule is written, said once in an error about its fields.
+FIELDS_HINT = "5 fields (minute hour day month weekday), or 6 with a leading seconds field"
 
 
 def croniter_expression(schedule: str) -> str:
@@ -40,18 +46,22 @@ def croniter_expression(schedule: str) -> str:
     if len(fields) == 6:
         fields = [*fields[1:], fields[0]]
     elif len(fields) != 5:
-        raise ScheduleError(
-            f"{len(fields)} fields: expected 5 (minute hour day month weekday), "
-            "or 6 with a leading seconds field"
-        )
+        raise ScheduleError(f"{len(fields)} fields; expected {FIELDS_HINT}")
     expression = " ".join(fields)
     try:
         # One next tick too: `0 0 31 2 *` parses, but never fires.
         croniter(expression).get_next()
     except (ValueError, KeyError) as e:  # croniter's errors are ValueErrors (KeyError: names)
-        raise ScheduleError(
-            str(e).replace(expression, schedule.strip()) or type(e).__name__
-        ) from None
+        # croniter repeats the expression ("[61 * * * *] is not acceptable, out of range")
+        # and in its own field order: keep only what it says about it.
+        why = re.sub(r"^\[[^\]]*\]", "", str(e)).replace(expression, "").strip(" :,")
+        if why.startswith("failed to find next date"):
+            raise ScheduleError("never fires (no such date)") from None
+        if "out of range" in why:
+            why = "a value is out of range"
+        elif not why or why.startswith("is not acceptable"):
+            why = "not a valid schedule"
+        raise ScheduleError(f"{why}; expected {FIELDS_HINT}") from None
     return expression
 
 

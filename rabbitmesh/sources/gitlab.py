@@ -1,8 +1,11 @@
 """GitLabSource: GitLab webhooks in, CloudEvents out, as knative-extensions/eventing-gitlab.
 
 Receiving (every replica that serves HTTP): `POST /sources/gitlab/{namespace}/{name}`.
-- `X-Gitlab-Token` must equal the `secretToken` Secret's value (compared in constant time):
-  401 otherwise. A source without `secretToken` accepts any request, as eventing-gitlab does.
+- `X-Gitlab-Token` must equal the `secretToken` Secret's value (compared in constant time, as
+  bytes): 401 otherwise. A `secretToken` that cannot be read — its Secret or key missing
+  (optional or not), or its value empty — fails closed, as ingress tokens do: the source is not
+  Ready (`SecretTokenMissing`/`SecretNotFound`) and every webhook gets 401. A source without
+  `secretToken` accepts any request, as eventing-gitlab does.
 - `X-Gitlab-Event: Push Hook` becomes type `dev.knative.sources.gitlab.push` (the header
   without " Hook", snake_case: `tag_push`, `issue`, `confidential_issue`, `merge_request`,
   `note`, `confidential_note`, `job`, `pipeline`, `wiki_page`, `deployment`); an unknown or
@@ -10,7 +13,9 @@ Receiving (every replica that serves HTTP): `POST /sources/gitlab/{namespace}/{n
   Data: the payload as GitLab sent it (application/json; a body that is not JSON is 400).
 - The answer waits for the sink: 202 once it took the event (retried briefly), 502 if it did
   not (GitLab shows the failure, and its "resend" retries it), 503 while the source is not
-  ready, 404 for an unknown source.
+  ready, 404 for an unknown source. The body is read as ingress reads one
+  (rabbitmesh/http_input.py): 413 past RABBITMESH_MAX_EVENT_BYTES, 408 when slower than
+  RABBITMESH_REQUEST_TIMEOUT.
 
 Registering (the replica holding the source's lease): with `accessToken`, the project hook is
 created or updated through GitLab's REST API (`/api/v4/projects/{url-encoded path}/hooks`,
@@ -34,6 +39,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from rabbitmesh.http_input import BodyError, header_bytes, read_body
 from rabbitmesh.resources.sources import GITLAB_EVENTS, GITLAB_TYPE_PREFIX, GitLabSource
 from rabbitmesh.sources.manager import Plan, Runtime
 from rabbitmesh.sources.secrets import NotReady, ResourceLookup, secret_value, secrets_in
@@ -52,6 +58,8 @@ WEBHOOK_RETRY = Retry(retries=3, backoff=0.1, max_backoff=1.0, timeout=2.5)
 API_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 KINDS = frozenset(GITLAB_EVENTS.values())
+#: The webhook's body is bounded like an event posted to ingress.
+BODY_LIMIT = "RABBITMESH_MAX_EVENT_BYTES"
 
 
 def event_kind(header: str) -> str | None:
@@ -75,18 +83,42 @@ def hook_url(base_url: str, namespace: str, name: str) -> str:
 
 
 def tokens(source: GitLabSource, lookup: ResourceLookup) -> tuple[str | None, str | None]:
-    """(access token, secret token); NotReady when a referenced Secret or key is missing."""
-    secrets = secrets_in(lookup)
-    out: list[str | None] = []
-    for ref in (source.spec.access_token, source.spec.secret_token):
-        if ref is None:
-            out.append(None)
-            continue
+    """(access token, secret token); NotReady when a referenced Secret or key is missing, or
+    the secret token cannot authenticate anyone (see `webhook_token`)."""
+    access = None
+    ref = source.spec.access_token
+    if ref is not None:
         sel = ref.secret_key_ref
-        out.append(
-            secret_value(secrets, source.namespace, sel.name, sel.key, optional=bool(sel.optional))
+        access = secret_value(
+            secrets_in(lookup), source.namespace, sel.name, sel.key, optional=bool(sel.optional)
         )
-    return out[0], out[1]
+    return access, webhook_token(source, lookup)
+
+
+def webhook_token(source: GitLabSource, lookup: ResourceLookup) -> str | None:
+    """The token webhooks must carry; None when the source has no `secretToken` (it accepts
+    any request). A `secretToken` that names a missing Secret or key — even an optional one —
+    or an empty value is NotReady: fail closed, never open."""
+    ref = source.spec.secret_token
+    if ref is None:
+        return None
+    sel = ref.secret_key_ref
+    value = secret_value(secrets_in(lookup), source.namespace, sel.name, sel.key, optional=True)
+    if value is None:
+        if not sel.optional:  # the usual SecretNotFound message
+            secret_value(secrets_in(lookup), source.namespace, sel.name, sel.key)
+        raise NotReady(
+            "SecretTokenMissing",
+            f"secretToken: Secret {sel.name!r} or its key {sel.key!r} is missing (namespace "
+            f"{source.namespace!r}); webhooks are refused until it exists",
+        )
+    if not value.strip():
+        raise NotReady(
+            "SecretTokenMissing",
+            f"secretToken: key {sel.key!r} of Secret {sel.name!r} is empty; webhooks are "
+            "refused until it holds a token",
+        )
+    return value
 
 
 # --- receiving ----------------------------------------------------------------------------
@@ -100,9 +132,14 @@ class GitLabWebhooks:
         self,
         lookup: Callable[[], ResourceLookup | None],
         session: Callable[[], aiohttp.ClientSession | None],
+        *,
+        max_body_bytes: int,
+        request_timeout: float,
     ) -> None:
         self.lookup = lookup
         self.session = session
+        self.max_body_bytes = max_body_bytes  # RABBITMESH_MAX_EVENT_BYTES, as ingress
+        self.request_timeout = request_timeout
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(PATH, self.handle)]
@@ -117,19 +154,25 @@ class GitLabWebhooks:
             return _error(404, f"no GitLabSource {name!r} in namespace {ns!r}")
         sink = (source.status.model_extra or {}).get("sinkUri")
         try:
-            _, secret = tokens(source, lookup)
-        except NotReady as e:
-            return _error(503, f"GitLabSource {ns}/{name} is not ready: {e.message}", retry=True)
+            secret = webhook_token(source, lookup)
+        except NotReady as e:  # fail closed: no usable token, nobody is authenticated
+            log.warning("GitLabSource %s/%s: webhook refused: %s", ns, name, e.message)
+            return _error(401, f"GitLabSource {ns}/{name} cannot authenticate webhooks yet")
         if secret is not None:
-            given = request.headers.get(TOKEN_HEADER, "")
-            if not hmac.compare_digest(given.encode(), secret.encode()):
+            given = header_bytes(request, TOKEN_HEADER)  # bytes: non-UTF-8 is a 401, not a 500
+            if not hmac.compare_digest(given, secret.encode()):
                 log.warning("GitLabSource %s/%s: webhook with a wrong %s", ns, name, TOKEN_HEADER)
                 return _error(401, f"missing or wrong {TOKEN_HEADER}")
         header = request.headers.get(EVENT_HEADER, "")
         kind = event_kind(header)
         if kind is None:
             return _error(400, f"unknown or missing {EVENT_HEADER}: {header!r}")
-        body = await request.read()
+        try:
+            body = await read_body(
+                request, self.max_body_bytes, self.request_timeout, limit_name=BODY_LIMIT
+            )
+        except BodyError as e:
+            return _error(e.status, e.message)
         try:
             orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 
 from rabbitmesh.resources.base import Resource
-from rabbitmesh.resources.core import Secret
+from rabbitmesh.resources.core import REDACTED, Secret
 
 #: (namespace, name) -> the Secret, or None.
 SecretLookup = Callable[[str, str], Secret | None]
@@ -50,3 +51,33 @@ def secret_value(
             f"key {key!r} not found in Secret {name!r} (namespace {namespace!r})",
         )
     return value
+
+
+class Redactor:
+    """Replaces every occurrence of the given Secret values in a text by `<redacted>`.
+
+    Values are matched as substrings (an argv `--token=$(TOKEN)` or a process echoing its
+    environment hides the value too), longest first; a multi-line value is also matched line
+    by line, as log lines arrive one line at a time."""
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        parts: set[str] = set()
+        for value in values:
+            parts.add(value)
+            parts.update(line for line in value.splitlines() if line.strip())
+        parts.discard("")
+        self.values = tuple(sorted(parts, key=len, reverse=True))
+        self._pattern = (
+            re.compile("|".join(re.escape(v) for v in self.values)) if self.values else None
+        )
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(REDACTED, text)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Redactor) and other.values == self.values
+
+    def __hash__(self) -> int:
+        return hash(self.values)

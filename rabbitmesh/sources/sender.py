@@ -5,6 +5,11 @@ session), so a source's events look exactly like a dispatcher's deliveries. Retr
 retries: no response, timeouts, 404, 408, 409, 429 and 5xx; any other 4xx is final. A 429/503
 `Retry-After` stretches the wait (up to the cap). The event stays the same across attempts
 (same id), so a sink that dedupes by id sees one event.
+
+Sources publish into a broker only through its HTTP ingress, never straight onto RabbitMQ, so
+an event RabbitMQ could not take (attributes over its frame limit, an `id` over 255 bytes, JSON
+nested too deep) is refused there with a 4xx naming the limit, like any client's: it is final
+(not retried), logged with the sink's reason, and never reaches the shared AMQP connection.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
+import orjson
 
 from rabbitmesh.cloudevents import AttributeValue, CloudEvent
 from rabbitmesh.dispatch.sender import Outcome, send
@@ -108,7 +114,7 @@ async def deliver(
                 event.type,
                 url,
                 attempt,
-                outcome.error,
+                _reason(outcome),
             )
             return outcome
         wait = retry.delay(attempt, outcome.retry_after)
@@ -116,3 +122,15 @@ async def deliver(
             "%s: sink %s failed (%s); retry %d in %.2fs", what, url, outcome.error, attempt, wait
         )
         await asyncio.sleep(wait)
+
+
+def _reason(outcome: Outcome) -> str:
+    """The failure, with the sink's own explanation when it gave one (rabbitmesh's ingress
+    answers `{"error": ...}`), shortened: the body comes from the sink."""
+    if not outcome.body:
+        return outcome.error
+    try:
+        detail = orjson.loads(outcome.body)["error"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        detail = outcome.body[:200].decode("utf-8", "replace")
+    return f"{outcome.error}: {str(detail)[:300]!r}"

@@ -7,18 +7,28 @@ ones to the resource store as v1beta3 EventTypes (origin `auto`, named and shape
 names and shapes them), owned by their broker or channel, so they go when it goes. Replicas
 seeing the same pair write the same name with create-if-absent: one wins, the others see a
 conflict and stop trying.
+
+Anyone who may post to an ingress chooses the types, so what they can make rabbitmesh store is
+bounded per broker (or channel): at most RABBITMESH_EVENTTYPE_AUTO_CREATE_MAX_PER_BROKER
+auto-created EventTypes, and at most RABBITMESH_EVENTTYPE_AUTO_CREATE_PER_MINUTE new ones a
+minute (a token bucket, so a burst cannot take more than a minute's worth). What is refused is
+counted in `eventtype_auto_create_refused{reason="limit"|"rate"}` and tried again when the type
+is seen again (the rate refills; the limit frees up when EventTypes are deleted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from rabbitmesh import metrics
 from rabbitmesh.reconciler.desired import event_type_name
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.store.stream import Store, StoreUnavailable
@@ -36,6 +46,7 @@ ROUTE_KINDS = {"/{namespace}/{name}": "Broker", "/channels/{namespace}/{name}": 
 API_VERSIONS = {"Broker": "eventing.knative.dev/v1", "Channel": "messaging.knative.dev/v1"}
 
 Seen = tuple[str, str, str, str, str]  # (kind, namespace, name, type, source)
+Owner = tuple[str, str, str]  # (kind, namespace, name) of the broker or channel
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -54,12 +65,39 @@ def pairs_of(request: web.Request, body: bytes) -> list[tuple[str, str]]:
     ]
 
 
+class Bucket:
+    """A token bucket: `per_minute` tokens a minute, holding at most a minute's worth."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.tokens = float(per_minute)
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.per_minute, self.tokens + (now - self.at) * self.per_minute / 60)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class AutoEventTypes:
-    def __init__(self, store: Store, lookup: Callable[[str, str, str], Resource | None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lookup: Callable[[str, str, str], Resource | None],
+        max_per_owner: int = 1000,
+        per_minute: int = 60,
+    ) -> None:
         self.store = store
         self.lookup = lookup  # (kind, namespace, name) -> the live resource, for its uid
+        self.max_per_owner = max_per_owner
+        self.per_minute = per_minute
         self.pending: set[Seen] = set()
         self.known: set[Seen] = set()
+        self.buckets: dict[Owner, Bucket] = {}
 
     def observe(self, kind: str, namespace: str, name: str, type_: str, source: str) -> None:
         seen = (kind, namespace, name, type_, source)
@@ -67,6 +105,31 @@ class AutoEventTypes:
             return
         if len(self.pending) < MAX_PENDING:
             self.pending.add(seen)
+
+    def auto_created(self) -> Counter[Owner]:
+        """How many auto-created EventTypes each broker or channel has in the store."""
+        counts: Counter[Owner] = Counter()
+        for entry in self.store.state.entries.values():
+            if entry.kind == "EventType" and entry.origin == "auto":
+                ref = (entry.manifest.get("spec") or {}).get("reference") or {}
+                counts[(str(ref.get("kind", "")), entry.namespace, str(ref.get("name", "")))] += 1
+        return counts
+
+    def _allowed(self, owner: Owner, counts: Counter[Owner]) -> bool:
+        """Within the owner's limit and rate; a refusal is counted in the metric."""
+        reason = None
+        if counts[owner] >= self.max_per_owner:
+            reason = "limit"
+        else:
+            bucket = self.buckets.get(owner)
+            if bucket is None:
+                bucket = self.buckets[owner] = Bucket(self.per_minute)
+            if not bucket.take():
+                reason = "rate"
+        if reason is None:
+            return True
+        metrics.eventtype_auto_create_refused.labels(*owner, reason).inc()
+        return False
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -118,11 +181,15 @@ class AutoEventTypes:
 
     async def flush(self) -> None:
         batch, self.pending = self.pending, set()
+        counts = self.auto_created()
         for seen in batch:
             kind, ns, name, type_, source = seen
             key = ("EventType", ns, event_type_name(name, ns, type_, source))
             owner = self.lookup(kind, ns, name)
             if self.store.get(key) is None and owner is not None:
+                if not self._allowed((kind, ns, name), counts):
+                    continue  # not remembered as known: tried again when seen again
+                counts[(kind, ns, name)] += 1
                 try:
                     await self.store.apply(
                         self.manifest(seen, owner), key, origin="auto", expect="absent"

@@ -19,7 +19,13 @@ import logging
 from pathlib import Path
 
 from rabbitmesh.resources.base import Resource
-from rabbitmesh.resources.loader import ManifestError, check_duplicates, load_text, manifest_files
+from rabbitmesh.resources.loader import (
+    ExtraCheck,
+    ManifestError,
+    check_duplicates,
+    load_text,
+    manifest_files,
+)
 from rabbitmesh.store.manifests import key_of, to_manifest
 from rabbitmesh.store.state import Key, describe
 from rabbitmesh.store.stream import Store, StoreUnavailable
@@ -33,9 +39,10 @@ PARALLEL_WRITES = 32
 
 
 class ConfigSync:
-    def __init__(self, store: Store, directory: Path) -> None:
+    def __init__(self, store: Store, directory: Path, extra: ExtraCheck | None = None) -> None:
         self.store = store
         self.directory = directory
+        self.extra = extra  # checks needing settings: Names.check_length
         self._applied: str | None = None  # digest of the content last applied
         self._seen: str | None = None  # digest seen at the previous poll
         self.polls = 0  # how many looks at the directory so far
@@ -64,7 +71,7 @@ class ConfigSync:
                 text = files[name].decode("utf-8")
             except UnicodeDecodeError as e:
                 raise ManifestError(source, 1, "", "", f"cannot read: {e}") from None
-            for res in load_text(text, source):
+            for res in load_text(text, source, self.extra):
                 resources.append(res)
                 out[key_of(res)] = (res, name)
         check_duplicates(resources)

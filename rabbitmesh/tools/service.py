@@ -21,6 +21,7 @@ from rabbitmesh.cloudevents import (
     encode_binary,
     encode_structured,
 )
+from rabbitmesh.listen import cannot_listen
 
 log = logging.getLogger("rabbitmesh.tools")
 
@@ -75,5 +76,13 @@ def serve(app: web.Application, host: str, port: int, what: str) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    log.info("%s listening on http://%s:%d", what, host, port)
-    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+
+    def started(_banner: str) -> None:  # run_app calls it once the port is bound
+        log.info("%s listening on http://%s:%d", what, host, port)
+
+    try:
+        web.run_app(app, host=host, port=port, print=started, access_log=None, handle_signals=True)
+    except OSError as e:
+        change = "choose another with --port, or --host for another address"
+        print(f"rabbitmesh: {what}: {cannot_listen(e, host, port, change)}", file=sys.stderr)
+        sys.exit(1)

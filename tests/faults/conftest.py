@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.disruption import Disruption, disrupt
 from tests.support.faults import IdSink
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.rabbit import rabbitmqctl
@@ -96,34 +97,38 @@ def resource_alarm() -> Iterator[Callable[[str], Callable[[], None]]]:
     """Raise a RabbitMQ resource alarm: `alarm("memory")` or `alarm("disk")` returns the
     function that clears it. Whatever happens, the node's own limits are restored after the
     test."""
-    restore: list[Callable[[], None]] = []
+    raised: list[Disruption] = []
 
     def alarm(kind: str) -> Callable[[], None]:
+        # Recorded before it is raised (tests/support/disruption.py): a run killed mid-alarm
+        # is cleared by the next session.
         if kind == "memory":
             value = _eval("vm_memory_monitor:get_vm_memory_high_watermark().")
             previous = value if re.fullmatch(r"[0-9.]+", value) else "0.4"
-
-            def clear() -> None:
-                rabbitmqctl("-q", "set_vm_memory_high_watermark", previous)
-
-            restore.append(clear)
-            rabbitmqctl("-q", "set_vm_memory_high_watermark", "0.0001")
+            command = "set_vm_memory_high_watermark"
+            disruption = disrupt([command, "0.0001"], [command, previous])
         elif kind == "disk":
             value = _eval("rabbit_disk_monitor:get_disk_free_limit().")
             previous = value if value.isdigit() else "50MB"
-
-            def clear() -> None:
-                rabbitmqctl("-q", "set_disk_free_limit", previous)
-
-            restore.append(clear)
-            rabbitmqctl("-q", "set_disk_free_limit", "100000GB")  # more than any disk here
+            command = "set_disk_free_limit"
+            # more than any disk here
+            disruption = disrupt([command, "100000GB"], [command, previous])
         else:
             raise ValueError(kind)
-        return clear
+        raised.append(disruption)
+        return disruption.undo
 
-    yield alarm
-    for clear in restore:
-        clear()
+    try:
+        yield alarm
+    finally:
+        errors = []
+        for disruption in raised:
+            try:
+                disruption.undo()
+            except Exception as e:  # still try the others
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
 
 def alarms() -> str:

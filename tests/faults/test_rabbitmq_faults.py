@@ -1,8 +1,10 @@
 """RabbitMQ misbehaving under steady load: restarted, every connection closed, a resource
 alarm. Every event that got a 202 must reach its subscriber.
 
-These scenarios disturb the whole RabbitMQ node: run them against a node of your own while
-others test against the shared one (tests/faults/README.md).
+These scenarios disturb the whole RabbitMQ node (marked `disruptive`): run them against a
+node of your own while others test against the shared one, or deselect them with
+-m "not slow and not disruptive" (tests/faults/README.md). Whatever happens, the node is put
+back (tests/support/disruption.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import aiohttp
 import pytest
 
 from tests.faults.conftest import TriggerSpec, alarms
+from tests.support.disruption import node_stopped
 from tests.support.faults import CLIENT_TIMEOUT, LoadGenerator, settle
 from tests.support.rabbit import rabbitmqctl
 from tests.support.waiting import eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.disruptive, pytest.mark.timeout(240)]
 
 
 async def ctl(*args: str) -> None:
@@ -31,14 +34,11 @@ async def test_rabbitmq_stop_app_start_app_mid_load(meshes, sinks):
     started = time.monotonic()
     load = await LoadGenerator(mesh.url + "/default/br").start()
     await load.wait_accepted(600, "load flowing before the fault")
-    await ctl("stop_app")
-    try:
+    async with node_stopped():
         # While RabbitMQ is down ingress answers, and answers 503: nothing hangs.
         await eventually(
             lambda: load.count(503) >= 300, timeout=30, what="503s while RabbitMQ is stopped"
         )
-    finally:
-        await ctl("start_app")
     await load.wait_accepted(600, "accepting again after start_app", timeout=90)
     result = await settle("rabbitmq stop_app/start_app", load, [sink], started, timeout=90)
     assert set(result.refused) <= {"503"}, result.line()
@@ -69,6 +69,8 @@ async def test_resource_alarm_gives_503_with_retry_after_then_recovers(
     started = time.monotonic()
     load = await LoadGenerator(mesh.url + "/default/br", timeout=60).start()
     await load.wait_accepted(600, "load flowing before the alarm")
+    # This machine's own slowness right now, to bound the answers during the alarm by.
+    baseline = max(load.latency.values())
     clear = resource_alarm(kind)
     try:
         assert kind in alarms()
@@ -93,7 +95,10 @@ async def test_resource_alarm_gives_503_with_retry_after_then_recovers(
     )
     assert set(result.refused) <= {"503"}, result.line()
     assert load.count(CLIENT_TIMEOUT) == 0
-    assert slowest < publish_timeout + 5, f"a request took {slowest:.1f}s: ingress hung"
+    # A publish caught as the block begins waits out publish_timeout; nothing waits longer
+    # than that plus what answers took here before the alarm (a hang would reach 60 s).
+    bound = publish_timeout + max(5.0, 3 * baseline)
+    assert slowest < bound, f"a request took {slowest:.1f}s (before the alarm {baseline:.1f}s)"
 
 
 def probe_headers() -> dict[str, str]:

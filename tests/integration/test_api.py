@@ -1,4 +1,4 @@
-"""The admin REST API (CONTRACT.md §7) against a real rabbitmesh and RabbitMQ."""
+"""The admin REST API (docs/contract.md §7) against a real rabbitmesh and RabbitMQ."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ async def test_create_read_replace_delete_and_their_errors(start_mesh):
     status, body = await call("GET", mesh.url + "/apis/eventing.knative.dev/v1/namespaces/x/nopes")
     assert status == 404 and "nopes" in body["error"]
 
-    assert (await call("POST", mesh.url + BROKERS.format(ns="team"), broker("br2", "team")))[0]
+    status, body = await call("POST", mesh.url + BROKERS.format(ns="team"), broker("br2", "team"))
+    assert status == 201, body
     status, listed = await call("GET", brokers)
     assert listed["kind"] == "BrokerList" and [b["metadata"]["name"] for b in listed["items"]] == [
         "br1"

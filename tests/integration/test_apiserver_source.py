@@ -1,4 +1,4 @@
-"""ApiServerSource (CONTRACT.md §6) against a fake Kubernetes API server that speaks the real
+"""ApiServerSource (docs/contract.md §6) against a fake Kubernetes API server that speaks the real
 list/watch protocol (tests/support/fake_k8s.py), real RabbitMQ and real HTTP sinks."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Channels and Subscriptions (CONTRACT.md §2–4) against a real RabbitMQ and real HTTP sinks."""
+"""Channels and Subscriptions (docs/contract.md §2–4) against a real RabbitMQ and HTTP sinks."""
 
 from __future__ import annotations
 

@@ -202,8 +202,9 @@ async def test_errors_are_one_line_with_a_non_zero_exit(start_mesh):
     port = free_port()
     line = one_error_line(await rabbitmesh("broker", "list", server=f"http://127.0.0.1:{port}"))
     assert line == (
-        f"rabbitmesh: cannot reach the rabbitmesh API at http://127.0.0.1:{port} "
-        "(is `rabbitmesh run` running?)"
+        f"rabbitmesh: cannot reach the rabbitmesh API at http://127.0.0.1:{port}, from --server "
+        "/ RABBITMESH_SERVER (connection refused); is `rabbitmesh run` running there? (for "
+        "another rabbitmesh pass --server URL or set RABBITMESH_SERVER=URL)"
     )
     assert "unknown resource type 'gizmos'" in one_error_line(
         await rabbitmesh("get", "gizmos", server=s)

@@ -1,4 +1,4 @@
-"""ContainerSource (CONTRACT.md §6): real supervised processes posting to real sinks, their
+"""ContainerSource (docs/contract.md §6): real supervised processes posting to real sinks, their
 environment, their logs, restarts with backoff, stopping on delete and on update."""
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ async def test_environment_logs_and_restarts_with_backoff(
         "GREETING=hello envy",
         "POD_NAME=envy",
         "POD_NAMESPACE=default",
-        "PASSWORD=s3cret",
+        "PASSWORD=<redacted>",  # the process got it; the log did not
         "RABBITMESH_CHILD_MUST_NOT_SEE=<unset>",
         f"argv=--to={sink.url}",
         "oops on stderr",
@@ -254,7 +254,9 @@ async def test_the_docker_runtime_runs_the_image_through_the_docker_cli(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     sink = await make_sink()
-    mesh = await start_mesh("", docker_args="--network host --pull never")
+    mesh = await start_mesh(
+        "", container_runtime="docker", docker_args="--network host --pull never"
+    )
     source = container_source(
         "app",
         sink.url,
@@ -277,36 +279,138 @@ async def test_the_docker_runtime_runs_the_image_through_the_docker_cli(
 
     await eventually(lambda: len(invocations()) >= 2, what="docker rm and docker run")
     (rm, _, _), (run, k_sink, x) = invocations()[:2]
-    assert rm == ["rm", "-f", "rabbitmesh-default-app-main"]
+    assert rm[:2] == ["rm", "-f"]
+    name = rm[2]
+    assert name.startswith("rabbitmesh-default-app-main-")
     assert run == [
         "run",
         "--rm",
-        "--name",
-        "rabbitmesh-default-app-main",
-        "--label",
-        "dev.rabbitmesh.source=default/app",
+        f"--name={name}",
+        "--label=dev.rabbitmesh.source=default/app",
         "--network",
         "host",
         "--pull",
         "never",
-        "-e",
-        "NAME",
-        "-e",
-        "NAMESPACE",
-        "-e",
-        "X",
-        "-e",
-        "K_SINK",
-        "-e",
-        "K_CE_OVERRIDES",
-        "--entrypoint",
-        "/app",
+        "--env=NAME",
+        "--env=NAMESPACE",
+        "--env=X",
+        "--env=K_SINK",
+        "--env=K_CE_OVERRIDES",
+        "--entrypoint=/app",
+        "--",
         "ghcr.io/me/app:1",
         "serve",
         f"--sink={sink.url}",
     ]
     # Values travel in the docker CLI's environment, not on its command line.
     assert (k_sink, x) == (sink.url, "1")
+
+
+async def test_docker_containers_of_different_sources_never_share_a_name(
+    start_mesh, make_sink, tmp_path: Path, monkeypatch
+):
+    # Security (issue 11, item 13): `team-a`/`sync` and `team`/`a-sync` were both
+    # `rabbitmesh-team-a-sync-main`, and each start's `docker rm -f` removed the other's.
+    calls = tmp_path / "calls"
+    fake = tmp_path / "docker"
+    fake.write_text(
+        f"#!{PY}\n"
+        "import json, sys, time\n"
+        f"with open({str(calls)!r}, 'a') as f:\n"
+        "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1] == 'run':\n"
+        "    time.sleep(600)\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    sink = await make_sink()
+    mesh = await start_mesh("")
+    docker = {"rabbitmesh.dev/runtime": "docker"}
+    for ns, name in (("team-a", "sync"), ("team", "a-sync")):
+        source = container_source(
+            name, sink.url, [{"name": "main", "image": "ghcr.io/me/app:1"}], annotations=docker
+        )
+        status, body = await call("POST", mesh.url + CONTAINERSOURCES.format(ns=ns), source)
+        assert status == 201, body
+
+    def removed() -> list[str]:
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        return [argv[2] for argv in map(json.loads, lines) if argv[:2] == ["rm", "-f"]]
+
+    await eventually(lambda: len(removed()) >= 2, what="both containers started")
+    assert len(set(removed())) == 2, removed()
+
+    # An image is an image reference, never an option of `docker run`.
+    for image in ("--privileged", "-v/:/host"):
+        bad = container_source(
+            "opt", sink.url, [{"name": "main", "image": image}], annotations=docker
+        )
+        status, body = await call("POST", mesh.url + CONTAINERSOURCES.format(ns="default"), bad)
+        assert status == 422, body
+        assert "spec.template.spec.containers[0].image" in body["error"], body
+    assert not any("--privileged" in line for line in calls.read_text().splitlines())
+
+
+async def test_secret_values_never_reach_the_log(start_mesh, make_sink, caplog, tmp_path: Path):
+    # Security (issue 11, item 5): `args: ["3600", "$(TOKEN)"]` with TOKEN from a Secret was
+    # logged expanded at INFO, and the process's own lines echoing it were relayed verbatim.
+    caplog.set_level(logging.DEBUG)
+    secret = "hunter2-Sup3r-s3cret"
+    sink = await make_sink()
+    mesh = await start_mesh("")
+    status, body = await call(
+        "POST",
+        mesh.url + SECRETS.format(ns="default"),
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "api"},
+            "stringData": {"token": secret},
+        },
+    )
+    assert status == 201, body
+    got = tmp_path / "got"
+    script = (
+        "import os, sys\n"
+        f"open({str(got)!r}, 'w').write(sys.argv[2] + ' ' + os.environ['AUTH'])\n"
+        "print('argv:', sys.argv[1:], file=sys.stderr)\n"
+        "print('error: bad token ' + os.environ['TOKEN'] + '!')\n"
+        "print('done')\n"
+        "sys.exit(1)\n"
+    )
+    source = container_source(
+        "leaky",
+        sink.url,
+        [
+            {
+                "name": "app",
+                "command": [PY, "-c", script],
+                "args": ["3600", "$(TOKEN)", "--auth=$(AUTH)"],
+                "env": [
+                    {
+                        "name": "TOKEN",
+                        "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}},
+                    },
+                    {"name": "AUTH", "value": "Bearer $(TOKEN)"},
+                ],
+            }
+        ],
+    )
+    status, body = await call("POST", mesh.url + CONTAINERSOURCES.format(ns="default"), source)
+    assert status == 201, body
+    tag = "source=ContainerSource default/leaky container=app: "
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records]
+
+    await eventually(lambda: f"{tag}done" in lines(), what="the process's output relayed")
+    # The process got the real value ...
+    assert got.read_text() == f"{secret} Bearer {secret}"
+    # ... and the log has none of it, in the argv it logged nor in the lines it relayed.
+    assert not [line for line in lines() if secret in line]
+    started = next(line for line in lines() if line.startswith(f"{tag}started"))
+    assert started.endswith("3600 '<redacted>' '--auth=Bearer <redacted>'"), started
+    assert f"{tag}error: bad token <redacted>!" in lines()
 
 
 def _ready_is(mesh, name: str, reason: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Knative's delivery rules (CONTRACT.md §4) against a real RabbitMQ and real HTTP sinks."""
+"""Knative's delivery rules (docs/contract.md §4) against a real RabbitMQ and real HTTP sinks."""
 
 from __future__ import annotations
 
@@ -153,7 +153,9 @@ async def test_retry_after_is_honoured_up_to_retry_after_max(start_mesh, make_si
     )
     await post_binary(mesh.url + "/default/br")
     await sub.wait_for(2, timeout=10)
-    assert 0.95 <= gaps(sub)[0] <= 1.5, gaps(sub)
+    # At least the second the subscriber asked for (not the 10 ms backoff), and not the 5 s
+    # retryAfterMax either: a lower bound, and an upper one far from what a slow machine adds.
+    assert 0.95 <= gaps(sub)[0] < 5, gaps(sub)
 
 
 async def test_retry_after_is_ignored_without_retry_after_max(start_mesh, make_sink):

@@ -1,4 +1,4 @@
-"""Trigger filters (CONTRACT.md §5) end to end: real RabbitMQ, real HTTP subscriber, one mesh.
+"""Trigger filters (docs/contract.md §5) end to end: real RabbitMQ, real HTTP subscriber, one mesh.
 
 One Broker carries one Trigger per filter case, each delivering to its own path of one real
 HTTP sink. A fixed set of events is posted once (binary mode, where every extension is a

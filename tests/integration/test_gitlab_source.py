@@ -1,8 +1,9 @@
-"""GitLabSource (CONTRACT.md §6): webhooks in (token checked, every event kind mapped), hooks
+"""GitLabSource (docs/contract.md §6): webhooks in (token checked, every event kind mapped), hooks
 registered and removed through a fake GitLab API that checks the requests, real sinks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import unquote
 
@@ -193,7 +194,8 @@ async def test_a_missing_secret_is_reported_until_it_appears(start_mesh, make_si
     assert status == 201 and ready(body) == ("False", "SecretNotFound")
     assert "Secret 'gitlab' not found" in body["status"]["conditions"][0]["message"]
     webhook = mesh.url + "/sources/gitlab/default/later"
-    assert (await hook(webhook, "Push Hook", "hook-secret", b"{}"))[0] == 503
+    # No token to check against: refused (fail closed), not "retry later".
+    assert (await hook(webhook, "Push Hook", "hook-secret", b"{}"))[0] == 401
     assert gitlab.calls == []
     await call(
         "POST",
@@ -205,6 +207,53 @@ async def test_a_missing_secret_is_reported_until_it_appears(start_mesh, make_si
         lambda: _reason(mesh, "later") == "WebhookNotConfigured", what="WebhookNotConfigured"
     )
     assert (await hook(webhook, "Push Hook", "hook-secret", b"{}"))[0] == 202
+
+
+async def test_a_webhook_without_a_usable_secret_token_is_refused(start_mesh, make_sink):
+    # Security (issue 11, item 8): an empty `secretToken` value, or an optional Secret that is
+    # missing, accepted unauthenticated webhooks and the source showed Ready.
+    sink = await make_sink()
+    mesh = await start_mesh("")
+    await call("POST", mesh.url + SECRETS.format(ns="default"), secret("hooks", secretToken=""))
+    url = mesh.url + GITLABSOURCES.format(ns="default")
+    refs = {
+        "empty": {"name": "hooks", "key": "secretToken"},
+        "optional": {"name": "absent", "key": "secretToken", "optional": True},
+        "optional-key": {"name": "hooks", "key": "nokey", "optional": True},
+    }
+    for name, ref in refs.items():
+        src = gitlab_source(name, "https://gitlab.example.com/g/p", sink.url, ["push_events"])
+        del src["spec"]["accessToken"]  # no hook to register: only receiving matters here
+        src["spec"]["secretToken"] = {"secretKeyRef": ref}
+        status, body = await call("POST", url, src)
+        assert status == 201, body
+        assert ready(body) == ("False", "SecretTokenMissing"), (name, body["status"])
+        webhook = mesh.url + f"/sources/gitlab/default/{name}"
+        for token in (None, "", "anything"):
+            assert (await hook(webhook, "Push Hook", token, b"{}"))[0] == 401, (name, token)
+    assert sink.received == []
+    # Once the Secret holds a token, that token (and only it) is accepted.
+    await call(
+        "PUT",
+        mesh.url + SECRETS.format(ns="default") + "/hooks",
+        secret("hooks", secretToken="now-set"),
+    )
+    webhook = mesh.url + "/sources/gitlab/default/empty"
+    await eventually(lambda: _reason(mesh, "empty") is None, what="the source Ready")
+    assert (await hook(webhook, "Push Hook", "wrong", b"{}"))[0] == 401
+    assert (await hook(webhook, "Push Hook", "now-set", b"{}"))[0] == 202
+    # A token that is not UTF-8 is a wrong token (401), not a server error.
+    host, port = mesh.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /sources/gitlab/default/empty HTTP/1.1\r\nHost: x\r\n"
+        b"X-Gitlab-Event: Push Hook\r\nX-Gitlab-Token: now-set\xff\xfe\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] == b"401", status_line
 
 
 def _reason(mesh, name: str) -> str | None:

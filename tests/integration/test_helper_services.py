@@ -1,4 +1,4 @@
-"""The helper services as the processes users start (CONTRACT.md §7)."""
+"""The helper services as the processes users start (docs/contract.md §7)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ async def test_heartbeats_post_to_k_sink_with_overrides(start_tool, make_sink):
         {"id": 2, "label": "hi"},
     ]
     assert first.ce_id != second.ce_id
-    assert 0.05 < second.at - first.at < 1.0
+    assert second.at - first.at > 0.05  # paced by --period, not sent in a burst
 
 
 async def test_appender_replies_and_explains_what_it_refuses(start_tool):

@@ -1,4 +1,4 @@
-"""Parallels: an ingress channel fanning out to filtered branches (CONTRACT.md §3–4)."""
+"""Parallels: an ingress channel fanning out to filtered branches (docs/contract.md §3–4)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.config import reapply
 from tests.support.events import post_binary
-from tests.support.rabbit import list_names, rabbitmqctl
+from tests.support.rabbit import assert_reply_went_nowhere, list_names, rabbitmqctl
 from tests.support.responders import appending, echo, event_headers, filtering, message, of_type
 from tests.support.sink import Reply
 from tests.support.waiting import eventually
@@ -114,11 +114,13 @@ async def test_replies_go_to_the_branch_reply_else_the_parallel_reply(start_mesh
 async def test_without_any_reply_the_subscriber_reply_is_dropped(start_mesh, make_sink):
     sub = await make_sink(echo())
     mesh = await start_mesh(parallel([branch(sub.url)]))
-    await post_binary(mesh.url + "/parallels/default/par")
+    status, eid = await post_binary(mesh.url + "/parallels/default/par")
+    assert status == 202
     await sub.wait_for(1)
     queue = mesh.server.names.flow_queue("parallel", "default", "par-kn-parallel-0")
     worker = mesh.server.ctx.workers[queue]
     await eventually(lambda: worker.stats.delivered == 1, what="the delivery acked")
+    await assert_reply_went_nowhere(mesh, sub, eid)
 
 
 async def test_branch_delivery_applies_to_the_subscriber_only(start_mesh, make_sink):

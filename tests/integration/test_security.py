@@ -199,7 +199,7 @@ async def test_a_broker_whose_token_secret_is_missing_accepts_nothing(start_mesh
     assert ready(shown) == ("False", "IngressTokenSecretMissing"), shown
     assert "later" in shown["status"]["conditions"][0]["message"]
     status, _, _ = await post(mesh.url + "/default/br", headers=binary_headers(), body=b"{}")
-    assert status == 404  # a broker that is not Ready takes nothing
+    assert status == 503  # a broker that is not Ready takes nothing (and says why)
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "later"}}
     secret["stringData"] = {"token": "t0k3n-later"}
     assert (await call("POST", mesh.url + SECRETS.format(ns=NS), secret))[0] == 201

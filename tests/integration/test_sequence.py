@@ -1,4 +1,4 @@
-"""Sequences: one channel per step, each reply feeding the next step (CONTRACT.md §3–4)."""
+"""Sequences: one channel per step, each reply feeding the next step (docs/contract.md §3–4)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.config import reapply
 from tests.support.events import post_binary
-from tests.support.rabbit import list_names
+from tests.support.rabbit import assert_reply_went_nowhere, list_names
 from tests.support.responders import appending, data, echo, message
 from tests.support.sink import Reply
 from tests.support.waiting import eventually
@@ -91,12 +91,14 @@ async def test_an_empty_reply_stops_the_chain(start_mesh, make_sink):
 async def test_without_reply_the_last_reply_is_dropped(start_mesh, make_sink):
     only = await make_sink(echo())
     mesh = await start_mesh(sequence([uri(only.url)]))
-    await post_binary(mesh.url + "/sequences/default/seq")
+    status, eid = await post_binary(mesh.url + "/sequences/default/seq")
+    assert status == 202
     await only.wait_for(1)
     worker = mesh.server.ctx.workers[
         mesh.server.names.flow_queue("sequence", "default", "seq-kn-sequence-0")
     ]
     await eventually(lambda: worker.stats.delivered == 1, what="the step's delivery acked")
+    await assert_reply_went_nowhere(mesh, only, eid)
 
 
 async def test_each_step_has_its_own_delivery(start_mesh, make_sink):

@@ -1,4 +1,4 @@
-"""SinkBinding (CONTRACT.md §6) and the sources' CLI: `rabbitmesh sinkbinding exec NAME --
+"""SinkBinding (docs/contract.md §6) and the sources' CLI: `rabbitmesh sinkbinding exec NAME --
 CMD...` runs CMD with the binding's environment; `source ... create` builds full specs."""
 
 from __future__ import annotations

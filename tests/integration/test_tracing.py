@@ -84,5 +84,13 @@ async def test_spans_follow_the_event_and_its_reply(start_mesh, make_sink, spans
         first_delivery.context.span_id, "016x"
     )
     assert second.headers["traceparent"].split("-")[1] == TRACE_ID
-    assert by_name  # names are "<operation> <destination>"
-    assert all(" " in name for name in by_name)
+    assert len(ours()) == 3, [s.name for s in ours()]
+    # names are "<operation> <destination>": the broker's exchange, then each trigger's queue
+    prefix = mesh.settings.topology_prefix
+    assert sorted(by_name) == sorted(
+        [
+            f"publish {prefix}.broker.default.br",
+            f"process {prefix}.trigger.default.first",
+            f"process {prefix}.trigger.default.second",
+        ]
+    )

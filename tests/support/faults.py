@@ -144,6 +144,14 @@ class LoadGenerator:
     def answered(self) -> int:
         return len(self.statuses)
 
+    def acceptance(self, start: int, end: int) -> float:
+        """The share of events `start` <= n < `end` (in sending order) answered 202, among
+        those answered: compare a fault's phase with the phase before it, under the same load
+        on the same machine, rather than with an absolute figure."""
+        answered = [self.statuses.get(f"{self.tag}-{n}") for n in range(start, end)]
+        statuses = [s for s in answered if s is not None]
+        return sum(1 for s in statuses if s == 202) / len(statuses) if statuses else 0.0
+
     async def wait_answered(self, count: int, what: str, timeout: float = 30.0) -> None:
         """Wait until `count` more requests have an answer (of any kind)."""
         target = self.answered() + count
@@ -330,6 +338,20 @@ async def settle(
     assert result.lost == 0, result.line()
     assert result.accepted > 0, f"{scenario}: nothing was accepted at all"
     return result
+
+
+def assert_ingress_unaffected(
+    load: LoadGenerator, result: FaultReport, fault: tuple[int, int]
+) -> None:
+    """A subscriber's fault must not push back on ingress: refusals are only 503s (with
+    Retry-After: back-pressure a loaded machine may need), and the share accepted while the
+    fault lasted (events `fault[0]` to `fault[1]`) is at least half of the share before it."""
+    assert set(result.refused) <= {"503"}, result.line()
+    before, during = load.acceptance(0, fault[0]), load.acceptance(*fault)
+    assert during >= before / 2, (
+        f"accepted {during:.0%} while the subscriber was faulty, {before:.0%} before: "
+        + result.line()
+    )
 
 
 def vm_rss_kib(pid: int) -> int:

@@ -61,3 +61,33 @@ async def queue_depth(name: str) -> int:
 
 def delete_everything_sync(prefix: str | tuple[str, ...]) -> None:
     asyncio.run(delete_everything(prefix))
+
+
+def queued_messages(prefix: str | tuple[str, ...]) -> dict[str, int]:
+    """Messages (ready + unacknowledged) of every queue whose name starts with `prefix`."""
+    out = rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages")
+    depths: dict[str, int] = {}
+    for line in out.splitlines():
+        name, _, count = line.strip().rpartition("\t")
+        if name.startswith(prefix):
+            depths[name] = int(count)
+    return depths
+
+
+async def assert_reply_went_nowhere(mesh, sink, event_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The step's reply was published nowhere. A reply is published (and confirmed) before
+    the delivery that produced it is acked, so once the delivery's ack reached RabbitMQ (every
+    queue of this mesh empty) the reply would have been taken by one of its workers, or come
+    back to `sink` (a loop)."""
+    from tests.support.waiting import eventually
+
+    prefix = mesh.settings.topology_prefix + "."
+
+    def queued() -> dict[str, int]:
+        return {q: n for q, n in queued_messages(prefix).items() if n and q != prefix + "store"}
+
+    await eventually(lambda: queued() == {}, timeout=20, what="every queue of the mesh empty")
+    stats = [w.stats for w in mesh.server.ctx.workers.values()]
+    assert sum(s.delivered for s in stats) == 1
+    assert sum(s.in_flight + s.retried + s.dead_lettered + s.parked for s in stats) == 0
+    assert sink.ids() == [event_id]

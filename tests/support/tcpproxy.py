@@ -24,6 +24,9 @@ class TcpProxy:
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.StreamWriter] = set()
         self.open = True
+        # Cleared by hold(): bytes from RabbitMQ wait in the proxy (confirms, deliveries).
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(
@@ -46,9 +49,11 @@ class TcpProxy:
             return
         self._conns.update((writer, uwriter))
 
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, from_target: bool) -> None:
             try:
                 while data := await r.read(65536):
+                    if from_target:
+                        await self._flowing.wait()
                     w.write(data)
                     await w.drain()
             except (OSError, asyncio.CancelledError):
@@ -58,11 +63,20 @@ class TcpProxy:
                     w.close()
                 self._conns.discard(w)
 
-        await asyncio.gather(pipe(reader, uwriter), pipe(ureader, writer))
+        await asyncio.gather(pipe(reader, uwriter, False), pipe(ureader, writer, True))
+
+    def hold(self) -> None:
+        """Keep forwarding to RabbitMQ but hold back what it sends (its confirms, its
+        deliveries): publishes stay unconfirmed until release(), connections stay up."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> None:
         """Drop every connection and refuse new ones, like RabbitMQ going away."""
         self.open = False
+        self._flowing.set()  # held bytes go nowhere: their connections are closed
         for w in list(self._conns):
             w.close()
         self._conns.clear()

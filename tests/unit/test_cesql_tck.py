@@ -1,7 +1,10 @@
 """The official CESQL 1.0 TCK: one pytest case per test of every *.yaml in the TCK directory.
 
 The directory is ../shared/cesql_tck next to the repository, or $RABBITMESH_CESQL_TCK_DIR.
-New TCK files are picked up without code changes. A missing TCK is a failure, not a skip.
+New TCK files are picked up without code changes. The TCK is data that lives beside the
+repository (the CloudEvents project's CESQL conformance cases), not in it: a clone on its own
+skips this test with a message saying where the TCK comes from, while CI (the `CI` variable
+set) fails when it is missing, so the conformance check can never silently disappear there.
 """
 
 from __future__ import annotations
@@ -68,10 +71,12 @@ def _cases() -> list[Any]:
     files = sorted(directory.glob("*.yaml")) if directory.is_dir() else []
     if not files:
         problem = (
-            f"CESQL TCK not found: no *.yaml in {directory} "
-            "(expected ../shared/cesql_tck next to the repo, or set RABBITMESH_CESQL_TCK_DIR)"
+            f"CESQL TCK not found: no *.yaml in {directory}. It is the CESQL 1.0 conformance "
+            "suite (the YAML files under cesql/tck in github.com/cloudevents/spec); put them "
+            "in ../shared/cesql_tck next to the repository or set RABBITMESH_CESQL_TCK_DIR"
         )
-        return [pytest.param({"problem": problem}, id="cesql-tck-missing")]
+        marks = () if os.environ.get("CI") else (pytest.mark.skip(reason=problem),)
+        return [pytest.param({"problem": problem}, id="cesql-tck-missing", marks=marks)]
     params: list[Any] = []
     seen: set[str] = set()
     for path in files:

@@ -12,6 +12,7 @@ from rabbitmesh.api.errors import ApiError
 from rabbitmesh.reconciler.desired import Desired, event_type_name
 from rabbitmesh.resources.core import Secret
 from rabbitmesh.resources.loader import ManifestError, load_text
+from rabbitmesh.settings import Settings
 from rabbitmesh.store.manifests import key_of, to_manifest
 from rabbitmesh.store.state import Entry
 
@@ -174,22 +175,86 @@ def test_orphaned_auto_event_types_are_left_out():
     assert len(Desired().build([entry(et, 0, origin="api")])) == 1
 
 
-def request(method: str, remote: str, auth: str | None = None):
-    headers = {"Authorization": auth} if auth else {}
+def request(method: str, remote: str, auth: str | None = None, **headers: str):
+    given = {k.replace("_", "-"): v for k, v in headers.items()}
+    headers = {"Host": "localhost:8080", "Content-Type": "application/json", **given}
+    if auth:
+        headers["Authorization"] = auth
+    headers = {k: v for k, v in headers.items() if v}
     req = make_mocked_request(method, "/apply", headers=headers)
     req._transport_peername = (remote, 1234)  # what request.remote reads
     return req
 
 
-def test_mutations_need_the_token_when_set_and_loopback_otherwise():
-    check_mutation(request("GET", "10.0.0.9"), None)  # reading is open
-    check_mutation(request("POST", "127.0.0.1"), None)
-    check_mutation(request("DELETE", "::1"), None)
+def settings(token: str | None = None, **kw: object) -> Settings:
+    return Settings(admin_token=token, **kw)
+
+
+def refused(req, s: Settings) -> int:
     with pytest.raises(ApiError) as e:
-        check_mutation(request("POST", "10.0.0.9"), None)
-    assert e.value.status == 403
+        check_mutation(req, s)
+    return e.value.status
+
+
+def test_mutations_need_the_token_when_set_and_loopback_otherwise():
+    check_mutation(request("GET", "10.0.0.9"), settings())  # reading is open
+    check_mutation(request("POST", "127.0.0.1"), settings())
+    check_mutation(request("DELETE", "::1", Content_Type=""), settings())  # no body, no type
+    assert refused(request("POST", "10.0.0.9"), settings()) == 403
     for auth in (None, "Bearer wrong", "Basic c2VjcmV0", "secret"):
-        with pytest.raises(ApiError) as e:
-            check_mutation(request("PUT", "127.0.0.1", auth), "secret")
-        assert e.value.status == 401
-    check_mutation(request("PUT", "10.0.0.9", "Bearer secret"), "secret")
+        assert refused(request("PUT", "127.0.0.1", auth), settings("secret")) == 401
+    check_mutation(request("PUT", "10.0.0.9", "Bearer secret"), settings("secret"))
+    # Not trusting loopback: the token or nothing.
+    assert refused(request("POST", "127.0.0.1"), settings(admin_trust_loopback=False)) == 403
+    check_mutation(
+        request("POST", "127.0.0.1", "Bearer t"), settings("t", admin_trust_loopback=False)
+    )
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST:1", "127.0.0.2:80", "[::1]:8080"])
+def test_loopback_hosts_are_trusted(host):
+    check_mutation(request("POST", "127.0.0.1", Host=host), settings())
+
+
+@pytest.mark.parametrize("host", ["evil.example", "localhost.evil.example:8080", "0.0.0.0", ""])
+def test_other_hosts_are_refused_without_a_token(host):
+    """DNS rebinding: the request comes from loopback but names another site."""
+    assert refused(request("POST", "127.0.0.1", Host=host), settings()) == 421
+    check_mutation(request("POST", "127.0.0.1", "Bearer t", Host=host), settings("t"))
+    public = settings(public_url="https://mesh.example.com")
+    check_mutation(request("POST", "127.0.0.1", Host="mesh.example.com"), public)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://localhost:3000"},  # another local web app is another site
+        {"Sec_Fetch_Site": "cross-site"},
+        {"Sec_Fetch_Site": "same-site"},
+    ],
+)
+def test_changes_from_pages_of_other_sites_are_refused_token_or_not(headers):
+    assert refused(request("POST", "127.0.0.1", **headers), settings()) == 403
+    assert refused(request("POST", "10.0.0.9", "Bearer t", **headers), settings("t")) == 403
+
+
+def test_same_origin_and_public_url_origins_are_not_foreign():
+    check_mutation(request("POST", "127.0.0.1", Origin="http://localhost:8080"), settings())
+    check_mutation(request("POST", "127.0.0.1", Sec_Fetch_Site="same-origin"), settings())
+    public = settings("t", public_url="https://mesh.example.com")
+    check_mutation(
+        request("POST", "10.0.0.9", "Bearer t", Host="lb:80", Origin="https://mesh.example.com"),
+        public,
+    )
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", ""])
+def test_changes_need_a_json_or_yaml_body(ctype):
+    assert refused(request("POST", "127.0.0.1", Content_Type=ctype), settings()) == 415
+    assert (
+        refused(request("PUT", "127.0.0.1", "Bearer t", Content_Type=ctype), settings("t")) == 415
+    )
+    for ok in ("application/json; charset=utf-8", "application/yaml", "text/yaml"):
+        check_mutation(request("POST", "127.0.0.1", Content_Type=ok), settings())

@@ -119,7 +119,7 @@ def test_delivery_and_ref_fields():
      metadata: {name: t}
      spec: {broker: b, subscriber: {uri: "http://x"}, filtr: {}}
      """,
-            "spec.filtr: Extra inputs are not permitted",
+            "spec.filtr: unknown field (did you mean 'filter'?)",
         ),
         (
             """
@@ -227,3 +227,53 @@ def test_destination_resolution(dest, url):
         service_url_template="http://{name}.{namespace}.svc/",
     )
     assert got == url
+
+
+def test_every_field_error_is_listed_with_a_did_you_mean():
+    msg = error("""
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {name: tr1}
+        spec:
+          broker: default
+          subscribr: {uri: "http://x"}
+          filter: {atributes: {type: x}}
+        """)
+    assert msg.startswith("test.yaml: document 1 (Trigger tr1): ")
+    for part in (
+        "spec.filter.atributes: unknown field (did you mean 'attributes'?)",
+        "spec.subscriber: Field required",
+        "spec.subscribr: unknown field (did you mean 'subscriber'?)",
+    ):
+        assert part in msg, msg
+    assert "more)" not in msg
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        # Inside a list of models, and with a camelCase alias.
+        (
+            """
+            apiVersion: flows.knative.dev/v1
+            kind: Sequence
+            metadata: {name: s}
+            spec: {steps: [{uri: "http://x", delivery: {backofDelay: PT1S}}]}
+            """,
+            "spec.steps[0].delivery.backofDelay: unknown field (did you mean 'backoffDelay'?)",
+        ),
+        # Nothing close: no guess.
+        (
+            """
+            apiVersion: eventing.knative.dev/v1
+            kind: Broker
+            metadata: {name: b}
+            spec: {zzz: 1}
+            """,
+            "spec.zzz: unknown field",
+        ),
+    ],
+)
+def test_unknown_field_suggestions(doc, expected):
+    msg = error(doc)
+    assert msg.endswith(expected), msg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
@@ -12,11 +13,11 @@ import pytest
 
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.resources.core import Secret
-from rabbitmesh.resources.loader import load_text
+from rabbitmesh.resources.loader import ManifestError, load_text
 from rabbitmesh.sources import apiserver, container, gitlab, ping
 from rabbitmesh.sources.cron import Schedule, ScheduleError, croniter_expression
 from rabbitmesh.sources.manager import MAX_QUEUE_NAME, source_queue
-from rabbitmesh.sources.secrets import NotReady
+from rabbitmesh.sources.secrets import NotReady, Redactor
 from rabbitmesh.sources.sender import Retry, rfc3339
 from rabbitmesh.sources.sinkbinding import NotBound, binding_env, env_of
 
@@ -250,13 +251,14 @@ def test_docker_argv_passes_variables_by_name_and_maps_command_to_entrypoint():
     (launch,) = container.launches(
         src, "http://sink/", "docker", "--network host --cpus 1", secrets
     )
-    assert launch.docker_name == "rabbitmesh-team-cs-main"
+    name = launch.docker_name
+    assert name is not None and re.fullmatch(r"rabbitmesh-team-cs-main-[0-9a-f]{12}", name)
     assert launch.argv == (
-        "docker", "run", "--rm", "--name", "rabbitmesh-team-cs-main",
-        "--label", "dev.rabbitmesh.source=team/cs", "--network", "host", "--cpus", "1",
-        "-e", "NAME", "-e", "NAMESPACE", "-e", "GREETING", "-e", "TOKEN", "-e", "K_SINK",
-        "-e", "K_CE_OVERRIDES",
-        "--entrypoint", "/app", "ghcr.io/me/app:1", "--sink", "http://sink/",
+        "docker", "run", "--rm", f"--name={name}",
+        "--label=dev.rabbitmesh.source=team/cs", "--network", "host", "--cpus", "1",
+        "--env=NAME", "--env=NAMESPACE", "--env=GREETING", "--env=TOKEN", "--env=K_SINK",
+        "--env=K_CE_OVERRIDES",
+        "--entrypoint=/app", "--", "ghcr.io/me/app:1", "--sink", "http://sink/",
         "--name=overridden", "$(NAME)", "$(UNKNOWN)",
     )  # fmt: skip
     assert "t0k" not in " ".join(launch.argv)  # secrets stay out of `ps`
@@ -272,7 +274,8 @@ def test_what_the_process_runtime_cannot_run():
     assert e.value.reason == "SecretNotFound"
     # Knative's heartbeats sample image runs the built-in heartbeats.
     sample = SOURCE.replace(
-        "ghcr.io/me/app:1", "gcr.io/knative-releases/knative.dev/eventing/cmd/heartbeats@sha256:ab"
+        "ghcr.io/me/app:1",
+        "gcr.io/knative-releases/knative.dev/eventing/cmd/heartbeats@sha256:" + "ab" * 32,
     )
     (launch,) = container.launches(
         load(sample.replace("command: [/app, --sink, $(K_SINK)]", "")),
@@ -304,3 +307,51 @@ def test_sinkbinding_environment_from_the_api_object():
     }
     with pytest.raises(NotBound, match="NotFound"):
         env_of(unbound)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "why"),
+    [
+        ("61 * * * *", "a value is out of range"),
+        ("*/x * * * *", "not a valid schedule"),
+        ("* * *", "3 fields"),
+        ("0 0 31 2 *", "never fires"),
+    ],
+)
+def test_schedule_errors_do_not_repeat_the_schedule(schedule, why):
+    """The caller names the schedule once ("invalid cron expression '...': <this>")."""
+    with pytest.raises(ScheduleError) as e:
+        croniter_expression(schedule)
+    message = str(e.value)
+    assert message.startswith(why), message
+    assert schedule not in message and "[" not in message, message
+    assert message.count("5 fields") <= 1, message
+
+
+def test_docker_names_of_different_sources_never_collide():
+    # `team-a`/`sync` and `team`/`a-sync` read the same once joined with "-".
+    meta = "{name: cs, namespace: team}"
+    a = load(SOURCE.replace(meta, "{name: sync, namespace: team-a}"))
+    b = load(SOURCE.replace(meta, "{name: a-sync, namespace: team}"))
+    (ca,), (cb,) = a.containers(), b.containers()
+    assert container.docker_name(a, ca) != container.docker_name(b, cb)
+
+
+def test_redactor_hides_every_secret_value_as_a_substring():
+    redact = Redactor(["t0k", "line one\nline two"])
+    assert redact("--token=t0k and t0kt0k") == "--token=<redacted> and <redacted><redacted>"
+    assert redact("got: line two") == "got: <redacted>"
+    assert Redactor([""])("unchanged") == "unchanged"
+
+
+def test_the_image_must_be_an_image_reference():
+    for bad in ("--privileged", "-v/:/host", "a b", "ko://knative.dev/x", "x:y:z"):
+        with pytest.raises(ManifestError) as e:
+            load(SOURCE.replace("ghcr.io/me/app:1", f"'{bad}'"))
+        assert e.value.field.endswith(".image"), e.value
+    for good in (
+        "alpine",
+        "localhost:5000/a/b:v1.2",
+        "docker.io/library/alpine@sha256:" + "a" * 64,
+    ):
+        load(SOURCE.replace("ghcr.io/me/app:1", good))

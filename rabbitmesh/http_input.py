@@ -1,0 +1,72 @@
+"""What every HTTP endpoint needs from a request, done once: the body read within a size and
+a time limit, and header values as the bytes the client sent.
+
+Used by the ingress, the admin API and the GitLab webhook alike, so a slow or oversized body
+is refused the same way everywhere (413 naming the limit, 408 after the timeout) instead of
+holding a handler open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+#: Bytes read from the socket at a time while a body arrives.
+CHUNK = 64 * 1024
+
+
+class BodyError(Exception):
+    """The body could not be read within the limits: `status` (408 or 413) and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def read_body(
+    request: web.Request, max_bytes: int, timeout: float, *, limit_name: str
+) -> bytes:
+    """The whole body, or BodyError: 413 past `max_bytes` (checked against Content-Length
+    before anything is read, then while reading), 408 when it takes longer than `timeout`
+    seconds. `limit_name` (RABBITMESH_MAX_EVENT_BYTES, ...) is named in the 413."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise BodyError(413, f"body of {length} bytes exceeds {max_bytes} bytes ({limit_name})")
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await request.content.read(CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BodyError(413, f"body exceeds {max_bytes} bytes ({limit_name})")
+                parts.append(chunk)
+    except TimeoutError:
+        raise BodyError(408, f"request body not received within {timeout:g}s") from None
+    body = b"".join(parts)
+    # What aiohttp's request.read() keeps, so a later read() (a middleware's) returns these
+    # bytes instead of an empty stream.
+    request._read_bytes = body
+    return body
+
+
+def header_bytes(request: web.Request, name: str) -> bytes:
+    """A header's value as sent. aiohttp decodes header bytes as UTF-8 with surrogate
+    escapes, so bytes that are not UTF-8 survive here instead of raising
+    UnicodeEncodeError (a 500) where a token is compared."""
+    return request.headers.get(name, "").encode("utf-8", "surrogateescape")
+
+
+def bearer_token(request: web.Request) -> bytes | None:
+    """The token of `Authorization: Bearer <token>` (scheme case-insensitive, surrounding
+    spaces ignored), None when there is none."""
+    scheme, _, given = header_bytes(request, "Authorization").partition(b" ")
+    token = given.strip()
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return token
