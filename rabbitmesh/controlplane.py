@@ -248,16 +248,22 @@ class ControlPlane:
             res, old = current.get(key), ctx.resources.get(key)
             if res is None:
                 if old is not None:
-                    gone.append(ctx.resources.pop(key))
+                    gone.append(old)
                 continue
             if old is not None and old is not res:
                 res.status = old.status  # keep transition times across re-applies
             ctx.resources[key] = res
-        if gone and self.started:
-            gone = await self._still_gone(gone)
+        if gone:
+            # Deleted resources stay visible (GET, ingress) until their topology is gone, as
+            # Kubernetes shows an object until its finalizers ran; then what reads them sees
+            # them gone (a Trigger of a deleted Broker: BrokerDoesNotExist).
+            finalize = await self._still_gone(gone) if self.started else gone
+            await self.controller.apply([], finalize)
+            for res in gone:
+                ctx.resources.pop(res.key, None)
         present = [ctx.resources[k] for k in work if k in ctx.resources]
         before = {r.key: r.status.ready for r in present}
-        failed = await self.controller.apply(present, gone)
+        failed = await self.controller.apply(present, [])
         # A resource whose readiness flipped may change what its dependents report.
         flipped = {
             r.key for r in present if r.status.ready != before[r.key] and r.key not in failed
