@@ -1,12 +1,19 @@
 """The control plane of one replica: the resource store -> the desired set -> the controller.
 
-- At start: read the store stream up to now, apply the config dir to it, reconcile once;
-  only then is the replica ready (/readyz).
-- Then: every change read from the stream (written by this replica's API or config watcher,
-  or by another replica) marks the desired set dirty; one loop reconciles it, debounced, never
-  two at a time, and retries every few seconds after a failure.
-- Read-after-write: a writer can wait until the reconcile that includes its record is done,
-  so the API answers with the resource's status as this replica reconciled it.
+- At start: read the store stream up to now, apply the config dir to it, reconcile
+  everything once; only then is the replica ready (/readyz).
+- Then, as Knative's controllers do, a keyed work queue: every record read from the stream
+  (written by this replica's API or config watcher, or by another replica) names the keys it
+  changed; the desired set takes in those keys only, and the queue gets the keys whose desired
+  resource changed plus their dependents (a Broker's Triggers, a Channel's Subscriptions, a
+  Secret's users: rabbitmesh/reconciler/dependencies.py). Keys queued twice collapse; one loop
+  takes everything queued as a batch, so no key is reconciled twice at once; the controller
+  runs a batch with bounded concurrency (RABBITMESH_RECONCILE_CONCURRENCY).
+- A key whose reconcile failed is queued again after a backoff (0.5 s doubling to 30 s).
+- Every RABBITMESH_RESYNC_INTERVAL, and after a RabbitMQ connection came back, every key is
+  queued again, a slice per batch, to repair drift (a queue deleted by hand, a reconnect).
+- Read-after-write: a writer can wait until the batch that includes its record is done, so
+  the API answers with the resource's status as this replica reconciled it.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from collections.abc import Callable
 from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
+from rabbitmesh.api.objects import render
 from rabbitmesh.reconciler.context import Context
-from rabbitmesh.reconciler.controller import Controller
+from rabbitmesh.reconciler.controller import Controller, order
 from rabbitmesh.reconciler.desired import Desired
 from rabbitmesh.reconciler.known_types import known_types
 from rabbitmesh.resources.base import Resource
@@ -28,14 +36,17 @@ from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
 from rabbitmesh.store.configsync import ConfigSync
 from rabbitmesh.store.state import Key
-from rabbitmesh.store.stream import Store
+from rabbitmesh.store.stream import Store, StoreUnavailable
+from rabbitmesh.watch import WatchLog
 
 log = logging.getLogger("rabbitmesh.controlplane")
 
-#: How often failed reconciles are retried.
-RESYNC_SECONDS = 5.0
-#: Changes arriving within this long are reconciled together.
-DEBOUNCE_SECONDS = 0.02
+#: First and longest wait before a failed key is reconciled again.
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+#: Keys of a resync taken into one batch (the rest wait for the next): a write queued behind
+#: a resync of thousands of resources waits for a slice of it, not for all of it.
+RESYNC_SLICE = 200
 
 
 class ControlPlane:
@@ -51,6 +62,7 @@ class ControlPlane:
     ) -> None:
         self.settings = settings
         self.publisher = publisher
+        self.consumer = consumer
         self.ctx = ctx
         self.controller = controller
         self.on_ready = on_ready
@@ -63,6 +75,7 @@ class ControlPlane:
         )
         self.config = ConfigSync(self.store, settings.config_dir, names.check_length)
         self.desired = Desired()
+        self.ctx.history = self.desired.history
         self.autotypes = (
             AutoEventTypes(
                 self.store,
@@ -73,11 +86,23 @@ class ControlPlane:
             if settings.eventtype_auto_create
             else None
         )
-        self.ready = False  # the first reconcile succeeded
+        self.ready = False  # a full reconcile succeeded
         self.started = False  # the store is read, the config dir applied, reconciled once
-        self.last_ok = False
         self.reconciled_offset = -1
-        self._dirty = asyncio.Event()
+        #: key -> (rank, the event types it names) for the metric label set.
+        self._types: dict[Key, tuple[int, list[str]]] = {}
+        #: What `?watch=true` streams (rabbitmesh/watch.py).
+        self.watch = WatchLog()
+        #: Store keys changed since the desired set last took them in.
+        self._changed: set[Key] = set()
+        #: Keys to reconcile in the next batch.
+        self._queued: set[Key] = set()
+        #: Keys of a resync not yet taken (a slice per batch).
+        self._resync: list[Key] = []
+        #: key -> failed attempts in a row; those keys wait for their retry timer.
+        self._failures: dict[Key, int] = {}
+        self._retry_timers: dict[Key, asyncio.TimerHandle] = {}
+        self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._reconciled = asyncio.Condition()
 
@@ -92,22 +117,27 @@ class ControlPlane:
 
     def is_derived(self, key: Key) -> bool:
         """Made by rabbitmesh itself (a namespace's default broker, a source's EventType)."""
-        return key in self.desired.derived_keys and self.store.get(key) is None
+        return self.desired.is_derived(key) and self.store.get(key) is None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.store.start()
         await self.config.initial()  # ManifestError here stops rabbitmesh: invalid config dir
-        self.store.listeners.append(self._dirty.set)
+        self.store.listeners.append(self._on_store_change)
         if self.autotypes is not None:
             self.store.listeners.append(self.autotypes.known.clear)
-        await self.reconcile()
+        for client in (self.publisher, self.consumer):
+            if client.connection is not None:
+                client.connection.reconnect_callbacks.add(self._on_reconnect)
+        self.store.state.changed.clear()
+        self._changed = set(self.store.state.entries)
+        await self._batch(full=True)
         self.started = True
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [
-            asyncio.create_task(self._reconcile_loop(stop), name="reconcile loop"),
+            asyncio.create_task(self._loop(stop), name="reconcile loop"),
             asyncio.create_task(self.config.run(stop), name="config dir watch"),
         ]
         if self.autotypes is not None:
@@ -122,46 +152,197 @@ class ControlPlane:
                     await t
 
     async def stop(self) -> None:
+        for timer in self._retry_timers.values():
+            timer.cancel()
         await self.store.stop()
 
-    # --- reconciling -----------------------------------------------------------------------
+    # --- the work queue ----------------------------------------------------------------------
 
-    async def reconcile(self) -> bool:
+    def _on_store_change(self) -> None:
+        state = self.store.state
+        self._changed |= state.changed
+        state.changed.clear()
+        self._wake.set()
+
+    def _on_reconnect(self, *_: object) -> None:
+        # Topology is declared without aio-pika's robust re-declaration (it grew memory): a
+        # reconnect reconciles everything again instead.
+        self.resync()
+
+    def resync(self) -> None:
+        """Queue every resource again (a slice per batch)."""
+        current = self.desired.current
+        self._resync = sorted(current, key=lambda k: order(current[k]))
+        self._wake.set()
+
+    def enqueue(self, keys: set[Key]) -> None:
+        self._queued |= keys
+        self._wake.set()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        interval = self.settings.resync_interval
+        next_resync = asyncio.get_running_loop().time() + interval if interval > 0 else None
+        while not stop.is_set():
+            timeout = None
+            if next_resync is not None:
+                timeout = max(0.0, next_resync - asyncio.get_running_loop().time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            if next_resync is not None and asyncio.get_running_loop().time() >= next_resync:
+                self.resync()
+                next_resync = asyncio.get_running_loop().time() + interval
+            self._wake.clear()
+            try:
+                await self._batch()
+            except Exception:  # never let the loop die; retries and resyncs repair
+                log.exception("reconcile failed")
+                await asyncio.sleep(RETRY_FIRST)
+            if self._resync:
+                self._wake.set()  # the next slice
+
+    async def _batch(self, full: bool = False) -> bool:
+        """Take in the store's changes and reconcile what they affect, plus what is queued."""
         async with self._lock:
             offset = self.store.state.last_offset
-            desired = self.desired.build(self.store.state.entries.values())
-            metrics.set_known_types(known_types(desired, self._auto_keys()))
-            self.ctx.history = self.desired.history
-            ok = await self.controller.apply_all(desired)
-            self.last_ok = ok
+            changed_keys, self._changed = self._changed, set()
+            changed = self.desired.update(self.store.state.entries, changed_keys)
+            if changed:
+                self._update_known_types(changed)
+            work = changed | self._queued
+            self._queued = set()
+            for key in changed:
+                work |= self.desired.dependencies.dependents(key)
+            if self._resync:
+                work.update(self._resync[:RESYNC_SLICE])
+                del self._resync[:RESYNC_SLICE]
+            if full:
+                work |= set(self.desired.current)
+            for key in work:  # a key reconciled now needs no pending retry
+                timer = self._retry_timers.pop(key, None)
+                if timer is not None:
+                    timer.cancel()
+            try:
+                failed = await self._reconcile(work, changed)
+            except BaseException:
+                self._queued |= work  # not lost: the next batch takes them again
+                raise
+            self._schedule_retries(work, failed)
+            for key in work | changed:
+                res = self.ctx.resources.get(key)
+                self.watch.record(offset, key, render(res) if res is not None else None)
+            ok = not self._failures
             if ok and not self.ready:
                 self.ready = True
-                log.info("reconciled %d resources", len(desired))
+                log.info("reconciled %d resources", len(self.desired.current))
                 self.on_ready()
             async with self._reconciled:
                 self.reconciled_offset = max(self.reconciled_offset, offset)
                 self._reconciled.notify_all()
             return ok
 
-    def _auto_keys(self) -> set[Key]:
-        """EventTypes auto-created from what senders sent (they label metrics last)."""
-        return {e.key for e in self.store.state.entries.values() if e.origin == "auto"}
+    async def _reconcile(self, work: set[Key], changed: set[Key]) -> set[Key]:
+        ctx, current = self.ctx, self.desired.current
+        gone: list[Resource] = []
+        for key in changed:
+            res, old = current.get(key), ctx.resources.get(key)
+            if res is None:
+                if old is not None:
+                    gone.append(old)
+                continue
+            if old is not None and old is not res:
+                res.status = old.status  # keep transition times across re-applies
+            ctx.resources[key] = res
+        if gone:
+            # Deleted resources stay visible (GET, ingress) until their topology is gone, as
+            # Kubernetes shows an object until its finalizers ran; then what reads them sees
+            # them gone (a Trigger of a deleted Broker: BrokerDoesNotExist).
+            finalize = await self._still_gone(gone) if self.started else gone
+            await self.controller.apply([], finalize)
+            for res in gone:
+                ctx.resources.pop(res.key, None)
+        present = [ctx.resources[k] for k in work if k in ctx.resources]
+        before = {r.key: r.status.ready for r in present}
+        failed = await self.controller.apply(present, [])
+        # A resource whose readiness flipped may change what its dependents report.
+        flipped = {
+            r.key for r in present if r.status.ready != before[r.key] and r.key not in failed
+        }
+        for key in flipped:
+            dependents = self.desired.dependencies.dependents(key) - work
+            if dependents:
+                self.enqueue(dependents)
+        return failed
 
-    async def _reconcile_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                async with asyncio.timeout(None if self.last_ok else RESYNC_SECONDS):
-                    await self._dirty.wait()
-                await asyncio.sleep(DEBOUNCE_SECONDS)  # take a burst of changes in one go
-            except TimeoutError:
-                if not self.publisher.connected:
-                    continue
-            self._dirty.clear()
-            try:
-                await self.reconcile()
-            except Exception:  # never let the loop die; the next change or resync retries
-                log.exception("reconcile failed")
-                self.last_ok = False
+    async def _still_gone(self, gone: list[Resource]) -> list[Resource]:
+        """Of `gone`, those not created again since: a replica that is behind must not
+        delete the queue (and the events in it) that another replica already made for a
+        new resource of the same name. Reading the stream up to its head first makes the
+        window where that can still happen the time of one queue.delete (docs/control-plane.md,
+        "Deleting and re-creating a name")."""
+        try:
+            await self.store.sync()
+        except StoreUnavailable:
+            return gone  # RabbitMQ is away: deleting later would not be safer
+        back = [r for r in gone if self.store.get(r.key) is not None]
+        back_keys = {r.key for r in back}
+        for res in back:
+            log.info(
+                "%s %s/%s was created again before this replica deleted it: its queue stays",
+                res.KIND,
+                res.namespace,
+                res.name,
+            )
+        return [r for r in gone if r.key not in back_keys]
+
+    def _schedule_retries(self, work: set[Key], failed: set[Key]) -> None:
+        loop = asyncio.get_running_loop()
+        for key in work - failed:
+            self._failures.pop(key, None)
+        for key in failed:
+            attempts = self._failures.get(key, 0) + 1
+            self._failures[key] = attempts
+            delay = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
+            self._retry_timers[key] = loop.call_later(delay, self._retry, key)
+        for key in list(self._failures):
+            if key not in self.desired.current:
+                self._failures.pop(key, None)  # deleted meanwhile: nothing to retry
+
+    def _retry(self, key: Key) -> None:
+        self._retry_timers.pop(key, None)
+        if self.publisher.connected:
+            self.enqueue({key})
+        else:  # RabbitMQ is away: the reconnect resyncs everything; try again later anyway
+            self._retry_timers[key] = asyncio.get_running_loop().call_later(
+                RETRY_MAX, self._retry, key
+            )
+
+    async def reconcile(self) -> bool:
+        """Reconcile everything changed so far, now; True when nothing is failing."""
+        return await self._batch()
+
+    def _update_known_types(self, changed: set[Key]) -> None:
+        """The metric label set (rabbitmesh/reconciler/known_types.py), kept per resource so
+        a write costs its own resource's types, not every Trigger's filter again."""
+        for key in changed:
+            res = self.desired.current.get(key)
+            if res is None:
+                self._types.pop(key, None)
+                continue
+            entry = self.store.get(key)
+            auto = entry is not None and entry.origin == "auto"
+            rank = (
+                0 if res.KIND == "Trigger" else (3 if auto else 2) if res.KIND == "EventType" else 1
+            )
+            types = list(known_types([res], {key} if auto else ()))
+            if types:
+                self._types[key] = (rank, types)
+            else:
+                self._types.pop(key, None)
+        ranked: list[list[str]] = [[], [], [], []]
+        for rank, types in self._types.values():
+            ranked[rank].extend(types)
+        metrics.set_known_types(t for group in ranked for t in group)
 
     async def wait_reconciled(self, offset: int, timeout: float = 10.0) -> bool:
         """Wait until a reconcile including the record at `offset` finished here."""

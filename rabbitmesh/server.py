@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
+from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
 from rabbitmesh.controlplane import ControlPlane
@@ -51,6 +52,14 @@ class Server:
         )
         self.consumer = AmqpClient(
             settings.amqp_url, "consumer", settings.publish_timeout, amqp_tls
+        )
+        # Queue workers' channels: connections of their own, opened as they fill up (the
+        # consumer connection above is the resource store's).
+        self.consumers = ConsumerPool(
+            lambda i: AmqpClient(
+                settings.amqp_url, f"workers-{i}", settings.publish_timeout, amqp_tls
+            ),
+            settings.channels_per_connection,
         )
         self.ctx: Context | None = None
         self.controller: Controller | None = None
@@ -128,7 +137,8 @@ class Server:
         problems = []
         if not self.publisher.connected:
             problems.append("not connected to RabbitMQ (publisher)")
-        if self.settings.role in ("all", "dispatcher") and not self.consumer.connected:
+        dispatching = self.settings.role in ("all", "dispatcher")
+        if dispatching and not (self.consumer.connected and self.consumers.connected):
             problems.append("not connected to RabbitMQ (consumer)")
         if not self.reconciled:
             problems.append(
@@ -200,7 +210,7 @@ class Server:
             settings=s,
             names=self.names,
             publisher=self.publisher,
-            consumer=self.consumer,
+            consumer=self.consumers,
             topology=topology,
             session=self.session,
             run_dispatchers=s.role in ("all", "dispatcher"),
@@ -211,7 +221,7 @@ class Server:
             sources.on_change = lambda key: source_status(ctx, key)
             sources.start()
             ctx.sources = sources
-        self.controller = Controller(self.ctx)
+        self.controller = Controller(self.ctx, s.reconcile_concurrency)
         self.plane = ControlPlane(
             s,
             self.names,
@@ -261,5 +271,6 @@ class Server:
             await self.controller.stop()
         if self.session is not None:
             await self.session.close()
+        await self.consumers.close()
         await asyncio.gather(self.publisher.close(), self.consumer.close())
         log.info("stopped")

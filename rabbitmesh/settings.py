@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         le=10000,
         description="Deliveries in flight per trigger/subscription; 1 gives FIFO order.",
     )
+    channels_per_connection: int = Field(
+        500,
+        ge=1,
+        le=2000,
+        description="Queue consumers (one AMQP channel each) per RabbitMQ connection; past "
+        "this another connection is opened (RabbitMQ's default channel_max is 2047).",
+    )
     publish_timeout: float = Field(
         10.0, gt=0, description="Seconds to wait for a publisher confirm before answering 503."
     )
@@ -172,6 +179,19 @@ class Settings(BaseSettings):
         ge=1024 * 1024,
         description="Size the resource store stream is kept under (x-max-length-bytes); set "
         "when the stream is first created (docs/control-plane.md).",
+    )
+    resync_interval: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between two full reconciles of every resource, which repair drift "
+        "(a queue deleted by hand); 0 turns them off. Changes are reconciled as they come, "
+        "one resource and its dependents at a time.",
+    )
+    reconcile_concurrency: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Resources the control plane reconciles at once.",
     )
     eventtype_auto_create: bool = Field(
         False,

@@ -14,6 +14,12 @@ the `:dlq` is kept until the `:dlq` confirmed it. Delay queues keep the default 
 dead-lettering: at-least-once holds a message in its source queue until some target queue
 accepts it, so a retry whose trigger was deleted meanwhile would be stuck in the shared
 delay queue instead of being discarded.
+
+Nothing here is declared `robust`: aio-pika's robust channel keeps every queue object a
+robust declare returns (a new one per call, never dropped until the queue is deleted) to
+re-declare it after a reconnect, so re-declaring on every reconcile grew memory without end
+(issue 13). The control plane re-declares instead: it reconciles everything again after a
+reconnect, and every RABBITMESH_RESYNC_INTERVAL.
 """
 
 from __future__ import annotations
@@ -74,18 +80,21 @@ class Topology:
         return args
 
     async def declare_exchange(self, name: str, kind: aio_pika.ExchangeType) -> None:
-        await self.channel.declare_exchange(name, kind, durable=True)
+        await self.channel.declare_exchange(name, kind, durable=True, robust=False)
 
     async def declare_delivery_queue(self, queue: str) -> None:
         """A subscriber's queue and the dead-letter queue RabbitMQ moves rejected messages to."""
         dlq = self.names.dead_letter_queue(queue)
-        await self.channel.declare_queue(dlq, durable=True, arguments=self.queue_arguments())
+        await self.channel.declare_queue(
+            dlq, durable=True, arguments=self.queue_arguments(), robust=False
+        )
         await self.channel.declare_queue(
             queue,
             durable=True,
             arguments=self.queue_arguments(
                 {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}, delivery=True
             ),
+            robust=False,
         )
 
     async def bind(self, queue: str, exchange: str, routing_key: str) -> None:

@@ -3,13 +3,16 @@
     GET          /apis                                              kinds this server knows
     GET          /apis/{group}/{version}/{plural}                   list, every namespace
     GET|POST     /apis/{group}/{version}/namespaces/{ns}/{plural}   list | create
-    GET|PUT|DELETE /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}
+    GET|PUT|PATCH|DELETE /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}
     GET          /api/v1/secrets, /api/v1/namespaces                list (Secrets redacted)
     GET|POST     /api/v1/namespaces/{ns}/secrets                    list | create
     GET|PUT|DELETE /api/v1/namespaces/{ns}/secrets/{name}
     POST         /api/v1/namespaces                                 create a Namespace
     GET|PUT|DELETE /api/v1/namespaces/{name}
     POST         /apply                                             create or update, many docs
+
+Lists take `?watch=true` (rabbitmesh/api/watch.py); PATCH takes a JSON merge patch
+(`application/merge-patch+json`, RFC 7386) onto the stored object.
 
 Writes go to the resource store; the answer comes once this replica has reconciled the
 change, so it shows the resource's status. 201 created, 200 otherwise; 400 malformed body or
@@ -39,7 +42,10 @@ from rabbitmesh.api.objects import (
     resolve_kind,
     restore_secret,
 )
-from rabbitmesh.api.parsing import Mode, Parser, build_resources, in_slices
+from rabbitmesh.api.parsing import Mode, Parser, build_resources, in_slices, prepare
+from rabbitmesh.api.patch import merge_patch
+from rabbitmesh.api.watch import stream as watch_stream
+from rabbitmesh.api.watch import wants_watch
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.resources.base import Resource
@@ -55,6 +61,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Writes of one /apply in flight at once.
 PARALLEL_WRITES = 32
+MERGE_PATCH = "application/merge-patch+json"
+#: A PATCH re-reads and re-applies this often when other writes keep coming in between.
+PATCH_ATTEMPTS = 5
 
 
 class AdminApi:
@@ -124,7 +133,7 @@ class AdminApi:
     async def list_everywhere(self, request: web.Request) -> web.StreamResponse:
         m = request.match_info
         info = resolve_kind(m["group"], m["version"], m["plural"])
-        return self._list(info, None)
+        return await self._list_or_watch(request, info, None)
 
     async def coll(self, request: web.Request) -> web.StreamResponse:
         m = request.match_info
@@ -143,7 +152,7 @@ class AdminApi:
                 raise ApiError(
                     405, f"{request.method} needs /api/v1/namespaces/{{ns}}/{info.plural}"
                 )
-            return self._list(info, None)
+            return await self._list_or_watch(request, info, None)
         return await self._collection(request, info, "v1", None)
 
     async def core_top_item(self, request: web.Request) -> web.StreamResponse:
@@ -167,7 +176,7 @@ class AdminApi:
     ) -> web.StreamResponse:
         self._scope(info, namespace)
         if request.method in ("GET", "HEAD"):
-            return self._list(info, namespace)
+            return await self._list_or_watch(request, info, namespace)
         if request.method == "POST":
             return await self._create(request, info, version, namespace)
         raise ApiError(405, f"{request.method} is not allowed here", headers={"Allow": "GET, POST"})
@@ -188,8 +197,12 @@ class AdminApi:
             return await self._replace(request, info, version, key)
         if request.method == "DELETE":
             return await self._delete(key)
+        if request.method == "PATCH":
+            return await self._patch(request, info, version, key)
         raise ApiError(
-            405, f"{request.method} is not allowed here", headers={"Allow": "GET, PUT, DELETE"}
+            405,
+            f"{request.method} is not allowed here",
+            headers={"Allow": "GET, PUT, PATCH, DELETE"},
         )
 
     def _scope(self, info: KindInfo, namespace: str | None) -> None:
@@ -208,6 +221,13 @@ class AdminApi:
             raise ApiError(404, f"{kind} {name!r} not found{where}")
         return res
 
+    async def _list_or_watch(
+        self, request: web.Request, info: KindInfo, namespace: str | None
+    ) -> web.StreamResponse:
+        if wants_watch(request):
+            return await watch_stream(request, self.plane, info, namespace)
+        return self._list(info, namespace)
+
     def _list(self, info: KindInfo, namespace: str | None) -> web.StreamResponse:
         plane = self.plane
         items = [
@@ -220,7 +240,8 @@ class AdminApi:
             {
                 "apiVersion": api_version_of(info),
                 "kind": f"{info.kind}List",
-                "metadata": {"resourceVersion": str(plane.store.state.last_offset)},
+                # What the list shows was reconciled up to here: a watch from it misses nothing.
+                "metadata": {"resourceVersion": str(max(plane.reconciled_offset, 0))},
                 "items": [render(r) for r in items],
             }
         )
@@ -287,6 +308,58 @@ class AdminApi:
         res = restore_secret(res, plane.store.get(key))
         outcome = await self._write(res, expect=expect)
         return web.json_response(self._written(res, outcome))
+
+    async def _patch(
+        self, request: web.Request, info: KindInfo, version: str, key: Key
+    ) -> web.StreamResponse:
+        """RFC 7386 merge patch onto the stored manifest, written compare-and-swap (retried
+        when another write came in between, as Kubernetes retries a patch)."""
+        if request.content_type != MERGE_PATCH:
+            raise ApiError(
+                415,
+                f"PATCH takes {MERGE_PATCH} (RFC 7386), not {request.content_type or 'nothing'}",
+                headers={"Accept-Patch": MERGE_PATCH},
+            )
+        s = self.settings
+        try:
+            raw = await read_body(
+                request,
+                s.max_manifest_bytes,
+                s.request_timeout,
+                limit_name="RABBITMESH_MAX_MANIFEST_BYTES",
+            )
+            patch = orjson.loads(raw)
+        except BodyError as e:
+            raise ApiError(e.status, e.message) from None
+        except (orjson.JSONDecodeError, RecursionError) as e:
+            raise ApiError(400, f"malformed merge patch: {e}") from None
+        if not isinstance(patch, dict):
+            raise ApiError(400, "a merge patch must be a JSON object")
+        plane = self.plane
+        namespace = key[1] or None
+        for _ in range(PATCH_ATTEMPTS):
+            stored = plane.store.get(key)
+            if stored is None:
+                self._get(key)  # 404 when it does not exist at all
+                raise ApiError(409, f"{key[0]} {key[2]!r} is made by rabbitmesh: PUT it to own it")
+            doc = merge_patch(stored.manifest, patch)
+            if not isinstance(doc.get("metadata"), dict):
+                raise ApiError(422, "metadata must stay an object", details=[{"field": "metadata"}])
+            docs = prepare([doc], ("one", info.kind, version, namespace))
+            (res,) = await build_resources(docs, plane.ctx.names.check_length, single=True)
+            check_target(res, info, namespace, key[2])
+            res = restore_secret(res, stored)
+            outcome = await plane.store.apply(
+                to_manifest(res), key, origin="api", expect=stored.resource_version
+            )
+            if outcome.result == "conflict" and "was changed" in outcome.message:
+                continue  # someone wrote in between: patch the newer version
+            self._check(outcome, res)
+            if outcome.result in ("created", "configured"):
+                log.info("api: %s patched", describe(res))
+                await plane.wait_reconciled(outcome.offset)
+            return web.json_response(self._written(res, outcome))
+        raise ApiError(409, f"{describe(res)} changed too often while patching; retry")
 
     async def _delete(self, key: Key) -> web.StreamResponse:
         plane = self.plane

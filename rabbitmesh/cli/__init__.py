@@ -8,7 +8,7 @@ from rabbitmesh import __version__
 from rabbitmesh.cli.broker import broker
 from rabbitmesh.cli.channel import channel
 from rabbitmesh.cli.eventtype import eventtype
-from rabbitmesh.cli.manifests import apply, delete, get
+from rabbitmesh.cli.manifests import apply, delete, get, patch
 from rabbitmesh.cli.run import run
 from rabbitmesh.cli.send import send
 from rabbitmesh.cli.sinkbinding import sinkbinding
@@ -36,6 +36,7 @@ cli.add_command(run)
 _API_COMMANDS = (
     apply,
     get,
+    patch,
     delete,
     broker,
     trigger,

@@ -7,6 +7,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,6 +183,44 @@ class ApiClient:
 
     def delete(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any]:
         return self.request("DELETE", kind.path(namespace, name))
+
+    def patch(
+        self, kind: Kind, namespace: str | None, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch (RFC 7386): null removes a field, objects merge."""
+        return self.request(
+            "PATCH",
+            kind.path(namespace, name),
+            patch,
+            content_type="application/merge-patch+json",
+        )
+
+    def watch(
+        self, kind: Kind, namespace: str | None, resource_version: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events ({"type", "object"}) of a kind, from `resource_version` on (or an
+        ADDED for every existing object first); ends when the server ends the stream."""
+        if kind.namespaced and namespace is None:
+            base = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
+            path = f"{base}/{kind.plural}"
+        else:
+            path = kind.path(namespace)
+        query = {"watch": "true"}
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        req = urllib.request.Request(self.server + path + "?" + urllib.parse.urlencode(query))
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            resp = urllib.request.urlopen(req, timeout=None)  # a watch may be quiet for hours
+        except urllib.error.HTTPError as e:
+            raise CliError(self._error_text(e), e.code) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise CliError(f"cannot reach the rabbitmesh API at {self.server}: {e}") from None
+        with resp:
+            for line in resp:
+                if line.strip():
+                    yield json.loads(line)
 
     def kinds(self) -> list[Kind]:
         out = []

@@ -1,7 +1,8 @@
-"""kubectl-like commands on any kind: `apply -f`, `get`, `delete`."""
+"""kubectl-like commands on any kind: `apply -f`, `get` (`-w`), `patch`, `delete`."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,7 @@ def apply(client: ApiClient, files: tuple[str, ...], namespace: str | None, dry_
 @click.option("-n", "--namespace", default="default", show_default=True, help="Namespace.")
 @all_namespaces_option
 @out.output_option
+@click.option("-w", "--watch", is_flag=True, help="After listing, show each change as it happens.")
 @api_command
 def get(
     client: ApiClient,
@@ -152,6 +154,7 @@ def get(
     namespace: str,
     all_namespaces: bool,
     output: str | None,
+    watch: bool,
 ) -> None:
     """Show resources of a kind, as `kubectl get`: a table, or -o yaml|json.
 
@@ -163,9 +166,13 @@ def get(
       rabbitmesh get brokers
       rabbitmesh get trigger tr1 -o yaml
       rabbitmesh get eventtypes -A
+      rabbitmesh get triggers -w
     """
     k = client.resolve(kind)
     ns = None if all_namespaces or not k.namespaced else namespace
+    if watch:
+        _watch(client, k, ns, names, output, all_namespaces and k.namespaced)
+        return
     if names:
         items = [client.get(k, namespace if k.namespaced else None, n) for n in names]
         if output:
@@ -181,6 +188,71 @@ def get(
         all_ns=all_namespaces and k.namespaced,
         namespace_name=ns,
     )
+
+
+def _watch(
+    client: ApiClient,
+    kind: Kind,
+    namespace: str | None,
+    names: tuple[str, ...],
+    output: str | None,
+    all_ns: bool,
+) -> None:
+    """`get -w`: the current objects, then one line (or document) per change, as kubectl."""
+    columns = [("EVENT", lambda o: o.get("_event", "")), *columns_for(kind.kind)]
+    header = False
+    try:
+        for event in client.watch(kind, namespace):
+            obj = event.get("object") or {}
+            if names and (obj.get("metadata") or {}).get("name") not in names:
+                continue
+            if output:
+                click.echo(out.dump(event, output) + ("\n---" if output == "yaml" else ""))
+                continue
+            lines = out.table([{**obj, "_event": event.get("type", "")}], columns, all_ns)
+            if not header:
+                click.echo(lines.splitlines()[0])
+                header = True
+            click.echo(lines.splitlines()[1])
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("name")
+@click.option(
+    "-p",
+    "--patch",
+    "patch_text",
+    required=True,
+    help="A JSON merge patch (RFC 7386): objects merge, null removes a field.",
+)
+@click.option("-n", "--namespace", default="default", show_default=True, help="Namespace.")
+@out.output_option
+@api_command
+def patch(
+    client: ApiClient, kind: str, name: str, patch_text: str, namespace: str, output: str | None
+) -> None:
+    """Change fields of a resource in place, as `kubectl patch --type merge`.
+
+    \b
+    Examples:
+      rabbitmesh patch trigger tr1 -p '{"spec": {"filter": {"attributes": {"type": "a"}}}}'
+      rabbitmesh patch broker default -p '{"metadata": {"labels": {"team": null}}}'
+    """
+    try:
+        body = json.loads(patch_text)
+    except ValueError as e:
+        raise CliError(f"--patch is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise CliError("--patch must be a JSON object")
+    k = client.resolve(kind)
+    obj = client.patch(k, namespace if k.namespaced else None, name, body)
+    if output:
+        click.echo(out.dump(obj, output))
+        return
+    click.echo(f"{k.kind.lower()}.{k.group or 'core'}/{name} patched")
 
 
 def _as_list(items: list[dict[str, Any]]) -> dict[str, Any]:

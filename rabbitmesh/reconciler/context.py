@@ -10,6 +10,7 @@ import aiohttp
 
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
+from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.dispatch.policy import DeliveryPolicy, seconds
 from rabbitmesh.dispatch.worker import QueueWorker, Subscriber
@@ -32,7 +33,8 @@ class Context:
     settings: Settings
     names: Names
     publisher: AmqpClient
-    consumer: AmqpClient
+    #: Where queue workers get their channels: an AmqpClient or a ConsumerPool (amqp/pool.py).
+    consumer: AmqpClient | ConsumerPool
     topology: Topology
     session: aiohttp.ClientSession
     run_dispatchers: bool

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 from types import ModuleType
 
+from prometheus_client import Counter
+
+from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler import (
     broker,
     channel,
@@ -28,51 +33,76 @@ RECONCILERS: dict[str, ModuleType] = {
 RECONCILERS.update(dict.fromkeys(sources.KINDS, sources))
 
 
-def _order(res: Resource) -> int:
+#: Reconciles by kind and result: a write should add a handful, not one per resource.
+reconciles_total = Counter(
+    "rabbitmesh_reconciles_total",
+    "Resources reconciled (result: ok, failed, deleted).",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
+
+
+def order(res: Resource) -> int:
     m = RECONCILERS.get(res.KIND)
     return m.ORDER if m else 1000
 
 
 class Controller:
-    def __init__(self, ctx: Context) -> None:
+    """Reconciles resources one key at a time; the control plane says which and when.
+
+    Resources of a lower ORDER (brokers, channels) are reconciled before those that bind to
+    them (triggers, subscriptions), and deleted after them; up to `concurrency` resources of
+    one ORDER at once.
+    """
+
+    def __init__(self, ctx: Context, concurrency: int = 8) -> None:
         self.ctx = ctx
+        self.concurrency = concurrency
+        #: key -> how often it was reconciled (or finalized) in this process.
+        self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
-    async def apply_all(self, desired: list[Resource]) -> bool:
-        """Reconcile `desired` as the whole truth; delete what is no longer there.
-
-        Returns True when every resource reconciled without an infrastructure error.
-        """
-        ctx = self.ctx
-        wanted = {r.key: r for r in desired}
-        gone = [r for k, r in ctx.resources.items() if k not in wanted]
-        for res in sorted(gone, key=_order, reverse=True):
+    async def apply(
+        self, present: list[Resource], gone: list[Resource]
+    ) -> set[tuple[str, str, str]]:
+        """Finalize `gone`, then reconcile `present`; the keys that failed."""
+        for res in sorted(gone, key=order, reverse=True):
             await self._finalize(res)
-            ctx.resources.pop(res.key, None)
-        for res in desired:
-            old = ctx.resources.get(res.key)
-            if old is not None:
-                res.status = old.status  # keep transition times across re-applies
-            ctx.resources[res.key] = res
-        ok = True
-        for res in sorted(desired, key=_order):
-            ok &= await self._reconcile(res)
-        return ok
+        failed: set[tuple[str, str, str]] = set()
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(res: Resource) -> None:
+            async with sem:
+                if not await self._reconcile(res):
+                    failed.add(res.key)
+
+        by_order: dict[int, list[Resource]] = {}
+        for res in present:
+            by_order.setdefault(order(res), []).append(res)
+        for _, group in sorted(by_order.items()):
+            await asyncio.gather(*(one(r) for r in group))
+        return failed
 
     async def _reconcile(self, res: Resource) -> bool:
+        self.counts[res.key] += 1
         module = RECONCILERS.get(res.KIND)
         if module is None:
             res.status.set_ready(True, "Accepted", "")
+            reconciles_total.labels(res.KIND, "ok").inc()
             return True
         try:
             await module.reconcile(self.ctx, res)
             res.status.observed_generation = res.metadata.generation
+            reconciles_total.labels(res.KIND, "ok").inc()
             return True
         except Exception as e:  # RabbitMQ refused or went away: report, retry later
             log.warning("reconciling %s %s/%s failed: %s", res.KIND, res.namespace, res.name, e)
             res.status.set_ready(False, "ReconcileFailed", f"{type(e).__name__}: {e}")
+            reconciles_total.labels(res.KIND, "failed").inc()
             return False
 
     async def _finalize(self, res: Resource) -> None:
+        self.counts.pop(res.key, None)  # names come and go: keep only the live ones
+        reconciles_total.labels(res.KIND, "deleted").inc()
         module = RECONCILERS.get(res.KIND)
         if module is None:
             return

@@ -97,6 +97,8 @@ class StoreState:
     version: int = 0
     #: The first offset read: above 0 when retention had dropped the head of the stream.
     first_offset: int = -1
+    #: Keys changed since the reader last took them (the control plane reconciles those).
+    changed: set[Key] = field(default_factory=set)
     _unbased: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     def apply(self, offset: int, record: dict[str, Any], size: int = 0) -> Outcome | None:
@@ -126,6 +128,7 @@ class StoreState:
 
     def _load_snapshot(self, record: dict[str, Any]) -> None:
         base = int(record.get("base", -1))
+        self.changed.update(self.entries)
         self.entries = {}
         for d in record.get("entries", []):
             e = Entry.from_dict(d)
@@ -134,6 +137,7 @@ class StoreState:
         for offset, rec in replay:
             self._apply_op(offset, rec)
         self.based = True
+        self.changed.update(self.entries)
         self.version += 1
 
     def _apply_op(self, offset: int, record: dict[str, Any]) -> Outcome:
@@ -186,6 +190,7 @@ class StoreState:
                 created=rec.get("time", ""),
             )
             self.entries[key] = entry
+            self.changed.add(key)
             self.version += 1
             return Outcome("created", entry=entry, offset=offset)
         if cur.manifest == manifest and cur.origin == origin and cur.source == source:
@@ -207,6 +212,7 @@ class StoreState:
             else cur.history,
         )
         self.entries[key] = entry
+        self.changed.add(key)
         self.version += 1
         return Outcome("configured", entry=entry, offset=offset)
 
@@ -217,6 +223,7 @@ class StoreState:
             refused.offset = offset
             return refused
         entry = self.entries.pop(key)
+        self.changed.add(key)
         self._cascade(key)
         self.version += 1
         return Outcome("deleted", entry=entry, offset=offset)
@@ -226,6 +233,7 @@ class StoreState:
         owned = [e.key for e in self.entries.values() if owner in e.owners()]
         for key in owned:
             if self.entries.pop(key, None) is not None:
+                self.changed.add(key)
                 self._cascade(key)
 
     def snapshot_record(self) -> dict[str, Any]:
