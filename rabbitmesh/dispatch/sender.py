@@ -9,6 +9,7 @@ import aiohttp
 from rabbitmesh.cloudevents import (
     CloudEvent,
     InvalidEvent,
+    NotACloudEvent,
     decode_response,
     encode_binary,
     encode_structured,
@@ -106,8 +107,14 @@ async def send(
                 reply = decode_response(status, resp.headers, rbody)
             except ENCODE_ERRORS as e:  # InvalidEvent, or a body no decoder survives
                 e = e if isinstance(e, InvalidEvent) else InvalidEvent(_describe(e))
-                if reply_must_be_event:
-                    return Outcome(False, 502, rbody, error=f"reply is not a valid CloudEvent: {e}")
+                # A plain body is "no reply" where replies are optional (channels); a reply
+                # that claims to be a CloudEvent but breaks the rules (an `id` AMQP cannot
+                # carry, say) is the subscriber's failure everywhere, never silently dropped.
+                if reply_must_be_event or not isinstance(e, NotACloudEvent):
+                    why = f"reply is not a valid CloudEvent: {e}"
+                    # knativeerrordata is the response body; an empty one says nothing, so
+                    # the reason stands in for it.
+                    return Outcome(False, 502, rbody or why.encode(), error=why)
                 reply = None
             return Outcome(True, status, rbody, reply=reply)
     except TimeoutError:

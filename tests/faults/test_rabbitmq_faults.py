@@ -3,8 +3,8 @@ alarm. Every event that got a 202 must reach its subscriber.
 
 These scenarios disturb the whole RabbitMQ node (marked `disruptive`): run them against a
 node of your own while others test against the shared one, or deselect them with
--m "not slow and not compose and not disruptive" (tests/faults/README.md). Whatever happens, the node is put
-back (tests/support/disruption.py).
+-m "not slow and not compose and not disruptive" (tests/faults/README.md). Whatever happens,
+the node is put back (tests/support/disruption.py).
 """
 
 from __future__ import annotations

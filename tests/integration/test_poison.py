@@ -141,7 +141,7 @@ async def test_reply_with_overlong_id_is_a_failed_delivery(start_mesh, make_sink
     assert dead.headers["ce-id"] == eid
     assert dead.headers["ce-knativeerrorcode"] == "502"
     why = base64.b64decode(dead.headers["ce-knativeerrordata"]).decode()
-    assert "reply cannot be published" in why and "'id'" in why and "255" in why
+    assert "reply" in why and "'id'" in why and "255" in why
 
     status, later = await post_binary(url, REQUEST)
     assert status == 202
