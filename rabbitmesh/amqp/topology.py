@@ -54,6 +54,10 @@ class Topology:
         self.queue_type = queue_type
         self._delays: set[int] = set()
         self._lock = asyncio.Lock()
+        # Only a robust channel knows (and needs) `robust=False`; a plain one declares plainly.
+        self._plain: dict[str, Any] = (
+            {"robust": False} if isinstance(channel, AbstractRobustChannel) else {}
+        )
 
     async def declare_infrastructure(self) -> None:
         await self.channel.declare_exchange(
@@ -80,13 +84,13 @@ class Topology:
         return args
 
     async def declare_exchange(self, name: str, kind: aio_pika.ExchangeType) -> None:
-        await self.channel.declare_exchange(name, kind, durable=True, robust=False)
+        await self.channel.declare_exchange(name, kind, durable=True, **self._plain)
 
     async def declare_delivery_queue(self, queue: str) -> None:
         """A subscriber's queue and the dead-letter queue RabbitMQ moves rejected messages to."""
         dlq = self.names.dead_letter_queue(queue)
         await self.channel.declare_queue(
-            dlq, durable=True, arguments=self.queue_arguments(), robust=False
+            dlq, durable=True, arguments=self.queue_arguments(), **self._plain
         )
         await self.channel.declare_queue(
             queue,
@@ -94,7 +98,7 @@ class Topology:
             arguments=self.queue_arguments(
                 {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}, delivery=True
             ),
-            robust=False,
+            **self._plain,
         )
 
     async def bind(self, queue: str, exchange: str, routing_key: str) -> None:

@@ -220,15 +220,19 @@ class Ingress:
         its HTTP header, so this is cheap and never refuses what would fit. Repeated at full
         speed, the full decode-then-refuse path cost an attacker's victims a core."""
         size = 0
+        largest, largest_size = b"", -1
         for name, value in request.raw_headers:
             if name[:3].lower() == b"ce-":
                 size += len(name) + len(value)
+                if len(value) > largest_size:
+                    largest, largest_size = name, len(value)
         budget = header_budget(self.publisher.frame_max)
         if size <= budget:
             return None
         return (
             f"the event's attributes take {size} bytes as ce- headers; RabbitMQ's frame limit "
-            f"allows at most {budget} for them as AMQP headers"
+            f"allows at most {budget} for them as AMQP headers (largest: "
+            f"'{largest.decode('latin-1').lower()}')"
         )
 
     async def _prepare(

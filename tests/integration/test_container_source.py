@@ -324,7 +324,7 @@ async def test_docker_containers_of_different_sources_never_share_a_name(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     sink = await make_sink()
-    mesh = await start_mesh("")
+    mesh = await start_mesh("", container_runtime="docker")
     docker = {"rabbitmesh.dev/runtime": "docker"}
     for ns, name in (("team-a", "sync"), ("team", "a-sync")):
         source = container_source(
