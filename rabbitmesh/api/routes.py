@@ -248,12 +248,12 @@ class AdminApi:
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def _documents(self, request: web.Request, mode: Mode) -> list[Any]:
-        """The body's documents, checked (rabbitmesh/api/parsing.py), read within
-        RABBITMESH_MAX_MANIFEST_BYTES and RABBITMESH_REQUEST_TIMEOUT."""
+    async def _manifest_body(self, request: web.Request) -> bytes:
+        """The raw body of a change, read within RABBITMESH_MAX_MANIFEST_BYTES and
+        RABBITMESH_REQUEST_TIMEOUT (413/408 as ApiError)."""
         s = self.settings
         try:
-            raw = await read_body(
+            return await read_body(
                 request,
                 s.max_manifest_bytes,
                 s.request_timeout,
@@ -261,6 +261,10 @@ class AdminApi:
             )
         except BodyError as e:
             raise ApiError(e.status, e.message) from None
+
+    async def _documents(self, request: web.Request, mode: Mode) -> list[Any]:
+        """The body's documents, checked (rabbitmesh/api/parsing.py)."""
+        raw = await self._manifest_body(request)
         fmt = body_format(request.content_type)
         assert fmt is not None, "check_mutation refused other types"
         return await self.parser.documents(raw, fmt, mode)
@@ -320,17 +324,9 @@ class AdminApi:
                 f"PATCH takes {MERGE_PATCH} (RFC 7386), not {request.content_type or 'nothing'}",
                 headers={"Accept-Patch": MERGE_PATCH},
             )
-        s = self.settings
+        raw = await self._manifest_body(request)
         try:
-            raw = await read_body(
-                request,
-                s.max_manifest_bytes,
-                s.request_timeout,
-                limit_name="RABBITMESH_MAX_MANIFEST_BYTES",
-            )
             patch = orjson.loads(raw)
-        except BodyError as e:
-            raise ApiError(e.status, e.message) from None
         except (orjson.JSONDecodeError, RecursionError) as e:
             raise ApiError(400, f"malformed merge patch: {e}") from None
         if not isinstance(patch, dict):
