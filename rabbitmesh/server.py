@@ -26,7 +26,8 @@ from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
 from rabbitmesh.controlplane import ControlPlane
-from rabbitmesh.ingress.handlers import Ingress, Target
+from rabbitmesh.dataplane import Target
+from rabbitmesh.ingress.handlers import Ingress
 from rabbitmesh.listen import ListenError, cannot_listen
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler.context import Context
