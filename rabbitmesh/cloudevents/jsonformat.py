@@ -263,8 +263,8 @@ def event_from_json(obj: dict[str, Any]) -> CloudEvent:
         if data is not _MISSING and data is not None:
             payload = _b64decode(data, "data")
     elif data is not _MISSING:
-        content_type = attributes.get("datacontenttype")
-        payload = _data_bytes(data, content_type)  # type: ignore[arg-type]
+        content_type = attributes.get("datacontenttype")  # a String: validate() checked it
+        payload = _data_bytes(data, content_type if isinstance(content_type, str) else None)
     return CloudEvent(attributes, payload)
 
 
@@ -287,6 +287,13 @@ _ITEM_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_f
 _SKIP_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
+def _skip_whitespace(text: str, pos: int = 0) -> re.Match[str]:
+    """The (possibly empty) run of JSON whitespace at `pos`: the pattern always matches."""
+    found = _SKIP_WHITESPACE.match(text, pos)
+    assert found is not None
+    return found
+
+
 def batch_items(body: bytes, max_events: int | None, max_depth: int | None) -> list[Any]:
     """The items of a JSON array, parsed one at a time; stops at item `max_events` + 1.
 
@@ -300,7 +307,7 @@ def batch_items(body: bytes, max_events: int | None, max_depth: int | None) -> l
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidEvent(f"malformed JSON: {exc}") from None
-    skip = _SKIP_WHITESPACE.match
+    skip = _skip_whitespace
     pos = skip(text).end()
     if text[pos : pos + 1] != "[":
         # Not an array: say what it is, or how it is broken.
@@ -395,8 +402,8 @@ def event_to_json(event: CloudEvent) -> dict[str, Any]:
             return obj
         except InvalidEvent:
             pass  # not JSON after all: carry it losslessly as base64
-    elif is_textual_content_type(content_type):  # type: ignore[arg-type]
-        text = _decode_text(data, content_type)  # type: ignore[arg-type]
+    elif content_type is not None and is_textual_content_type(content_type):
+        text = _decode_text(data, content_type)
         if text is not None:
             obj["data"] = text
             return obj
