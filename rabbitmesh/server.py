@@ -26,8 +26,9 @@ from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
 from rabbitmesh.controlplane import ControlPlane
+from rabbitmesh.dataplane import Target
 from rabbitmesh.http_input import close_after_unread_body
-from rabbitmesh.ingress.handlers import Ingress, Target
+from rabbitmesh.ingress.handlers import Ingress
 from rabbitmesh.listen import ListenError, cannot_listen
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler.context import Context
