@@ -1,6 +1,7 @@
 """Imports every kind module so that each registers itself. A new kind: add its import here."""
 
 from rabbitmesh.resources import (
+    bridges,  # noqa: F401
     core,  # noqa: F401
     eventing,  # noqa: F401
     eventtypes,  # noqa: F401
