@@ -23,6 +23,7 @@ from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
+from rabbitmesh.amqp.remote import Clients
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
 from rabbitmesh.controlplane import ControlPlane
@@ -214,6 +215,7 @@ class Server:
             topology=topology,
             session=self.session,
             run_dispatchers=s.role in ("all", "dispatcher"),
+            bridge_clients=Clients(s.publish_timeout, self.publisher.ssl_context),
         )
         if s.role in ("all", "sources"):
             sources = SourceManager(s, self.names, self.session, self.publisher.ssl_context)
@@ -272,5 +274,7 @@ class Server:
         if self.session is not None:
             await self.session.close()
         await self.consumers.close()
+        if self.ctx is not None:
+            await self.ctx.bridge_clients.close()
         await asyncio.gather(self.publisher.close(), self.consumer.close())
         log.info("stopped")

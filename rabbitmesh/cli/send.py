@@ -19,6 +19,7 @@ PATHS = {
     "channel": "/channels/{namespace}/{name}",
     "sequence": "/sequences/{namespace}/{name}",
     "parallel": "/parallels/{namespace}/{name}",
+    "rabbitmqsink": "/rabbitmqsinks/{namespace}/{name}",
 }
 
 

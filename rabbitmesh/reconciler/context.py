@@ -11,6 +11,7 @@ import aiohttp
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
+from rabbitmesh.amqp.remote import Clients
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.dispatch.policy import DeliveryPolicy, seconds
 from rabbitmesh.dispatch.worker import QueueWorker, Subscriber
@@ -20,6 +21,7 @@ from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.settings import Settings
 
 if TYPE_CHECKING:
+    from rabbitmesh.ingress.handlers import Target
     from rabbitmesh.sources.manager import SourceManager
 
 log = logging.getLogger("rabbitmesh.reconciler")
@@ -47,6 +49,10 @@ class Context:
     history: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
     #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
     sources: SourceManager | None = None
+    #: Connections of the RabbitmqSinks (one per RabbitMQ URL; rabbitmesh/amqp/remote.py).
+    bridge_clients: Clients = field(default_factory=lambda: Clients(10.0, None))
+    #: (kind, namespace, name) -> the ingress target of a RabbitmqSink that is Ready.
+    bridge_targets: dict[tuple[str, str, str], Target] = field(default_factory=dict)
 
     def get(self, kind: str, namespace: str, name: str) -> Resource | None:
         return self.resources.get((kind, namespace, name))

@@ -15,6 +15,7 @@ from rabbitmesh.reconciler import (
     channel,
     eventtype,
     parallel,
+    rabbitmqsink,
     sequence,
     sources,
     subscription,
@@ -27,7 +28,17 @@ log = logging.getLogger("rabbitmesh.reconciler")
 
 #: kind -> its reconciler module (KIND, ORDER, reconcile(ctx, res), finalize(ctx, res)).
 RECONCILERS: dict[str, ModuleType] = {
-    m.KIND: m for m in (broker, trigger, channel, subscription, sequence, parallel, eventtype)
+    m.KIND: m
+    for m in (
+        broker,
+        trigger,
+        channel,
+        subscription,
+        sequence,
+        parallel,
+        eventtype,
+        rabbitmqsink,
+    )
 }
 #: One module reconciles every source kind (their status; they have no topology).
 RECONCILERS.update(dict.fromkeys(sources.KINDS, sources))

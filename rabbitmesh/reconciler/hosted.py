@@ -46,6 +46,8 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
     res = ctx.get(canonical_kind(kind), namespace, name)
     if res is None:
         return None
+    if kind == "RabbitmqSink":
+        return ctx.bridge_targets.get((kind, namespace, name))
     if isinstance(res, Broker):
         if res.status.ready != "True":
             return None

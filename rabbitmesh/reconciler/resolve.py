@@ -13,6 +13,7 @@ HOSTED_PATHS: dict[str, str] = {
     "InMemoryChannel": "/channels/{namespace}/{name}",
     "Sequence": "/sequences/{namespace}/{name}",
     "Parallel": "/parallels/{namespace}/{name}",
+    "RabbitmqSink": "/rabbitmqsinks/{namespace}/{name}",
 }
 
 
