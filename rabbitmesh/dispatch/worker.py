@@ -97,6 +97,8 @@ class Subscriber:
     on_reply: ReplyHandler | None = None
     reply_must_be_event: bool = True
     drop_attributes: tuple[str, ...] = ("knativebrokerttl",)
+    #: `Authorization` for each request (the sender's OIDC identity), when there is one.
+    auth: Callable[[], dict[str, str] | None] | None = None
 
 
 @dataclass
@@ -284,6 +286,7 @@ class QueueWorker:
             structured=structured,
             timeout=sub.policy.timeout,
             reply_must_be_event=sub.reply_must_be_event,
+            extra_headers=sub.auth() if sub.auth is not None else None,
         )
 
     async def _succeeded(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ from rabbitmesh import telemetry
 from rabbitmesh.amqp.client import BLOCKED_MESSAGE, AmqpClient, PublishFailed
 from rabbitmesh.amqp.limits import UnpublishableMessage, check_publishable, header_budget
 from rabbitmesh.amqp.messages import Outgoing, raw_message, to_message
+from rabbitmesh.auth.gate import Admission
 from rabbitmesh.cloudevents import (
     MAX_JSON_DEPTH,
     CloudEvent,
@@ -86,8 +87,9 @@ class Target:
     #: A message no queue takes is dropped as Knative's broker drops it (True), or refused
     #: with 503 (a RabbitmqSink: its owner's exchange should have a queue for it).
     unroutable_ok: bool = True
-    #: Sender authorization with OIDC tokens and EventPolicies (rabbitmesh/auth/), when on.
-    authorize: Callable[[web.Request], object] | None = None
+    #: Sender authorization with OIDC tokens and EventPolicies (rabbitmesh/auth/gate.py):
+    #: the answer refusing the request, or what it may send.
+    authorize: Callable[[web.Request], Awaitable[Admission | web.Response]] | None = None
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -176,6 +178,12 @@ class Ingress:
             denied = unauthorized(request, target.tokens)
             if denied is not None:
                 return denied, []
+        admission: Admission | None = None
+        if target.authorize is not None:  # also before the body is read
+            decided = await target.authorize(request)
+            if isinstance(decided, web.StreamResponse):
+                return decided, []
+            admission = decided
         too_large = self._attribute_headers_too_large(request)
         if too_large is not None:
             return error(413, too_large), []
@@ -199,6 +207,11 @@ class Ingress:
         except UnpublishableMessage as e:
             return error(e.status, str(e)), []
         events = [event for event, _, _ in prepared]
+        if admission is not None and admission.policies is not None:
+            for event in events:  # a request is refused as a whole, as for bad input
+                refused = admission.refusal(event.attributes)
+                if refused is not None:
+                    return error(403, refused), events
         if self.inflight + len(events) > self.max_inflight:
             return error(
                 503,
@@ -216,9 +229,7 @@ class Ingress:
             if len(prepared) == 1:
                 await self._publish(publisher, target, *prepared[0])
             elif prepared:
-                await asyncio.gather(
-                    *(self._publish(publisher, target, *one) for one in prepared)
-                )
+                await asyncio.gather(*(self._publish(publisher, target, *one) for one in prepared))
         except PublishFailed as e:
             log.warning("publish to %s failed: %s", target.exchange, e)
             return error(

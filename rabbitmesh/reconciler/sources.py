@@ -86,7 +86,7 @@ def make_plan(ctx: Context, source: Source, sink: str) -> Plan | None:
     """What this source runs (None: nothing); NotReady when it cannot run."""
     s = ctx.settings
     if isinstance(source, PingSource):
-        return ping.plan(source, sink)
+        return ping.plan(source, sink, ctx.sender_auth(source, source.spec.sink, source.namespace))
     if isinstance(source, ContainerSource):
         secrets = secrets_in(ctx.get)
         return container.plan(
@@ -113,7 +113,8 @@ def make_plan(ctx: Context, source: Source, sink: str) -> Plan | None:
         except ClusterNotReady as e:
             raise NotReady(e.reason, e.message) from None
         policy = ctx.policy(source.spec.delivery or DeliverySpec(), source.namespace)
-        return rabbitmq.plan(source, sink, cluster, policy)
+        auth = ctx.sender_auth(source, source.spec.sink, source.namespace)
+        return rabbitmq.plan(source, sink, cluster, policy, auth)
     return None  # SinkBinding: `rabbitmesh sinkbinding exec` runs its subject
 
 

@@ -16,6 +16,7 @@ from rabbitmesh.ingress.handlers import Target
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.hosted import exchange_of, exchange_type
 from rabbitmesh.reconciler.replies import ExchangeReplier, QueueReplier
+from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.resources.messaging import Channel, Subscription
 from rabbitmesh.resources.registry import canonical_kind
@@ -44,6 +45,8 @@ class Plan:
     delivery: DeliverySpec
     #: exchanges the queue may still be bound to from an earlier shape of the resource
     unbind_from: tuple[str, ...] = ()
+    #: Whose identity deliveries carry (authentication_oidc): the Subscription, the flow.
+    sender: Resource | None = None
 
 
 @dataclass
@@ -128,6 +131,11 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
             on_reply=on_reply,
             reply_must_be_event=False,
             drop_attributes=(),
+            auth=(
+                ctx.sender_auth(plan.sender, plan.subscriber, plan.namespace)
+                if plan.sender is not None and plan.subscriber is not None
+                else None
+            ),
         ),
     )
     return wiring
@@ -222,6 +230,7 @@ async def reconcile(ctx: Context, sub: Subscription) -> None:
         reply=spec.reply,
         delivery=merge_delivery(spec.delivery, channel.spec.delivery, channel.template.delivery),
         unbind_from=tuple(x for x in earlier_channels(ctx, sub) if x != exchange),
+        sender=sub,
     )
     try:
         wiring = await wire(ctx, plan)

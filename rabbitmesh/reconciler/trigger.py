@@ -120,6 +120,7 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
             filter=compile_trigger_filter(attrs, spec.filters),
             on_reply=BrokerReplier(ctx, broker, exchange, f"trigger={ns}/{trigger.name}"),
             reply_must_be_event=True,
+            auth=ctx.sender_auth(trigger, spec.subscriber, ns),
         ),
     )
     extra = trigger.status.model_extra

@@ -4,6 +4,7 @@ from rabbitmesh.resources import (
     bridges,  # noqa: F401
     core,  # noqa: F401
     eventing,  # noqa: F401
+    eventpolicy,  # noqa: F401
     eventtypes,  # noqa: F401
     flows,  # noqa: F401
     messaging,  # noqa: F401

@@ -36,8 +36,14 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 
 from rabbitmesh.amqp.client import redact
 from rabbitmesh.amqp.remote import Cluster
-from rabbitmesh.cloudevents import AttributeValue, CloudEvent, InvalidEvent, NotACloudEvent
-from rabbitmesh.cloudevents import decode_amqp, validate
+from rabbitmesh.cloudevents import (
+    AttributeValue,
+    CloudEvent,
+    InvalidEvent,
+    NotACloudEvent,
+    decode_amqp,
+    validate,
+)
 from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, send
 from rabbitmesh.resources.bridges import RABBITMQ_TYPE, RabbitmqSource

@@ -149,9 +149,20 @@ def _consumers(url: str, queue: str) -> int:
         node = os.environ.get("RABBITMESH_TEST_OTHER_RABBITMQ_NODE")
         args = ["-n", node] if node else []
         out = subprocess.run(
-            ["rabbitmqctl", *args, "list_queues", "-p", vhost, "-q", "--no-table-headers",
-             "name", "consumers"],
-            capture_output=True, text=True, check=True,
+            [
+                "rabbitmqctl",
+                *args,
+                "list_queues",
+                "-p",
+                vhost,
+                "-q",
+                "--no-table-headers",
+                "name",
+                "consumers",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     else:
         out = rabbitmqctl(

@@ -68,16 +68,15 @@ def ce(id_: str, type_: str = "com.example.order", **extra: str) -> dict[str, st
     }
 
 
-async def test_events_are_published_confirmed_with_the_templated_routing_key(
-    start_mesh, prefix
-):
+async def test_events_are_published_confirmed_with_the_templated_routing_key(start_mesh, prefix):
     exchange, queue = f"{prefix}.app", f"{prefix}.app-in"
     await declare(exchange, queue, "orders.*")
     mesh = await start_mesh(
         sink_manifest("out", exchange, 'routingKey: "orders.{subject}"')
         + "---"
-        + sink_manifest("json", exchange, 'routingKey: "orders.json"\n          contentMode: structured')
-        .replace("name: json", "name: json-out")
+        + sink_manifest(
+            "json", exchange, 'routingKey: "orders.json"\n          contentMode: structured'
+        ).replace("name: json", "name: json-out")
     )
     res = mesh.server.ctx.get("RabbitmqSink", "default", "out")
     assert res.status.ready == "True"
