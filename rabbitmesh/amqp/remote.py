@@ -91,6 +91,24 @@ def cluster_for(
     return Cluster(with_vhost(value.strip(), vhost), own=False)
 
 
+def check_not_ours(cluster: Cluster, prefix: str, names: dict[str, str | None]) -> None:
+    """On rabbitmesh's own RabbitMQ, a bridge may not name rabbitmesh's own queues and
+    exchanges (`{prefix}.*`): a RabbitmqSource on the resource store's queue would read every
+    Secret, one bound to another namespace's broker exchange would read its events, and a
+    RabbitmqSink publishing there would bypass that broker's ingress checks.
+
+    `names`: field path -> the name it gives. Raises ClusterNotReady (`ReservedName`)."""
+    if not cluster.own:
+        return
+    for path, name in names.items():
+        if name is not None and (name == prefix or name.startswith(prefix + ".")):
+            raise ClusterNotReady(
+                "ReservedName",
+                f"{path} {name!r}: names starting with {prefix + '.'!r} are rabbitmesh's own "
+                "queues and exchanges (RABBITMESH_TOPOLOGY_PREFIX); a bridge may not use them",
+            )
+
+
 class Clients:
     """One AmqpClient per distinct RabbitMQ URL, shared by the bridges that use it.
 

@@ -65,7 +65,7 @@ def references(res: Resource) -> set[Key]:
     if res.KIND == "Trigger":
         broker = getattr(getattr(res, "spec", None), "broker", None)
         if isinstance(broker, str):
-            out.add(("Broker", ns, broker))
+            out.add(("Broker", res.broker_namespace(), broker))  # type: ignore[attr-defined]
     if res.KIND == "EventType":  # v1beta2's spec.broker is a name, not a reference
         ref = getattr(res, "ref", None)
         if ref is not None:

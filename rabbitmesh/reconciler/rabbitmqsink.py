@@ -22,7 +22,7 @@ import time
 
 import aio_pika
 
-from rabbitmesh.amqp.remote import ClusterNotReady, cluster_for
+from rabbitmesh.amqp.remote import ClusterNotReady, check_not_ours, cluster_for
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent
 from rabbitmesh.ingress.handlers import Target
 from rabbitmesh.reconciler.context import Context
@@ -66,6 +66,8 @@ async def reconcile(ctx: Context, sink: RabbitmqSink) -> None:
         cluster = cluster_for(
             ctx.get, sink.namespace, sink.connection_secret, sink.spec.vhost, ctx.settings.amqp_url
         )
+        prefix = ctx.settings.topology_prefix
+        check_not_ours(cluster, prefix, {"spec.exchangeName": sink.spec.exchange_name})
     except ClusterNotReady as e:
         _forget(ctx, sink)
         sink.status.address = None

@@ -19,7 +19,7 @@ one replica per source at a time; the others only report status.
 
 from __future__ import annotations
 
-from rabbitmesh.amqp.remote import ClusterNotReady, cluster_for
+from rabbitmesh.amqp.remote import ClusterNotReady, check_not_ours, cluster_for
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.resolve import HOSTED_PATHS
 from rabbitmesh.resources.base import Resource
@@ -109,6 +109,14 @@ def make_plan(ctx: Context, source: Source, sink: str) -> Plan | None:
         try:
             cluster = cluster_for(
                 ctx.get, source.namespace, source.connection_secret, cfg.vhost, s.amqp_url
+            )
+            check_not_ours(
+                cluster,
+                s.topology_prefix,
+                {
+                    "spec.rabbitmqResourcesConfig.queueName": cfg.queue_name,
+                    "spec.rabbitmqResourcesConfig.exchangeName": cfg.exchange_name,
+                },
             )
         except ClusterNotReady as e:
             raise NotReady(e.reason, e.message) from None

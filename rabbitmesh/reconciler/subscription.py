@@ -206,21 +206,33 @@ def earlier_channels(ctx: Context, sub: Subscription) -> set[str]:
     for old in ctx.history.get(sub.key, []):
         channel = (old.get("spec") or {}).get("channel")
         if isinstance(channel, dict) and isinstance(channel.get("name"), str):
-            out.add(ctx.names.channel_exchange(sub.namespace, channel["name"]))
+            old_ns = channel.get("namespace") or sub.namespace
+            out.add(ctx.names.channel_exchange(old_ns, channel["name"]))
     return out
 
 
 async def reconcile(ctx: Context, sub: Subscription) -> None:
     ns, spec = sub.namespace, sub.spec
-    channel = ctx.get("Channel", ns, spec.channel.name)
+    channel_ns = spec.channel.namespace or ns
+    if channel_ns != ns and not ctx.settings.cross_namespace_event_links:
+        await ctx.stop_queue(ctx.names.subscription_queue(ns, sub.name))
+        sub.status.set_ready(
+            False,
+            "CrossNamespaceRefNotAllowed",
+            f"spec.channel names namespace {channel_ns!r}; references to other namespaces "
+            "need RABBITMESH_CROSS_NAMESPACE_EVENT_LINKS=true (Knative's "
+            "cross-namespace-event-links)",
+        )
+        return
+    channel = ctx.get("Channel", channel_ns, spec.channel.name)
     if not isinstance(channel, Channel):
         sub.status.set_ready(
             False,
             "ChannelDoesNotExist",
-            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {ns!r}",
+            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {channel_ns!r}",
         )
         return
-    exchange = ctx.names.channel_exchange(ns, channel.name)
+    exchange = ctx.names.channel_exchange(channel_ns, channel.name)
     plan = Plan(
         label=f"subscription={ns}/{sub.name}",
         namespace=ns,
