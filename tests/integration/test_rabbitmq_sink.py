@@ -68,8 +68,10 @@ def ce(id_: str, type_: str = "com.example.order", **extra: str) -> dict[str, st
     }
 
 
-async def test_events_are_published_confirmed_with_the_templated_routing_key(start_mesh, prefix):
-    exchange, queue = f"{prefix}.app", f"{prefix}.app-in"
+async def test_events_are_published_confirmed_with_the_templated_routing_key(
+    start_mesh, app_prefix
+):
+    exchange, queue = f"{app_prefix}.app", f"{app_prefix}.app-in"
     await declare(exchange, queue, "orders.*")
     mesh = await start_mesh(
         sink_manifest("out", exchange, 'routingKey: "orders.{subject}"')
@@ -106,8 +108,8 @@ async def test_events_are_published_confirmed_with_the_templated_routing_key(sta
     assert doc["id"] == "e4" and doc["data"] == {"n": 4}
 
 
-async def test_a_missing_exchange_is_not_ready_and_never_declared(start_mesh, prefix):
-    exchange = f"{prefix}.later"
+async def test_a_missing_exchange_is_not_ready_and_never_declared(start_mesh, app_prefix):
+    exchange = f"{app_prefix}.later"
     mesh = await start_mesh(sink_manifest("later", exchange))
     res = mesh.server.ctx.get("RabbitmqSink", "default", "later")
     assert res.status.ready == "False"

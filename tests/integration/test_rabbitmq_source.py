@@ -3,6 +3,7 @@ pass through; ack only after the sink took the event; parallelism; another Rabbi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -55,10 +56,10 @@ async def publish(exchange: str, key: str, message: aio_pika.Message, url: str =
 
 
 async def test_plain_messages_become_rabbitmq_events_and_cloudevents_pass_through(
-    start_mesh, make_sink, prefix
+    start_mesh, make_sink, app_prefix
 ):
     sink = await make_sink()
-    queue, exchange = f"{prefix}.orders-in", f"{prefix}.legacy"
+    queue, exchange = f"{app_prefix}.orders-in", f"{app_prefix}.legacy"
     mesh = await start_mesh(source_manifest("legacy", queue, sink.url, exchange=exchange))
     await consuming(mesh, "legacy")
     stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -123,10 +124,10 @@ async def test_plain_messages_become_rabbitmq_events_and_cloudevents_pass_throug
     assert await queue_depth(queue) == 0
 
 
-async def test_a_message_is_acked_only_after_the_sink_took_it(start_mesh, make_sink, prefix):
+async def test_a_message_is_acked_only_after_the_sink_took_it(start_mesh, make_sink, app_prefix):
     down = {"on": True}
     sink = await make_sink(lambda _r, _i: Reply(503) if down["on"] else Reply(202))
-    queue = f"{prefix}.q"
+    queue = f"{app_prefix}.q"
     mesh = await start_mesh(source_manifest("acks", queue, sink.url))
     await consuming(mesh, "acks")
     await publish("", queue, aio_pika.Message(b"x", message_id="held"))
@@ -153,10 +154,10 @@ def _unacked(queue: str) -> int:
 
 
 async def test_a_missing_predeclared_queue_is_not_ready_and_declares_nothing(
-    start_mesh, make_sink, prefix
+    start_mesh, make_sink, app_prefix
 ):
     sink = await make_sink()
-    queue = f"{prefix}.absent"
+    queue = f"{app_prefix}.absent"
     manifest = source_manifest("pre", queue, sink.url).replace(
         "parallelism: 1", "parallelism: 1\n            predeclared: true"
     )
@@ -180,3 +181,71 @@ async def test_a_missing_predeclared_queue_is_not_ready_and_declares_nothing(
     await publish("", queue, aio_pika.Message(b"late"))
     got = await sink.wait_for(1)
     assert got[0].body == b"late"
+
+
+async def test_a_refused_event_goes_to_the_dead_letter_sink_then_is_acked(
+    start_mesh, make_sink, app_prefix
+):
+    sink = await make_sink(lambda _r, _i: Reply(400, body=b"no thanks"))
+    dead = await make_sink()
+    queue = f"{app_prefix}.dl"
+    manifest = source_manifest("dl", queue, sink.url).replace(
+        "delivery: {retry: 20, backoffPolicy: linear, backoffDelay: PT0.1S}",
+        f'delivery: {{retry: 2, deadLetterSink: {{uri: "{dead.url}"}}}}',
+    )
+    mesh = await start_mesh(manifest)
+    await consuming(mesh, "dl")
+    await publish("", queue, aio_pika.Message(b"x", message_id="refused"))
+    got = (await dead.wait_for(1))[0]
+    assert got.ce_id == "refused"
+    assert got.headers["ce-knativeerrorcode"] == "400"
+    assert got.headers["ce-knativeerrordest"] == sink.url
+    assert len(sink.received) == 1  # 400 is not retried
+    await eventually(lambda: _unacked(queue) == 0, what="acked after dead-lettering")
+    assert await queue_depth(queue) == 0
+
+
+@pytest.mark.parametrize("parallelism", [1, 4])
+async def test_parallelism_bounds_the_events_in_flight(start_mesh, app_prefix, parallelism):
+    """prefetch = parallelism: never more deliveries at once; 1 keeps the queue's order."""
+    from aiohttp import web
+
+    release = asyncio.Event()
+    inflight, peak, order = 0, 0, []
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal inflight, peak
+        inflight += 1
+        peak = max(peak, inflight)
+        order.append(request.headers["ce-id"])
+        await release.wait()
+        inflight -= 1
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        queue = f"{app_prefix}.par"
+        manifest = source_manifest("par", queue, f"http://127.0.0.1:{port}/").replace(
+            "parallelism: 1", f"parallelism: {parallelism}"
+        )
+        mesh = await start_mesh(manifest)
+        await consuming(mesh, "par")
+        for i in range(10):
+            await publish("", queue, aio_pika.Message(b"x", message_id=f"m{i}"))
+        await eventually(lambda: inflight == parallelism, what=f"{parallelism} in flight")
+        # Held there: the others wait in RabbitMQ, not in rabbitmesh.
+        assert await queue_depth(queue) == 10 - parallelism
+        release.set()
+        await eventually(lambda: len(order) == 10, what="all delivered")
+        assert peak == parallelism
+        if parallelism == 1:
+            assert order == [f"m{i}" for i in range(10)]
+    finally:
+        release.set()
+        await runner.cleanup()
