@@ -101,11 +101,20 @@ class DiscoveredKeys:
         self._fetched = 0.0  # monotonic time of the last successful fetch
         self._tried = -REFRESH_MIN_GAP  # ... and of the last attempt
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
+
+    def _refreshed(self, _task: asyncio.Task[None]) -> None:
+        self._background = None
 
     async def key(self, kid: str | None) -> jwt.PyJWK | None:
         now = time.monotonic()
-        if self._keys is None or now - self._fetched > KEYS_TTL:
+        if self._keys is None:
             await self._refresh()
+        elif now - self._fetched > KEYS_TTL and self._background is None:
+            # Stale: verify with the keys at hand, refresh beside the request (an issuer
+            # that is slow or down must not hold every request for the fetch's deadline).
+            self._background = asyncio.create_task(self._refresh())
+            self._background.add_done_callback(self._refreshed)
         found = _pick(self._keys, kid)
         if found is None and time.monotonic() - self._tried >= REFRESH_MIN_GAP:
             await self._refresh()  # the issuer may have rotated its keys
