@@ -176,7 +176,7 @@ def _consumers(url: str, queue: str) -> int:
     return 0
 
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "bridges-rabbitmq.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "bridges" / "rabbitmq.yaml"
 
 
 async def test_the_bridges_example_runs_as_docs_bridges_md_shows(start_mesh):
