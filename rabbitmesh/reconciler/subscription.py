@@ -7,6 +7,7 @@ a `Plan` wired by `wire`, so retries, backoff, dead letters and replies behave a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,14 +132,19 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
             on_reply=on_reply,
             reply_must_be_event=False,
             drop_attributes=(),
-            auth=(
-                ctx.sender_auth(plan.sender, plan.subscriber, plan.namespace)
-                if plan.sender is not None and plan.subscriber is not None
-                else None
-            ),
+            auth=_auth(ctx, plan),
         ),
     )
     return wiring
+
+
+def _auth(ctx: Context, plan: Plan) -> Callable[[], dict[str, str] | None] | None:
+    """The sender identity of the plan's deliveries: to its subscriber, or, without one, to
+    the reply it forwards to."""
+    dest = plan.subscriber if plan.subscriber is not None else plan.reply
+    if plan.sender is None or not isinstance(dest, Destination):
+        return None
+    return ctx.sender_auth(plan.sender, dest, plan.namespace)
 
 
 async def _forward_url(ctx: Context, plan: Plan, wiring: Wiring) -> str:
@@ -183,6 +189,7 @@ async def _reply_handler(
             on_reply=None,
             reply_must_be_event=False,
             drop_attributes=(),
+            auth=ctx.sender_auth(plan.sender, reply, ns) if plan.sender is not None else None,
         ),
     )
     return QueueReplier(ctx, reply_queue)

@@ -120,3 +120,37 @@ async def test_a_missing_exchange_is_not_ready_and_never_declared(start_mesh, ap
     from tests.support.rabbit import list_names
 
     assert list_names("exchanges", exchange) == []
+
+
+async def test_an_exchange_deleted_under_the_sink_gives_503_and_brokers_are_untouched(
+    start_mesh, app_prefix
+):
+    exchange, queue = f"{app_prefix}.gone", f"{app_prefix}.gone-q"
+    await declare(exchange, queue)
+    mesh = await start_mesh(
+        sink_manifest("gone", exchange)
+        + """
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {name: default}
+        """
+    )
+    url = f"{mesh.url}/rabbitmqsinks/default/gone"
+    assert (await post(url, ce("before"), b"{}"))[0] == 202
+    conn = await aio_pika.connect(AMQP_URL)
+    async with conn:
+        ch = await conn.channel()
+        await ch.exchange_delete(exchange)
+    status, text = await post(url, ce("during"), b"{}")
+    assert status == 503, text  # not accepted, so the sender keeps it
+    # The brokers' shared publisher never saw the channel error.
+    assert (await post(f"{mesh.url}/default/default", ce("broker"), b"{}"))[0] == 202
+    await declare(exchange, queue)
+
+    async def accepted() -> bool:
+        return (await post(url, ce("after"), b"{}"))[0] == 202
+
+    await eventually(accepted, timeout=20, what="the sink publishing again")
+    got = await take(queue, 2)
+    assert [m.headers["ce-id"] for m in got] == ["before", "after"]

@@ -306,3 +306,20 @@ async def test_tokens_are_checked_against_the_issuers_keys():
     with pytest.raises(TokenError, match="sub"):
         await v.verify(no_sub, "aud-1")
     assert me.headers("s", None) is None  # no audience, no token
+
+
+async def test_an_issuers_keys_from_a_file(tmp_path):
+    from rabbitmesh.auth.verify import FileKeys
+
+    me = Issuer("https://idp.example", ec.generate_private_key(ec.SECP256R1()))
+    path = tmp_path / "jwks.json"
+    path.write_text("not json")
+    v = Verifier({me.issuer: FileKeys(path)})
+    with pytest.raises(TokenError, match="no key"):
+        await v.verify(me.token("s", "a"), "a")
+    import json
+    import os
+
+    path.write_text(json.dumps(me.jwks))
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new mtime: read again
+    assert (await v.verify(me.token("s", "a"), "a"))["sub"] == "s"
