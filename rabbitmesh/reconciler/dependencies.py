@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+from rabbitmesh.auth.policies import TARGET_KINDS
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.registry import canonical_kind
 from rabbitmesh.store.manifests import to_manifest
@@ -70,6 +71,8 @@ def references(res: Resource) -> set[Key]:
         ref = getattr(res, "ref", None)
         if ref is not None:
             out.add((canonical_kind(ref.kind), ref.namespace or ns, ref.name))
+    if res.KIND == "EventPolicy":  # status.targets: any target of its namespace may match
+        out.update((kind, ns, ANY) for kind in TARGET_KINDS)
     if res.KIND in READS_ANY_SECRET:
         out.add(("Secret", ns, ANY))
     out.discard(_key(res))
