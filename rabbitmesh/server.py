@@ -31,7 +31,9 @@ from rabbitmesh.auth.issuer import DISCOVERY_PATH, JWKS_PATH, Issuer, load_key_f
 from rabbitmesh.auth.policies import PolicyIndex
 from rabbitmesh.auth.verify import DiscoveredKeys, FileKeys, KeySource, StaticKeys, Verifier
 from rabbitmesh.controlplane import ControlPlane
-from rabbitmesh.ingress.handlers import Ingress, Target
+from rabbitmesh.dataplane import Target
+from rabbitmesh.http_input import close_after_unread_body
+from rabbitmesh.ingress.handlers import Ingress
 from rabbitmesh.listen import ListenError, cannot_listen
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler.context import Context
@@ -90,6 +92,7 @@ class Server:
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_event_bytes)
+        app.on_response_prepare.append(close_after_unread_body)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)

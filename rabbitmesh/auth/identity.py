@@ -42,10 +42,6 @@ def namespace_of(sub: str) -> str | None:
     return ns if sep and ns else None
 
 
-#: Kinds with an ingress path here, whose audience rabbitmesh knows.
-HOSTED_KINDS = ("Broker", "Channel", "Sequence", "Parallel", "RabbitmqSink")
-
-
 def destination_audience(
     ref_kind: str | None,
     ref_name: str | None,
@@ -58,10 +54,11 @@ def destination_audience(
         return given
     if ref_kind is None or ref_name is None:
         return None
-    from rabbitmesh.resources.registry import by_kind, canonical_kind
+    from rabbitmesh.hosted import hosted_kind  # the kinds with an ingress path here
+    from rabbitmesh.resources.registry import by_kind
 
-    kind = canonical_kind(ref_kind)
-    info = by_kind(kind)
-    if kind not in HOSTED_KINDS or info is None:
+    row = hosted_kind(ref_kind)
+    info = by_kind(row.kind) if row is not None else None
+    if info is None:
         return None
     return audience(info.group, info.kind, ref_namespace, ref_name)

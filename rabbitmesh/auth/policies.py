@@ -18,12 +18,13 @@ from typing import Any
 from rabbitmesh.auth.identity import subject
 from rabbitmesh.filters import compile_filters
 from rabbitmesh.filters.base import EventFilter
+from rabbitmesh.hosted import HOSTED_KINDS
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.eventpolicy import EventPolicy, PolicyRef
 from rabbitmesh.resources.registry import by_kind, canonical_kind
 
-#: The kinds a policy can protect: what has an ingress path here.
-TARGET_KINDS = ("Broker", "Channel", "Sequence", "Parallel", "RabbitmqSink")
+#: The kinds a policy can protect: what has an ingress path here (rabbitmesh/hosted.py).
+TARGET_KINDS = tuple(k.kind for k in HOSTED_KINDS)
 
 
 @dataclass(frozen=True)

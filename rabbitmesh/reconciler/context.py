@@ -25,7 +25,7 @@ from rabbitmesh.settings import Settings
 if TYPE_CHECKING:
     from rabbitmesh.auth.gate import Gate
     from rabbitmesh.auth.issuer import Issuer
-    from rabbitmesh.ingress.handlers import Target
+    from rabbitmesh.dataplane import Target
     from rabbitmesh.sources.manager import SourceManager
 
 log = logging.getLogger("rabbitmesh.reconciler")

@@ -24,7 +24,7 @@ import aio_pika
 
 from rabbitmesh.amqp.remote import ClusterNotReady, check_not_ours, cluster_for
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent
-from rabbitmesh.ingress.handlers import Target
+from rabbitmesh.dataplane import Target
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.resolve import address_url
 from rabbitmesh.resources.base import Address

@@ -48,7 +48,7 @@ from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, send
 from rabbitmesh.resources.bridges import RABBITMQ_TYPE, RabbitmqSource
 from rabbitmesh.sources.manager import Plan, Runtime
-from rabbitmesh.sources.sender import now_rfc3339, rfc3339
+from rabbitmesh.timestamps import now_rfc3339, rfc3339
 
 log = logging.getLogger("rabbitmesh.sources")
 
