@@ -39,16 +39,13 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from rabbitmesh.amqp.client import MessageLike
 from rabbitmesh.amqp.messages import to_message
+from rabbitmesh.amqp.publisher import IngressPublisher, Publisher
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent
 from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.timestamps import now_rfc3339
-
-if TYPE_CHECKING:
-    from rabbitmesh.amqp.client import AmqpClient
 
 log = logging.getLogger("rabbitmesh.replies")
 
@@ -117,7 +114,7 @@ class Target:
     tokens: tuple[bytes, ...] | None = None
     #: A client of its own (a RabbitmqSink's RabbitMQ: rabbitmesh/amqp/remote.py); None: the
     #: shared publisher.
-    publisher: AmqpClient | None = None
+    publisher: IngressPublisher | None = None
     #: The routing key of an event (raises InvalidEvent); None: the event's type.
     routing_key: Callable[[CloudEvent], str] | None = None
     #: Publish in the JSON format (application/cloudevents+json) instead of the AMQP binding.
@@ -129,23 +126,6 @@ class Target:
     #: refusing it, or the `Admission` saying what it may send. Typed loosely here: the
     #: data plane sits below HTTP and auth in the layer order.
     authorize: Callable[[Any], Awaitable[Any]] | None = None
-
-
-class Publisher(Protocol):
-    """What the data plane needs of RabbitMQ: a confirmed publish (rabbitmesh/amqp/client.py).
-
-    Raises PublishFailed (transient: RabbitMQ down, blocked, slow) or UnpublishableMessage
-    (permanent: a message RabbitMQ could never take)."""
-
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        message: MessageLike,
-        *,
-        mandatory: bool = False,
-        unroutable_ok: bool = False,
-    ) -> bool: ...
 
 
 class ExchangeReplier:

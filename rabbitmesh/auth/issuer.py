@@ -52,7 +52,7 @@ class Issuer:
         )
         self.kid = hashlib.sha256(der).hexdigest()[:16]
         algo = jwt.get_algorithm_by_name(self.alg)
-        jwk = json.loads(algo.to_jwk(public))  # type: ignore[arg-type]
+        jwk = json.loads(algo.to_jwk(public))
         jwk.update({"kid": self.kid, "use": "sig", "alg": self.alg})
         self.jwks: dict[str, Any] = {"keys": [jwk]}
         self._cache: dict[tuple[str, str], tuple[float, str]] = {}

@@ -261,7 +261,7 @@ async def run(
     try:
         queue = await prepare_queue(conn, source, rt)
         channel = queue.channel
-        await channel.set_qos(prefetch_count=cfg.parallelism)  # type: ignore[union-attr]
+        await channel.set_qos(prefetch_count=cfg.parallelism)
         bridge = _Bridge(source, sink, policy, rt, auth)
 
         async def arrived(msg: AbstractIncomingMessage) -> None:
