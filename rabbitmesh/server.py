@@ -23,8 +23,13 @@ from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
+from rabbitmesh.amqp.remote import Clients
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
+from rabbitmesh.auth.gate import Gate
+from rabbitmesh.auth.issuer import DISCOVERY_PATH, JWKS_PATH, Issuer, load_key_file, shared_key
+from rabbitmesh.auth.policies import PolicyIndex
+from rabbitmesh.auth.verify import DiscoveredKeys, FileKeys, KeySource, StaticKeys, Verifier
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.dataplane import Target
 from rabbitmesh.http_input import close_after_unread_body
@@ -105,6 +110,9 @@ class Server:
         )
         # The admin API first: the ingress' `/{namespace}/{name}` must not catch its paths.
         app.add_routes(self.admin.routes())
+        if self.settings.authentication_oidc:  # rabbitmesh's issuer documents, also first
+            app.router.add_get(DISCOVERY_PATH, self._oidc_document)
+            app.router.add_get(JWKS_PATH, self._oidc_document)
         if self.settings.role in ("all", "ingress", "sources"):
             webhooks = GitLabWebhooks(
                 self._resources,
@@ -132,6 +140,14 @@ class Server:
         if plane is None or plane.autotypes is None:
             return await handler(request)
         return await plane.autotypes.middleware(request, handler)
+
+    async def _oidc_document(self, request: web.Request) -> web.Response:
+        issuer = self.ctx.issuer if self.ctx is not None else None
+        if issuer is None:
+            return web.json_response({"error": "starting up"}, status=503)
+        if request.path == JWKS_PATH:
+            return web.json_response(issuer.jwks)
+        return web.json_response(issuer.discovery())
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -217,7 +233,10 @@ class Server:
             topology=topology,
             session=self.session,
             run_dispatchers=s.role in ("all", "dispatcher"),
+            bridge_clients=Clients(s.publish_timeout, self.publisher.ssl_context),
         )
+        if s.authentication_oidc:
+            await self._start_oidc(self.ctx)
         if s.role in ("all", "sources"):
             sources = SourceManager(s, self.names, self.session, self.publisher.ssl_context)
             ctx = self.ctx
@@ -235,6 +254,31 @@ class Server:
             on_ready=self._on_ready,
         )
         await self.plane.start()
+
+    async def _start_oidc(self, ctx: Context) -> None:
+        """rabbitmesh's issuer (its key from the file, or the install's key in RabbitMQ), and
+        the ingress gate trusting it and RABBITMESH_OIDC_ISSUER."""
+        s = self.settings
+        assert self.session is not None
+        if s.oidc_signing_key_file is not None:
+            key = load_key_file(s.oidc_signing_key_file)
+        else:
+            key = await shared_key(self.publisher, self.names.prefix + ".oidc-signing-key")
+        issuer = Issuer(s.base_url, key)
+        verifier = Verifier({issuer.issuer: StaticKeys(issuer.jwks)})
+        if s.oidc_issuer is not None:
+            external: KeySource = (
+                FileKeys(s.oidc_jwks_file)
+                if s.oidc_jwks_file is not None
+                else DiscoveredKeys(s.oidc_issuer, self.session)
+            )
+            verifier.trust(s.oidc_issuer, external)
+        ctx.issuer = issuer
+        ctx.gate = Gate(
+            verifier,
+            PolicyIndex(lambda: ctx.resources.values()),
+            s.default_authorization_mode,
+        )
 
     def _on_ready(self) -> None:
         self.reconciled = True
@@ -275,5 +319,7 @@ class Server:
         if self.session is not None:
             await self.session.close()
         await self.consumers.close()
+        if self.ctx is not None:
+            await self.ctx.bridge_clients.close()
         await asyncio.gather(self.publisher.close(), self.consumer.close())
         log.info("stopped")

@@ -252,6 +252,40 @@ class Settings(BaseSettings):
         description="kubeconfig ApiServerSources watch with; default $KUBECONFIG, else "
         "~/.kube/config, else the in-cluster service account.",
     )
+    authentication_oidc: bool = Field(
+        False,
+        description="Knative's `authentication-oidc` feature: senders prove who they are with a "
+        "bearer JWT (audience = the target's status.address.audience), EventPolicies decide "
+        "who may send, and rabbitmesh's own deliveries carry tokens it signs itself "
+        "(docs/security.md#sender-identity-oidc-and-eventpolicy).",
+    )
+    oidc_issuer: str | None = Field(
+        None,
+        description="An OIDC issuer whose tokens are trusted (its `iss`, an https URL; its keys "
+        "come from its /.well-known/openid-configuration, or from RABBITMESH_OIDC_JWKS_FILE). "
+        "rabbitmesh's own tokens (issuer RABBITMESH_PUBLIC_URL) are always trusted.",
+    )
+    oidc_jwks_file: Path | None = Field(
+        None,
+        description="The JWKS of RABBITMESH_OIDC_ISSUER as a file, instead of discovery over "
+        "HTTP (re-read when it changes).",
+    )
+    oidc_signing_key_file: Path | None = Field(
+        None,
+        description="PEM private key (EC P-256 or RSA) rabbitmesh signs its own tokens with; "
+        "unset: one is generated once and kept in RabbitMQ, shared by every replica.",
+    )
+    default_authorization_mode: Literal["allow-all", "allow-same-namespace", "deny-all"] = Field(
+        "allow-same-namespace",
+        description="With authentication_oidc, what a target no EventPolicy applies to "
+        "accepts (Knative's `default-authorization-mode`): anyone (no token needed), "
+        "valid tokens of its own namespace's identities, or nothing.",
+    )
+    cross_namespace_event_links: bool = Field(
+        False,
+        description="Knative's `cross-namespace-event-links`: a Trigger's spec.brokerRef and a "
+        "Subscription's spec.channel may name another namespace; refused (not Ready) otherwise.",
+    )
 
     @field_validator("amqp_url")
     @classmethod
@@ -259,6 +293,16 @@ class Settings(BaseSettings):
         url = AnyUrl(v)
         if url.scheme not in ("amqp", "amqps"):
             raise ValueError("must start with amqp:// or amqps://")
+        return v
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        url = AnyUrl(v)
+        if url.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL (the tokens' `iss`)")
         return v
 
     @field_validator("public_url")

@@ -122,6 +122,8 @@ class Subscriber:
     reply_must_be_event: bool = True
     #: not sent to the subscriber: a Trigger's drop the broker TTL (rabbitmesh/dataplane.py)
     drop_attributes: tuple[str, ...] = (TTL,)
+    #: `Authorization` for each request (the sender's OIDC identity), when there is one.
+    auth: Callable[[], dict[str, str] | None] | None = None
 
 
 @dataclass
@@ -302,6 +304,7 @@ class QueueWorker:
             structured=structured,
             timeout=sub.policy.timeout,
             reply_must_be_event=sub.reply_must_be_event,
+            extra_headers=sub.auth() if sub.auth is not None else None,
         )
 
     async def _carry_out(

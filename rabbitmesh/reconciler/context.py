@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,9 @@ import aiohttp
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
+from rabbitmesh.amqp.remote import Clients
 from rabbitmesh.amqp.topology import Topology
+from rabbitmesh.auth.identity import destination_audience, subject
 from rabbitmesh.dispatch.policy import DeliveryPolicy, seconds
 from rabbitmesh.dispatch.worker import QueueWorker, Subscriber
 from rabbitmesh.reconciler.resolve import resolve
@@ -20,6 +23,9 @@ from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.settings import Settings
 
 if TYPE_CHECKING:
+    from rabbitmesh.auth.gate import Gate
+    from rabbitmesh.auth.issuer import Issuer
+    from rabbitmesh.dataplane import Target
     from rabbitmesh.sources.manager import SourceManager
 
 log = logging.getLogger("rabbitmesh.reconciler")
@@ -47,6 +53,13 @@ class Context:
     history: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
     #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
     sources: SourceManager | None = None
+    #: Connections of the RabbitmqSinks (one per RabbitMQ URL; rabbitmesh/amqp/remote.py).
+    bridge_clients: Clients = field(default_factory=lambda: Clients(10.0, None))
+    #: (kind, namespace, name) -> the ingress target of a RabbitmqSink that is Ready.
+    bridge_targets: dict[tuple[str, str, str], Target] = field(default_factory=dict)
+    #: With authentication_oidc: the ingress' sender check, and rabbitmesh's own issuer.
+    gate: Gate | None = None
+    issuer: Issuer | None = None
 
     def get(self, kind: str, namespace: str, name: str) -> Resource | None:
         return self.resources.get((kind, namespace, name))
@@ -58,6 +71,26 @@ class Context:
             base_url=self.settings.base_url,
             service_url_template=self.settings.service_url_template,
         )
+
+    def sender_auth(
+        self, sender: Resource, dest: Destination, namespace: str
+    ) -> Callable[[], dict[str, str] | None] | None:
+        """`Authorization` headers for what `sender` sends to `dest` (its own identity, the
+        destination's audience); None without authentication_oidc or a known audience."""
+        issuer = self.issuer
+        if issuer is None:
+            return None
+        ref = dest.ref
+        aud = destination_audience(
+            ref.kind if ref else None,
+            ref.name if ref else None,
+            (ref.namespace if ref else None) or namespace,
+            dest.audience,
+        )
+        if aud is None:
+            return None
+        sub = subject(sender.GROUP, sender.KIND, sender.namespace, sender.name)
+        return lambda: issuer.headers(sub, aud)
 
     def policy(self, spec: DeliverySpec, namespace: str) -> DeliveryPolicy:
         """A merged DeliverySpec with the configured defaults filled in."""

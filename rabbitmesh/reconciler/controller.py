@@ -9,12 +9,16 @@ from types import ModuleType
 
 from prometheus_client import Counter
 
+from rabbitmesh.auth.gate import target_audience
+from rabbitmesh.auth.policies import TARGET_KINDS
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler import (
     broker,
     channel,
+    eventpolicy,
     eventtype,
     parallel,
+    rabbitmqsink,
     sequence,
     sources,
     subscription,
@@ -27,7 +31,18 @@ log = logging.getLogger("rabbitmesh.reconciler")
 
 #: kind -> its reconciler module (KIND, ORDER, reconcile(ctx, res), finalize(ctx, res)).
 RECONCILERS: dict[str, ModuleType] = {
-    m.KIND: m for m in (broker, trigger, channel, subscription, sequence, parallel, eventtype)
+    m.KIND: m
+    for m in (
+        broker,
+        trigger,
+        channel,
+        subscription,
+        sequence,
+        parallel,
+        eventtype,
+        rabbitmqsink,
+        eventpolicy,
+    )
 }
 #: One module reconciles every source kind (their status; they have no topology).
 RECONCILERS.update(dict.fromkeys(sources.KINDS, sources))
@@ -91,6 +106,7 @@ class Controller:
             return True
         try:
             await module.reconcile(self.ctx, res)
+            self._oidc(res)
             res.status.observed_generation = res.metadata.generation
             reconciles_total.labels(res.KIND, "ok").inc()
             return True
@@ -99,6 +115,16 @@ class Controller:
             res.status.set_ready(False, "ReconcileFailed", f"{type(e).__name__}: {e}")
             reconciles_total.labels(res.KIND, "failed").inc()
             return False
+
+    def _oidc(self, res: Resource) -> None:
+        """With authentication_oidc: a target's `status.address.audience`, and its policies
+        looked up again (its labels may have changed)."""
+        gate = self.ctx.gate
+        if gate is None or res.KIND not in TARGET_KINDS:
+            return
+        gate.policies.invalidate()
+        if res.status.address is not None:
+            res.status.address.audience = target_audience(res)
 
     async def _finalize(self, res: Resource) -> None:
         self.counts.pop(res.key, None)  # names come and go: keep only the live ones

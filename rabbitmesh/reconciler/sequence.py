@@ -60,6 +60,7 @@ async def reconcile(ctx: Context, seq: Sequence) -> None:
             subscriber=step,
             reply=InternalReply(exchanges[i + 1]) if i + 1 < n else spec.reply,
             delivery=merge_delivery(step.delivery, template.delivery),
+            sender=seq,
         )
         error = None
         try:

@@ -7,6 +7,7 @@ a `Plan` wired by `wire`, so retries, backoff, dead letters and replies behave a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from rabbitmesh.dispatch.policy import DeliveryPolicy, merge_delivery
 from rabbitmesh.dispatch.worker import ReplyHandler, Subscriber
 from rabbitmesh.hosted import HostedKind, hosted_kind
 from rabbitmesh.reconciler.context import Context
+from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.resources.messaging import Channel, Subscription
 
@@ -42,6 +44,8 @@ class Plan:
     delivery: DeliverySpec
     #: exchanges the queue may still be bound to from an earlier shape of the resource
     unbind_from: tuple[str, ...] = ()
+    #: Whose identity deliveries carry (authentication_oidc): the Subscription, the flow.
+    sender: Resource | None = None
 
 
 @dataclass
@@ -82,7 +86,7 @@ def hosted_reply(ctx: Context, dest: Destination, namespace: str) -> HostedKind 
         return None
     ns = dest.ref.namespace or namespace
     row = hosted_kind(dest.ref.kind)
-    if row is None:
+    if row is None or row.exchange is None:  # a RabbitmqSink: through its ingress
         return None
     if ctx.get(row.kind, ns, dest.ref.name) is None:
         raise Unresolved(
@@ -126,9 +130,19 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
             on_reply=on_reply,
             reply_must_be_event=False,
             drop_attributes=(),
+            auth=_auth(ctx, plan),
         ),
     )
     return wiring
+
+
+def _auth(ctx: Context, plan: Plan) -> Callable[[], dict[str, str] | None] | None:
+    """The sender identity of the plan's deliveries: to its subscriber, or, without one, to
+    the reply it forwards to."""
+    dest = plan.subscriber if plan.subscriber is not None else plan.reply
+    if plan.sender is None or not isinstance(dest, Destination):
+        return None
+    return ctx.sender_auth(plan.sender, dest, plan.namespace)
 
 
 async def _forward_url(ctx: Context, plan: Plan, wiring: Wiring) -> str:
@@ -159,6 +173,7 @@ async def _reply_handler(
     if row is not None:
         assert reply.ref is not None  # hosted_reply found a ref
         target = row.target(ctx.names, reply.ref.namespace or ns, reply.ref.name)
+        assert target is not None and row.exchange_type is not None  # hosted_reply checked
         # Declaring it here too (idempotent) means a reply never meets a missing exchange
         # while the destination's own reconcile has not run yet.
         await ctx.topology.declare_exchange(target.exchange, row.exchange_type)
@@ -175,6 +190,7 @@ async def _reply_handler(
             on_reply=None,
             reply_must_be_event=False,
             drop_attributes=(),
+            auth=ctx.sender_auth(plan.sender, reply, ns) if plan.sender is not None else None,
         ),
     )
     return QueueReplier(ctx.publisher, reply_queue)
@@ -198,21 +214,33 @@ def earlier_channels(ctx: Context, sub: Subscription) -> set[str]:
     for old in ctx.history.get(sub.key, []):
         channel = (old.get("spec") or {}).get("channel")
         if isinstance(channel, dict) and isinstance(channel.get("name"), str):
-            out.add(ctx.names.channel_exchange(sub.namespace, channel["name"]))
+            old_ns = channel.get("namespace") or sub.namespace
+            out.add(ctx.names.channel_exchange(old_ns, channel["name"]))
     return out
 
 
 async def reconcile(ctx: Context, sub: Subscription) -> None:
     ns, spec = sub.namespace, sub.spec
-    channel = ctx.get("Channel", ns, spec.channel.name)
+    channel_ns = spec.channel.namespace or ns
+    if channel_ns != ns and not ctx.settings.cross_namespace_event_links:
+        await ctx.stop_queue(ctx.names.subscription_queue(ns, sub.name))
+        sub.status.set_ready(
+            False,
+            "CrossNamespaceRefNotAllowed",
+            f"spec.channel names namespace {channel_ns!r}; references to other namespaces "
+            "need RABBITMESH_CROSS_NAMESPACE_EVENT_LINKS=true (Knative's "
+            "cross-namespace-event-links)",
+        )
+        return
+    channel = ctx.get("Channel", channel_ns, spec.channel.name)
     if not isinstance(channel, Channel):
         sub.status.set_ready(
             False,
             "ChannelDoesNotExist",
-            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {ns!r}",
+            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {channel_ns!r}",
         )
         return
-    exchange = ctx.names.channel_exchange(ns, channel.name)
+    exchange = ctx.names.channel_exchange(channel_ns, channel.name)
     plan = Plan(
         label=f"subscription={ns}/{sub.name}",
         namespace=ns,
@@ -222,6 +250,7 @@ async def reconcile(ctx: Context, sub: Subscription) -> None:
         reply=spec.reply,
         delivery=merge_delivery(spec.delivery, channel.spec.delivery, channel.template.delivery),
         unbind_from=tuple(x for x in earlier_channels(ctx, sub) if x != exchange),
+        sender=sub,
     )
     try:
         wiring = await wire(ctx, plan)

@@ -49,22 +49,35 @@ def earlier_bindings(ctx: Context, trigger: Trigger) -> set[tuple[str, str]]:
             keys = binding_keys(attrs, old.filters)
         except Exception:  # an old spec this version no longer reads: nothing to undo
             continue
-        exchange = ctx.names.broker_exchange(trigger.namespace, old.broker)
+        old_ns = (old.broker_ref.namespace if old.broker_ref else None) or trigger.namespace
+        exchange = ctx.names.broker_exchange(old_ns, old.broker)
         out.update((exchange, k) for k in keys)
     return out
 
 
 async def reconcile(ctx: Context, trigger: Trigger) -> None:
     ns, spec = trigger.namespace, trigger.spec
-    broker = ctx.get("Broker", ns, spec.broker)
+    broker_ns = trigger.broker_namespace()
+    if broker_ns != ns and not ctx.settings.cross_namespace_event_links:
+        # Nothing is bound: a queue already bound from an allowed time is left unconsumed.
+        await ctx.stop_queue(ctx.names.trigger_queue(ns, trigger.name))
+        trigger.status.set_ready(
+            False,
+            "CrossNamespaceRefNotAllowed",
+            f"spec.brokerRef names namespace {broker_ns!r}; references to other namespaces "
+            "need RABBITMESH_CROSS_NAMESPACE_EVENT_LINKS=true (Knative's "
+            "cross-namespace-event-links)",
+        )
+        return
+    broker = ctx.get("Broker", broker_ns, spec.broker)
     if not isinstance(broker, Broker):
         trigger.status.set_ready(
             False,
             "BrokerDoesNotExist",
-            f"Broker {spec.broker!r} does not exist in namespace {ns!r}",
+            f"Broker {spec.broker!r} does not exist in namespace {broker_ns!r}",
         )
         return
-    exchange = ctx.names.broker_exchange(ns, broker.name)
+    exchange = ctx.names.broker_exchange(broker_ns, broker.name)
     queue = ctx.names.trigger_queue(ns, trigger.name)
     attrs = spec.filter.attributes if spec.filter else {}
     await ctx.topology.declare_delivery_queue(queue)
@@ -84,6 +97,7 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
             filter=compile_trigger_filter(attrs, spec.filters),
             on_reply=broker_replier(ctx, broker, exchange, f"trigger={ns}/{trigger.name}"),
             reply_must_be_event=True,
+            auth=ctx.sender_auth(trigger, spec.subscriber, ns),
         ),
     )
     extra = trigger.status.model_extra

@@ -102,9 +102,5 @@ class Subscription(Resource):
                 "spec.channel.kind",
                 f"must be a channel kind (Channel, InMemoryChannel, ...), got {ref.kind!r}",
             )
-        if ref.namespace and ref.namespace != self.namespace:
-            raise FieldError(
-                "spec.channel.namespace", "a subscription must be in its channel's namespace"
-            )
         if self.spec.subscriber is None and self.spec.reply is None:
             raise FieldError("spec.subscriber", "a subscription needs a subscriber or a reply")

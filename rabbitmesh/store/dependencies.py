@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+from rabbitmesh.auth.policies import TARGET_KINDS
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.registry import canonical_kind
 from rabbitmesh.store.manifests import to_manifest
@@ -27,7 +28,17 @@ from rabbitmesh.store.state import Key
 ANY = "*"
 #: Kinds whose reconcile reads Secrets it does not name in a reference.
 READS_ANY_SECRET = frozenset(
-    {"Broker", "PingSource", "ContainerSource", "ApiServerSource", "SinkBinding", "GitLabSource"}
+    {
+        "Broker",
+        "PingSource",
+        "ContainerSource",
+        "ApiServerSource",
+        "SinkBinding",
+        "GitLabSource",
+        # connectionSecret is a {name} reference, not a secretKeyRef
+        "RabbitmqSource",
+        "RabbitmqSink",
+    }
 )
 
 
@@ -56,11 +67,13 @@ def references(res: Resource) -> set[Key]:
     if res.KIND == "Trigger":
         broker = getattr(getattr(res, "spec", None), "broker", None)
         if isinstance(broker, str):
-            out.add(("Broker", ns, broker))
+            out.add(("Broker", res.broker_namespace(), broker))  # type: ignore[attr-defined]
     if res.KIND == "EventType":  # v1beta2's spec.broker is a name, not a reference
         ref = getattr(res, "ref", None)
         if ref is not None:
             out.add((canonical_kind(ref.kind), ref.namespace or ns, ref.name))
+    if res.KIND == "EventPolicy":  # status.targets: any target of its namespace may match
+        out.update((kind, ns, ANY) for kind in TARGET_KINDS)
     if res.KIND in READS_ANY_SECRET:
         out.add(("Secret", ns, ANY))
     out.discard(_key(res))
