@@ -25,6 +25,8 @@ from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
+from rabbitmesh.console.routes import Console
+from rabbitmesh.console.tail import Tails
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.ingress.handlers import Ingress, Target
 from rabbitmesh.listen import ListenError, cannot_listen
@@ -102,6 +104,8 @@ class Server:
         )
         # The admin API first: the ingress' `/{namespace}/{name}` must not catch its paths.
         app.add_routes(self.admin.routes())
+        if self.settings.console:
+            app.add_routes(self.console().routes())
         if self.settings.role in ("all", "ingress", "sources"):
             webhooks = GitLabWebhooks(
                 self._resources,
@@ -116,6 +120,18 @@ class Server:
                 app.middlewares.append(self._observe_event_types)
         app.add_routes([unknown_paths.catch_all()])  # last: JSON 404/405 for the rest
         return app
+
+    def console(self) -> Console:
+        s = self.settings
+        tails = Tails(
+            self.names,
+            lambda prefetch: self.consumers.channel(prefetch=prefetch),
+            lambda: self.plane.resource if self.plane is not None else (lambda *_: None),
+            max_tails=s.console_max_tails,
+            rate=s.console_tail_rate,
+            request_timeout=s.request_timeout,
+        )
+        return Console(lambda: self.plane, s, tails)
 
     def _resources(self) -> Callable[[str, str, str], Resource | None] | None:
         """Reconciled resources, for the GitLab webhook (None until the first reconcile)."""
