@@ -58,6 +58,7 @@ TAIL_PREFETCH = 20
 #: its bounded queue, so a busy broker costs rabbitmesh at most this much work per tail.
 SCAN_RATE = 500.0
 STATS_SECONDS = 2.0
+CHECK_SECONDS = 0.25
 #: Bytes of `data` (as JSON text) sent to the browser per event.
 DATA_LIMIT = 64 * 1024
 #: Largest request body (the target and the CESQL filter).
@@ -282,6 +283,7 @@ class Tails:
         except Exception as e:  # RabbitMQ not there: say so, as other endpoints do
             raise ApiError(503, f"cannot open a channel to RabbitMQ: {e}") from None
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue(TAIL_PREFETCH)
+        tag: str | None = None
         try:
             try:
                 queue = await channel.declare_queue(
@@ -303,7 +305,7 @@ class Tails:
                     f"{target.described} has no exchange yet (not Ready?): nothing to tail",
                 ) from None
             # The prefetch bounds `inbox`: RabbitMQ sends no more until we acknowledge.
-            await queue.consume(inbox.put, no_ack=False)
+            tag = await queue.consume(inbox.put, no_ack=False)
             response = web.StreamResponse(
                 headers={
                     "Content-Type": "application/x-ndjson",
@@ -325,9 +327,12 @@ class Tails:
                         }
                     )
                 )
-                await self._pump(response, inbox, target)
+                await self._pump(request, response, inbox, target)
             return response
         finally:
+            if tag is not None:
+                with contextlib.suppress(Exception):
+                    await queue.cancel(tag)
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue_name)
             with contextlib.suppress(Exception):
@@ -336,6 +341,7 @@ class Tails:
 
     async def _pump(
         self,
+        request: web.Request,
         response: web.StreamResponse,
         inbox: asyncio.Queue[AbstractIncomingMessage],
         target: Target,
@@ -345,7 +351,12 @@ class Tails:
         scan = Bucket(SCAN_RATE)
         next_stats = time.monotonic() + STATS_SECONDS
         while True:
-            wait = max(0.0, next_stats - time.monotonic())
+            # aiohttp does not cancel a handler whose client left: look at the connection
+            # every CHECK_SECONDS, so a closed page frees its slot and queue at once.
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            wait = max(0.0, min(CHECK_SECONDS, next_stats - time.monotonic()))
             try:
                 msg = await asyncio.wait_for(inbox.get(), wait)
             except TimeoutError:
