@@ -713,7 +713,7 @@
     const tbody = $("#eventtypes tbody");
     tbody.textContent = "";
     const triggers = inNs("Trigger");
-    const types = inNs("EventType").sort((a, b) => brokerOf(a).localeCompare(brokerOf(b)) || (a.spec.type || "").localeCompare(b.spec.type || ""));
+    const types = inNs("EventType").sort((a, b) => brokerOf(a).localeCompare(brokerOf(b)) || etAttr(a, "type").localeCompare(etAttr(b, "type")));
     if (!types.length) {
       const tr = document.createElement("tr");
       const td = document.createElement("td");
@@ -726,10 +726,10 @@
     for (const et of types) {
       const broker = brokerOf(et);
       const who = triggers.filter((t) => t.spec.broker === broker)
-        .map((t) => [t.metadata.name, consumes(t, et.spec.type || "")]).filter(([, c]) => c !== "no")
+        .map((t) => [t.metadata.name, consumes(t, etAttr(et, "type"))]).filter(([, c]) => c !== "no")
         .map(([n, c]) => (c === "maybe" ? `${n} (maybe: filter)` : n));
       const tr = document.createElement("tr");
-      for (const v of [broker, et.spec.type || "", et.spec.source || "", et.metadata.name, who.join(", ") || "none"]) {
+      for (const v of [broker, etAttr(et, "type"), etAttr(et, "source"), et.metadata.name, who.join(", ") || "none"]) {
         const td = document.createElement("td");
         td.textContent = v;
         tr.appendChild(td);
@@ -741,6 +741,14 @@
   function brokerOf(et) {
     const s = et.spec || {};
     return s.broker || (s.reference && s.reference.name) || "";
+  }
+
+  // v1beta2 names type and source in the spec, v1beta3 lists them as attributes.
+  function etAttr(et, name) {
+    const s = et.spec || {};
+    if (s[name]) return s[name];
+    const a = (s.attributes || []).find((x) => x.name === name);
+    return (a && a.value) || "";
   }
 
   // --- tabs and wiring ---------------------------------------------------------------------------
