@@ -631,8 +631,8 @@
     tbody.textContent = "";
     if (!kind) { status.textContent = "No trigger or subscription in this namespace."; return; }
     const r = await api("GET", deadLetterPath(kind, name));
-    if (r.status === 404 && r.data && /no route|not found on this server|unknown path/i.test(r.data.error || "")) {
-      status.textContent = "Not available on this server.";
+    if (r.status === 404 && r.data && /^no such path/.test(r.data.error || "")) {
+      status.textContent = "Dead letters are not available on this server.";
       return;
     }
     if (!r.ok) { status.textContent = `Cannot list: ${(r.data && r.data.error) || r.status}`; return; }
