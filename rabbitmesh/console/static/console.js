@@ -624,13 +624,16 @@
     fillSelect($("#dl-target"), opts);
   }
 
+  let dlLoad = 0;
   async function loadDeadLetters() {
     const status = $("#dl-status");
     const [kind, name] = ($("#dl-target").value || "/").split("/");
     const tbody = $("#dl-table tbody");
-    tbody.textContent = "";
-    if (!kind) { status.textContent = "No trigger or subscription in this namespace."; return; }
+    const mine = ++dlLoad;
+    if (!kind) { tbody.textContent = ""; status.textContent = "No trigger or subscription in this namespace."; return; }
     const r = await api("GET", deadLetterPath(kind, name));
+    if (mine !== dlLoad) return; // a newer load (another target, a refresh) answers instead
+    tbody.textContent = "";
     if (r.status === 404 && r.data && /^no such path/.test(r.data.error || "")) {
       status.textContent = "Dead letters are not available on this server.";
       return;
