@@ -1,6 +1,6 @@
 """The console's routes (docs/console.md):
 
-    GET  /console/                      the page (index.html)
+    GET  /console, /console/            the page (index.html)
     GET  /console/static/{file}         its script and style, shipped in this package
     GET  /console/api/info              what this server offers (auth, features, limits)
     GET  /console/api/resources         every resource, and the kinds with their API paths
@@ -80,7 +80,7 @@ class Console:
         # Every path has 3+ segments but /console/: the ingress' /{namespace}/{broker}
         # (a Broker in a namespace called "console") keeps working.
         return [
-            web.get("/console", self.redirect),
+            web.get("/console", self.index),
             web.get("/console/", self.index),
             web.get("/console/static/{file}", self.static),
             web.get("/console/api/info", self._wrap(self.info)),
@@ -119,9 +119,6 @@ class Console:
         return plane
 
     # --- the page ------------------------------------------------------------------------
-
-    async def redirect(self, request: web.Request) -> web.StreamResponse:
-        raise web.HTTPFound("/console/")
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.Response(

@@ -116,6 +116,15 @@ async def test_topology_tail_and_views_in_a_real_browser(browser, tmp_path, pref
         assert seen_after < 1.0, seen_after
         text = await page.inner_text("#tail-events")
         assert '"hello": "tail"' in text and "filtered-out" not in text
+        # Event contents are text on the page, never markup (and inline script is off).
+        hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+        await post_binary(
+            mesh.url + "/default/br1", "com.hj.bye", {"html": hostile}, id_="xss", subject=hostile
+        )
+        await page.wait_for_selector("#tail-events li:has-text('xss')", timeout=2000)
+        assert await page.locator("#tail-events img").count() == 0
+        assert await page.evaluate("window.pwned") is None
+        assert "onerror" in await page.inner_text("#tail-events li:first-child")
         await page.screenshot(path=str(out / "console-tail.png"))
         # Leaving the tail (Stop, or closing the page) removes its queue.
         await page.click("#tail-stop")
