@@ -116,7 +116,7 @@ async def test_the_page_and_its_assets_come_from_the_package(tmp_path, prefix, m
                 assert "connect-src 'self'" in csp and "unsafe-inline" not in csp
                 assert r.headers["X-Frame-Options"] == "DENY"
                 assert "Access-Control-Allow-Origin" not in r.headers
-            assets = [a for a in ("console.js", "graph.js", "yaml.js", "console.css")]
+            assets = ["console.js", "graph.js", "yaml.js", "dagre.min.js", "console.css"]
             for name in assets:
                 assert f"/console/static/{name}" in html
                 async with s.get(mesh.url + f"/console/static/{name}") as r:

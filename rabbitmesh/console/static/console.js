@@ -234,7 +234,9 @@
     const edges = [];
     const add = (o, extra) => { nodes.set(keyOf(o), resourceNode(o, extra)); return keyOf(o); };
     for (const b of inNs("Broker")) add(b, { order: 1 });
-    for (const c of inNs("Channel")) add(c, { order: 2 });
+    // Channels and subscriptions a flow made for itself are drawn as the flow's steps.
+    const own = (o) => !((o.metadata.ownerReferences || []).length);
+    for (const c of inNs("Channel").filter(own)) add(c, { order: 2 });
     for (const t of inNs("Trigger")) {
       const id = add(t, { filter: filterText(t), order: 3 });
       const broker = `Broker/${ns}/${t.spec.broker}`;
@@ -242,9 +244,9 @@
       edges.push({ from: broker, to: id });
       const sub = destinationNode(t.spec.subscriber, ns, nodes, edges, id, false);
       if (sub) edges[edges.length - 1].rateOf = `trigger=${ns}/${t.metadata.name}`;
-      if (sub) edges.push({ from: sub, to: broker, reply: true }); // replies go back into the broker
+      if (sub) edges.push({ from: sub, to: broker, reply: true, back: true }); // replies go back into the broker
     }
-    for (const s of inNs("Subscription")) {
+    for (const s of inNs("Subscription").filter(own)) {
       const id = add(s, { order: 3 });
       const ch = `${s.spec.channel.kind === "InMemoryChannel" ? "Channel" : s.spec.channel.kind}/${ns}/${s.spec.channel.name}`;
       if (!nodes.has(ch)) nodes.set(ch, { id: ch, label: s.spec.channel.name, kind: "Channel", ready: "False", reason: "does not exist", order: 2 });

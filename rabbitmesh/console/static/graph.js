@@ -1,12 +1,12 @@
-// The topology graph: a layered (left to right) drawing in SVG, hand-written so the page
-// needs no build step and no library. Nodes are placed in columns by their longest path from
-// a root (sources first), ignoring reply edges, which may point backwards; within a column
-// nodes are ordered to follow their parents (a barycentre pass), which keeps most edges short.
+// The topology graph in SVG. Layout by dagre (vendored, MIT: dagre.min.js, rebuilt by
+// scripts/vendor-console.sh), left to right. Replies are dashed; those that point back into
+// the graph (a trigger's subscriber replying into its broker: `back`) are left out of the
+// layout, where they would bend the ranks, and drawn as arcs below their two nodes.
 "use strict";
 
 const RMGraph = (() => {
   const SVG = "http://www.w3.org/2000/svg";
-  const W = 190, H = 52, GAP_X = 90, GAP_Y = 40, PAD = 20;
+  const W = 190, H = 52;
 
   function el(name, attrs, parent) {
     const e = document.createElementNS(SVG, name);
@@ -17,49 +17,39 @@ const RMGraph = (() => {
 
   function layout(nodes, edges) {
     const byId = new Map(nodes.map((n) => [n.id, n]));
-    const parents = new Map(nodes.map((n) => [n.id, []]));
-    for (const e of edges) {
-      if (!e.reply && byId.has(e.from) && byId.has(e.to)) parents.get(e.to).push(e.from);
-    }
-    const rank = new Map();
-    const visiting = new Set();
-    function rankOf(id) {
-      if (rank.has(id)) return rank.get(id);
-      if (visiting.has(id)) return 0; // a cycle without replies: cut it here
-      visiting.add(id);
-      const ps = parents.get(id) || [];
-      const r = ps.length ? Math.max(...ps.map(rankOf)) + 1 : (byId.get(id).rank || 0);
-      visiting.delete(id);
-      rank.set(id, r);
-      return r;
-    }
-    nodes.forEach((n) => rankOf(n.id));
-    const columns = [];
-    for (const n of nodes) {
-      const r = rank.get(n.id);
-      (columns[r] = columns[r] || []).push(n);
-    }
-    const y = new Map();
-    columns.forEach((col, c) => {
-      if (!col) return;
-      if (c > 0) {
-        const centre = (n) => {
-          const ps = parents.get(n.id).filter((p) => y.has(p));
-          return ps.length ? ps.reduce((a, p) => a + y.get(p), 0) / ps.length : 1e9;
-        };
-        col.sort((a, b) => centre(a) - centre(b) || a.label.localeCompare(b.label));
-      } else {
-        col.sort((a, b) => a.order - b.order || a.label.localeCompare(b.label));
-      }
-      col.forEach((n, i) => y.set(n.id, i));
+    const g = new dagre.graphlib.Graph({ multigraph: true });
+    g.setGraph({ rankdir: "LR", nodesep: 28, ranksep: 90, marginx: 20, marginy: 20 });
+    g.setDefaultEdgeLabel(() => ({}));
+    // Insertion order guides dagre's ordering within a rank: sources and brokers first.
+    [...nodes].sort((a, b) => (a.order || 0) - (b.order || 0) || a.label.localeCompare(b.label))
+      .forEach((n) => g.setNode(n.id, { width: W, height: H }));
+    edges.forEach((e, i) => {
+      if (!e.back && byId.has(e.from) && byId.has(e.to)) g.setEdge(e.from, e.to, {}, `e${i}`);
     });
+    dagre.layout(g);
     for (const n of nodes) {
-      n.x = PAD + rank.get(n.id) * (W + GAP_X);
-      n.y = PAD + y.get(n.id) * (H + GAP_Y);
+      const p = g.node(n.id);
+      n.x = p.x - W / 2;
+      n.y = p.y - H / 2;
     }
-    const width = PAD * 2 + columns.length * (W + GAP_X) - GAP_X;
-    const height = PAD * 2 + Math.max(1, ...columns.map((c) => (c ? c.length : 0))) * (H + GAP_Y);
-    return { width, height, byId };
+    edges.forEach((e, i) => {
+      const laid = !e.back && g.edge({ v: e.from, w: e.to, name: `e${i}` });
+      e.points = laid ? laid.points : null;
+    });
+    const size = g.graph();
+    // Room below the graph for the reply arcs.
+    return { width: Math.max(size.width, W + 40), height: size.height + 40, byId };
+  }
+
+  // A smooth path through dagre's points (quadratic curves through the midpoints).
+  function through(points) {
+    let d = `M ${points[0].x} ${points[0].y}`;
+    for (let i = 1; i < points.length - 1; i++) {
+      const mx = (points[i].x + points[i + 1].x) / 2, my = (points[i].y + points[i + 1].y) / 2;
+      d += ` Q ${points[i].x} ${points[i].y} ${mx} ${my}`;
+    }
+    const last = points[points.length - 1];
+    return d + ` L ${last.x} ${last.y}`;
   }
 
   function truncate(s, n) {
@@ -85,13 +75,11 @@ const RMGraph = (() => {
     for (const e of edges) {
       const a = byId.get(e.from), b = byId.get(e.to);
       if (!a || !b) continue;
-      const back = b.x <= a.x; // a reply into an earlier column: drawn below the nodes
+      const back = !e.points; // a reply into the graph: an arc below both nodes
       const x1 = back ? a.x + W / 2 : a.x + W, y1 = back ? a.y + H : a.y + H / 2;
       const x2 = back ? b.x + W / 2 + 12 : b.x, y2 = back ? b.y + H : b.y + H / 2;
       const dip = Math.max(y1, y2) + 28;
-      const d = back
-        ? `M ${x1} ${y1} C ${x1} ${dip}, ${x2} ${dip}, ${x2} ${y2}`
-        : `M ${x1} ${y1} C ${(x1 + x2) / 2} ${y1}, ${(x1 + x2) / 2} ${y2}, ${x2} ${y2}`;
+      const d = back ? `M ${x1} ${y1} C ${x1} ${dip}, ${x2} ${dip}, ${x2} ${y2}` : through(e.points);
       const failing = e.rate && e.rate.failed > 0;
       const path = el("path", { d, class: `edge${e.reply ? " reply" : ""}${failing ? " failing" : ""}`, "marker-end": "url(#arrow)" }, svg);
       path.dataset.from = e.from;
@@ -99,7 +87,8 @@ const RMGraph = (() => {
       const title = el("title", {}, path);
       title.textContent = `${e.reply ? "reply: " : ""}${a.label} → ${b.label}`;
       if (e.rate || e.label) {
-        const mx = (x1 + x2) / 2, my = back ? Math.max(y1, y2) + 18 : (y1 + y2) / 2 - 6;
+        const mid = e.points && e.points[Math.floor(e.points.length / 2)];
+        const mx = back ? (x1 + x2) / 2 : mid.x, my = back ? Math.max(y1, y2) + 18 : mid.y - 6;
         const t = el("text", { x: mx, y: my, "text-anchor": "middle", class: `rate${failing ? " failing" : ""}` }, svg);
         t.dataset.edge = `${e.from}->${e.to}`;
         t.textContent = e.rate ? `${fmt(e.rate.ok)}/s ✓ ${fmt(e.rate.failed)}/s ✗` : e.label;
