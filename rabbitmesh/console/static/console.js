@@ -33,8 +33,11 @@
     for (const [u, n] of [["d", 86400], ["h", 3600], ["m", 60]]) if (secs >= n) return `${Math.floor(secs / n)}${u}`;
     return `${secs}s`;
   }
+  // InMemoryChannel is another name of Channel here (the object keeps the name it was
+  // written with).
+  const sameKind = (a, b) => a === b || (a === "InMemoryChannel" ? "Channel" : a) === (b === "InMemoryChannel" ? "Channel" : b);
   function inNs(kind) {
-    return [...state.items.values()].filter((o) => o.kind === kind && (o.metadata.namespace || "") === state.namespace)
+    return [...state.items.values()].filter((o) => sameKind(o.kind, kind) && (o.metadata.namespace || "") === state.namespace)
       .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
   }
 
@@ -248,7 +251,8 @@
     }
     for (const s of inNs("Subscription").filter(own)) {
       const id = add(s, { order: 3 });
-      const ch = `${s.spec.channel.kind === "InMemoryChannel" ? "Channel" : s.spec.channel.kind}/${ns}/${s.spec.channel.name}`;
+      const chObj = inNs("Channel").find((c) => c.metadata.name === s.spec.channel.name);
+      const ch = chObj ? keyOf(chObj) : `Channel/${ns}/${s.spec.channel.name}`;
       if (!nodes.has(ch)) nodes.set(ch, { id: ch, label: s.spec.channel.name, kind: "Channel", ready: "False", reason: "does not exist", order: 2 });
       edges.push({ from: ch, to: id });
       const label = `subscription=${ns}/${s.metadata.name}`;

@@ -72,6 +72,7 @@ const RMGraph = (() => {
     const defs = el("defs", {}, svg);
     const marker = el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, defs);
     el("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrow" }, marker);
+    const labels = [];
     for (const e of edges) {
       const a = byId.get(e.from), b = byId.get(e.to);
       if (!a || !b) continue;
@@ -86,14 +87,15 @@ const RMGraph = (() => {
       path.dataset.to = e.to;
       const title = el("title", {}, path);
       title.textContent = `${e.reply ? "reply: " : ""}${a.label} → ${b.label}`;
-      if (e.rate || e.label) {
+      if (e.rate || e.label) labels.push(() => {
         const mid = e.points && e.points[Math.floor(e.points.length / 2)];
         const mx = back ? (x1 + x2) / 2 : mid.x, my = back ? Math.max(y1, y2) + 18 : mid.y - 6;
         const t = el("text", { x: mx, y: my, "text-anchor": "middle", class: `rate${failing ? " failing" : ""}` }, svg);
         t.dataset.edge = `${e.from}->${e.to}`;
         t.textContent = e.rate ? `${fmt(e.rate.ok)}/s ✓ ${fmt(e.rate.failed)}/s ✗` : e.label;
-      }
+      });
     }
+    labels.forEach((draw) => draw()); // over every edge, so no line crosses a number
     for (const n of nodes) {
       const g = el("g", { class: `node ready-${n.ready}`, transform: `translate(${n.x},${n.y})`, tabindex: 0, role: "button" }, svg);
       g.dataset.id = n.id;
