@@ -36,7 +36,7 @@ from typing import Any
 
 import aiormq
 import orjson
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 from aiohttp import web
 
 from rabbitmesh.amqp.names import Names
@@ -59,6 +59,8 @@ TAIL_PREFETCH = 20
 SCAN_RATE = 500.0
 STATS_SECONDS = 2.0
 CHECK_SECONDS = 0.25
+#: Opening the channel, declaring and binding the queue: longer is a 503.
+SETUP_SECONDS = 10.0
 #: Bytes of `data` (as JSON text) sent to the browser per event.
 DATA_LIMIT = 64 * 1024
 #: Largest request body (the target and the CESQL filter).
@@ -279,26 +281,20 @@ class Tails:
     ) -> web.StreamResponse:
         queue_name = f"{self.names.prefix}.console-tail.{uuid.uuid4().hex}"
         try:
-            channel = await self._channel(TAIL_PREFETCH)
+            async with asyncio.timeout(SETUP_SECONDS):
+                channel = await self._channel(TAIL_PREFETCH)
         except Exception as e:  # RabbitMQ not there: say so, as other endpoints do
-            raise ApiError(503, f"cannot open a channel to RabbitMQ: {e}") from None
+            raise ApiError(
+                503, f"cannot open a channel to RabbitMQ: {e or type(e).__name__}"
+            ) from None
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue(TAIL_PREFETCH)
         tag: str | None = None
         try:
             try:
-                queue = await channel.declare_queue(
-                    queue_name,
-                    durable=False,
-                    exclusive=True,
-                    auto_delete=True,
-                    arguments={
-                        "x-max-length": TAIL_BACKLOG,
-                        "x-overflow": "drop-head",
-                        "x-queue-type": "classic",
-                    },
-                )
-                for key in target.keys:
-                    await queue.bind(target.exchange, key)
+                async with asyncio.timeout(SETUP_SECONDS):
+                    queue = await self._declare(channel, queue_name, target)
+            except TimeoutError:
+                raise ApiError(503, "RabbitMQ did not declare the tail's queue in time") from None
             except aiormq.exceptions.ChannelNotFoundEntity:
                 raise ApiError(
                     409,
@@ -311,6 +307,7 @@ class Tails:
                     "Content-Type": "application/x-ndjson",
                     "Cache-Control": "no-store",
                     "X-Content-Type-Options": "nosniff",
+                    "Cross-Origin-Resource-Policy": "same-origin",
                 }
             )
             await response.prepare(request)
@@ -338,6 +335,24 @@ class Tails:
             with contextlib.suppress(Exception):
                 await channel.close()
             log.info("console: tail of %s closed", target.described)
+
+    async def _declare(
+        self, channel: AbstractRobustChannel, queue_name: str, target: Target
+    ) -> AbstractRobustQueue:
+        queue = await channel.declare_queue(
+            queue_name,
+            durable=False,
+            exclusive=True,
+            auto_delete=True,
+            arguments={
+                "x-max-length": TAIL_BACKLOG,
+                "x-overflow": "drop-head",
+                "x-queue-type": "classic",
+            },
+        )
+        for key in target.keys:
+            await queue.bind(target.exchange, key)
+        return queue
 
     async def _pump(
         self,
