@@ -389,7 +389,14 @@
     return copy; // resourceVersion stays: a PUT with it fails (409) if someone changed it meanwhile
   }
 
-  function openEditor(key) {
+  function replayTemplate() {
+    const broker = (inNs("Broker")[0] || { metadata: { name: "default" } }).metadata.name;
+    const trigger = (inNs("Trigger").find((t) => t.spec.broker === broker) || { metadata: { name: "my-trigger" } }).metadata.name;
+    const from = new Date(Date.now() - 3600 * 1000).toISOString().replace(/\.\d+Z$/, "Z");
+    return `apiVersion: rabbitmesh.dev/v1alpha1\nkind: Replay\nmetadata:\n  name: replay-${Date.now().toString(36)}\n  namespace: ${state.namespace}\nspec:\n  broker: ${broker}\n  from: "${from}"\n  # to: "..."          (default: when the Replay is created)\n  # filter: "type = 'com.example.x'"\n  destination:\n    trigger: ${trigger}\n`;
+  }
+
+  function openEditor(key, template) {
     state.editing = key;
     const form = $("#editor");
     form.hidden = false;
@@ -401,7 +408,7 @@
       $("#editor-text").value = RMYaml.dump(editable(o)) + "\n";
     } else {
       $("#editor-title").textContent = "Apply YAML (create or update)";
-      $("#editor-text").value = `apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: my-trigger\n  namespace: ${state.namespace}\nspec:\n  broker: default\n  filter:\n    attributes:\n      type: com.example.hello\n  subscriber:\n    uri: http://127.0.0.1:9001/\n`;
+      $("#editor-text").value = template || `apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: my-trigger\n  namespace: ${state.namespace}\nspec:\n  broker: default\n  filter:\n    attributes:\n      type: com.example.hello\n  subscriber:\n    uri: http://127.0.0.1:9001/\n`;
     }
     $("#editor-text").focus();
   }
@@ -802,6 +809,7 @@
     });
     $("#kind-filter").addEventListener("change", renderResources);
     $("#new-resource").addEventListener("click", () => openEditor(""));
+    $("#new-replay").addEventListener("click", () => { selectTab("resources"); openEditor("", replayTemplate()); });
     $("#edit").addEventListener("click", () => openEditor(state.selected));
     $("#delete").addEventListener("click", deleteSelected);
     $("#editor").addEventListener("submit", applyEditor);
