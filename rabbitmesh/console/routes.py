@@ -28,14 +28,14 @@ from aiohttp import web
 
 from rabbitmesh.api.auth import check_mutation
 from rabbitmesh.api.errors import ApiError
-from rabbitmesh.api.objects import discovery, render
+from rabbitmesh.api.objects import discovery
 from rabbitmesh.api.watch import stream_matching
 from rabbitmesh.console.rates import snapshot
 from rabbitmesh.console.tail import Tails
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.resources.registry import by_kind
 from rabbitmesh.settings import Settings
-from rabbitmesh.store.manifests import key_of
+from rabbitmesh.store.manifests import key_of, render
 from rabbitmesh.store.stream import StoreUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -178,7 +178,15 @@ class Console:
         )
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
-        return await stream_matching(request, self.plane, lambda kind, ns: True)
+        s = self.settings
+        # One of the RABBITMESH_MAX_WATCHES streams, as an admin API watch is.
+        return await stream_matching(
+            request,
+            self.plane,
+            lambda kind, ns: True,
+            max_watches=s.max_watches,
+            retry_after=s.retry_after_seconds,
+        )
 
     async def rates(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(snapshot())
