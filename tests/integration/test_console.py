@@ -410,3 +410,24 @@ async def test_a_web_page_cannot_use_the_console_to_read_events_or_act(tmp_path,
         assert status == 200
     finally:
         await mesh.stop()
+
+
+async def test_the_console_watch_is_one_of_the_limited_watch_streams(tmp_path, prefix, make_sink):
+    """The console's watch of every kind counts against RABBITMESH_MAX_WATCHES like an admin
+    API watch: an open page cannot be multiplied past the limit by anyone who can read."""
+    sink = await make_sink()
+    mesh = await InProcessMesh(seed(tmp_path, sink.url), prefix, max_watches=1).start()
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(mesh.url + "/console/api/watch") as first,
+        ):
+            assert first.status == 200
+            await asyncio.wait_for(first.content.readline(), 10)  # streaming: the slot is taken
+            status, answer = await call("GET", mesh.url + "/console/api/watch")
+            assert status == 429 and "RABBITMESH_MAX_WATCHES" in answer["error"]
+            path = "/apis/eventing.knative.dev/v1/brokers?watch=true"
+            status, _ = await call("GET", mesh.url + path)
+            assert status == 429
+    finally:
+        await mesh.stop()
