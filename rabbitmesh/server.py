@@ -30,6 +30,8 @@ from rabbitmesh.auth.gate import Gate
 from rabbitmesh.auth.issuer import DISCOVERY_PATH, JWKS_PATH, Issuer, load_key_file, shared_key
 from rabbitmesh.auth.policies import PolicyIndex
 from rabbitmesh.auth.verify import DiscoveredKeys, FileKeys, KeySource, StaticKeys, Verifier
+from rabbitmesh.console.routes import Console
+from rabbitmesh.console.tail import Tails
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.dataplane import Target
 from rabbitmesh.http_input import close_after_unread_body
@@ -113,6 +115,8 @@ class Server:
         if self.settings.authentication_oidc:  # rabbitmesh's issuer documents, also first
             app.router.add_get(DISCOVERY_PATH, self._oidc_document)
             app.router.add_get(JWKS_PATH, self._oidc_document)
+        if self.settings.console:
+            app.add_routes(self.console().routes())
         if self.settings.role in ("all", "ingress", "sources"):
             webhooks = GitLabWebhooks(
                 self._resources,
@@ -127,6 +131,18 @@ class Server:
                 app.middlewares.append(self._observe_event_types)
         app.add_routes([unknown_paths.catch_all()])  # last: JSON 404/405 for the rest
         return app
+
+    def console(self) -> Console:
+        s = self.settings
+        tails = Tails(
+            self.names,
+            lambda prefetch: self.consumers.channel(prefetch=prefetch),
+            lambda: self.plane.resource if self.plane is not None else (lambda *_: None),
+            max_tails=s.console_max_tails,
+            rate=s.console_tail_rate,
+            request_timeout=s.request_timeout,
+        )
+        return Console(lambda: self.plane, s, tails)
 
     def _resources(self) -> Callable[[str, str, str], Resource | None] | None:
         """Reconciled resources, for the GitLab webhook (None until the first reconcile)."""

@@ -106,6 +106,25 @@ class Settings(BaseSettings):
         description="Seconds an admin API body may take to parse and validate (in a worker "
         "process, off the event loop); longer ones are stopped and get 413.",
     )
+    console: bool = Field(
+        True,
+        description="Serve the web console at /console (docs/console.md); its changes go "
+        "through the admin API's checks.",
+    )
+    console_max_tails: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="Console live tails open at once (each a temporary RabbitMQ queue); more "
+        "get 429. 0 turns the tail off.",
+    )
+    console_tail_rate: float = Field(
+        20.0,
+        gt=0,
+        le=10000,
+        description="Events per second one console tail sends to the browser at most; the "
+        "rest are counted as skipped.",
+    )
     # TLS (docs/security.md).
     tls_cert_file: Path | None = Field(
         None,
