@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
@@ -38,8 +40,24 @@ from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
 from rabbitmesh.tls import amqp_client_context, server_context
+from rabbitmesh.workers import READY, STOPPING, Siblings, WorkerInfo
 
 log = logging.getLogger("rabbitmesh")
+
+#: Allocations between two young-generation collections (CPython's default is 700). At
+#: thousands of events a second the default ran a collection every few requests, and the
+#: older generations' collections (walking every object of the process, the reconciled
+#: resources included) stalled the loop for tens of milliseconds: the p99 of issue 18.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """After start-up: move what exists now (modules, resources, connections) out of the
+    collector's sight (`gc.freeze`), and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 class Server:
@@ -70,6 +88,15 @@ class Server:
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.admin = AdminApi(lambda: self.plane, settings)
+        #: Set when this process is one of `rabbitmesh run`'s workers (rabbitmesh/workers.py).
+        self.worker = WorkerInfo.from_env()
+        self.siblings = (
+            Siblings(self.worker.directory / "siblings", self.worker.count, self.worker.index)
+            if self.worker is not None
+            else None
+        )
+        self._site: web.TCPSite | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -117,6 +144,10 @@ class Server:
         app.add_routes([unknown_paths.catch_all()])  # last: JSON 404/405 for the rest
         return app
 
+    def _dispatches(self) -> bool:
+        """FIFO (concurrency 1) needs one consumer per queue: only the first worker then."""
+        return self.worker is None or self.worker.index == 0 or self.settings.concurrency > 1
+
     def _resources(self) -> Callable[[str, str, str], Resource | None] | None:
         """Reconciled resources, for the GitLab webhook (None until the first reconcile)."""
         return self.ctx.get if self.ctx is not None and self.reconciled else None
@@ -153,8 +184,12 @@ class Server:
         return web.json_response({"status": "ready"})
 
     async def metrics(self, _request: web.Request) -> web.Response:
+        registry = REGISTRY
+        if self.worker is not None:  # every worker's figures, summed (multiprocess mode)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self.worker.metrics_dir))
         return web.Response(
-            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -171,31 +206,10 @@ class Server:
             keepalive_timeout=75.0,
         )
         await self.runner.setup()
-        https = None
-        if s.tls_cert_file is not None and s.tls_key_file is not None:
-            https = server_context(s.tls_cert_file, s.tls_key_file)
-        site = web.TCPSite(self.runner, s.http_host, s.http_port, ssl_context=https)
-        try:
-            await site.start()
-        except OSError as e:
-            await self.runner.cleanup()
-            self.runner = None
-            raise cannot_listen(
-                e,
-                s.http_host,
-                s.http_port,
-                "set RABBITMESH_HTTP_PORT or --http-port for another port, "
-                "RABBITMESH_HTTP_HOST or --http-host for another address",
-            ) from None
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.bound_port = server.sockets[0].getsockname()[1]
-        log.info(
-            "listening on %s://%s:%s",
-            "https" if https else "http",
-            s.http_host,
-            self.bound_port or s.http_port,
-        )
+        if self.worker is None or self.worker.index == 0:
+            # The first (or only) process listens at once: /healthz answers and /readyz says
+            # 503 while RabbitMQ is not there. Other workers join the port once ready.
+            await self._listen()
         await asyncio.gather(self.publisher.connect(), self.consumer.connect())
         if self._stop.is_set():
             return
@@ -213,7 +227,7 @@ class Server:
             consumer=self.consumers,
             topology=topology,
             session=self.session,
-            run_dispatchers=s.role in ("all", "dispatcher"),
+            run_dispatchers=s.role in ("all", "dispatcher") and self._dispatches(),
         )
         if s.role in ("all", "sources"):
             sources = SourceManager(s, self.names, self.session, self.publisher.ssl_context)
@@ -230,11 +244,63 @@ class Server:
             self.ctx,
             self.controller,
             on_ready=self._on_ready,
+            siblings=self.siblings,
         )
         await self.plane.start()
 
+    async def _listen(self) -> None:
+        s = self.settings
+        assert self.runner is not None
+        https = None
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            https = server_context(s.tls_cert_file, s.tls_key_file)
+        site = web.TCPSite(
+            self.runner,
+            s.http_host,
+            s.http_port,
+            ssl_context=https,
+            # Workers share the port; the kernel spreads connections over them.
+            reuse_port=self.worker is not None or None,
+        )
+        try:
+            await site.start()
+        except OSError as e:
+            await self.runner.cleanup()
+            self.runner = None
+            raise cannot_listen(
+                e,
+                s.http_host,
+                s.http_port,
+                "set RABBITMESH_HTTP_PORT or --http-port for another port, "
+                "RABBITMESH_HTTP_HOST or --http-host for another address",
+            ) from None
+        self._site = site
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.bound_port = server.sockets[0].getsockname()[1]
+        log.info(
+            "listening on %s://%s:%s%s",
+            "https" if https else "http",
+            s.http_host,
+            self.bound_port or s.http_port,
+            f" (worker {self.worker.index} of {self.worker.count})" if self.worker else "",
+        )
+
     def _on_ready(self) -> None:
         self.reconciled = True
+        if self.siblings is not None:
+            self.siblings.mark(state=READY)
+        if self._site is None and self.runner is not None:
+            task = asyncio.create_task(self._listen_late(), name="listen")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _listen_late(self) -> None:
+        try:
+            await self._listen()
+        except ListenError as e:
+            log.error("%s", e)
+            self._stop.set()
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,6 +315,7 @@ class Server:
             if starting.exception() is not None:  # e.g. invalid manifests: stop, then raise
                 await self.shutdown()
                 starting.result()
+            tune_gc()
             if self.plane is not None:
                 await self.plane.run(self._stop)  # reconcile loop, config dir watch, ...
             await stop_wait
@@ -260,6 +327,8 @@ class Server:
 
     async def shutdown(self) -> None:
         log.info("shutting down: closing HTTP, finishing in-flight work")
+        if self.siblings is not None and self.reconciled:
+            self.siblings.mark(state=STOPPING)  # siblings' writes no longer wait for this one
         if self.ctx is not None and self.ctx.sources is not None:
             await self.ctx.sources.stop()  # first: their leases go to the other replicas
         if self.runner is not None:
@@ -273,4 +342,6 @@ class Server:
             await self.session.close()
         await self.consumers.close()
         await asyncio.gather(self.publisher.close(), self.consumer.close())
+        if self.siblings is not None:
+            self.siblings.close()
         log.info("stopped")

@@ -43,7 +43,9 @@ def setting_options(func: Any) -> Any:
 @click.command()
 @setting_options
 def run(**flags: Any) -> None:
-    """Run rabbitmesh: ingress, reconciler, dispatchers and sources, in one process.
+    """Run rabbitmesh: ingress, reconciler, dispatchers and sources, on every core.
+
+    One worker process per core (--workers N to choose), all on one HTTP port.
 
     \b
     Examples:
@@ -70,6 +72,16 @@ def run(**flags: Any) -> None:
         except ManifestError as e:
             click.echo(f"rabbitmesh: invalid manifest: {e}", err=True)
             sys.exit(1)
+    from rabbitmesh.workers import WorkerInfo, default_workers, supervise
+
+    workers = settings.workers or default_workers()
+    if workers > 1 and WorkerInfo.from_env() is None:
+        try:
+            status = supervise(workers, settings.http_host, settings.http_port, flags)
+        except ListenError as e:
+            click.echo(f"rabbitmesh: {e}", err=True)
+            sys.exit(1)
+        sys.exit(status)
     try:
         import uvloop
 

@@ -1,0 +1,281 @@
+"""`rabbitmesh run` on every core: a supervisor and N worker processes on one port.
+
+Python runs one thread of Python at a time, so one process uses one core. `rabbitmesh run`
+therefore starts RABBITMESH_WORKERS processes (default: one per core the process may run
+on), each a complete replica (ingress, control plane, dispatchers, sources) as
+docs/architecture.md describes replicas: they read the same resource store, consume every
+queue as competing consumers, and run each source on one of them (a lease in RabbitMQ).
+
+- One port: every worker listens on it with SO_REUSEPORT; the kernel spreads connections
+  over the workers that listen. The supervisor binds the port first (without listening), so
+  a port already taken is reported once, port 0 picks one port for all, and the port stays
+  reserved while a worker restarts. Workers other than the first start listening only once
+  they are ready, so no connection reaches a worker that would answer 503 "starting up".
+- One /metrics: prometheus-client's multiprocess mode; each worker writes its counters to
+  files in a directory of this run (made empty at start, removed at the end) and any worker's
+  /metrics sums them all.
+- Read-after-write across workers: an admin API write answers once the record is reconciled
+  on every ready worker (`Siblings`, a small shared-memory table), so a GET or an event
+  that lands on another worker right after sees what the write made.
+- Shutdown: SIGTERM/SIGINT go to every worker, each shuts down gracefully (HTTP in-flight
+  requests, in-flight deliveries, then AMQP); the supervisor exits when all have. A worker
+  that dies after it was ready is started again; one that fails before it was ever ready
+  stops the whole run with its exit status (a bad setting would fail on every attempt).
+  If the supervisor itself is killed, the kernel kills the workers (PR_SET_PDEATHSIG), as a
+  single process would have died: unacked messages return to their queues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import mmap
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("rabbitmesh.workers")
+
+#: Environment a worker process gets from its supervisor (not settings: users never set them).
+ENV_INDEX = "_RABBITMESH_WORKER_INDEX"
+ENV_COUNT = "_RABBITMESH_WORKER_COUNT"
+ENV_DIR = "_RABBITMESH_WORKER_DIR"
+#: prometheus-client reads it when it is first imported: the workers get it in their
+#: environment from the start.
+ENV_METRICS = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Per worker: its pid, its state, and the store offset it last reconciled.
+_SLOT = struct.Struct("<qqq")
+STARTING, READY, STOPPING = 0, 1, 2
+#: A worker restarted sooner than this after the previous start waits, so a worker that
+#: crashes at once does not spin.
+RESTART_BACKOFF = 1.0
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on (cgroup/affinity limits count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker process knows of its supervisor (None when running alone)."""
+
+    index: int
+    count: int
+    directory: Path
+
+    @classmethod
+    def from_env(cls) -> WorkerInfo | None:
+        index = os.environ.get(ENV_INDEX)
+        if index is None:
+            return None
+        return cls(int(index), int(os.environ[ENV_COUNT]), Path(os.environ[ENV_DIR]))
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.directory / "metrics"
+
+
+class Siblings:
+    """The workers' shared table: pid, ready, reconciled offset (a file, mmapped by each)."""
+
+    def __init__(self, path: Path, count: int, index: int | None = None) -> None:
+        self.count = count
+        self.index = index
+        size = _SLOT.size * count
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+
+    def read(self, i: int) -> tuple[int, int, int]:
+        """(pid, state, offset) of worker `i`."""
+        pid, state, offset = _SLOT.unpack_from(self._map, i * _SLOT.size)
+        return pid, state, offset
+
+    def write(self, i: int, pid: int, state: int, offset: int) -> None:
+        _SLOT.pack_into(self._map, i * _SLOT.size, pid, state, offset)
+
+    def mark(self, *, state: int | None = None, offset: int | None = None) -> None:
+        """Update this worker's own slot."""
+        assert self.index is not None
+        _, was_state, was_offset = self.read(self.index)
+        self.write(
+            self.index,
+            os.getpid(),
+            was_state if state is None else state,
+            was_offset if offset is None else offset,
+        )
+
+    def behind(self, offset: int) -> list[int]:
+        """Other ready workers that have not reconciled the record at `offset` yet."""
+        out = []
+        for i in range(self.count):
+            if i == self.index:
+                continue
+            _, state, done = self.read(i)
+            if state == READY and done < offset:
+                out.append(i)
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._map.close()
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGKILL when the supervisor dies (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (not listen) host:port with SO_REUSEPORT; raise OSError when it is taken."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Supervisor:
+    """Starts `count` workers (`python -m rabbitmesh run` with the same settings)."""
+
+    def __init__(self, count: int, port: int, flags: dict[str, object] | None = None) -> None:
+        self.count = count
+        self.port = port
+        #: `rabbitmesh run` flags given to the supervisor, passed on as environment variables
+        #: (a flag would override what the supervisor sets for the worker).
+        self.flags = {
+            f"RABBITMESH_{k.upper()}": str(v) for k, v in (flags or {}).items() if v is not None
+        }
+        self.directory = Path(tempfile.mkdtemp(prefix="rabbitmesh-workers-"))
+        (self.directory / "metrics").mkdir()
+        self.siblings = Siblings(self.directory / "siblings", count)
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.started_at = [0.0] * count
+        self.stopping = False
+
+    def _env(self, index: int) -> dict[str, str]:
+        return {
+            **os.environ,
+            **self.flags,
+            ENV_INDEX: str(index),
+            ENV_COUNT: str(self.count),
+            ENV_DIR: str(self.directory),
+            ENV_METRICS: str(self.directory / "metrics"),
+            "RABBITMESH_WORKERS": "1",
+            "RABBITMESH_HTTP_PORT": str(self.port),
+        }
+
+    def start(self, index: int) -> None:
+        self.siblings.write(index, 0, STARTING, -1)
+        self.started_at[index] = time.monotonic()
+        self.procs[index] = subprocess.Popen(
+            [sys.executable, "-m", "rabbitmesh", "run"],
+            env=self._env(index),
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+        )
+
+    def signal_all(self, sig: int) -> None:
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(sig)
+
+    def run(self) -> int:
+        """Start every worker and supervise them until all have exited; the exit status."""
+
+        def on_signal(sig: int, _frame: object) -> None:
+            self.stopping = True
+            self.signal_all(sig)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        for i in range(self.count):
+            self.start(i)
+        status = 0
+        try:
+            while True:
+                try:
+                    pid, code = os.wait()
+                except ChildProcessError:
+                    break
+                except InterruptedError:  # pragma: no cover (PEP 475 retries)
+                    continue
+                index = next(
+                    (i for i, p in enumerate(self.procs) if p is not None and p.pid == pid), None
+                )
+                if index is None:
+                    continue
+                proc = self.procs[index]
+                assert proc is not None
+                proc.returncode = os.waitstatus_to_exitcode(code)
+                rc = proc.returncode
+                _, state, _ = self.siblings.read(index)
+                # Nobody waits for a dead worker's reconciles.
+                self.siblings.write(index, pid, STOPPING if state else STARTING, -1)
+                if self.stopping:
+                    if rc not in (0, -signal.SIGTERM, -signal.SIGINT):
+                        status = status or (rc if rc > 0 else 1)
+                    continue
+                if state == STARTING:
+                    # Failed during start-up: every attempt would; stop the run with its status.
+                    log.error("worker %d exited during start-up (status %s); stopping", index, rc)
+                    status = rc if rc > 0 else 1
+                    self.stopping = True
+                    self.signal_all(signal.SIGTERM)
+                    continue
+                log.error("worker %d (pid %d) exited (status %s); starting it again", index, pid, rc)
+                wait = self.started_at[index] + RESTART_BACKOFF - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)  # not synchronisation: a crash-loop brake
+                if not self.stopping:
+                    self.start(index)
+        finally:
+            self.siblings.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+        return status
+
+
+def supervise(count: int, host: str, port: int, flags: dict[str, object]) -> int:
+    """Reserve the port, run `count` workers on it, return the exit status."""
+    from rabbitmesh.listen import cannot_listen
+
+    try:
+        reserved = reserve_port(host, port)
+    except OSError as e:
+        raise cannot_listen(
+            e,
+            host,
+            port,
+            "set RABBITMESH_HTTP_PORT or --http-port for another port, "
+            "RABBITMESH_HTTP_HOST or --http-host for another address",
+        ) from None
+    with reserved:
+        bound = reserved.getsockname()[1]
+        log.info("starting %d workers on port %d", count, bound)
+        return Supervisor(count, bound, flags).run()
