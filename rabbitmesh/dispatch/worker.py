@@ -44,6 +44,7 @@ from rabbitmesh.amqp.messages import RETRIES_HEADER, Outgoing, raw_message, to_m
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.topology import DELAY_HEADER, Topology
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
+from rabbitmesh.dispatch.acks import AckBatcher
 from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, send
 
@@ -166,6 +167,8 @@ class QueueWorker:
         self._stopping = False
         self._last_traceback = -TRACEBACK_INTERVAL
         self._last_transient_warning = -TRANSIENT_LOG_INTERVAL
+        #: Acks of successful deliveries, batched per loop iteration (dispatch/acks.py).
+        self._acks = AckBatcher()
 
     async def start(self) -> None:
         self._channel = await self.consumer.channel(prefetch=self.prefetch)
@@ -206,6 +209,7 @@ class QueueWorker:
             msg = self._buffer.get_nowait()
             with contextlib.suppress(Exception):
                 await msg.nack(requeue=True)
+        await self._acks.drain()  # what finished is acked, not redelivered after a restart
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()
@@ -224,6 +228,7 @@ class QueueWorker:
             except Exception as e:  # a bug must neither kill the worker, lose the message
                 await self._guard(msg, e)  # nor loop on it
             finally:
+                self._acks.settled(msg)
                 self.stats.in_flight -= 1
                 self._busy.discard(task)
 
@@ -240,7 +245,7 @@ class QueueWorker:
         sub = self.subscriber
         if sub.filter is not None and not sub.filter.matches(event.attributes):
             self.stats.filtered += 1
-            await msg.ack()
+            self._acks.ack(msg)
             return
         if self.mode == "deliver" and "knativearrivaltime" not in event.attributes:
             event.attributes["knativearrivaltime"] = now_rfc3339()
@@ -321,7 +326,7 @@ class QueueWorker:
                 outcome.status,
                 extra=log_fields(event, sub, _attempt(msg)),
             )
-        await msg.ack()
+        self._acks.ack(msg)
 
     async def _failed(
         self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome, retries: int
