@@ -40,7 +40,7 @@ from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
 from rabbitmesh.tls import amqp_client_context, server_context
-from rabbitmesh.workers import READY, STOPPING, Siblings, WorkerInfo
+from rabbitmesh.workers import EARLY, READY, STOPPING, Siblings, WorkerInfo
 
 log = logging.getLogger("rabbitmesh")
 
@@ -162,6 +162,8 @@ class Server:
         return await plane.autotypes.middleware(request, handler)
 
     async def healthz(self, _request: web.Request) -> web.Response:
+        if self.worker is not None:  # which process answered (rabbitmesh/workers.py)
+            return web.json_response({"status": "ok", "worker": self.worker.index})
         return web.json_response({"status": "ok"})
 
     def ready_problems(self) -> list[str]:
@@ -175,6 +177,8 @@ class Server:
             problems.append(
                 "resource store not read, or config dir not applied and reconciled, yet"
             )
+        if self.siblings is not None:  # a request may land on a worker still starting
+            problems += [f"worker {i} not ready yet" for i in self.siblings.starting_early()]
         return problems
 
     async def readyz(self, _request: web.Request) -> web.Response:
@@ -206,10 +210,12 @@ class Server:
             keepalive_timeout=75.0,
         )
         await self.runner.setup()
-        if self.worker is None or self.worker.index == 0:
+        if self.worker is None or self.worker.early:
             # The first (or only) process listens at once: /healthz answers and /readyz says
             # 503 while RabbitMQ is not there. Other workers join the port once ready.
             await self._listen()
+            if self.siblings is not None:
+                self.siblings.mark(state=EARLY)
         await asyncio.gather(self.publisher.connect(), self.consumer.connect())
         if self._stop.is_set():
             return

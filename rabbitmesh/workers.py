@@ -49,13 +49,15 @@ log = logging.getLogger("rabbitmesh.workers")
 ENV_INDEX = "_RABBITMESH_WORKER_INDEX"
 ENV_COUNT = "_RABBITMESH_WORKER_COUNT"
 ENV_DIR = "_RABBITMESH_WORKER_DIR"
+ENV_EARLY = "_RABBITMESH_WORKER_LISTEN_EARLY"
 #: prometheus-client reads it when it is first imported: the workers get it in their
 #: environment from the start.
 ENV_METRICS = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Per worker: its pid, its state, and the store offset it last reconciled.
 _SLOT = struct.Struct("<qqq")
-STARTING, READY, STOPPING = 0, 1, 2
+#: EARLY: starting, and already listening (the first worker, on the run's first start).
+STARTING, READY, STOPPING, EARLY = 0, 1, 2, 3
 #: A worker restarted sooner than this after the previous start waits, so a worker that
 #: crashes at once does not spin.
 RESTART_BACKOFF = 1.0
@@ -76,13 +78,21 @@ class WorkerInfo:
     index: int
     count: int
     directory: Path
+    #: Listen before ready (for /healthz and a 503 /readyz while RabbitMQ is away): the
+    #: first worker on the run's first start; every other start listens once ready.
+    early: bool = False
 
     @classmethod
     def from_env(cls) -> WorkerInfo | None:
         index = os.environ.get(ENV_INDEX)
         if index is None:
             return None
-        return cls(int(index), int(os.environ[ENV_COUNT]), Path(os.environ[ENV_DIR]))
+        return cls(
+            int(index),
+            int(os.environ[ENV_COUNT]),
+            Path(os.environ[ENV_DIR]),
+            os.environ.get(ENV_EARLY) == "1",
+        )
 
     @property
     def metrics_dir(self) -> Path:
@@ -123,6 +133,10 @@ class Siblings:
             was_offset if offset is None else offset,
         )
 
+    def starting_early(self) -> list[int]:
+        """Other workers that listen but are not ready yet."""
+        return [i for i in range(self.count) if i != self.index and self.read(i)[1] == EARLY]
+
     def behind(self, offset: int) -> list[int]:
         """Other ready workers that have not reconciled the record at `offset` yet."""
         out = []
@@ -147,12 +161,19 @@ def _die_with_parent() -> None:
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) host:port with SO_REUSEPORT; raise OSError when it is taken."""
+    """Bind (not listen) host:port with SO_REUSEPORT; raise OSError when it is taken.
+
+    First a plain bind: SO_REUSEPORT alone would let this run join a port another program
+    of the same user listens on with SO_REUSEPORT (another `rabbitmesh run`, say) and
+    split its traffic, where a single process would have said "address in use"."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+        probe.bind(addr)
+        addr = (addr[0], probe.getsockname()[1], *addr[2:])  # port 0: the one it got
     sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
     except OSError:
@@ -179,8 +200,9 @@ class Supervisor:
         self.started_at = [0.0] * count
         self.stopping = False
 
-    def _env(self, index: int) -> dict[str, str]:
+    def _env(self, index: int, early: bool) -> dict[str, str]:
         return {
+            ENV_EARLY: "1" if early else "0",
             **os.environ,
             **self.flags,
             ENV_INDEX: str(index),
@@ -192,11 +214,12 @@ class Supervisor:
         }
 
     def start(self, index: int) -> None:
+        first = self.started_at[index] == 0.0
         self.siblings.write(index, 0, STARTING, -1)
         self.started_at[index] = time.monotonic()
         self.procs[index] = subprocess.Popen(
             [sys.executable, "-m", "rabbitmesh", "run"],
-            env=self._env(index),
+            env=self._env(index, early=first and index == 0),
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
 
@@ -237,12 +260,13 @@ class Supervisor:
                 rc = proc.returncode
                 _, state, _ = self.siblings.read(index)
                 # Nobody waits for a dead worker's reconciles.
-                self.siblings.write(index, pid, STOPPING if state else STARTING, -1)
+                started = state in (READY, STOPPING)
+                self.siblings.write(index, pid, STOPPING if started else STARTING, -1)
                 if self.stopping:
                     if rc not in (0, -signal.SIGTERM, -signal.SIGINT):
                         status = status or (rc if rc > 0 else 1)
                     continue
-                if state == STARTING:
+                if not started:
                     # Failed during start-up: every attempt would; stop the run with its status.
                     log.error("worker %d exited during start-up (status %s); stopping", index, rc)
                     status = rc if rc > 0 else 1
