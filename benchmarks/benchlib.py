@@ -20,6 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -161,9 +162,7 @@ def start_thin(bench: Path, port: int, sink_url: str, amqp: str, uvloop: bool) -
     cmd = [sys.executable, "-c", _THIN_SHIM, str(bench / "thin_pipeline.py"), str(port), sink_url]
     if uvloop:
         cmd.append("uvloop")
-    p = subprocess.Popen(
-        cmd, env={**os.environ, "THIN_AMQP_URL": amqp}, stdout=subprocess.DEVNULL
-    )
+    p = subprocess.Popen(cmd, env={**os.environ, "THIN_AMQP_URL": amqp}, stdout=subprocess.DEVNULL)
     wait_port(port)
     return p
 
@@ -247,3 +246,90 @@ def running(p: subprocess.Popen) -> Iterator[subprocess.Popen]:
 
 def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
+
+
+# --- in-process load and sinks (the scenario benchmarks) -------------------------------------
+
+BODY = b'{"message": "hello", "pad": "' + b"x" * 200 + b'"}'
+
+
+def ce_headers(type_: str, i: int) -> dict[str, str]:
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": f"{i}-{uuid.uuid4().hex[:8]}",
+        "ce-type": type_,
+        "ce-source": "bench",
+        "content-type": "application/json",
+    }
+
+
+class CountingSink:
+    """An HTTP subscriber that answers 202 and counts what it receives, per path."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.count = 0
+        self.last = 0.0
+        self.by_path: dict[str, int] = {}
+        self.changed = asyncio.Event()
+
+    async def start(self) -> CountingSink:
+        from aiohttp import web
+
+        async def recv(req: web.Request) -> web.Response:
+            await req.read()
+            self.count += 1
+            self.by_path[req.path] = self.by_path.get(req.path, 0) + 1
+            self.last = time.perf_counter()
+            self.changed.set()
+            return web.Response(status=202)
+
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", recv)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.count < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(left, 1.0))
+        return True
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def post_saturated(
+    url: str,
+    n_requests: int,
+    concurrency: int,
+    request: Any,
+) -> tuple[dict[int, int], float]:
+    """POST `n_requests` with `concurrency` in flight; `request(i)` gives (headers, body).
+    Returns status -> count and the seconds it took."""
+    import aiohttp
+
+    codes: dict[int, int] = {}
+    todo = iter(range(n_requests))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def lane() -> None:
+            for i in todo:
+                headers, body = request(i)
+                try:
+                    async with session.post(url, headers=headers, data=body) as r:
+                        await r.read()
+                        codes[r.status] = codes.get(r.status, 0) + 1
+                except aiohttp.ClientError:
+                    codes[0] = codes.get(0, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+        return codes, time.perf_counter() - t0

@@ -167,7 +167,9 @@ def main() -> None:
             mode = f"paced@{rate:g}"
             row += [f"{med(name, mode, 'p50_ms'):.1f}", spread(name, mode, "p99_ms")]
         # lost = accepted (202) but never delivered
-        lost = sum(r["codes"].get("202", 0) - r["delivered"] for r in results if r["pipeline"] == name)
+        lost = sum(
+            r["codes"].get("202", 0) - r["delivered"] for r in results if r["pipeline"] == name
+        )
         row += [f"{med(name, f'paced@{a.rate[0]:g}', 'cpu_ms_per_event'):.2f}", lost]
         rows.append(row)
     print(f"\nmedians over {a.rounds} rounds, {a.n} events saturated at {a.concurrency} in flight")

@@ -364,7 +364,7 @@ class ControlPlane:
                     # Another process: no condition to wait on; its slot is polled, briefly
                     # (a write is a rare, slow operation next to one millisecond).
                     while self.siblings.behind(offset):
-                        await asyncio.sleep(SIBLING_POLL)
+                        await asyncio.sleep(SIBLING_POLL)  # noqa: ASYNC110 - another process
             return True
         except TimeoutError:
             return False

@@ -139,7 +139,7 @@ class Settings(BaseSettings):
         le=512,
         description="Worker processes sharing the HTTP port, each a full replica (Python "
         "uses one core per process); default: one per CPU core available. 1 runs a single "
-        "process with no supervisor (docs/operations.md, \"Workers\").",
+        'process with no supervisor (docs/operations.md, "Workers").',
     )
 
     # Data plane tuning.

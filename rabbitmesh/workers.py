@@ -23,6 +23,8 @@ queue as competing consumers, and run each source on one of them (a lease in Rab
   stops the whole run with its exit status (a bad setting would fail on every attempt).
   If the supervisor itself is killed, the kernel kills the workers (PR_SET_PDEATHSIG), as a
   single process would have died: unacked messages return to their queues.
+- Workers are forked from the supervisor once it imported everything (no event loop, no
+  thread exists yet then), so N workers start as fast as one.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,51 +186,66 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 class Supervisor:
-    """Starts `count` workers (`python -m rabbitmesh run` with the same settings)."""
+    """Forks `count` workers, each running `work(port)` (a `rabbitmesh run` of one process).
 
-    def __init__(self, count: int, port: int, flags: dict[str, object] | None = None) -> None:
+    Forked, not started afresh: everything is imported once, here, so a worker is serving
+    within the time it takes to connect (importing takes seconds on a busy machine)."""
+
+    def __init__(self, count: int, port: int, work: Callable[[int], int]) -> None:
         self.count = count
         self.port = port
-        #: `rabbitmesh run` flags given to the supervisor, passed on as environment variables
-        #: (a flag would override what the supervisor sets for the worker).
-        self.flags = {
-            f"RABBITMESH_{k.upper()}": str(v) for k, v in (flags or {}).items() if v is not None
-        }
+        self.work = work
         self.directory = Path(tempfile.mkdtemp(prefix="rabbitmesh-workers-"))
         (self.directory / "metrics").mkdir()
         self.siblings = Siblings(self.directory / "siblings", count)
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.pids: list[int | None] = [None] * count
         self.started_at = [0.0] * count
         self.stopping = False
 
-    def _env(self, index: int, early: bool) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
+        """What every worker finds in its environment (set before anything imports
+        prometheus-client, which reads ENV_METRICS once)."""
         return {
-            ENV_EARLY: "1" if early else "0",
-            **os.environ,
-            **self.flags,
-            ENV_INDEX: str(index),
             ENV_COUNT: str(self.count),
             ENV_DIR: str(self.directory),
             ENV_METRICS: str(self.directory / "metrics"),
-            "RABBITMESH_WORKERS": "1",
-            "RABBITMESH_HTTP_PORT": str(self.port),
         }
 
     def start(self, index: int) -> None:
         first = self.started_at[index] == 0.0
         self.siblings.write(index, 0, STARTING, -1)
         self.started_at[index] = time.monotonic()
-        self.procs[index] = subprocess.Popen(
-            [sys.executable, "-m", "rabbitmesh", "run"],
-            env=self._env(index, early=first and index == 0),
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
-        )
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                if sys.platform == "linux":
+                    _die_with_parent()
+                if os.getppid() != parent:  # the supervisor died before prctl
+                    os._exit(1)
+                os.environ.update(self.environment())
+                os.environ[ENV_INDEX] = str(index)
+                os.environ[ENV_EARLY] = "1" if first and index == 0 else "0"
+                code = self.work(self.port)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        self.pids[index] = pid
 
     def signal_all(self, sig: int) -> None:
-        for p in self.procs:
-            if p is not None and p.poll() is None:
+        for pid in self.pids:
+            if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(sig)
+                    os.kill(pid, sig)
 
     def run(self) -> int:
         """Start every worker and supervise them until all have exited; the exit status."""
@@ -247,17 +265,11 @@ class Supervisor:
                     pid, code = os.wait()
                 except ChildProcessError:
                     break
-                except InterruptedError:  # pragma: no cover (PEP 475 retries)
-                    continue
-                index = next(
-                    (i for i, p in enumerate(self.procs) if p is not None and p.pid == pid), None
-                )
+                index = next((i for i, p in enumerate(self.pids) if p == pid), None)
                 if index is None:
                     continue
-                proc = self.procs[index]
-                assert proc is not None
-                proc.returncode = os.waitstatus_to_exitcode(code)
-                rc = proc.returncode
+                self.pids[index] = None
+                rc = os.waitstatus_to_exitcode(code)
                 _, state, _ = self.siblings.read(index)
                 # Nobody waits for a dead worker's reconciles.
                 started = state in (READY, STOPPING)
@@ -273,7 +285,9 @@ class Supervisor:
                     self.stopping = True
                     self.signal_all(signal.SIGTERM)
                     continue
-                log.error("worker %d (pid %d) exited (status %s); starting it again", index, pid, rc)
+                log.error(
+                    "worker %d (pid %d) exited (status %s); starting it again", index, pid, rc
+                )
                 wait = self.started_at[index] + RESTART_BACKOFF - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)  # not synchronisation: a crash-loop brake
@@ -285,8 +299,9 @@ class Supervisor:
         return status
 
 
-def supervise(count: int, host: str, port: int, flags: dict[str, object]) -> int:
-    """Reserve the port, run `count` workers on it, return the exit status."""
+def supervise(count: int, host: str, port: int, work: Callable[[int], int]) -> int:
+    """Reserve the port, run `count` workers on it (each `work(port)`), return the exit
+    status."""
     from rabbitmesh.listen import cannot_listen
 
     try:
@@ -302,4 +317,8 @@ def supervise(count: int, host: str, port: int, flags: dict[str, object]) -> int
     with reserved:
         bound = reserved.getsockname()[1]
         log.info("starting %d workers on port %d", count, bound)
-        return Supervisor(count, bound, flags).run()
+        supervisor = Supervisor(count, bound, work)
+        os.environ.update(supervisor.environment())
+        import rabbitmesh.server  # noqa: F401 - imported once, before the forks
+
+        return supervisor.run()

@@ -21,7 +21,6 @@ import aio_pika
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory
 from yarl import URL
 
-
 #: Bytes queued for the socket above which `drain` waits for them to go (asyncio's own
 #: default high-water mark).
 DRAIN_ABOVE = 64 * 1024

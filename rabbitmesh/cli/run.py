@@ -57,7 +57,6 @@ def run(**flags: Any) -> None:
     from rabbitmesh.listen import ListenError
     from rabbitmesh.logs import setup_logging
     from rabbitmesh.resources.loader import ManifestError, load_path
-    from rabbitmesh.server import Server
 
     try:
         settings = load_settings(**flags)
@@ -76,12 +75,24 @@ def run(**flags: Any) -> None:
 
     workers = settings.workers or default_workers()
     if workers > 1 and WorkerInfo.from_env() is None:
+
+        def work(port: int) -> int:
+            return serve(settings.model_copy(update={"workers": 1, "http_port": port}))
+
         try:
-            status = supervise(workers, settings.http_host, settings.http_port, flags)
+            status = supervise(workers, settings.http_host, settings.http_port, work)
         except ListenError as e:
             click.echo(f"rabbitmesh: {e}", err=True)
             sys.exit(1)
         sys.exit(status)
+    sys.exit(serve(settings))
+
+
+def serve(settings: Settings) -> int:
+    """One process: the event loop with the whole server, until it stops; the exit status."""
+    from rabbitmesh.listen import ListenError
+    from rabbitmesh.server import Server
+
     try:
         import uvloop
 
@@ -92,4 +103,5 @@ def run(**flags: Any) -> None:
         asyncio.run(Server(settings).run_forever())
     except ListenError as e:
         click.echo(f"rabbitmesh: {e}", err=True)
-        sys.exit(1)
+        return 1
+    return 0

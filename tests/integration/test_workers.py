@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -37,6 +36,15 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "zombie" not in status
+
+
 async def worker_of_fresh_connection(url: str) -> int:
     """Which worker answers a new connection (the kernel picks one per connection)."""
     async with (
@@ -62,9 +70,7 @@ async def post(url: str, type_: str) -> int:
 async def metric(url: str, name: str) -> float:
     async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
         text = await r.text()
-    return sum(
-        float(m.group(1)) for m in re.finditer(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M)
-    )
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
 
 
 @pytest.fixture
@@ -102,9 +108,7 @@ async def test_sigterm_stops_every_worker_gracefully(two_workers):
     assert await mesh.wait(60) == 0
     assert mesh.output().count("rabbitmesh: stopped") == 2, mesh.output()
     for pid in kids:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
-            f"/proc/{pid}/status"
-        ).read_text()
+        assert not alive(pid), f"worker {pid} outlived the supervisor"
 
 
 async def test_a_worker_that_dies_is_started_again(two_workers):
