@@ -363,8 +363,8 @@ class ControlPlane:
                 if self.siblings is not None:
                     # Another process: no condition to wait on; its slot is polled, briefly
                     # (a write is a rare, slow operation next to one millisecond).
-                    while self.siblings.behind(offset):
-                        await asyncio.sleep(SIBLING_POLL)  # noqa: ASYNC110 - another process
+                    while self.siblings.behind(offset):  # noqa: ASYNC110 - another process
+                        await asyncio.sleep(SIBLING_POLL)
             return True
         except TimeoutError:
             return False
