@@ -299,9 +299,16 @@ class Supervisor:
         return status
 
 
-def supervise(count: int, host: str, port: int, work: Callable[[int], int]) -> int:
+def supervise(
+    count: int,
+    host: str,
+    port: int,
+    work: Callable[[int], int],
+    preload: Callable[[], object] = lambda: None,
+) -> int:
     """Reserve the port, run `count` workers on it (each `work(port)`), return the exit
-    status."""
+    status. `preload` imports what the workers run, once, before they are forked (after
+    the workers' environment is set: prometheus-client reads it on import)."""
     from rabbitmesh.listen import cannot_listen
 
     try:
@@ -319,6 +326,5 @@ def supervise(count: int, host: str, port: int, work: Callable[[int], int]) -> i
         log.info("starting %d workers on port %d", count, bound)
         supervisor = Supervisor(count, bound, work)
         os.environ.update(supervisor.environment())
-        import rabbitmesh.server  # noqa: F401 - imported once, before the forks
-
+        preload()
         return supervisor.run()

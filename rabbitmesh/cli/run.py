@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 import typing
 from typing import Any
@@ -80,7 +81,13 @@ def run(**flags: Any) -> None:
             return serve(settings.model_copy(update={"workers": 1, "http_port": port}))
 
         try:
-            status = supervise(workers, settings.http_host, settings.http_port, work)
+            status = supervise(
+                workers,
+                settings.http_host,
+                settings.http_port,
+                work,
+                preload=lambda: importlib.import_module("rabbitmesh.server"),
+            )
         except ListenError as e:
             click.echo(f"rabbitmesh: {e}", err=True)
             sys.exit(1)

@@ -19,11 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
-
-from aio_pika.abc import AbstractIncomingMessage
+from typing import Any, Protocol
 
 log = logging.getLogger("rabbitmesh.dispatch")
+
+
+class Ackable(Protocol):
+    """What the batcher needs of a message; aio-pika's also have `delivery_tag` and
+    `channel` (the AMQP channel it came on), without which it is acked on its own."""
+
+    async def ack(self, multiple: bool = False) -> None: ...
 
 
 class _ChannelAcks:
@@ -39,15 +44,23 @@ class _ChannelAcks:
         self.pending: list[int] = []
 
 
+def _has_channel(msg: Ackable) -> bool:
+    """An open AMQP channel to ack on (aio-pika's `channel` raises once it is closed)."""
+    try:
+        return getattr(msg, "channel", None) is not None
+    except Exception:
+        return False
+
+
 class AckBatcher:
     def __init__(self) -> None:
         self._channels: dict[int, _ChannelAcks] = {}
         self._scheduled = False
         self._flushing: set[asyncio.Task[None]] = set()
 
-    def _state(self, msg: AbstractIncomingMessage) -> _ChannelAcks | None:
+    def _state(self, msg: Ackable) -> _ChannelAcks | None:
         try:
-            channel = msg.channel
+            channel = msg.channel  # type: ignore[attr-defined]
         except Exception:  # the channel is closed: RabbitMQ redelivers what was unacked
             return None
         state = self._channels.get(id(channel))
@@ -55,20 +68,25 @@ class AckBatcher:
             state = self._channels[id(channel)] = _ChannelAcks(channel)
         return state
 
-    def ack(self, msg: AbstractIncomingMessage) -> None:
+    async def ack(self, msg: Ackable) -> None:
         """Ack `msg` at the end of this loop iteration (its outcome is already durable)."""
-        tag = msg.delivery_tag
+        tag = getattr(msg, "delivery_tag", None)
+        if tag is None or not _has_channel(msg):
+            await msg.ack()  # not an AMQP delivery as aio-pika hands them (or it is closed)
+            return
         state = self._state(msg)
-        if state is None or tag is None:
+        if state is None:
             return
         state.pending.append(tag)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_soon)
 
-    def settled(self, msg: AbstractIncomingMessage) -> None:
+    def settled(self, msg: Ackable) -> None:
         """`msg` is finished, whichever way: its tag no longer holds back `multiple`."""
-        tag = msg.delivery_tag
+        tag = getattr(msg, "delivery_tag", None)
+        if tag is None or not _has_channel(msg):
+            return
         state = self._state(msg)
         if state is None or tag is None or tag <= state.upto:
             return

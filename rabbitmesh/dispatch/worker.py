@@ -266,7 +266,7 @@ class QueueWorker:
         sub = self.subscriber
         if sub.filter is not None and not sub.filter.matches(event.attributes):
             self.stats.filtered += 1
-            self._acks.ack(msg)
+            await self._acks.ack(msg)
             return
         if self.mode == "deliver":
             stamp_arrival(event)
@@ -365,7 +365,7 @@ class QueueWorker:
                 outcome.status,
                 extra=log_fields(event, sub, _attempt(msg)),
             )
-        self._acks.ack(msg)
+        await self._acks.ack(msg)
 
     async def _retry(
         self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int, decision: Decision

@@ -61,13 +61,13 @@ async def test_multiple_acks_a_contiguous_run_and_never_an_unsettled_delivery(ra
         # Tags 1-4 succeed, 5 is still in flight, 6-10 succeed: one `multiple` ack for 1-4
         # and single acks for 6-10 (5 must stay unacked).
         for m in msgs[:4] + msgs[5:]:
-            batcher.ack(m)
+            await batcher.ack(m)
             batcher.settled(m)
         await batcher.drain()
         assert acks[0] == (4, True)
         assert sorted(acks[1:]) == [(t, False) for t in range(6, 11)]
         # Tag 5 finishes: it closes the gap, and goes as a multiple ack up to 10.
-        batcher.ack(msgs[4])
+        await batcher.ack(msgs[4])
         batcher.settled(msgs[4])
         await batcher.drain()
         assert acks[-1] == (5, True)  # its own tag: 6-10 are acked already
@@ -87,12 +87,12 @@ async def test_a_multiple_ack_leaves_an_in_flight_delivery_to_be_redelivered(rab
         batcher = AckBatcher()
         # 1 and 2 acked, 3 nacked by another path (requeued), 4 in flight, 5 and 6 acked.
         for m in msgs[:2]:
-            batcher.ack(m)
+            await batcher.ack(m)
             batcher.settled(m)
         await msgs[2].nack(requeue=True)
         batcher.settled(msgs[2])
         for m in msgs[4:]:
-            batcher.ack(m)
+            await batcher.ack(m)
             batcher.settled(m)
         await asyncio.sleep(0)  # the loop iteration's end: the scheduled flush runs
         await eventually(lambda: len(acks) >= 3, what="the flush")
