@@ -135,7 +135,11 @@ class MeshProcess:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (a start, not a wait)
             self.command(), env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
-        await wait_ready(self.url, timeout, proc=self.proc)
+        try:
+            await wait_ready(self.url, timeout, proc=self.proc)
+        except BaseException:
+            await self.stop()  # no rabbitmesh (and its workers) left running behind a failure
+            raise
         return self
 
     def signal(self, sig: int) -> None:
