@@ -135,11 +135,7 @@ class MeshProcess:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (a start, not a wait)
             self.command(), env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
-        try:
-            await wait_ready(self.url, timeout, proc=self.proc)
-        except BaseException:
-            await self.stop()  # no rabbitmesh (and its workers) left running behind a failure
-            raise
+        await wait_ready(self.url, timeout, proc=self.proc)
         return self
 
     def signal(self, sig: int) -> None:
