@@ -38,6 +38,7 @@ from rabbitmesh.store.manifests import render
 from rabbitmesh.store.state import Key
 from rabbitmesh.store.stream import Store, StoreUnavailable
 from rabbitmesh.watch import WatchLog
+from rabbitmesh.workers import Siblings
 
 log = logging.getLogger("rabbitmesh.controlplane")
 
@@ -47,6 +48,8 @@ RETRY_MAX = 30.0
 #: Keys of a resync taken into one batch (the rest wait for the next): a write queued behind
 #: a resync of thousands of resources waits for a slice of it, not for all of it.
 RESYNC_SLICE = 200
+#: How often a write checks whether the other workers reconciled it.
+SIBLING_POLL = 0.002
 
 
 class ControlPlane:
@@ -59,6 +62,7 @@ class ControlPlane:
         ctx: Context,
         controller: Controller,
         on_ready: Callable[[], None],
+        siblings: Siblings | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
@@ -66,6 +70,8 @@ class ControlPlane:
         self.ctx = ctx
         self.controller = controller
         self.on_ready = on_ready
+        #: The other workers of this `rabbitmesh run` (rabbitmesh/workers.py), if any.
+        self.siblings = siblings
         self.store = Store(
             publisher,
             consumer,
@@ -239,6 +245,8 @@ class ControlPlane:
             async with self._reconciled:
                 self.reconciled_offset = max(self.reconciled_offset, offset)
                 self._reconciled.notify_all()
+            if self.siblings is not None:
+                self.siblings.mark(offset=self.reconciled_offset)
             return ok
 
     async def _reconcile(self, work: set[Key], changed: set[Key]) -> set[Key]:
@@ -345,10 +353,18 @@ class ControlPlane:
         metrics.set_known_types(t for group in ranked for t in group)
 
     async def wait_reconciled(self, offset: int, timeout: float = 10.0) -> bool:
-        """Wait until a reconcile including the record at `offset` finished here."""
+        """Wait until a reconcile including the record at `offset` finished here, and on
+        every other ready worker of this `rabbitmesh run`: the next request, whichever
+        worker the kernel hands it to, sees what the write made."""
         try:
-            async with asyncio.timeout(timeout), self._reconciled:
-                await self._reconciled.wait_for(lambda: self.reconciled_offset >= offset)
+            async with asyncio.timeout(timeout):
+                async with self._reconciled:
+                    await self._reconciled.wait_for(lambda: self.reconciled_offset >= offset)
+                if self.siblings is not None:
+                    # Another process: no condition to wait on; its slot is polled, briefly
+                    # (a write is a rare, slow operation next to one millisecond).
+                    while self.siblings.behind(offset):  # noqa: ASYNC110 - another process
+                        await asyncio.sleep(SIBLING_POLL)
             return True
         except TimeoutError:
             return False

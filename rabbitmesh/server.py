@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
@@ -47,8 +49,24 @@ from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
 from rabbitmesh.tls import server_context
+from rabbitmesh.workers import EARLY, READY, STOPPING, Siblings, WorkerInfo
 
 log = logging.getLogger("rabbitmesh")
+
+#: Allocations between two young-generation collections (CPython's default is 700). At
+#: thousands of events a second the default ran a collection every few requests, and the
+#: older generations' collections (walking every object of the process, the reconciled
+#: resources included) stalled the loop for tens of milliseconds: the p99 of issue 18.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """After start-up: move what exists now (modules, resources, connections) out of the
+    collector's sight (`gc.freeze`), and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 class Server:
@@ -79,6 +97,15 @@ class Server:
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.admin = AdminApi(lambda: self.plane, settings)
+        #: Set when this process is one of `rabbitmesh run`'s workers (rabbitmesh/workers.py).
+        self.worker = WorkerInfo.from_env()
+        self.siblings = (
+            Siblings(self.worker.directory / "siblings", self.worker.count, self.worker.index)
+            if self.worker is not None
+            else None
+        )
+        self._site: web.TCPSite | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -144,6 +171,10 @@ class Server:
         )
         return Console(lambda: self.plane, s, tails)
 
+    def _dispatches(self) -> bool:
+        """FIFO (concurrency 1) needs one consumer per queue: only the first worker then."""
+        return self.worker is None or self.worker.index == 0 or self.settings.concurrency > 1
+
     def _resources(self) -> Callable[[str, str, str], Resource | None] | None:
         """Reconciled resources, for the GitLab webhook (None until the first reconcile)."""
         return self.ctx.get if self.ctx is not None and self.reconciled else None
@@ -166,6 +197,8 @@ class Server:
         return web.json_response(issuer.discovery())
 
     async def healthz(self, _request: web.Request) -> web.Response:
+        if self.worker is not None:  # which process answered (rabbitmesh/workers.py)
+            return web.json_response({"status": "ok", "worker": self.worker.index})
         return web.json_response({"status": "ok"})
 
     def ready_problems(self) -> list[str]:
@@ -179,6 +212,8 @@ class Server:
             problems.append(
                 "resource store not read, or config dir not applied and reconciled, yet"
             )
+        if self.siblings is not None:  # a request may land on a worker still starting
+            problems += [f"worker {i} not ready yet" for i in self.siblings.starting_early()]
         return problems
 
     async def readyz(self, _request: web.Request) -> web.Response:
@@ -188,8 +223,12 @@ class Server:
         return web.json_response({"status": "ready"})
 
     async def metrics(self, _request: web.Request) -> web.Response:
+        registry = REGISTRY
+        if self.worker is not None:  # every worker's figures, summed (multiprocess mode)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self.worker.metrics_dir))
         return web.Response(
-            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -206,31 +245,12 @@ class Server:
             keepalive_timeout=75.0,
         )
         await self.runner.setup()
-        https = None
-        if s.tls_cert_file is not None and s.tls_key_file is not None:
-            https = server_context(s.tls_cert_file, s.tls_key_file)
-        site = web.TCPSite(self.runner, s.http_host, s.http_port, ssl_context=https)
-        try:
-            await site.start()
-        except OSError as e:
-            await self.runner.cleanup()
-            self.runner = None
-            raise cannot_listen(
-                e,
-                s.http_host,
-                s.http_port,
-                "set RABBITMESH_HTTP_PORT or --http-port for another port, "
-                "RABBITMESH_HTTP_HOST or --http-host for another address",
-            ) from None
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.bound_port = server.sockets[0].getsockname()[1]
-        log.info(
-            "listening on %s://%s:%s",
-            "https" if https else "http",
-            s.http_host,
-            self.bound_port or s.http_port,
-        )
+        if self.worker is None or self.worker.early:
+            # The first (or only) process listens at once: /healthz answers and /readyz says
+            # 503 while RabbitMQ is not there. Other workers join the port once ready.
+            await self._listen()
+            if self.siblings is not None:
+                self.siblings.mark(state=EARLY)
         await asyncio.gather(self.publisher.connect(), self.consumer.connect())
         if self._stop.is_set():
             return
@@ -248,7 +268,7 @@ class Server:
             consumer=self.consumers,
             topology=topology,
             session=self.session,
-            run_dispatchers=s.role in ("all", "dispatcher"),
+            run_dispatchers=s.role in ("all", "dispatcher") and self._dispatches(),
             bridge_clients=Clients(s.publish_timeout, self.publisher.ssl_context),
         )
         if s.authentication_oidc:
@@ -268,6 +288,7 @@ class Server:
             self.ctx,
             self.controller,
             on_ready=self._on_ready,
+            siblings=self.siblings,
         )
         await self.plane.start()
 
@@ -296,8 +317,59 @@ class Server:
             s.default_authorization_mode,
         )
 
+    async def _listen(self) -> None:
+        s = self.settings
+        assert self.runner is not None
+        https = None
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            https = server_context(s.tls_cert_file, s.tls_key_file)
+        site = web.TCPSite(
+            self.runner,
+            s.http_host,
+            s.http_port,
+            ssl_context=https,
+            # Workers share the port; the kernel spreads connections over them.
+            reuse_port=self.worker is not None or None,
+        )
+        try:
+            await site.start()
+        except OSError as e:
+            await self.runner.cleanup()
+            self.runner = None
+            raise cannot_listen(
+                e,
+                s.http_host,
+                s.http_port,
+                "set RABBITMESH_HTTP_PORT or --http-port for another port, "
+                "RABBITMESH_HTTP_HOST or --http-host for another address",
+            ) from None
+        self._site = site
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.bound_port = server.sockets[0].getsockname()[1]
+        log.info(
+            "listening on %s://%s:%s%s",
+            "https" if https else "http",
+            s.http_host,
+            self.bound_port or s.http_port,
+            f" (worker {self.worker.index} of {self.worker.count})" if self.worker else "",
+        )
+
     def _on_ready(self) -> None:
         self.reconciled = True
+        if self.siblings is not None:
+            self.siblings.mark(state=READY)
+        if self._site is None and self.runner is not None:
+            task = asyncio.create_task(self._listen_late(), name="listen")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _listen_late(self) -> None:
+        try:
+            await self._listen()
+        except ListenError as e:
+            log.error("%s", e)
+            self._stop.set()
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -312,6 +384,7 @@ class Server:
             if starting.exception() is not None:  # e.g. invalid manifests: stop, then raise
                 await self.shutdown()
                 starting.result()
+            tune_gc()
             if self.plane is not None:
                 await self.plane.run(self._stop)  # reconcile loop, config dir watch, ...
             await stop_wait
@@ -323,6 +396,8 @@ class Server:
 
     async def shutdown(self) -> None:
         log.info("shutting down: closing HTTP, finishing in-flight work")
+        if self.siblings is not None and self.reconciled:
+            self.siblings.mark(state=STOPPING)  # siblings' writes no longer wait for this one
         if self.ctx is not None and self.ctx.sources is not None:
             await self.ctx.sources.stop()  # first: their leases go to the other replicas
         if self.runner is not None:
@@ -338,4 +413,6 @@ class Server:
         if self.ctx is not None:
             await self.ctx.bridge_clients.close()
         await asyncio.gather(self.publisher.close(), self.consumer.close())
+        if self.siblings is not None:
+            self.siblings.close()
         log.info("stopped")

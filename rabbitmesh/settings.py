@@ -154,6 +154,14 @@ class Settings(BaseSettings):
         "text", description="`json` gives one JSON object per line."
     )
     role: Role = Field("all", description="Which parts this process runs.")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="Worker processes sharing the HTTP port, each a full replica (Python "
+        "uses one core per process); default: one per CPU core available. 1 runs a single "
+        'process with no supervisor (docs/operations.md, "Workers").',
+    )
 
     # Data plane tuning.
     prefetch: int = Field(
