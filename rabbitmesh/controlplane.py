@@ -27,11 +27,13 @@ from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.api.objects import render
+from rabbitmesh.config.knative import changed_namespaces
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller, order
 from rabbitmesh.reconciler.desired import Desired
 from rabbitmesh.reconciler.known_types import known_types
 from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.core import ConfigMap
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
 from rabbitmesh.store.configsync import ConfigSync
@@ -76,16 +78,16 @@ class ControlPlane:
         self.config = ConfigSync(self.store, settings.config_dir, names.check_length)
         self.desired = Desired()
         self.ctx.history = self.desired.history
-        self.autotypes = (
-            AutoEventTypes(
-                self.store,
-                self.resource,
-                max_per_owner=settings.eventtype_auto_create_max_per_broker,
-                per_minute=settings.eventtype_auto_create_per_minute,
-            )
-            if settings.eventtype_auto_create
-            else None
+        # Always there: config-features' eventtype-auto-create switches it while running.
+        self.autotypes: AutoEventTypes | None = AutoEventTypes(
+            self.store,
+            self.resource,
+            max_per_owner=settings.eventtype_auto_create_max_per_broker,
+            per_minute=settings.eventtype_auto_create_per_minute,
         )
+        #: Whether ingress notes event types now (RABBITMESH_EVENTTYPE_AUTO_CREATE, then
+        #: config-features' eventtype-auto-create; updated after every batch).
+        self.autotypes_enabled = settings.eventtype_auto_create
         self.ready = False  # a full reconcile succeeded
         self.started = False  # the store is read, the config dir applied, reconciled once
         self.reconciled_offset = -1
@@ -206,13 +208,14 @@ class ControlPlane:
         async with self._lock:
             offset = self.store.state.last_offset
             changed_keys, self._changed = self._changed, set()
+            before = {k: self.desired.current.get(k) for k in changed_keys if k[0] == "ConfigMap"}
             changed = self.desired.update(self.store.state.entries, changed_keys)
             if changed:
                 self._update_known_types(changed)
             work = changed | self._queued
             self._queued = set()
             for key in changed:
-                work |= self.desired.dependencies.dependents(key)
+                work |= self._affected(key, before.get(key))
             if self._resync:
                 work.update(self._resync[:RESYNC_SLICE])
                 del self._resync[:RESYNC_SLICE]
@@ -231,6 +234,7 @@ class ControlPlane:
             for key in work | changed:
                 res = self.ctx.resources.get(key)
                 self.watch.record(offset, key, render(res) if res is not None else None)
+            self.autotypes_enabled = self.ctx.effective().enabled("eventtype-auto-create")
             ok = not self._failures
             if ok and not self.ready:
                 self.ready = True
@@ -240,6 +244,22 @@ class ControlPlane:
                 self.reconciled_offset = max(self.reconciled_offset, offset)
                 self._reconciled.notify_all()
             return ok
+
+    def _affected(self, key: Key, old: Resource | None) -> set[Key]:
+        """What a change of `key` makes to reconcile: its dependents (configuration: further,
+        rabbitmesh/reconciler/dependencies.py); a defaults ConfigMap's only in the namespaces
+        whose defaults it changed."""
+        out = self.desired.dependencies.affected(key)
+        if key[0] != "ConfigMap" or not out:
+            return out
+        new = self.desired.current.get(key)
+        namespaces = changed_namespaces(
+            old.parsed() if isinstance(old, ConfigMap) else None,
+            new.parsed() if isinstance(new, ConfigMap) else None,
+        )
+        if namespaces is None:
+            return out
+        return {k for k in out if k[1] in namespaces}
 
     async def _reconcile(self, work: set[Key], changed: set[Key]) -> set[Key]:
         ctx, current = self.ctx, self.desired.current

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.clusters import Cluster, Clusters
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
@@ -112,8 +113,9 @@ class Server:
             app.add_routes(webhooks.routes())
         if self.settings.role in ("all", "ingress"):
             app.add_routes(ingress.routes())
-            if self.settings.eventtype_auto_create:
-                app.middlewares.append(self._observe_event_types)
+            # Installed always: config-features can switch auto-creation on while running;
+            # while it is off the middleware costs one attribute check per request.
+            app.middlewares.append(self._observe_event_types)
         app.add_routes([unknown_paths.catch_all()])  # last: JSON 404/405 for the rest
         return app
 
@@ -126,7 +128,7 @@ class Server:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         plane = self.plane
-        if plane is None or plane.autotypes is None:
+        if plane is None or plane.autotypes is None or not plane.autotypes_enabled:
             return await handler(request)
         return await plane.autotypes.middleware(request, handler)
 
@@ -215,6 +217,10 @@ class Server:
             session=self.session,
             run_dispatchers=s.role in ("all", "dispatcher"),
         )
+        # Brokers a RabbitmqBrokerConfig places on another vhost or RabbitMQ connect there.
+        self.ctx.clusters = Clusters(
+            s, self.names, Cluster(s.amqp_url, self.publisher, self.consumers, topology)
+        )
         if s.role in ("all", "sources"):
             sources = SourceManager(s, self.names, self.session, self.publisher.ssl_context)
             ctx = self.ctx
@@ -272,5 +278,7 @@ class Server:
         if self.session is not None:
             await self.session.close()
         await self.consumers.close()
+        if self.ctx is not None and self.ctx.clusters is not None:
+            await self.ctx.clusters.close()
         await asyncio.gather(self.publisher.close(), self.consumer.close())
         log.info("stopped")

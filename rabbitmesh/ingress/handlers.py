@@ -76,6 +76,8 @@ class Target:
     is_broker: bool
     #: Bearer tokens this ingress accepts (rabbitmesh/ingress/auth.py); None: open to all.
     tokens: tuple[bytes, ...] | None = None
+    #: The RabbitMQ of a broker placed on another one (RabbitmqBrokerConfig); None: ours.
+    publisher: AmqpClient | None = None
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -191,11 +193,12 @@ class Ingress:
                 f"too many events awaiting RabbitMQ's confirm (limit {self.max_inflight})",
                 **{"Retry-After": self.retry_after},
             ), events
-        if not self.publisher.connected:
+        publisher = target.publisher or self.publisher
+        if not publisher.connected:
             return error(
                 503, "RabbitMQ is unavailable", **{"Retry-After": self.retry_after}
             ), events
-        if self.publisher.blocked:  # a publish would hang until the alarm clears
+        if publisher.blocked:  # a publish would hang until the alarm clears
             return error(503, BLOCKED_MESSAGE, **{"Retry-After": self.retry_after}), events
         self.inflight += len(events)
         try:
@@ -273,7 +276,7 @@ class Ingress:
         ):
             if telemetry.enabled():  # the span gave the event its own trace context
                 message = to_message(event)
-            routed = await self.publisher.publish(
+            routed = await (target.publisher or self.publisher).publish(
                 target.exchange,
                 routing_key_for_type(event.type),
                 message,

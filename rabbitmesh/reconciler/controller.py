@@ -12,7 +12,9 @@ from prometheus_client import Counter
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler import (
     broker,
+    brokerconfig,
     channel,
+    configmap,
     eventtype,
     parallel,
     sequence,
@@ -27,7 +29,18 @@ log = logging.getLogger("rabbitmesh.reconciler")
 
 #: kind -> its reconciler module (KIND, ORDER, reconcile(ctx, res), finalize(ctx, res)).
 RECONCILERS: dict[str, ModuleType] = {
-    m.KIND: m for m in (broker, trigger, channel, subscription, sequence, parallel, eventtype)
+    m.KIND: m
+    for m in (
+        broker,
+        trigger,
+        channel,
+        subscription,
+        sequence,
+        parallel,
+        eventtype,
+        configmap,
+        brokerconfig,
+    )
 }
 #: One module reconciles every source kind (their status; they have no topology).
 RECONCILERS.update(dict.fromkeys(sources.KINDS, sources))

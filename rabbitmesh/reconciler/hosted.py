@@ -50,8 +50,16 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
         if res.status.ready != "True":
             return None
         target = exchange_of(ctx.names, res.KIND, namespace, name)
+        if target is None:
+            return None
+        placement = ctx.placements.get(res.key)
+        if placement is not None and placement.url is not None and ctx.clusters is not None:
+            cluster = ctx.clusters.connected_cluster(placement.url)
+            if cluster is None:
+                return None
+            target = replace(target, publisher=cluster.publisher)
         accepted = tokens(ctx.get, res)
-        return target if target is None or accepted is None else replace(target, tokens=accepted)
+        return target if accepted is None else replace(target, tokens=accepted)
     if res.status.address is None:
         return None
     return exchange_of(ctx.names, res.KIND, namespace, name)

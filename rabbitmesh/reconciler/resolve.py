@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urljoin
 
 from rabbitmesh.resources.duck import Destination
+from rabbitmesh.resources.registry import canonical_kind
 
 #: Kinds rabbitmesh hosts itself, and the ingress path of each.
 HOSTED_PATHS: dict[str, str] = {
@@ -26,8 +27,9 @@ def resolve(dest: Destination, namespace: str, *, base_url: str, service_url_tem
         assert dest.uri is not None  # the model guarantees ref or uri
         return dest.uri
     ns = dest.ref.namespace or namespace
-    if dest.ref.kind in HOSTED_PATHS:
-        url = address_url(base_url, dest.ref.kind, ns, dest.ref.name)
+    kind = canonical_kind(dest.ref.kind)  # KafkaChannel, NatssChannel: a Channel here
+    if kind in HOSTED_PATHS:
+        url = address_url(base_url, kind, ns, dest.ref.name)
     else:
         url = service_url_template.format(name=dest.ref.name, namespace=ns)
     if dest.uri:

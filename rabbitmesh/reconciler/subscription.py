@@ -13,6 +13,7 @@ from typing import Any
 from rabbitmesh.dispatch.policy import DeliveryPolicy, merge_delivery
 from rabbitmesh.dispatch.worker import ReplyHandler, Subscriber
 from rabbitmesh.ingress.handlers import Target
+from rabbitmesh.reconciler.channel import template as channel_template
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.hosted import exchange_of, exchange_type
 from rabbitmesh.reconciler.replies import ExchangeReplier, QueueReplier
@@ -90,6 +91,9 @@ def hosted_reply(ctx: Context, dest: Destination, namespace: str) -> Target | No
         raise Unresolved(
             "ReplyResolveFailed", f"{dest.ref.kind} {ns}/{dest.ref.name} does not exist"
         )
+    placement = ctx.placements.get(("Broker", ns, dest.ref.name)) if target.is_broker else None
+    if placement is not None and placement.url is not None:
+        return None  # a broker on another RabbitMQ: through its ingress, like any URL
     return target
 
 
@@ -220,7 +224,9 @@ async def reconcile(ctx: Context, sub: Subscription) -> None:
         channel_exchange=exchange,
         subscriber=spec.subscriber,
         reply=spec.reply,
-        delivery=merge_delivery(spec.delivery, channel.spec.delivery, channel.template.delivery),
+        delivery=merge_delivery(
+            spec.delivery, channel.spec.delivery, channel_template(ctx, channel)[0].delivery
+        ),
         unbind_from=tuple(x for x in earlier_channels(ctx, sub) if x != exchange),
     )
     try:

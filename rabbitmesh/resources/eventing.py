@@ -45,6 +45,13 @@ class Broker(Resource):
         return name, key
 
 
+#: eventing-rabbitmq's trigger annotation: deliveries in flight for this trigger (1 = FIFO).
+PARALLELISM_ANNOTATION = "rabbitmq.eventing.knative.dev/parallelism"
+#: Its older name (eventing-rabbitmq before 1.6), read the same way.
+PREFETCH_ANNOTATION = "rabbitmq.eventing.knative.dev/prefetchCount"
+MAX_PARALLELISM = 1000
+
+
 class TriggerFilter(Model):
     attributes: dict[str, str] = Field(default_factory=dict)
 
@@ -61,7 +68,23 @@ class TriggerSpec(Model):
 class Trigger(Resource):
     spec: TriggerSpec
 
+    def parallelism(self) -> tuple[int, str] | None:
+        """(deliveries in flight, the annotation that set it), or None when none does."""
+        for name in (PARALLELISM_ANNOTATION, PREFETCH_ANNOTATION):
+            raw = self.metadata.annotations.get(name)
+            if raw is None:
+                continue
+            text = raw.strip()
+            if not text.isdigit() or not 1 <= int(text) <= MAX_PARALLELISM:
+                raise FieldError(
+                    f"metadata.annotations[{name}]",
+                    f"must be a whole number from 1 (FIFO) to {MAX_PARALLELISM}, got {raw!r}",
+                )
+            return int(text), name
+        return None
+
     def check(self) -> None:
+        self.parallelism()
         attrs = self.spec.filter.attributes if self.spec.filter else {}
         try:  # also checks the names in filter.attributes (^[a-z][a-z0-9]*$)
             compile_trigger_filter(attrs, self.spec.filters)

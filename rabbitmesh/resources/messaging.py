@@ -62,17 +62,46 @@ class ChannelTemplate(Model):
 class ChannelSpec(Model):
     channel_template: ChannelTemplate | None = None
     delivery: DeliverySpec | None = None
+    # KafkaChannel's own fields (messaging.knative.dev/v1beta1): accepted, with the meaning
+    # rabbitmesh/config/knative.py gives them (reported in the channel's status).
+    num_partitions: int | None = None
+    replication_factor: int | None = None
+    retention_duration: str | None = None
+
+
+#: Channel kinds that are a Channel here (one RabbitMQ fanout exchange each).
+CHANNEL_KINDS = ("InMemoryChannel", "KafkaChannel", "NatssChannel")
 
 
 @register(
     "messaging.knative.dev",
-    ("v1",),
+    # v1beta1: KafkaChannel's and NatssChannel's version (the article writes KafkaChannel v1).
+    ("v1", "v1beta1"),
     "channels",
-    aliases=("InMemoryChannel",),
+    aliases=CHANNEL_KINDS,
     addressable=True,
 )
 class Channel(Resource):
     spec: ChannelSpec = Field(default_factory=ChannelSpec)
+
+    def check(self) -> None:
+        self.spec_warnings()
+
+    def spec_warnings(self) -> list[str]:
+        """FieldError for a spec field this kind does not have; the warnings for fields
+        accepted with no meaning here (numPartitions, replicationFactor, ...)."""
+        from rabbitmesh.config.knative import check_channel_spec  # imports resources
+
+        own = {
+            k: v for k, v in self.spec.dump().items() if k not in ("channelTemplate", "delivery")
+        }
+        warnings = check_channel_spec(self.kind, own, "spec") if own else []
+        t = self.spec.channel_template
+        if t is not None:
+            warnings += check_channel_spec(
+                t.kind, t.spec, "spec.channelTemplate.spec", "spec.channelTemplate.kind"
+            )
+        return warnings
 
     @property
     def template(self) -> ChannelTemplate:

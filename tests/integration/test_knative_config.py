@@ -1,0 +1,517 @@
+"""Configuration as Knative and eventing-rabbitmq users write it (issue 20), end to end:
+ConfigMaps, broker classes, RabbitmqBrokerConfig (another vhost, classic queues), the
+parallelism annotation, KafkaChannel; checked in RabbitMQ itself where it matters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.api import call, ready
+from tests.support.config import reapply
+from tests.support.events import post_binary
+from tests.support.mesh import MeshProcess, write_manifests
+from tests.support.rabbit import rabbitmqctl
+from tests.support.sink import Reply
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BROKERS = "/apis/eventing.knative.dev/v1/namespaces/{ns}/brokers/{name}"
+TRIGGERS = "/apis/eventing.knative.dev/v1/namespaces/{ns}/triggers/{name}"
+CHANNELS = "/apis/messaging.knative.dev/v1/namespaces/{ns}/channels/{name}"
+CONFIGMAPS = "/api/v1/namespaces/knative-eventing/configmaps"
+
+
+def queues(vhost: str) -> dict[str, str]:
+    """name -> type of every queue in `vhost`, as RabbitMQ itself reports them."""
+    out = rabbitmqctl("list_queues", "-p", vhost, "-q", "--no-table-headers", "name", "type")
+    rows = (line.split("\t") for line in out.splitlines() if line.strip())
+    return {name.strip(): kind.strip() for name, kind in rows}
+
+
+@pytest.fixture
+def vhost(prefix):
+    """A vhost of this test's own, guest allowed, deleted afterwards (list it before
+    start_mesh in a test's arguments, so the mesh stops first)."""
+    name = f"{prefix}-v2"
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield name
+    rabbitmqctl("delete_vhost", name)
+
+
+async def get(mesh, path: str, **kw: str) -> dict:
+    status, body = await call("GET", mesh.url + path.format(**kw))
+    assert status == 200, body
+    return body
+
+
+# --- the article's Kafka section ---------------------------------------------------------------
+
+
+async def test_article_kafka_section_loads_unchanged_and_works(tmp_path, prefix, make_sink):
+    """config/examples/knative/kafka.yaml through a real `rabbitmesh run`: every document
+    loads, the Kafka broker serves its trigger, the KafkaChannel its subscription, and the
+    Kafka-only settings are reported as having no effect."""
+    sink = await make_sink()
+    write_manifests(tmp_path / "config", (REPO / "config/examples/knative/kafka.yaml").read_text())
+    mesh = await MeshProcess(
+        tmp_path / "config", prefix, RABBITMESH_SERVICE_URL_TEMPLATE=sink.url
+    ).start()
+    try:
+        broker = await get(mesh, BROKERS, ns="default", name="kafka-broker")
+        assert ready(broker) == ("True", "BrokerReady")
+        cond = next(c for c in broker["status"]["conditions"] if c["type"] == "Ready")
+        assert "Kafka" in cond["message"] and "RabbitMQ" in cond["message"]
+        eff = broker["status"]["effectiveConfig"]
+        assert eff["brokerClass"] == {
+            "value": "Kafka",
+            "source": "annotation eventing.knative.dev/broker.class",
+        }
+        assert eff["config"]["source"] == "spec.config"
+        status, _ = await post_binary(mesh.url + "/default/kafka-broker", "com.hj.kafka", id_="k1")
+        assert status == 202
+        (got,) = await sink.wait_for(1)
+        assert got.headers["ce-id"] == "k1"
+
+        status, _ = await post_binary(mesh.url + "/channels/default/kafka-channel", id_="c1")
+        assert status == 202
+        await sink.wait_for(2)
+        assert sink.ids() == ["k1", "c1"]
+        channel = await get(mesh, CHANNELS, ns="default", name="kafka-channel")
+        assert channel["status"]["channel"]["kind"] == "KafkaChannel"
+        assert any("numPartitions" in w for w in channel["status"]["warnings"])
+
+        status, cm = await call("GET", mesh.url + CONFIGMAPS + "/kafka-broker-config")
+        assert status == 200 and ready(cm) == ("True", "NoEffect")
+        status, cm = await call("GET", mesh.url + CONFIGMAPS + "/config-br-defaults")
+        assert ready(cm) == ("True", "ConfigApplied")
+    finally:
+        await mesh.stop()
+
+
+async def test_defaults_from_configmaps_apply_to_brokers_and_channels_that_name_none(start_mesh):
+    mesh = await start_mesh(
+        """
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: config-br-defaults, namespace: knative-eventing}
+        data:
+          default-br-config: |
+            clusterDefault: {brokerClass: MTChannelBasedBroker}
+            namespaceDefaults:
+              ns1: {brokerClass: RabbitMQBroker}
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: default-ch-webhook, namespace: knative-eventing}
+        data:
+          default-ch-config: |
+            clusterDefault: {apiVersion: messaging.knative.dev/v1beta1, kind: KafkaChannel}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {name: b, namespace: ns1}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {name: b, namespace: ns2}
+        ---
+        apiVersion: messaging.knative.dev/v1
+        kind: Channel
+        metadata: {name: ch}
+        """
+    )
+    b1 = await get(mesh, BROKERS, ns="ns1", name="b")
+    assert b1["status"]["effectiveConfig"]["brokerClass"] == {
+        "value": "RabbitMQBroker",
+        "source": "ConfigMap knative-eventing/config-br-defaults (namespaceDefaults.ns1)",
+    }
+    b2 = await get(mesh, BROKERS, ns="ns2", name="b")
+    assert b2["status"]["effectiveConfig"]["brokerClass"]["value"] == "MTChannelBasedBroker"
+    ch = await get(mesh, CHANNELS, ns="default", name="ch")
+    assert ch["status"]["channel"]["kind"] == "KafkaChannel"
+    assert ch["status"]["effectiveConfig"]["channelTemplate"]["source"].startswith(
+        "ConfigMap knative-eventing/default-ch-webhook"
+    )
+
+    # Hot reload, and only what it affects: a change of ns1's defaults reconciles ns1's
+    # broker, not ns2's.
+    counts = mesh.server.controller.counts
+    before_ns2 = counts[("Broker", "ns2", "b")]
+    before_ns1 = counts[("Broker", "ns1", "b")]
+    await reapply(
+        mesh,
+        (
+            (Path(mesh.settings.config_dir) / "manifests.yaml")
+            .read_text()
+            .replace("ns1: {brokerClass: RabbitMQBroker}", "ns1: {brokerClass: Kafka}")
+        ),
+    )
+    b1 = await get(mesh, BROKERS, ns="ns1", name="b")
+    assert b1["status"]["effectiveConfig"]["brokerClass"]["value"] == "Kafka"
+    assert counts[("Broker", "ns1", "b")] == before_ns1 + 1
+    assert counts[("Broker", "ns2", "b")] == before_ns2
+
+
+async def test_config_br_defaults_delivery_is_used_by_triggers(start_mesh, make_sink):
+    failing = await make_sink(lambda r, i: Reply(500))
+    dls = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {{name: config-br-defaults, namespace: knative-eventing}}
+        data:
+          default-br-config: |
+            namespaceDefaults:
+              default:
+                delivery: {{retry: 0, deadLetterSink: {{uri: "{dls.url}"}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: br}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: tr}}
+        spec: {{broker: br, subscriber: {{uri: "{failing.url}"}}}}
+        """
+    )
+    tr = await get(mesh, TRIGGERS, ns="default", name="tr")
+    assert tr["status"]["deadLetterSinkUri"] == dls.url
+    status, id_ = await post_binary(mesh.url + "/default/br")
+    assert status == 202
+    (dead,) = await dls.wait_for(1)
+    assert dead.ce_id == id_ and len(failing.received) == 1  # retry 0: one attempt
+
+
+async def test_unknown_broker_class_is_not_ready_with_a_reason(start_mesh):
+    mesh = await start_mesh(
+        """
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata:
+          name: br
+          annotations: {eventing.knative.dev/broker.class: MyOwnBroker}
+        """
+    )
+    b = await get(mesh, BROKERS, ns="default", name="br")
+    assert ready(b) == ("False", "UnknownBrokerClass")
+    assert "MyOwnBroker" in b["status"]["conditions"][0]["message"]
+    status, _ = await post_binary(mesh.url + "/default/br")
+    assert status == 503
+
+
+# --- RabbitmqBrokerConfig ------------------------------------------------------------------------
+
+
+async def test_broker_on_a_second_vhost_and_one_with_classic_queues(vhost, start_mesh, make_sink):
+    # `vhost` first: it is deleted after the mesh stopped.
+    """One broker on another vhost through a connection Secret, one with classic queues
+    while RABBITMESH_QUEUE_TYPE is quorum: RabbitMQ itself shows where each queue is."""
+    sink = await make_sink()
+    uri = f"amqp://guest:guest@127.0.0.1:{_port()}/{vhost}"
+    mesh = await start_mesh(
+        f"""
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: other-rabbit, namespace: knative-eventing}}
+        stringData: {{uri: "{uri}"}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: RabbitmqBrokerConfig
+        metadata: {{name: elsewhere, namespace: knative-eventing}}
+        spec:
+          rabbitmqClusterReference:
+            connectionSecret: {{name: other-rabbit}}
+          queueType: quorum
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: RabbitmqBrokerConfig
+        metadata: {{name: classic}}
+        spec:
+          rabbitmqClusterReference: {{name: rabbitmq}}
+          queueType: classic
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata:
+          name: far
+          annotations: {{eventing.knative.dev/broker.class: RabbitMQBroker}}
+        spec:
+          config:
+            apiVersion: eventing.knative.dev/v1alpha1
+            kind: RabbitmqBrokerConfig
+            name: elsewhere
+            namespace: knative-eventing
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: near}}
+        spec:
+          config: {{apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: classic}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: far-tr}}
+        spec: {{broker: far, subscriber: {{uri: "{sink.url}"}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: near-tr}}
+        spec: {{broker: near, subscriber: {{uri: "{sink.url}"}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: plain-tr}}
+        spec: {{broker: plain, subscriber: {{uri: "{sink.url}"}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: plain}}
+        """,
+        queue_type="quorum",
+    )
+    far = await get(mesh, BROKERS, ns="default", name="far")
+    assert ready(far) == ("True", "BrokerReady"), far["status"]
+    assert vhost in far["status"]["effectiveConfig"]["rabbitmq"]["value"]
+    other, main = queues(vhost), queues("/")
+    far_q, near_q, plain_q = (
+        f"{mesh.settings.topology_prefix}.trigger.default.{n}-tr" for n in ("far", "near", "plain")
+    )
+    assert other.get(far_q) == "quorum" and far_q not in main
+    assert main.get(near_q) == "classic" and main.get(plain_q) == "quorum"
+    assert f"{mesh.settings.topology_prefix}.delay" in rabbitmqctl(
+        "list_exchanges", "-p", vhost, "-q", "--no-table-headers", "name"
+    )
+
+    for broker, id_ in (("far", "f1"), ("near", "n1"), ("plain", "p1")):
+        status, _ = await post_binary(mesh.url + f"/default/{broker}", id_=id_)
+        assert status == 202
+    await sink.wait_for(3)
+    assert sorted(sink.ids()) == ["f1", "n1", "p1"]
+
+    # Changing the queue type of a broker that has queues is refused with a reason; the
+    # broker keeps serving with the queues it has.
+    text = (Path(mesh.settings.config_dir) / "manifests.yaml").read_text()
+    await reapply(mesh, text.replace("queueType: classic", "queueType: quorum"))
+    near = await get(mesh, BROKERS, ns="default", name="near")
+    cond = next(c for c in near["status"]["conditions"] if c["type"] == "ConfigApplied")
+    assert cond["status"] == "False" and cond["reason"] == "BrokerConfigImmutable"
+    assert "cannot change a queue's type" in cond["message"]
+    assert queues("/").get(near_q) == "classic"
+    status, _ = await post_binary(mesh.url + "/default/near", id_="n2")
+    assert status == 202
+    await sink.wait_for(4)
+
+
+async def test_missing_broker_config_or_secret_is_not_ready(start_mesh):
+    mesh = await start_mesh(
+        """
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {name: b1}
+        spec:
+          config: {apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: nope}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: RabbitmqBrokerConfig
+        metadata: {name: cfg}
+        spec:
+          rabbitmqClusterReference: {connectionSecret: {name: missing}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {name: b2}
+        spec:
+          config: {apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: cfg}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {name: t}
+        spec: {broker: b2, subscriber: {uri: "http://127.0.0.1:9/"}}
+        """
+    )
+    assert ready(await get(mesh, BROKERS, ns="default", name="b1")) == (
+        "False",
+        "BrokerConfigNotFound",
+    )
+    assert ready(await get(mesh, BROKERS, ns="default", name="b2")) == ("False", "SecretNotFound")
+    assert ready(await get(mesh, TRIGGERS, ns="default", name="t")) == ("False", "BrokerNotReady")
+
+
+# --- the parallelism annotation ---------------------------------------------------------------
+
+
+async def test_parallelism_annotation_one_is_fifo(start_mesh, make_sink):
+    """parallelism 1: one delivery at a time, in order; without it, deliveries overlap."""
+    delay = 0.1
+    fifo, wide = (
+        await make_sink(lambda r, i: Reply(200, delay=delay)),
+        await make_sink(lambda r, i: Reply(200, delay=delay)),
+    )
+    mesh = await start_mesh(
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: br}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata:
+          name: fifo
+          annotations: {{rabbitmq.eventing.knative.dev/parallelism: "1"}}
+        spec: {{broker: br, filter: {{attributes: {{type: fifo}}}}, subscriber: {{uri: "{fifo.url}"}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: wide}}
+        spec: {{broker: br, filter: {{attributes: {{type: wide}}}}, subscriber: {{uri: "{wide.url}"}}}}
+        """
+    )
+    tr = await get(mesh, TRIGGERS, ns="default", name="fifo")
+    assert tr["status"]["effectiveConfig"]["parallelism"] == {
+        "value": 1,
+        "source": "annotation rabbitmq.eventing.knative.dev/parallelism",
+    }
+    sent = [f"e{i:02d}" for i in range(10)]
+    for id_ in sent:
+        assert (await post_binary(mesh.url + "/default/br", "fifo", id_=id_))[0] == 202
+        assert (await post_binary(mesh.url + "/default/br", "wide", id_=id_))[0] == 202
+    await fifo.wait_for(10, timeout=20)
+    await wide.wait_for(10, timeout=20)
+    assert fifo.ids() == sent
+    gaps = [b.at - a.at for a, b in zip(fifo.received, fifo.received[1:], strict=False)]
+    assert min(gaps) >= delay * 0.9, gaps  # the next one only after the previous answered
+    wide_gaps = [b.at - a.at for a, b in zip(wide.received, wide.received[1:], strict=False)]
+    assert min(wide_gaps) < delay / 2  # the global setting (64) overlaps them
+
+
+# --- config-features and errors -----------------------------------------------------------------
+
+
+async def test_config_features_switch_what_has_an_equivalent(start_mesh, make_sink):
+    sink = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {{name: config-features, namespace: knative-eventing}}
+        data:
+          eventtype-auto-create: enabled
+          transport-encryption: strict
+          authentication-oidc: disabled
+          new-trigger-filters: enabled
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: br}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: tr}}
+        spec: {{broker: br, subscriber: {{uri: "{sink.url}"}}}}
+        """
+    )
+    status, cm = await call("GET", mesh.url + CONFIGMAPS + "/config-features")
+    assert status == 200
+    assert cm["status"]["effectiveConfig"]["eventtype-auto-create"] == {
+        "value": "enabled",
+        "source": "ConfigMap knative-eventing/config-features",
+    }
+    assert any("authentication-oidc" in w for w in cm["status"]["warnings"])
+    tr = await get(mesh, TRIGGERS, ns="default", name="tr")
+    assert ready(tr) == ("False", "TransportEncryptionStrict")  # an http:// subscriber
+
+    assert (await post_binary(mesh.url + "/default/br", "com.example.seen"))[0] == 202
+
+    async def registered() -> bool:
+        _, listed = await call(
+            "GET", mesh.url + "/apis/eventing.knative.dev/v1beta3/namespaces/default/eventtypes"
+        )
+        return any(
+            a.get("value") == "com.example.seen"
+            for et in listed["items"]
+            for a in et["spec"].get("attributes", [])
+        )
+
+    await eventually(registered, timeout=10, what="the EventType auto-created")
+
+    # Hot: strict off again, the trigger delivers (the event waited in its queue).
+    text = (Path(mesh.settings.config_dir) / "manifests.yaml").read_text()
+    await reapply(
+        mesh, text.replace("transport-encryption: strict", "transport-encryption: permissive")
+    )
+    assert ready(await get(mesh, TRIGGERS, ns="default", name="tr")) == ("True", "TriggerReady")
+    await sink.wait_for(1)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "field"),
+    [
+        (
+            {"data": {"default-br-config": "clusterDefault: {brokerClass: Nope}"}},
+            "data.default-br-config.clusterDefault.brokerClass",
+        ),
+        (
+            {"data": {"default-br-config": "clusterDefalt: {}"}},
+            "data.default-br-config.clusterDefalt",
+        ),
+        ({"data": {"other": "x"}}, "data.other"),
+    ],
+)
+async def test_invalid_configmaps_get_422_naming_the_field(start_mesh, manifest, field):
+    mesh = await start_mesh("")
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "config-br-defaults", "namespace": "knative-eventing"},
+        **manifest,
+    }
+    status, err = await call("POST", mesh.url + CONFIGMAPS, body)
+    assert status == 422, err
+    assert err["details"][0]["field"] == field
+
+
+async def test_invalid_feature_flag_and_parallelism_get_422(start_mesh):
+    mesh = await start_mesh("")
+    status, err = await call(
+        "POST",
+        mesh.url + CONFIGMAPS,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "config-features", "namespace": "knative-eventing"},
+            "data": {"delivery-timeout": "sometimes"},
+        },
+    )
+    assert status == 422 and err["details"][0]["field"] == "data.delivery-timeout"
+    status, err = await call(
+        "POST",
+        mesh.url + "/apis/eventing.knative.dev/v1/namespaces/default/triggers",
+        {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Trigger",
+            "metadata": {
+                "name": "t",
+                "annotations": {"rabbitmq.eventing.knative.dev/parallelism": "0"},
+            },
+            "spec": {"broker": "b", "subscriber": {"uri": "http://x/"}},
+        },
+    )
+    assert status == 422
+    assert err["details"][0]["field"] == (
+        "metadata.annotations[rabbitmq.eventing.knative.dev/parallelism]"
+    )
+
+
+def _port() -> int:
+    from urllib.parse import urlsplit
+
+    from tests.support.mesh import AMQP_URL
+
+    return urlsplit(AMQP_URL).port or 5672
