@@ -138,6 +138,8 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
     try:
         await ctx.declare_delivery_queue(queue, cluster, placement.queue_type)
     except aio_pika.exceptions.ChannelPreconditionFailed as e:
+        if "x-queue-type" not in str(e):
+            raise  # other arguments (set by hand?): ReconcileFailed, retried
         trigger.status.set_ready(
             False,
             "QueueTypeImmutable",
