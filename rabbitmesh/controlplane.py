@@ -235,7 +235,9 @@ class ControlPlane:
                 res = self.ctx.resources.get(key)
                 self.watch.record(offset, key, render(res) if res is not None else None)
             self.autotypes_enabled = self.ctx.effective().enabled("eventtype-auto-create")
-            ok = not self._failures
+            # A broker whose own RabbitMQ (RabbitmqBrokerConfig) is away is not Ready and
+            # retried; it does not keep this replica, and every other resource, unready.
+            ok = not (self._failures.keys() - self.controller.external_failures)
             if ok and not self.ready:
                 self.ready = True
                 log.info("reconciled %d resources", len(self.desired.current))

@@ -515,3 +515,51 @@ def _port() -> int:
     from tests.support.mesh import AMQP_URL
 
     return urlsplit(AMQP_URL).port or 5672
+
+
+async def test_a_connection_secret_never_leaks_and_only_amqp_is_dialled(start_mesh, caplog):
+    """Attack: a writer of manifests points a RabbitmqBrokerConfig at any host. Only
+    amqp(s):// URIs are dialled (one attempt, bounded), and the URI (a secret: it holds a
+    password) appears in no status and no log line, only its redacted form."""
+    password = "s3cret-pass-word"
+    mesh = await start_mesh(
+        f"""
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: web}}
+        stringData: {{uri: "http://admin:{password}@127.0.0.1:15672/"}}
+        ---
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: closed}}
+        stringData: {{uri: "amqp://admin:{password}@127.0.0.1:9/"}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: RabbitmqBrokerConfig
+        metadata: {{name: web}}
+        spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: web}}}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: RabbitmqBrokerConfig
+        metadata: {{name: closed}}
+        spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: closed}}}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: web}}
+        spec: {{config: {{apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: web}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: closed}}
+        spec: {{config: {{apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: closed}}}}
+        """
+    )
+    web = await get(mesh, BROKERS, ns="default", name="web")
+    assert ready(web) == ("False", "InvalidConnectionSecret")
+    closed = await get(mesh, BROKERS, ns="default", name="closed")
+    assert ready(closed) == ("False", "RabbitMQUnavailable")  # and the replica is ready
+    assert "127.0.0.1:9" in str(closed["status"]) and "***" in str(closed["status"])
+    for shown in (web, closed):
+        assert password not in str(shown)
+    assert password not in caplog.text
