@@ -134,7 +134,7 @@ class Effective:
             entry, where = defaults.entry(namespace)
             if entry is not None:
                 template = ChannelTemplate(
-                    apiVersion=entry.api_version, kind=entry.kind, spec=entry.spec
+                    api_version=entry.api_version, kind=entry.kind, spec=entry.spec
                 )
                 return Value(template, configmap_source(CH_DEFAULTS, where))
         return Value(ChannelTemplate(kind=DEFAULT_CHANNEL_KIND), BUILT_IN)

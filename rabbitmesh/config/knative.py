@@ -162,7 +162,7 @@ class BrokerConfigDefault(Model):
         if not self.kind or not self.name:
             return None
         return KReference(
-            apiVersion=self.api_version, kind=self.kind, name=self.name, namespace=self.namespace
+            api_version=self.api_version, kind=self.kind, name=self.name, namespace=self.namespace
         )
 
 

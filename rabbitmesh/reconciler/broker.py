@@ -56,11 +56,13 @@ def _config_condition(broker: Broker, conf: BrokerSetup | None) -> None:
     conditions = [c for c in broker.status.conditions if c.type != CONFIG_CONDITION]
     if conf is not None and (conf.refused or conf.notes):
         conditions.append(
-            Condition(
-                type=CONFIG_CONDITION,
-                status="False" if conf.refused else "True",
-                reason="BrokerConfigImmutable" if conf.refused else "ConfigApplied",
-                message="; ".join(conf.notes),
+            Condition.model_validate(
+                {
+                    "type": CONFIG_CONDITION,
+                    "status": "False" if conf.refused else "True",
+                    "reason": "BrokerConfigImmutable" if conf.refused else "ConfigApplied",
+                    "message": "; ".join(conf.notes),
+                }
             )
         )
     broker.status.conditions = conditions
@@ -78,9 +80,13 @@ async def reconcile(ctx: Context, broker: Broker) -> None:
         return
     extra["effectiveConfig"] = conf.status()
     cluster = await ctx.cluster(conf.placement.url)
-    await cluster.topology.declare_exchange(
-        ctx.names.broker_exchange(broker.namespace, broker.name), aio_pika.ExchangeType.TOPIC
-    )
+    exchange = ctx.names.broker_exchange(broker.namespace, broker.name)
+    await cluster.topology.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC)
+    had = ctx.placements.get(broker.key)
+    if had is not None and had.url != conf.placement.url:
+        # Moved (it had no triggers): its exchange where it was goes.
+        old = await ctx.cluster(had.url)
+        await old.topology.delete_exchange(exchange)
     ctx.placements[broker.key] = conf.placement
     broker.status.address = Address(
         url=address_url(ctx.settings.base_url, KIND, broker.namespace, broker.name)

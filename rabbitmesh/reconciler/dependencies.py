@@ -22,6 +22,7 @@ reconciles everything again.
 
 from __future__ import annotations
 
+import builtins
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -124,13 +125,13 @@ class DependencyIndex:
         if new:
             self._refs[key] = new
 
-    def dependents(self, key: Key) -> set[Key]:
+    def dependents(self, key: Key) -> builtins.set[Key]:  # `set` is a method here
         kind, ns, _ = key
         out = set(self._dependents.get(key, ()))
         out |= self._dependents.get((kind, ns, ANY), set())
         return out
 
-    def affected(self, key: Key) -> set[Key]:
+    def affected(self, key: Key) -> builtins.set[Key]:
         """The keys to reconcile when `key` changed: its dependents, and for configuration
         the users of those along FOLLOW (a Broker's Triggers, a Channel's Subscriptions)."""
         direct = self.dependents(key)

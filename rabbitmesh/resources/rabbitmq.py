@@ -37,7 +37,9 @@ class RabbitmqBrokerConfigSpec(Model):
 
 @register("eventing.knative.dev", ("v1alpha1",), "rabbitmqbrokerconfigs")
 class RabbitmqBrokerConfig(Resource):
-    spec: RabbitmqBrokerConfigSpec = Field(default_factory=RabbitmqBrokerConfigSpec)
+    spec: RabbitmqBrokerConfigSpec = Field(
+        default_factory=lambda: RabbitmqBrokerConfigSpec.model_validate({})
+    )
 
     def check(self) -> None:
         ref = self.spec.rabbitmq_cluster_reference

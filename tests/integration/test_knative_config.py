@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (manifests written as users write them, one mapping a line)
 """Configuration as Knative and eventing-rabbitmq users write it (issue 20), end to end:
 ConfigMaps, broker classes, RabbitmqBrokerConfig (another vhost, classic queues), the
 parallelism annotation, KafkaChannel; checked in RabbitMQ itself where it matters."""
