@@ -46,9 +46,10 @@ from rabbitmesh.api.parsing import Mode, Parser, build_resources, in_slices, pre
 from rabbitmesh.api.patch import merge_patch
 from rabbitmesh.api.watch import stream as watch_stream
 from rabbitmesh.api.watch import wants_watch
+from rabbitmesh.config.admission import check_placements
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.http_input import BodyError, read_body
-from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.base import FieldError, Resource
 from rabbitmesh.resources.registry import KindInfo
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.manifests import key_of, to_manifest
@@ -345,6 +346,7 @@ class AdminApi:
             (res,) = await build_resources(docs, plane.ctx.names.check_length, single=True)
             check_target(res, info, namespace, key[2])
             res = restore_secret(res, stored)
+            self._admit(res)
             outcome = await plane.store.apply(
                 to_manifest(res), key, origin="api", expect=stored.resource_version
             )
@@ -374,8 +376,23 @@ class AdminApi:
         await plane.wait_reconciled(outcome.offset)
         return web.json_response(render(res))
 
+    def _admit(self, res: Resource, index: int | None = None) -> None:
+        """422 for a write RabbitMQ cannot carry out (a broker with triggers moved:
+        rabbitmesh/config/admission.py)."""
+        plane = self.plane
+        try:
+            check_placements(plane.settings, plane.ctx.resources, plane.ctx.placements, res)
+        except FieldError as e:
+            detail: dict[str, Any] = {"field": e.path, "message": e.message}
+            if index is not None:
+                detail["document"] = index
+            raise ApiError(
+                422, f"invalid {describe(res)}: {e.path}: {e.message}", details=[detail]
+            ) from None
+
     async def _write(self, res: Resource, *, expect: str | int | None) -> Outcome:
         plane = self.plane
+        self._admit(res)
         outcome = await plane.store.apply(
             to_manifest(res), key_of(res), origin="api", expect=expect
         )
@@ -431,6 +448,8 @@ class AdminApi:
 
         decided = await in_slices(resources, decide)
         todo = [i for i, (what, _) in enumerate(decided) if what == "write"]
+        for i in todo:  # an /apply that would move a broker with triggers changes nothing
+            self._admit(resources[i], i + 1)
         written = await asyncio.gather(*(write(resources[i], decided[i][1]) for i in todo))
         results = [what for what, _ in decided]
         for i, (result, _) in zip(todo, written, strict=True):

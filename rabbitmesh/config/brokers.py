@@ -7,8 +7,10 @@ RABBITMESH_QUEUE_TYPE). A platform spreads brokers over several RabbitMQ cluster
 
 RabbitMQ cannot change a queue's type, nor move a queue and its events to another vhost, so
 a broker keeps the placement it was first reconciled with while it has triggers: a change is
-refused (reported in its status, condition `ConfigApplied`), as eventing-rabbitmq makes
-RabbitmqBrokerConfig immutable. Delete the triggers (or the broker) to move it.
+refused, as eventing-rabbitmq makes RabbitmqBrokerConfig immutable: by the admin API (422,
+rabbitmesh/config/admission.py) and, for the config dir, by the reconciler (the broker keeps
+its placement; condition `ConfigApplied: False`). Delete the triggers (or the broker) to move
+it.
 """
 
 from __future__ import annotations

@@ -564,3 +564,72 @@ async def test_a_connection_secret_never_leaks_and_only_amqp_is_dialled(start_me
     for shown in (web, closed):
         assert password not in str(shown)
     assert password not in caplog.text
+
+
+async def test_moving_a_broker_with_triggers_is_refused_at_write_time(vhost, start_mesh):
+    """As eventing-rabbitmq's webhook: a RabbitmqBrokerConfig change that would retype or move
+    the queues of a broker's triggers gets 422 naming the field; once the broker has no
+    triggers, the same change applies."""
+    mesh = await start_mesh(
+        """
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {name: br}
+        spec:
+          config: {apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: cfg}
+        """
+    )
+    cfgs = mesh.url + "/apis/eventing.knative.dev/v1alpha1/namespaces/default/rabbitmqbrokerconfigs"
+    cfg = {
+        "apiVersion": "eventing.knative.dev/v1alpha1",
+        "kind": "RabbitmqBrokerConfig",
+        "metadata": {"name": "cfg"},
+        "spec": {"queueType": "classic"},
+    }
+    status, body = await call("POST", cfgs, cfg)
+    assert status == 201, body
+    status, body = await call(
+        "POST",
+        mesh.url + "/apis/eventing.knative.dev/v1/namespaces/default/triggers",
+        {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Trigger",
+            "metadata": {"name": "tr"},
+            "spec": {"broker": "br", "subscriber": {"uri": "http://127.0.0.1:9/"}},
+        },
+    )
+    assert status == 201 and ready(body) == ("True", "TriggerReady"), body
+    queue = f"{mesh.settings.topology_prefix}.trigger.default.tr"
+    assert queues("/").get(queue) == "classic"
+
+    for change, field in (
+        ({"queueType": "quorum"}, "spec.queueType"),
+        ({"vhost": vhost, "queueType": "classic"}, "spec.vhost"),
+    ):
+        status, err = await call("PUT", cfgs + "/cfg", {**cfg, "spec": change})
+        assert status == 422, err
+        assert err["details"][0]["field"] == field
+        assert "cannot change a queue's type" in err["details"][0]["message"]
+    status, err = await call(
+        "POST",
+        mesh.url + "/apply",
+        text=f"""
+apiVersion: eventing.knative.dev/v1alpha1
+kind: RabbitmqBrokerConfig
+metadata: {{name: cfg}}
+spec: {{queueType: classic, vhost: {vhost}}}
+""",
+    )
+    assert status == 422 and err["details"][0]["document"] == 1, err
+
+    status, _ = await call(
+        "DELETE", mesh.url + "/apis/eventing.knative.dev/v1/namespaces/default/triggers/tr"
+    )
+    assert status == 200
+    status, body = await call("PUT", cfgs + "/cfg", {**cfg, "spec": {"vhost": vhost}})
+    assert status == 200, body
+    b = await get(mesh, BROKERS, ns="default", name="br")
+    assert vhost in b["status"]["effectiveConfig"]["rabbitmq"]["value"]
+    exchange = f"{mesh.settings.topology_prefix}.broker.default.br"
+    names = lambda v: rabbitmqctl("list_exchanges", "-p", v, "-q", "--no-table-headers", "name")  # noqa: E731
+    assert exchange in names(vhost).split() and exchange not in names("/").split()
