@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_cli import rabbitmesh
 from tests.support.api import call, ready
 from tests.support.config import reapply
 from tests.support.events import post_binary
@@ -90,6 +91,16 @@ async def test_article_kafka_section_loads_unchanged_and_works(tmp_path, prefix,
         assert status == 200 and ready(cm) == ("True", "NoEffect")
         status, cm = await call("GET", mesh.url + CONFIGMAPS + "/config-br-defaults")
         assert ready(cm) == ("True", "ConfigApplied")
+
+        # What a user sees: which value is in force, and where it came from.
+        run = await rabbitmesh("broker", "describe", "kafka-broker", server=mesh.url)
+        assert run.code == 0, run
+        assert "Config in force:" in run.out
+        assert "Kafka  (annotation eventing.knative.dev/broker.class)" in run.out
+        run = await rabbitmesh(
+            "get", "configmaps", "-n", "knative-eventing", "-o", "yaml", server=mesh.url
+        )
+        assert run.code == 0 and "kafka-broker-config" in run.out and "NoEffect" in run.out
     finally:
         await mesh.stop()
 
