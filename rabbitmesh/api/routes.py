@@ -46,7 +46,7 @@ from rabbitmesh.api.parsing import Mode, Parser, build_resources, in_slices, pre
 from rabbitmesh.api.patch import merge_patch
 from rabbitmesh.api.watch import stream as watch_stream
 from rabbitmesh.api.watch import wants_watch
-from rabbitmesh.config.admission import check_placements
+from rabbitmesh.config.admission import check_cross_namespace, check_placements
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.resources.base import FieldError, Resource
@@ -382,6 +382,7 @@ class AdminApi:
         plane = self.plane
         try:
             check_placements(plane.settings, plane.ctx.resources, plane.ctx.placements, res)
+            check_cross_namespace(plane.settings, plane.ctx.resources, res)
         except FieldError as e:
             detail: dict[str, Any] = {"field": e.path, "message": e.message}
             if index is not None:

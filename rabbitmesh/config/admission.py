@@ -64,6 +64,26 @@ def check_placements(
         )
 
 
+def check_cross_namespace(
+    settings: Settings, resources: Mapping[Key, Resource], res: Resource
+) -> None:
+    """FieldError for a Subscription naming a channel of another namespace while
+    config-features' cross-namespace-event-links is not enabled (as Knative's webhook)."""
+    if res.KIND != "Subscription":
+        return
+    ref = getattr(getattr(res, "spec", None), "channel", None)
+    cns = getattr(ref, "namespace", None)
+    if not cns or cns == res.namespace:
+        return
+    eff = Effective(settings, lambda k, ns, n: resources.get((k, ns, n)))
+    if not eff.enabled("cross-namespace-event-links"):
+        raise FieldError(
+            "spec.channel.namespace",
+            "a subscription must be in its channel's namespace unless config-features "
+            "cross-namespace-event-links is enabled",
+        )
+
+
 def _field(res: Resource, had: Placement, wanted: Placement) -> str:
     if res.KIND == "RabbitmqBrokerConfig":
         if had.queue_type != wanted.queue_type:

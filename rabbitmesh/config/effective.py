@@ -49,6 +49,7 @@ FEATURE_FALLBACKS: dict[str, tuple[str | None, str]] = {
     "delivery-timeout": (None, "enabled"),
     "delivery-retryafter": (None, "enabled"),
     "transport-encryption": (None, "disabled"),
+    "cross-namespace-event-links": (None, "disabled"),
 }
 
 

@@ -263,7 +263,10 @@ FLAGS: dict[str, Flag] = {
         "the Secret its rabbitmesh.dev/ingress-token-secret annotation names",
     ),
     "cross-namespace-event-links": Flag(
-        ON_OFF, None, "a Trigger's broker and a Subscription's channel are in its own namespace"
+        ON_OFF,
+        "a Subscription may name a channel of another namespace (`spec.channel.namespace`); "
+        "disabled: refused (422 from the API, else not Ready: CrossNamespaceNotAllowed). A "
+        "Trigger's broker stays in its namespace",
     ),
     "new-trigger-filters": Flag(ON_OFF, None, "spec.filters is always honoured"),
     "kreference-group": Flag(ON_OFF, None, "refs name kind and apiVersion"),

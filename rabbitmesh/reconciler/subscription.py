@@ -202,21 +202,43 @@ def earlier_channels(ctx: Context, sub: Subscription) -> set[str]:
     for old in ctx.history.get(sub.key, []):
         channel = (old.get("spec") or {}).get("channel")
         if isinstance(channel, dict) and isinstance(channel.get("name"), str):
-            out.add(ctx.names.channel_exchange(sub.namespace, channel["name"]))
+            cns = channel.get("namespace") if isinstance(channel.get("namespace"), str) else None
+            out.add(ctx.names.channel_exchange(cns or sub.namespace, channel["name"]))
     return out
+
+
+def cross_namespace_refused(ctx: Context, sub: Subscription) -> str | None:
+    """Why a Subscription may not use a channel of another namespace: Knative allows it only
+    with config-features' cross-namespace-event-links enabled; None when it may."""
+    cns = sub.spec.channel.namespace
+    if not cns or cns == sub.namespace:
+        return None
+    if ctx.effective().enabled("cross-namespace-event-links"):
+        return None
+    return (
+        f"its channel is in namespace {cns!r}, not {sub.namespace!r}: a subscription must be "
+        "in its channel's namespace unless config-features cross-namespace-event-links is "
+        "enabled"
+    )
 
 
 async def reconcile(ctx: Context, sub: Subscription) -> None:
     ns, spec = sub.namespace, sub.spec
-    channel = ctx.get("Channel", ns, spec.channel.name)
+    why = cross_namespace_refused(ctx, sub)
+    if why is not None:  # events wait in its queue, if it had one, until it may again
+        await ctx.stop_queue(ctx.names.subscription_queue(ns, sub.name))
+        sub.status.set_ready(False, "CrossNamespaceNotAllowed", why)
+        return
+    cns = spec.channel.namespace or ns
+    channel = ctx.get("Channel", cns, spec.channel.name)
     if not isinstance(channel, Channel):
         sub.status.set_ready(
             False,
             "ChannelDoesNotExist",
-            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {ns!r}",
+            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {cns!r}",
         )
         return
-    exchange = ctx.names.channel_exchange(ns, channel.name)
+    exchange = ctx.names.channel_exchange(cns, channel.name)
     plan = Plan(
         label=f"subscription={ns}/{sub.name}",
         namespace=ns,

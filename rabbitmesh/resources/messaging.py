@@ -131,9 +131,7 @@ class Subscription(Resource):
                 "spec.channel.kind",
                 f"must be a channel kind (Channel, InMemoryChannel, ...), got {ref.kind!r}",
             )
-        if ref.namespace and ref.namespace != self.namespace:
-            raise FieldError(
-                "spec.channel.namespace", "a subscription must be in its channel's namespace"
-            )
+        # A channel of another namespace needs config-features' cross-namespace-event-links:
+        # checked where the configuration is known (the admin API, the reconciler).
         if self.spec.subscriber is None and self.spec.reply is None:
             raise FieldError("spec.subscriber", "a subscription needs a subscriber or a reply")

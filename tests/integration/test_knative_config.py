@@ -644,3 +644,45 @@ spec: {{queueType: classic, vhost: {vhost}}}
     exchange = f"{mesh.settings.topology_prefix}.broker.default.br"
     names = lambda v: rabbitmqctl("list_exchanges", "-p", v, "-q", "--no-table-headers", "name")  # noqa: E731
     assert exchange in names(vhost).split() and exchange not in names("/").split()
+
+
+async def test_cross_namespace_subscriptions_follow_the_feature_flag(start_mesh, make_sink):
+    sink = await make_sink()
+    sub = f"""
+        apiVersion: messaging.knative.dev/v1
+        kind: Subscription
+        metadata: {{name: s, namespace: team-b}}
+        spec:
+          channel: {{apiVersion: messaging.knative.dev/v1, kind: Channel, name: ch, namespace: team-a}}
+          subscriber: {{uri: "{sink.url}"}}
+        """
+    mesh = await start_mesh(
+        """
+        apiVersion: messaging.knative.dev/v1
+        kind: Channel
+        metadata: {name: ch, namespace: team-a}
+        ---"""
+        + sub
+    )
+    subs = "/apis/messaging.knative.dev/v1/namespaces/team-b/subscriptions"
+    status, body = await call("GET", mesh.url + subs + "/s")
+    assert ready(body) == ("False", "CrossNamespaceNotAllowed")  # from the config dir
+    status, err = await call("PUT", mesh.url + subs + "/s", body | {"status": None})
+    assert status == 422 and err["details"][0]["field"] == "spec.channel.namespace"
+
+    status, _ = await call(
+        "POST",
+        mesh.url + CONFIGMAPS,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "config-features", "namespace": "knative-eventing"},
+            "data": {"cross-namespace-event-links": "enabled"},
+        },
+    )
+    assert status == 201
+    status, body = await call("GET", mesh.url + subs + "/s")
+    assert ready(body) == ("True", "SubscriptionReady"), body
+    assert (await post_binary(mesh.url + "/channels/team-a/ch", id_="x1"))[0] == 202
+    await sink.wait_for(1)
+    assert sink.ids() == ["x1"]

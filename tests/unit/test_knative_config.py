@@ -331,6 +331,8 @@ def test_describe_shows_each_value_in_force_and_its_source():
         },
         [],
     )
-    assert "brokerClass:" in text and "Kafka  (ConfigMap knative-eventing/config-br-defaults" in text
+    assert (
+        "brokerClass:" in text and "Kafka  (ConfigMap knative-eventing/config-br-defaults" in text
+    )
     assert '{"retry":2}  (built-in default)' in text
     assert "Warning:      spec.numPartitions: not applicable" in text
