@@ -50,6 +50,7 @@ FEATURE_FALLBACKS: dict[str, tuple[str | None, str]] = {
     "delivery-retryafter": (None, "enabled"),
     "transport-encryption": (None, "disabled"),
     "cross-namespace-event-links": (None, "disabled"),
+    "authentication-oidc": (None, "disabled"),
 }
 
 
