@@ -144,13 +144,14 @@ def test_feature_flags():
         "config-features",
         {
             "eventtype-auto-create": "allowed",
-            "authentication-oidc": "enabled",
+            "istio": "enabled",
             "node-selector-gpu": "gpu=true",
             "_example": "x",
         },
     )
     assert parsed.value.values["eventtype-auto-create"] == "allowed"  # type: ignore[union-attr]
-    assert any("authentication-oidc" in w for w in parsed.warnings)
+    assert any("istio" in w for w in parsed.warnings)
+    assert not any("authentication-oidc" in w for w in parsed.warnings)
     assert any("node-selector-gpu" in w for w in parsed.warnings)
     for data, field in (
         ({"no-such-flag": "enabled"}, "data.no-such-flag"),
