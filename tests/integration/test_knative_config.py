@@ -45,7 +45,7 @@ def vhost(prefix):
     rabbitmqctl("delete_vhost", name)
 
 
-async def get(mesh, path: str, **kw: str) -> dict:
+async def get(mesh, path: str, **kw: str) -> dict:  # noqa: ANN001
     status, body = await call("GET", mesh.url + path.format(**kw))
     assert status == 200, body
     return body
@@ -135,8 +135,15 @@ async def test_defaults_from_configmaps_apply_to_brokers_and_channels_that_name_
         apiVersion: messaging.knative.dev/v1
         kind: Channel
         metadata: {name: ch}
+        ---
+        apiVersion: flows.knative.dev/v1
+        kind: Sequence
+        metadata: {name: seq}
+        spec: {steps: [{uri: "http://127.0.0.1:9/"}]}
         """
     )
+    seq = await get(mesh, "/apis/flows.knative.dev/v1/namespaces/default/sequences/seq")
+    assert seq["status"]["channelStatuses"][0]["channel"]["kind"] == "KafkaChannel"
     b1 = await get(mesh, BROKERS, ns="ns1", name="b")
     assert b1["status"]["effectiveConfig"]["brokerClass"] == {
         "value": "RabbitMQBroker",
@@ -727,3 +734,41 @@ async def test_authentication_oidc_makes_every_broker_authenticate_its_senders(s
     headers = binary_headers() | {"Authorization": "Bearer t0ken"}
     status, _, _ = await post(mesh.url + "/default/guarded", headers=headers, body=b"{}")
     assert status == 202
+
+
+async def test_delivery_timeout_and_retryafter_flags(start_mesh):
+    """Disabled in config-features, a trigger's delivery.timeout and retryAfterMax are
+    ignored (Knative does not take the fields then); enabled (rabbitmesh's default), used."""
+    mesh = await start_mesh(
+        """
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {name: br}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {name: tr}
+        spec:
+          broker: br
+          subscriber: {uri: "http://127.0.0.1:9/"}
+          delivery: {timeout: PT2S, retryAfterMax: PT30S}
+        """
+    )
+    queue = f"{mesh.settings.topology_prefix}.trigger.default.tr"
+
+    def policy():  # noqa: ANN202
+        return mesh.server.ctx.workers[queue].subscriber.policy
+
+    assert (policy().timeout, policy().retry_after_max) == (2.0, 30.0)
+    status, _ = await call(
+        "POST",
+        mesh.url + CONFIGMAPS,
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "config-features", "namespace": "knative-eventing"},
+            "data": {"delivery-timeout": "disabled", "delivery-retryafter": "disabled"},
+        },
+    )
+    assert status == 201
+    assert (policy().timeout, policy().retry_after_max) == (None, None)
