@@ -221,9 +221,10 @@ class Server:
             run_dispatchers=s.role in ("all", "dispatcher"),
         )
         # Brokers a RabbitmqBrokerConfig places on another vhost or RabbitMQ connect there.
-        self.ctx.clusters = Clusters(
+        clusters = Clusters(
             s, self.names, Cluster(s.amqp_url, self.publisher, self.consumers, topology)
         )
+        self.ctx.clusters = clusters
         if s.role in ("all", "sources"):
             sources = SourceManager(s, self.names, self.session, self.publisher.ssl_context)
             ctx = self.ctx
@@ -240,7 +241,12 @@ class Server:
             self.controller,
             on_ready=self._on_ready,
         )
+        clusters.on_reconnect = self._other_rabbitmq_back
         await self.plane.start()
+
+    def _other_rabbitmq_back(self, *_: object) -> None:
+        if self.plane is not None:
+            self.plane.resync()
 
     def _on_ready(self) -> None:
         self.reconciled = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -82,6 +83,10 @@ class Clusters:
         self.main = main
         self._others: dict[str, Cluster] = {}
         self._lock = asyncio.Lock()
+        #: Called when a connection to another RabbitMQ came back (the control plane then
+        #: reconciles everything again, as for its own connections: topology is not
+        #: re-declared by aio-pika).
+        self.on_reconnect: Callable[..., None] | None = None
 
     async def get(self, url: str | None) -> Cluster:
         """The Cluster for `url` (None or RABBITMESH_AMQP_URL: the main one), connected.
@@ -131,6 +136,8 @@ class Clusters:
         try:
             async with asyncio.timeout(s.publish_timeout):
                 await publisher.connect()
+            if publisher.connection is not None and self.on_reconnect is not None:
+                publisher.connection.reconnect_callbacks.add(self.on_reconnect)
             topology = Topology(await publisher.channel(), self.names, s.queue_type)
             await topology.declare_infrastructure()
         except Exception as e:
