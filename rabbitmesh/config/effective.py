@@ -49,8 +49,9 @@ FEATURE_FALLBACKS: dict[str, tuple[str | None, str]] = {
     "delivery-timeout": (None, "enabled"),
     "delivery-retryafter": (None, "enabled"),
     "transport-encryption": (None, "disabled"),
-    "cross-namespace-event-links": (None, "disabled"),
-    "authentication-oidc": (None, "disabled"),
+    # The setting of the same meaning where the installed version has one
+    # (RABBITMESH_CROSS_NAMESPACE_EVENT_LINKS is being added with the bridges, issue 16).
+    "cross-namespace-event-links": ("cross_namespace_event_links", "disabled"),
 }
 
 
@@ -149,13 +150,12 @@ class Effective:
             value = features.values[name]
             return Value("enabled" if value == "allowed" else value, configmap_source(FEATURES))
         setting, built_in = FEATURE_FALLBACKS.get(name, (None, "disabled"))
-        if setting is not None and setting in self.settings.model_fields_set:
-            on = bool(getattr(self.settings, setting))
-            return Value("enabled" if on else "disabled", env_name(setting))
-        if setting is not None:
-            on = bool(getattr(self.settings, setting))
-            return Value("enabled" if on else "disabled", BUILT_IN)
-        return Value(built_in, BUILT_IN)
+        if setting is None or setting not in type(self.settings).model_fields:
+            return Value(built_in, BUILT_IN)
+        on = "enabled" if getattr(self.settings, setting) else "disabled"
+        if setting in self.settings.model_fields_set:
+            return Value(on, env_name(setting))
+        return Value(on, BUILT_IN)
 
     def enabled(self, name: str) -> bool:
         return self.feature(name).value == "enabled"

@@ -258,10 +258,9 @@ FLAGS: dict[str, Flag] = {
     ),
     "authentication-oidc": Flag(
         ON_OFF,
-        "enabled: every broker's senders must authenticate, with a bearer token from the "
-        "Secret its rabbitmesh.dev/ingress-token-secret annotation names (rabbitmesh has no "
-        "OIDC provider); a broker without one is not Ready (AuthenticationRequired) and "
-        "takes nothing. Channels and flows are not covered",
+        None,
+        "rabbitmesh has no OIDC; a broker's ingress takes bearer tokens from "
+        "the Secret its rabbitmesh.dev/ingress-token-secret annotation names",
     ),
     "cross-namespace-event-links": Flag(
         ON_OFF,

@@ -13,7 +13,7 @@ from rabbitmesh.ingress.auth import problem as auth_problem
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.resolve import address_url
 from rabbitmesh.resources.base import Address, Condition
-from rabbitmesh.resources.eventing import INGRESS_TOKEN_ANNOTATION, Broker, Trigger
+from rabbitmesh.resources.eventing import Broker, Trigger
 
 log = logging.getLogger("rabbitmesh.reconciler")
 
@@ -94,17 +94,6 @@ async def reconcile(ctx: Context, broker: Broker) -> None:
     why = auth_problem(ctx.get, broker)
     if why is not None:  # fail closed: the ingress takes nothing it cannot authenticate
         broker.status.set_ready(False, "IngressTokenSecretMissing", why)
-    elif broker.metadata.annotations.get(
-        INGRESS_TOKEN_ANNOTATION
-    ) is None and ctx.effective().enabled("authentication-oidc"):
-        # Knative's OIDC makes every sender authenticate; here senders authenticate with a
-        # bearer token from a Secret, so a broker without one takes nothing (fail closed).
-        broker.status.set_ready(
-            False,
-            "AuthenticationRequired",
-            "config-features authentication-oidc is enabled: senders must authenticate; "
-            f"name a Secret of bearer tokens in annotation {INGRESS_TOKEN_ANNOTATION}",
-        )
     else:
         broker.status.set_ready(True, "BrokerReady", class_message(conf.broker_class.value))
     _config_condition(broker, conf)

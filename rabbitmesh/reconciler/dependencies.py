@@ -39,7 +39,7 @@ CH_DEFAULTS: Key = ("ConfigMap", SYSTEM_NS, "default-ch-webhook")
 FEATURES: Key = ("ConfigMap", SYSTEM_NS, "config-features")
 #: Which ConfigMaps each kind reads without naming them.
 READS_CONFIG: dict[str, tuple[Key, ...]] = {
-    "Broker": (BR_DEFAULTS, FEATURES),
+    "Broker": (BR_DEFAULTS,),
     "Trigger": (BR_DEFAULTS, FEATURES),
     "Channel": (CH_DEFAULTS,),
     "Subscription": (FEATURES,),

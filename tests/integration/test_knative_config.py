@@ -12,7 +12,7 @@ import pytest
 from tests.integration.test_cli import rabbitmesh
 from tests.support.api import call, ready
 from tests.support.config import reapply
-from tests.support.events import binary_headers, post, post_binary
+from tests.support.events import post_binary
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.rabbit import rabbitmqctl
 from tests.support.sink import Reply
@@ -423,7 +423,7 @@ async def test_config_features_switch_what_has_an_equivalent(start_mesh, make_si
         data:
           eventtype-auto-create: enabled
           transport-encryption: strict
-          kreference-group: disabled
+          authentication-oidc: disabled
           new-trigger-filters: enabled
         ---
         apiVersion: eventing.knative.dev/v1
@@ -442,7 +442,7 @@ async def test_config_features_switch_what_has_an_equivalent(start_mesh, make_si
         "value": "enabled",
         "source": "ConfigMap knative-eventing/config-features",
     }
-    assert any("kreference-group" in w for w in cm["status"]["warnings"])
+    assert any("authentication-oidc" in w for w in cm["status"]["warnings"])
     tr = await get(mesh, TRIGGERS, ns="default", name="tr")
     assert ready(tr) == ("False", "TransportEncryptionStrict")  # an http:// subscriber
 
@@ -693,47 +693,6 @@ async def test_cross_namespace_subscriptions_follow_the_feature_flag(start_mesh,
     assert (await post_binary(mesh.url + "/channels/team-a/ch", id_="x1"))[0] == 202
     await sink.wait_for(1)
     assert sink.ids() == ["x1"]
-
-
-async def test_authentication_oidc_makes_every_broker_authenticate_its_senders(start_mesh):
-    mesh = await start_mesh(
-        """
-        apiVersion: v1
-        kind: ConfigMap
-        metadata: {name: config-features, namespace: knative-eventing}
-        data: {authentication-oidc: enabled}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: open}
-        ---
-        apiVersion: v1
-        kind: Secret
-        metadata: {name: tokens}
-        stringData: {token: t0ken}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata:
-          name: guarded
-          annotations: {rabbitmesh.dev/ingress-token-secret: tokens}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {name: tr}
-        spec: {broker: guarded, subscriber: {uri: "http://127.0.0.1:9/"}}
-        """
-    )
-    assert ready(await get(mesh, BROKERS, ns="default", name="open")) == (
-        "False",
-        "AuthenticationRequired",
-    )
-    assert (await post_binary(mesh.url + "/default/open"))[0] == 503
-    assert ready(await get(mesh, BROKERS, ns="default", name="guarded"))[0] == "True"
-    assert (await post_binary(mesh.url + "/default/guarded"))[0] == 401
-    headers = binary_headers() | {"Authorization": "Bearer t0ken"}
-    status, _, _ = await post(mesh.url + "/default/guarded", headers=headers, body=b"{}")
-    assert status == 202
 
 
 async def test_delivery_timeout_and_retryafter_flags(start_mesh):
