@@ -5,7 +5,7 @@ or accepts it with no effect (`NoEffect`, with why), lists the keys accepted wit
 here (`status.warnings`), and for config-features which value of each flag rabbitmesh has an
 equivalent for is in force and where it came from (`status.effectiveConfig`). Brokers and
 channels read ConfigMaps when they reconcile; a change reconciles the ones it affects
-(rabbitmesh/reconciler/dependencies.py).
+(rabbitmesh/store/dependencies.py).
 """
 
 from __future__ import annotations

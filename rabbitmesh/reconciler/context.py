@@ -134,20 +134,35 @@ class Context:
         if worker is not None:
             worker.subscriber = subscriber
         else:
-            worker = QueueWorker(
-                queue=queue,
-                subscriber=subscriber,
-                consumer=cluster.consumers,  # type: ignore[arg-type]
-                publisher=cluster.publisher,
-                topology=cluster.topology,
-                names=self.names,
-                session=self.session,
-                prefetch=self.settings.prefetch,
-                concurrency=concurrency,
-            )
-            await worker.start()
-            self.workers[queue] = worker
+            await self._start_worker(queue, subscriber, cluster, concurrency)
         await self._run_dead_letters(queue, subscriber, cluster)
+
+    async def _start_worker(
+        self,
+        queue: str,
+        subscriber: Subscriber,
+        cluster: Cluster,
+        concurrency: int,
+        dead_letters: bool = False,
+    ) -> None:
+        """The one place a QueueWorker is built, on `cluster` (the RabbitMQ the queue lives
+        on). A `:dlq`'s worker (`dead_letters`) delivers to its dead-letter sink with at most
+        64 prefetched and 16 in flight."""
+        s = self.settings
+        worker = QueueWorker(
+            queue=queue,
+            subscriber=subscriber,
+            consumer=cluster.consumers,
+            publisher=cluster.publisher,
+            topology=cluster.topology,
+            names=self.names,
+            session=self.session,
+            prefetch=min(s.prefetch, 64) if dead_letters else s.prefetch,
+            concurrency=min(concurrency, 16) if dead_letters else concurrency,
+            mode="dead-letter" if dead_letters else "deliver",
+        )
+        await worker.start()
+        self.workers[queue] = worker
 
     async def _run_dead_letters(self, queue: str, subscriber: Subscriber, cluster: Cluster) -> None:
         dlq = self.names.dead_letter_queue(queue)
@@ -179,20 +194,7 @@ class Context:
         if worker is not None:
             worker.subscriber = dl_sub
             return
-        worker = QueueWorker(
-            queue=dlq,
-            subscriber=dl_sub,
-            consumer=cluster.consumers,  # type: ignore[arg-type]
-            publisher=cluster.publisher,
-            topology=cluster.topology,
-            names=self.names,
-            session=self.session,
-            prefetch=min(self.settings.prefetch, 64),
-            concurrency=min(self.settings.concurrency, 16),
-            mode="dead-letter",
-        )
-        await worker.start()
-        self.workers[dlq] = worker
+        await self._start_worker(dlq, dl_sub, cluster, self.settings.concurrency, dead_letters=True)
 
     async def bind_exactly(self, queue: str, wanted: set[tuple[str, str]]) -> None:
         """Bind new keys before unbinding old ones, so no event falls between the two.

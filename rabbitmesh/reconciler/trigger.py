@@ -48,7 +48,7 @@ def defaults(ctx: Context, broker: Broker | None = None) -> list[DeliverySpec]:
             out.append(from_map)
     url = ctx.settings.default_dead_letter_sink
     if url:
-        out.append(DeliverySpec(deadLetterSink=Destination(uri=url)))
+        out.append(DeliverySpec(dead_letter_sink=Destination(uri=url)))
     return out
 
 

@@ -9,10 +9,10 @@ from rabbitmesh.amqp.clusters import check_amqp_url, vhost_of, with_vhost
 from rabbitmesh.config.brokers import BrokerConfigProblem, broker_setup
 from rabbitmesh.config.effective import BUILT_IN, Effective
 from rabbitmesh.config.knative import changed_namespaces, parse
-from rabbitmesh.reconciler.dependencies import DependencyIndex
 from rabbitmesh.resources.base import FieldError, Resource
 from rabbitmesh.resources.loader import ManifestError, load_text
 from rabbitmesh.settings import Settings
+from rabbitmesh.store.dependencies import DependencyIndex
 
 AMQP = "amqp://guest:guest@localhost:5672/"
 

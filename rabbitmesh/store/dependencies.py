@@ -125,7 +125,7 @@ class DependencyIndex:
         if new:
             self._refs[key] = new
 
-    def dependents(self, key: Key) -> builtins.set[Key]:  # `set` is a method here
+    def dependents(self, key: Key) -> builtins.set[Key]:  # `set` here is the method
         kind, ns, _ = key
         out = set(self._dependents.get(key, ()))
         out |= self._dependents.get((kind, ns, ANY), set())
