@@ -26,11 +26,12 @@ from collections.abc import Callable
 from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
-from rabbitmesh.config.knative import changed_namespaces
+from rabbitmesh.config.checks import ManifestChecks
+from rabbitmesh.config.knative import Parsed, changed_namespaces, parsed
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller, order
 from rabbitmesh.reconciler.known_types import known_types
-from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.base import FieldError, Resource
 from rabbitmesh.resources.core import ConfigMap
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
@@ -75,7 +76,7 @@ class ControlPlane:
             max_bytes=settings.store_max_bytes,
             timeout=settings.publish_timeout + 5.0,
         )
-        self.config = ConfigSync(self.store, settings.config_dir, names.check_length)
+        self.config = ConfigSync(self.store, settings.config_dir, ManifestChecks(names))
         self.desired = Desired()
         self.ctx.history = self.desired.history
         # Always there: config-features' eventtype-auto-create switches it while running.
@@ -256,8 +257,8 @@ class ControlPlane:
             return out
         new = self.desired.current.get(key)
         namespaces = changed_namespaces(
-            old.parsed() if isinstance(old, ConfigMap) else None,
-            new.parsed() if isinstance(new, ConfigMap) else None,
+            _parsed_or_none(old),
+            _parsed_or_none(new),
         )
         if namespaces is None:
             return out
@@ -374,3 +375,12 @@ class ControlPlane:
             return True
         except TimeoutError:
             return False
+
+
+def _parsed_or_none(res: Resource | None) -> Parsed | None:
+    if not isinstance(res, ConfigMap):
+        return None
+    try:
+        return parsed(res)
+    except FieldError:  # stored by an older version that read it differently
+        return None

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rabbitmesh.amqp.messages import to_message
-from rabbitmesh.amqp.publisher import Publisher
+from rabbitmesh.amqp.publisher import IngressPublisher, Publisher
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent
 from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.timestamps import now_rfc3339
@@ -113,7 +113,7 @@ class Target:
     tokens: tuple[bytes, ...] | None = None
     #: The RabbitMQ of a broker placed on another one (RabbitmqBrokerConfig,
     #: rabbitmesh/amqp/clusters.py); None: RABBITMESH_AMQP_URL's.
-    publisher: Publisher | None = None
+    publisher: IngressPublisher | None = None
 
 
 class ExchangeReplier:

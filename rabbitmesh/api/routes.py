@@ -46,6 +46,7 @@ from rabbitmesh.api.patch import merge_patch
 from rabbitmesh.api.watch import stream as watch_stream
 from rabbitmesh.api.watch import wants_watch
 from rabbitmesh.config.admission import check_cross_namespace, check_placements
+from rabbitmesh.config.checks import ManifestChecks
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.resources.base import FieldError, Resource
@@ -280,7 +281,7 @@ class AdminApi:
         self, request: web.Request, info: KindInfo, version: str, namespace: str | None
     ) -> tuple[Resource, dict[str, Any]]:
         docs = await self._documents(request, ("one", info.kind, version, namespace))
-        (res,) = await build_resources(docs, self.plane.ctx.names.check_length, single=True)
+        (res,) = await build_resources(docs, ManifestChecks(self.plane.ctx.names), single=True)
         return res, docs[0]
 
     async def _create(
@@ -349,7 +350,7 @@ class AdminApi:
             if not isinstance(doc.get("metadata"), dict):
                 raise ApiError(422, "metadata must stay an object", details=[{"field": "metadata"}])
             docs = prepare([doc], ("one", info.kind, version, namespace))
-            (res,) = await build_resources(docs, plane.ctx.names.check_length, single=True)
+            (res,) = await build_resources(docs, ManifestChecks(plane.ctx.names), single=True)
             check_target(res, info, namespace, key[2])
             res = restore_secret(res, stored)
             self._admit(res)
@@ -429,7 +430,7 @@ class AdminApi:
         namespace = request.query.get("namespace")
         dry_run = request.query.get("dryRun", "").lower() in ("all", "true", "1")
         docs = await self._documents(request, ("apply", namespace))
-        built = await build_resources(docs, self.plane.ctx.names.check_length)
+        built = await build_resources(docs, ManifestChecks(self.plane.ctx.names))
         # Every step over all resources runs in slices (in_slices): a large /apply must not
         # hold the loop (issue 11).
         resources = await in_slices(built, lambda r: restore_secret(r, plane.store.get(key_of(r))))

@@ -135,10 +135,10 @@ def describe(obj: dict[str, Any], fields: Sequence[tuple[str, str]]) -> str:
         lines.append("Config in force:")
         for key, entry in effective.items():
             if isinstance(entry, dict):
-                value = entry.get("value")
-                shown = "-" if value is None else value
-                if isinstance(value, dict | list):
-                    shown = json.dumps(value, separators=(",", ":"))
+                raw = entry.get("value")
+                shown: Any = "-" if raw is None else raw
+                if isinstance(raw, dict | list):
+                    shown = json.dumps(raw, separators=(",", ":"))
                 lines.append(f"  {key + ':':<22}{shown}  ({entry.get('source', '')})")
     for warning in status.get("warnings") or []:
         lines.append(f"{'Warning:':<14}{warning}")

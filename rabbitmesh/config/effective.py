@@ -29,8 +29,9 @@ from rabbitmesh.config.knative import (
     BrokerDefaults,
     ChannelDefaults,
     Features,
+    parsed,
 )
-from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.base import FieldError, Resource
 from rabbitmesh.resources.core import ConfigMap
 from rabbitmesh.resources.duck import DeliverySpec, KReference
 from rabbitmesh.resources.messaging import DEFAULT_CHANNEL_KIND, ChannelTemplate
@@ -86,7 +87,10 @@ class Effective:
         cm = self.get("ConfigMap", SYSTEM_NAMESPACE, name)
         if not isinstance(cm, ConfigMap):
             return None
-        return cm.parsed().value
+        try:
+            return parsed(cm).value
+        except FieldError:  # stored by an older version; its own status says why
+            return None
 
     # --- brokers -------------------------------------------------------------------------
 

@@ -26,8 +26,11 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from rabbitmesh.durations import parse_duration
-from rabbitmesh.resources.base import FieldError, Model
+from rabbitmesh.resources.base import FieldError, Model, Resource
+from rabbitmesh.resources.core import ConfigMap
 from rabbitmesh.resources.duck import DeliverySpec, KReference
+from rabbitmesh.resources.loader import ManifestError, load_documents
+from rabbitmesh.resources.messaging import Channel
 
 SYSTEM_NAMESPACE = "knative-eventing"
 BR_DEFAULTS = "config-br-defaults"
@@ -378,8 +381,6 @@ def _one_key(data: dict[str, str], key: str) -> str | None:
 
 
 def _model(model: type[Model], raw: str, key: str) -> Any:
-    from rabbitmesh.resources.loader import ManifestError, load_documents  # import cycle
-
     try:
         docs = load_documents(raw, key)
     except ManifestError as e:
@@ -453,3 +454,34 @@ def changed_namespaces(old: Parsed | None, new: Parsed | None) -> set[str] | Non
         return None
     names = set(a.namespace_defaults) | set(b.namespace_defaults)
     return {ns for ns in names if a.namespace_defaults.get(ns) != b.namespace_defaults.get(ns)}
+
+
+def parsed(cm: ConfigMap) -> Parsed:
+    """What `cm` means here, parsed once per object (reconcilers read it at every broker's
+    and channel's reconcile). Raises FieldError when it is invalid."""
+    if cm._parsed is None:
+        cm._parsed = parse(cm.namespace, cm.name, cm.data)
+    result: Parsed = cm._parsed
+    return result
+
+
+def channel_warnings(channel: Channel) -> list[str]:
+    """FieldError for a spec field the channel's kind does not have; the warnings for the
+    fields accepted with no meaning here (numPartitions, replicationFactor, ...)."""
+    own = {k: v for k, v in channel.spec.dump().items() if k not in ("channelTemplate", "delivery")}
+    warnings = check_channel_spec(channel.kind, own, "spec") if own else []
+    t = channel.spec.channel_template
+    if t is not None:
+        warnings += check_channel_spec(
+            t.kind, t.spec, "spec.channelTemplate.spec", "spec.channelTemplate.kind"
+        )
+    return warnings
+
+
+def check_resource(res: Resource) -> None:
+    """The checks of what a resource means for the Knative configuration (FieldError):
+    a ConfigMap's keys, a channel kind's spec."""
+    if isinstance(res, ConfigMap):
+        parsed(res)
+    elif isinstance(res, Channel):
+        channel_warnings(res)

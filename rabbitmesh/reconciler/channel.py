@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import aio_pika
 
+from rabbitmesh.config.knative import channel_warnings
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.resolve import address_url
 from rabbitmesh.resources.base import Address
@@ -41,7 +42,7 @@ async def reconcile(ctx: Context, channel: Channel) -> None:
     backing, source = template(ctx, channel)
     extra["channel"] = backing.reference(name, ns)
     extra["effectiveConfig"] = {"channelTemplate": {"value": backing.kind, "source": source}}
-    warnings = channel.spec_warnings()
+    warnings = channel_warnings(channel)
     if warnings:
         extra["warnings"] = warnings
     else:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 
 from rabbitmesh.config.effective import FEATURE_FALLBACKS
-from rabbitmesh.config.knative import FEATURES, SYSTEM_NAMESPACE, Parsed
+from rabbitmesh.config.knative import FEATURES, SYSTEM_NAMESPACE, Parsed, parsed
 from rabbitmesh.reconciler.context import Context
+from rabbitmesh.resources.base import FieldError
 from rabbitmesh.resources.core import ConfigMap
 
 log = logging.getLogger("rabbitmesh.config")
@@ -33,14 +34,18 @@ _ROLES = {
 
 
 async def reconcile(ctx: Context, cm: ConfigMap) -> None:
-    parsed: Parsed = cm.parsed()
+    try:
+        meaning: Parsed = parsed(cm)
+    except FieldError as e:  # stored by an older version that read it differently
+        cm.status.set_ready(False, "InvalidConfig", f"{e.path}: {e.message}")
+        return
     extra = cm.status.model_extra
     assert extra is not None
-    if parsed.warnings:
-        extra["warnings"] = list(parsed.warnings)
+    if meaning.warnings:
+        extra["warnings"] = list(meaning.warnings)
         if _logged.get(cm.key, "") != cm.metadata.resource_version:
             _logged[cm.key] = cm.metadata.resource_version
-            for w in parsed.warnings:
+            for w in meaning.warnings:
                 log.warning("ConfigMap %s/%s: %s", cm.namespace, cm.name, w)
     else:
         extra.pop("warnings", None)
@@ -51,10 +56,10 @@ async def reconcile(ctx: Context, cm: ConfigMap) -> None:
         }
     else:
         extra.pop("effectiveConfig", None)
-    if parsed.role == "none":
-        cm.status.set_ready(True, "NoEffect", f"accepted; no effect on RabbitMQ: {parsed.why}")
+    if meaning.role == "none":
+        cm.status.set_ready(True, "NoEffect", f"accepted; no effect on RabbitMQ: {meaning.why}")
         return
-    cm.status.set_ready(True, "ConfigApplied", f"in force: {_ROLES[parsed.role]}")
+    cm.status.set_ready(True, "ConfigApplied", f"in force: {_ROLES[meaning.role]}")
 
 
 async def finalize(ctx: Context, cm: ConfigMap) -> None:

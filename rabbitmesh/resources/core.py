@@ -102,6 +102,7 @@ class ConfigMap(Resource):
     data: dict[str, str] = Field(default_factory=dict)
     binary_data: dict[str, str] = Field(default_factory=dict, alias="binaryData")
     immutable: bool | None = None
+    #: rabbitmesh/config/knative.py's parse of it, cached: read at every broker's reconcile.
     _parsed: Any = PrivateAttr(default=None)
 
     @field_validator("data", mode="before")
@@ -119,14 +120,5 @@ class ConfigMap(Resource):
             }
         return v
 
-    def check(self) -> None:
-        self.parsed()
-
-    def parsed(self) -> Any:
-        """What this ConfigMap means here (rabbitmesh/config/knative.py's Parsed), cached:
-        reconcilers read it on every reconcile of every broker and channel."""
-        if self._parsed is None:
-            from rabbitmesh.config.knative import parse  # knative.py imports resources
-
-            self._parsed = parse(self.namespace, self.name, self.data)
-        return self._parsed
+    # What it means here is parsed (and cached on it) by rabbitmesh/config/knative.py, which
+    # also validates it where manifests are checked (rabbitmesh/config/checks.py).

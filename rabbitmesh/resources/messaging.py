@@ -84,24 +84,8 @@ CHANNEL_KINDS = ("InMemoryChannel", "KafkaChannel", "NatssChannel")
 class Channel(Resource):
     spec: ChannelSpec = Field(default_factory=ChannelSpec)
 
-    def check(self) -> None:
-        self.spec_warnings()
-
-    def spec_warnings(self) -> list[str]:
-        """FieldError for a spec field this kind does not have; the warnings for fields
-        accepted with no meaning here (numPartitions, replicationFactor, ...)."""
-        from rabbitmesh.config.knative import check_channel_spec  # imports resources
-
-        own = {
-            k: v for k, v in self.spec.dump().items() if k not in ("channelTemplate", "delivery")
-        }
-        warnings = check_channel_spec(self.kind, own, "spec") if own else []
-        t = self.spec.channel_template
-        if t is not None:
-            warnings += check_channel_spec(
-                t.kind, t.spec, "spec.channelTemplate.spec", "spec.channelTemplate.kind"
-            )
-        return warnings
+    # Its spec per channel kind (numPartitions only on a KafkaChannel, ...) is checked by
+    # rabbitmesh/config/knative.py (channel_warnings), where manifests are checked.
 
     @property
     def template(self) -> ChannelTemplate:

@@ -8,7 +8,7 @@ import pytest
 from rabbitmesh.amqp.clusters import check_amqp_url, vhost_of, with_vhost
 from rabbitmesh.config.brokers import BrokerConfigProblem, broker_setup
 from rabbitmesh.config.effective import BUILT_IN, Effective
-from rabbitmesh.config.knative import changed_namespaces, parse
+from rabbitmesh.config.knative import changed_namespaces, check_resource, parse
 from rabbitmesh.resources.base import FieldError, Resource
 from rabbitmesh.resources.loader import ManifestError, load_text
 from rabbitmesh.settings import Settings
@@ -170,7 +170,9 @@ def test_other_configmaps_are_accepted_with_no_effect():
 
 def test_configmap_values_written_as_numbers_or_booleans_are_text():
     (cm,) = load_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: 3, b: true}\n", "t"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: 3, b: true}\n",
+        "t",
+        check_resource,
     )
     assert cm.data == {"a": "3", "b": "true"}  # type: ignore[attr-defined]
 
@@ -182,6 +184,7 @@ def test_invalid_configmap_is_a_manifest_error_naming_the_field():
             "metadata: {name: config-features, namespace: knative-eventing}\n"
             "data: {delivery-timeout: sometimes}\n",
             "f.yaml",
+            check_resource,
         )
     assert e.value.field == "data.delivery-timeout"
 
