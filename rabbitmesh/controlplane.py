@@ -26,10 +26,13 @@ from collections.abc import Callable
 from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
+from rabbitmesh.config.checks import ManifestChecks
+from rabbitmesh.config.knative import Parsed, changed_namespaces, parsed
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller, order
 from rabbitmesh.reconciler.known_types import known_types
-from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.base import FieldError, Resource
+from rabbitmesh.resources.core import ConfigMap
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
 from rabbitmesh.store.configsync import ConfigSync
@@ -79,19 +82,19 @@ class ControlPlane:
             max_bytes=settings.store_max_bytes,
             timeout=settings.publish_timeout + 5.0,
         )
-        self.config = ConfigSync(self.store, settings.config_dir, names.check_length)
+        self.config = ConfigSync(self.store, settings.config_dir, ManifestChecks(names))
         self.desired = Desired()
         self.ctx.history = self.desired.history
-        self.autotypes = (
-            AutoEventTypes(
-                self.store,
-                self.resource,
-                max_per_owner=settings.eventtype_auto_create_max_per_broker,
-                per_minute=settings.eventtype_auto_create_per_minute,
-            )
-            if settings.eventtype_auto_create
-            else None
+        # Always there: config-features' eventtype-auto-create switches it while running.
+        self.autotypes: AutoEventTypes | None = AutoEventTypes(
+            self.store,
+            self.resource,
+            max_per_owner=settings.eventtype_auto_create_max_per_broker,
+            per_minute=settings.eventtype_auto_create_per_minute,
         )
+        #: Whether ingress notes event types now (RABBITMESH_EVENTTYPE_AUTO_CREATE, then
+        #: config-features' eventtype-auto-create; updated after every batch).
+        self.autotypes_enabled = settings.eventtype_auto_create
         self.ready = False  # a full reconcile succeeded
         self.started = False  # the store is read, the config dir applied, reconciled once
         self.reconciled_offset = -1
@@ -212,13 +215,14 @@ class ControlPlane:
         async with self._lock:
             offset = self.store.state.last_offset
             changed_keys, self._changed = self._changed, set()
+            before = {k: self.desired.current.get(k) for k in changed_keys if k[0] == "ConfigMap"}
             changed = self.desired.update(self.store.state.entries, changed_keys)
             if changed:
                 self._update_known_types(changed)
             work = changed | self._queued
             self._queued = set()
             for key in changed:
-                work |= self.desired.dependencies.dependents(key)
+                work |= self._affected(key, before.get(key))
             if self._resync:
                 work.update(self._resync[:RESYNC_SLICE])
                 del self._resync[:RESYNC_SLICE]
@@ -237,7 +241,10 @@ class ControlPlane:
             for key in work | changed:
                 res = self.ctx.resources.get(key)
                 self.watch.record(offset, key, render(res) if res is not None else None)
-            ok = not self._failures
+            self.autotypes_enabled = self.ctx.effective().enabled("eventtype-auto-create")
+            # A broker whose own RabbitMQ (RabbitmqBrokerConfig) is away is not Ready and
+            # retried; it does not keep this replica, and every other resource, unready.
+            ok = not (self._failures.keys() - self.controller.external_failures)
             if ok and not self.ready:
                 self.ready = True
                 log.info("reconciled %d resources", len(self.desired.current))
@@ -248,6 +255,22 @@ class ControlPlane:
             if self.siblings is not None:
                 self.siblings.mark(offset=self.reconciled_offset)
             return ok
+
+    def _affected(self, key: Key, old: Resource | None) -> set[Key]:
+        """What a change of `key` makes to reconcile: its dependents (configuration: further,
+        rabbitmesh/store/dependencies.py); a defaults ConfigMap's only in the namespaces
+        whose defaults it changed."""
+        out = self.desired.dependencies.affected(key)
+        if key[0] != "ConfigMap" or not out:
+            return out
+        new = self.desired.current.get(key)
+        namespaces = changed_namespaces(
+            _parsed_or_none(old),
+            _parsed_or_none(new),
+        )
+        if namespaces is None:
+            return out
+        return {k for k in out if k[1] in namespaces}
 
     async def _reconcile(self, work: set[Key], changed: set[Key]) -> set[Key]:
         ctx, current = self.ctx, self.desired.current
@@ -368,3 +391,12 @@ class ControlPlane:
             return True
         except TimeoutError:
             return False
+
+
+def _parsed_or_none(res: Resource | None) -> Parsed | None:
+    if not isinstance(res, ConfigMap):
+        return None
+    try:
+        return parsed(res)
+    except FieldError:  # stored by an older version that read it differently
+        return None

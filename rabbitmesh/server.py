@@ -23,6 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.clusters import Cluster, Clusters
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.remote import Clients
@@ -154,8 +155,9 @@ class Server:
             app.add_routes(webhooks.routes())
         if self.settings.role in ("all", "ingress"):
             app.add_routes(ingress.routes())
-            if self.settings.eventtype_auto_create:
-                app.middlewares.append(self._observe_event_types)
+            # Installed always: config-features can switch auto-creation on while running;
+            # while it is off the middleware costs one attribute check per request.
+            app.middlewares.append(self._observe_event_types)
         app.add_routes([unknown_paths.catch_all()])  # last: JSON 404/405 for the rest
         return app
 
@@ -184,7 +186,7 @@ class Server:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         plane = self.plane
-        if plane is None or plane.autotypes is None:
+        if plane is None or plane.autotypes is None or not plane.autotypes_enabled:
             return await handler(request)
         return await plane.autotypes.middleware(request, handler)
 
@@ -273,6 +275,11 @@ class Server:
         )
         if s.authentication_oidc:
             await self._start_oidc(self.ctx)
+        # Brokers a RabbitmqBrokerConfig places on another vhost or RabbitMQ connect there.
+        clusters = Clusters(
+            s, self.names, Cluster(s.amqp_url, self.publisher, self.consumers, topology)
+        )
+        self.ctx.clusters = clusters
         if s.role in ("all", "sources"):
             sources = SourceManager(s, self.names, self.session, self.publisher.ssl_context)
             ctx = self.ctx
@@ -290,6 +297,7 @@ class Server:
             on_ready=self._on_ready,
             siblings=self.siblings,
         )
+        clusters.on_reconnect = self._other_rabbitmq_back
         await self.plane.start()
 
     async def _start_oidc(self, ctx: Context) -> None:
@@ -355,6 +363,10 @@ class Server:
             f" (worker {self.worker.index} of {self.worker.count})" if self.worker else "",
         )
 
+    def _other_rabbitmq_back(self, *_: object) -> None:
+        if self.plane is not None:
+            self.plane.resync()
+
     def _on_ready(self) -> None:
         self.reconciled = True
         if self.siblings is not None:
@@ -412,6 +424,8 @@ class Server:
         await self.consumers.close()
         if self.ctx is not None:
             await self.ctx.bridge_clients.close()
+        if self.ctx is not None and self.ctx.clusters is not None:
+            await self.ctx.clusters.close()
         await asyncio.gather(self.publisher.close(), self.consumer.close())
         if self.siblings is not None:
             self.siblings.close()

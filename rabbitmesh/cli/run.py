@@ -55,6 +55,7 @@ def run(**flags: Any) -> None:
       rabbitmesh run --role ingress      # split roles across processes
     """
     from rabbitmesh.amqp.names import Names
+    from rabbitmesh.config.checks import ManifestChecks
     from rabbitmesh.listen import ListenError
     from rabbitmesh.logs import setup_logging
     from rabbitmesh.resources.loader import ManifestError, load_path
@@ -68,7 +69,7 @@ def run(**flags: Any) -> None:
     if settings.config_dir.exists():
         try:
             # Fail fast, before waiting on RabbitMQ; names must fit RabbitMQ's limits.
-            load_path(settings.config_dir, Names(settings.topology_prefix).check_length)
+            load_path(settings.config_dir, ManifestChecks(Names(settings.topology_prefix)))
         except ManifestError as e:
             click.echo(f"rabbitmesh: invalid manifest: {e}", err=True)
             sys.exit(1)

@@ -9,12 +9,15 @@ from types import ModuleType
 
 from prometheus_client import Counter
 
+from rabbitmesh.amqp.clusters import ClusterUnavailable
 from rabbitmesh.auth.gate import target_audience
 from rabbitmesh.auth.policies import TARGET_KINDS
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler import (
     broker,
+    brokerconfig,
     channel,
+    configmap,
     eventpolicy,
     eventtype,
     parallel,
@@ -42,6 +45,8 @@ RECONCILERS: dict[str, ModuleType] = {
         eventtype,
         rabbitmqsink,
         eventpolicy,
+        configmap,
+        brokerconfig,
     )
 }
 #: One module reconciles every source kind (their status; they have no topology).
@@ -75,6 +80,9 @@ class Controller:
         self.concurrency = concurrency
         #: key -> how often it was reconciled (or finalized) in this process.
         self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        #: Keys failing because another RabbitMQ (a RabbitmqBrokerConfig's) is unreachable:
+        #: retried like any failure, but they do not keep this replica from being ready.
+        self.external_failures: set[tuple[str, str, str]] = set()
 
     async def apply(
         self, present: list[Resource], gone: list[Resource]
@@ -109,7 +117,14 @@ class Controller:
             self._oidc(res)
             res.status.observed_generation = res.metadata.generation
             reconciles_total.labels(res.KIND, "ok").inc()
+            self.external_failures.discard(res.key)
             return True
+        except ClusterUnavailable as e:
+            log.warning("reconciling %s %s/%s failed: %s", res.KIND, res.namespace, res.name, e)
+            res.status.set_ready(False, "RabbitMQUnavailable", str(e))
+            reconciles_total.labels(res.KIND, "failed").inc()
+            self.external_failures.add(res.key)
+            return False
         except Exception as e:  # RabbitMQ refused or went away: report, retry later
             log.warning("reconciling %s %s/%s failed: %s", res.KIND, res.namespace, res.name, e)
             res.status.set_ready(False, "ReconcileFailed", f"{type(e).__name__}: {e}")
@@ -128,6 +143,7 @@ class Controller:
 
     async def _finalize(self, res: Resource) -> None:
         self.counts.pop(res.key, None)  # names come and go: keep only the live ones
+        self.external_failures.discard(res.key)
         reconciles_total.labels(res.KIND, "deleted").inc()
         module = RECONCILERS.get(res.KIND)
         if module is None:

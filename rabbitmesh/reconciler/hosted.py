@@ -25,6 +25,15 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
         if res.status.ready != "True":
             return None
         target = hosted_target(ctx.names, res.KIND, namespace, name)
+        if target is None:
+            return None
+        placement = ctx.placements.get(res.key)
+        if placement is not None and placement.url is not None and ctx.clusters is not None:
+            # A broker on another RabbitMQ (RabbitmqBrokerConfig): publish there.
+            cluster = ctx.clusters.connected_cluster(placement.url)
+            if cluster is None:
+                return None
+            target = replace(target, publisher=cluster.publisher)
         accepted = tokens(ctx.get, res)
         if target is not None and accepted is not None:
             # The per-broker token is the simple alternative to OIDC: it alone decides.

@@ -134,7 +134,7 @@ def _reply(par: Parallel, branch: ParallelBranch) -> Destination | None:
 async def reconcile(ctx: Context, par: Parallel) -> None:
     ns, name = par.namespace, par.name
     names = _Names(ctx, par)
-    template = par.spec.channel_template or ChannelTemplate()
+    template = par.spec.channel_template or ctx.effective().channel_template(ns).value
     n = len(par.spec.branches)
     await ctx.topology.declare_exchange(names.ingress, FANOUT)
     await _remove_branches(

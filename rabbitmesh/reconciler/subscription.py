@@ -15,6 +15,7 @@ from rabbitmesh.dataplane import ExchangeReplier, QueueReplier, Target
 from rabbitmesh.dispatch.policy import DeliveryPolicy, merge_delivery
 from rabbitmesh.dispatch.worker import ReplyHandler, Subscriber
 from rabbitmesh.hosted import HostedKind, hosted_kind
+from rabbitmesh.reconciler.channel import template as channel_template
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination
@@ -92,6 +93,9 @@ def hosted_reply(ctx: Context, dest: Destination, namespace: str) -> HostedKind 
         raise Unresolved(
             "ReplyResolveFailed", f"{dest.ref.kind} {ns}/{dest.ref.name} does not exist"
         )
+    placement = ctx.placements.get(("Broker", ns, dest.ref.name)) if row.broker else None
+    if placement is not None and placement.url is not None:
+        return None  # a broker on another RabbitMQ: through its ingress, like any URL
     return row
 
 
@@ -214,33 +218,43 @@ def earlier_channels(ctx: Context, sub: Subscription) -> set[str]:
     for old in ctx.history.get(sub.key, []):
         channel = (old.get("spec") or {}).get("channel")
         if isinstance(channel, dict) and isinstance(channel.get("name"), str):
-            old_ns = channel.get("namespace") or sub.namespace
-            out.add(ctx.names.channel_exchange(old_ns, channel["name"]))
+            cns = channel.get("namespace") if isinstance(channel.get("namespace"), str) else None
+            out.add(ctx.names.channel_exchange(cns or sub.namespace, channel["name"]))
     return out
+
+
+def cross_namespace_refused(ctx: Context, sub: Subscription) -> str | None:
+    """Why a Subscription may not use a channel of another namespace: Knative allows it only
+    with config-features' cross-namespace-event-links enabled; None when it may."""
+    cns = sub.spec.channel.namespace
+    if not cns or cns == sub.namespace:
+        return None
+    if ctx.effective().enabled("cross-namespace-event-links"):
+        return None
+    return (
+        f"its channel is in namespace {cns!r}, not {sub.namespace!r}: a subscription must be "
+        "in its channel's namespace unless config-features cross-namespace-event-links is "
+        "enabled (or RABBITMESH_CROSS_NAMESPACE_EVENT_LINKS=true)"
+    )
 
 
 async def reconcile(ctx: Context, sub: Subscription) -> None:
     ns, spec = sub.namespace, sub.spec
-    channel_ns = spec.channel.namespace or ns
-    if channel_ns != ns and not ctx.settings.cross_namespace_event_links:
+    why = cross_namespace_refused(ctx, sub)
+    if why is not None:  # events wait in its queue, if it had one, until it may again
         await ctx.stop_queue(ctx.names.subscription_queue(ns, sub.name))
-        sub.status.set_ready(
-            False,
-            "CrossNamespaceRefNotAllowed",
-            f"spec.channel names namespace {channel_ns!r}; references to other namespaces "
-            "need RABBITMESH_CROSS_NAMESPACE_EVENT_LINKS=true (Knative's "
-            "cross-namespace-event-links)",
-        )
+        sub.status.set_ready(False, "CrossNamespaceRefNotAllowed", why)
         return
-    channel = ctx.get("Channel", channel_ns, spec.channel.name)
+    cns = spec.channel.namespace or ns
+    channel = ctx.get("Channel", cns, spec.channel.name)
     if not isinstance(channel, Channel):
         sub.status.set_ready(
             False,
             "ChannelDoesNotExist",
-            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {channel_ns!r}",
+            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {cns!r}",
         )
         return
-    exchange = ctx.names.channel_exchange(channel_ns, channel.name)
+    exchange = ctx.names.channel_exchange(cns, channel.name)
     plan = Plan(
         label=f"subscription={ns}/{sub.name}",
         namespace=ns,
@@ -248,7 +262,9 @@ async def reconcile(ctx: Context, sub: Subscription) -> None:
         channel_exchange=exchange,
         subscriber=spec.subscriber,
         reply=spec.reply,
-        delivery=merge_delivery(spec.delivery, channel.spec.delivery, channel.template.delivery),
+        delivery=merge_delivery(
+            spec.delivery, channel.spec.delivery, channel_template(ctx, channel)[0].delivery
+        ),
         unbind_from=tuple(x for x in earlier_channels(ctx, sub) if x != exchange),
         sender=sub,
     )

@@ -45,6 +45,13 @@ class Broker(Resource):
         return name, key
 
 
+#: eventing-rabbitmq's trigger annotation: deliveries in flight for this trigger (1 = FIFO).
+PARALLELISM_ANNOTATION = "rabbitmq.eventing.knative.dev/parallelism"
+#: Its older name (eventing-rabbitmq before 1.6), read the same way.
+PREFETCH_ANNOTATION = "rabbitmq.eventing.knative.dev/prefetchCount"
+MAX_PARALLELISM = 1000
+
+
 class TriggerFilter(Model):
     attributes: dict[str, str] = Field(default_factory=dict)
 
@@ -74,11 +81,27 @@ class TriggerSpec(Model):
 class Trigger(Resource):
     spec: TriggerSpec
 
+    def parallelism(self) -> tuple[int, str] | None:
+        """(deliveries in flight, the annotation that set it), or None when none does."""
+        for name in (PARALLELISM_ANNOTATION, PREFETCH_ANNOTATION):
+            raw = self.metadata.annotations.get(name)
+            if raw is None:
+                continue
+            text = raw.strip()
+            if not text.isdigit() or not 1 <= int(text) <= MAX_PARALLELISM:
+                raise FieldError(
+                    f"metadata.annotations[{name}]",
+                    f"must be a whole number from 1 (FIFO) to {MAX_PARALLELISM}, got {raw!r}",
+                )
+            return int(text), name
+        return None
+
     def broker_namespace(self) -> str:
         ref = self.spec.broker_ref
         return (ref.namespace if ref is not None else None) or self.namespace
 
     def check(self) -> None:
+        self.parallelism()
         ref = self.spec.broker_ref
         if ref is not None:
             if ref.name != self.spec.broker:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+
 try:
     from playwright.async_api import expect
 except ImportError:  # collected without the `browser` extra: the `browser` fixture says how
