@@ -100,6 +100,17 @@ class Server:
         self.admin = AdminApi(lambda: self.plane, settings)
         #: Set when this process is one of `rabbitmesh run`'s workers (rabbitmesh/workers.py).
         self.worker = WorkerInfo.from_env()
+        if self.worker is not None and self.worker.count > 1 and settings.concurrency > 1:
+            # RABBITMESH_CONCURRENCY and RABBITMESH_PREFETCH bound one trigger's deliveries
+            # for the whole run, as with one process: each worker takes its share (rounded
+            # up), so a hanging subscriber ties up no more than the operator allowed.
+            n = self.worker.count
+            self.settings = settings.model_copy(
+                update={
+                    "concurrency": -(-settings.concurrency // n),
+                    "prefetch": -(-settings.prefetch // n),
+                }
+            )
         self.siblings = (
             Siblings(self.worker.directory / "siblings", self.worker.count, self.worker.index)
             if self.worker is not None

@@ -730,4 +730,6 @@ async def test_delivery_timeout_and_retryafter_flags(start_mesh):
         },
     )
     assert status == 201
-    assert (policy().timeout, policy().retry_after_max) == (None, None)
+    # The trigger's timeout is ignored; the operator's RABBITMESH_DEFAULT_DELIVERY_TIMEOUT still
+    # bounds every attempt (a subscriber that never answers must not hold an event for ever).
+    assert (policy().timeout, policy().retry_after_max) == (300.0, None)
