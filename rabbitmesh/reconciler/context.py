@@ -12,6 +12,7 @@ from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
+from rabbitmesh.dispatch.ordered import Splitter
 from rabbitmesh.dispatch.policy import DeliveryPolicy, seconds
 from rabbitmesh.dispatch.worker import QueueWorker, Subscriber
 from rabbitmesh.reconciler.resolve import resolve
@@ -45,6 +46,10 @@ class Context:
     #: (kind, namespace, name) -> earlier specs from the resource store (newest last), so a
     #: fresh process can undo what an earlier spec did before it started.
     history: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    #: Ordered queues (docs/ordering.md): queue -> its splitter on this replica, and queue ->
+    #: how many partitions it has had in this process (partitions left over keep draining).
+    splitters: dict[str, Splitter] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)
     #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
     sources: SourceManager | None = None
 
@@ -98,9 +103,9 @@ class Context:
             )
             await worker.start()
             self.workers[queue] = worker
-        await self._run_dead_letters(queue, subscriber)
+        await self.run_dead_letters(queue, subscriber)
 
-    async def _run_dead_letters(self, queue: str, subscriber: Subscriber) -> None:
+    async def run_dead_letters(self, queue: str, subscriber: Subscriber) -> None:
         dlq = self.names.dead_letter_queue(queue)
         url = subscriber.policy.dead_letter_url
         if url is None:

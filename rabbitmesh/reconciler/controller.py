@@ -112,5 +112,7 @@ class Controller:
             log.warning("deleting %s %s/%s failed: %s", res.KIND, res.namespace, res.name, e)
 
     async def stop(self) -> None:
+        for queue in list(self.ctx.splitters):  # first: nothing new enters the partitions
+            await self.ctx.splitters.pop(queue).stop(self.ctx.settings.shutdown_timeout)
         for queue in list(self.ctx.workers):
             await self.ctx.stop_queue(queue)

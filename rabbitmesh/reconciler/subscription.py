@@ -13,11 +13,13 @@ from typing import Any
 from rabbitmesh.dispatch.policy import DeliveryPolicy, merge_delivery
 from rabbitmesh.dispatch.worker import ReplyHandler, Subscriber
 from rabbitmesh.ingress.handlers import Target
+from rabbitmesh.reconciler import ordering
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.hosted import exchange_of, exchange_type
 from rabbitmesh.reconciler.replies import ExchangeReplier, QueueReplier
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.resources.messaging import Channel, Subscription
+from rabbitmesh.resources.ordering import partitions
 from rabbitmesh.resources.registry import canonical_kind
 
 KIND = "Subscription"
@@ -44,6 +46,10 @@ class Plan:
     delivery: DeliverySpec
     #: exchanges the queue may still be bound to from an earlier shape of the resource
     unbind_from: tuple[str, ...] = ()
+    #: ordered delivery through this many partitions (docs/ordering.md); None: unordered
+    partitions: int | None = None
+    #: the resource, whose earlier specs may have left partitions (ordered delivery)
+    key: tuple[str, str, str] | None = None
 
 
 @dataclass
@@ -118,7 +124,8 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
         await ctx.stop_queue(queue)
         e.wiring = wiring
         raise
-    await ctx.run_queue(
+    await ordering.deliver(
+        ctx,
         queue,
         Subscriber(
             name=plan.label,
@@ -129,6 +136,8 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
             reply_must_be_event=False,
             drop_attributes=(),
         ),
+        plan.partitions,
+        plan.key,
     )
     return wiring
 
@@ -222,6 +231,8 @@ async def reconcile(ctx: Context, sub: Subscription) -> None:
         reply=spec.reply,
         delivery=merge_delivery(spec.delivery, channel.spec.delivery, channel.template.delivery),
         unbind_from=tuple(x for x in earlier_channels(ctx, sub) if x != exchange),
+        partitions=partitions(sub),
+        key=sub.key,
     )
     try:
         wiring = await wire(ctx, plan)
@@ -234,4 +245,8 @@ async def reconcile(ctx: Context, sub: Subscription) -> None:
 
 
 async def finalize(ctx: Context, sub: Subscription) -> None:
-    await unwire(ctx, ctx.names.subscription_queue(sub.namespace, sub.name))
+    queue = ctx.names.subscription_queue(sub.namespace, sub.name)
+    await ordering.delete_partitions(
+        ctx, queue, max(partitions(sub) or 0, ordering.historic_partitions(ctx, sub.key))
+    )
+    await unwire(ctx, queue)

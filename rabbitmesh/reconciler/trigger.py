@@ -10,9 +10,11 @@ from rabbitmesh.dispatch.policy import merge_delivery
 from rabbitmesh.dispatch.worker import Subscriber, now_rfc3339
 from rabbitmesh.filters import binding_keys, compile_trigger_filter
 from rabbitmesh.filters.bindings import routing_key_for_type
+from rabbitmesh.reconciler import ordering
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.resources.eventing import Broker, Trigger, TriggerSpec
+from rabbitmesh.resources.ordering import partitions
 
 log = logging.getLogger("rabbitmesh.trigger")
 
@@ -110,7 +112,8 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
 
     url = ctx.resolve(spec.subscriber, ns)
     policy = ctx.policy(merge_delivery(spec.delivery, broker.spec.delivery, *defaults(ctx)), ns)
-    await ctx.run_queue(
+    await ordering.deliver(
+        ctx,
         queue,
         Subscriber(
             name=f"trigger={ns}/{trigger.name}",
@@ -121,6 +124,8 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
             on_reply=BrokerReplier(ctx, broker, exchange, f"trigger={ns}/{trigger.name}"),
             reply_must_be_event=True,
         ),
+        partitions(trigger),
+        trigger.key,
     )
     extra = trigger.status.model_extra
     assert extra is not None
@@ -133,4 +138,8 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
 
 
 async def finalize(ctx: Context, trigger: Trigger) -> None:
-    await ctx.delete_queue(ctx.names.trigger_queue(trigger.namespace, trigger.name))
+    queue = ctx.names.trigger_queue(trigger.namespace, trigger.name)
+    await ordering.delete_partitions(
+        ctx, queue, max(partitions(trigger) or 0, ordering.historic_partitions(ctx, trigger.key))
+    )
+    await ctx.delete_queue(queue)

@@ -9,6 +9,7 @@ from pydantic import Field
 from rabbitmesh.filters import FilterError, compile_trigger_filter
 from rabbitmesh.resources.base import DNS1123_SUBDOMAIN, FieldError, Model, Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination, KReference
+from rabbitmesh.resources.ordering import partitions
 from rabbitmesh.resources.registry import register
 
 
@@ -62,6 +63,7 @@ class Trigger(Resource):
     spec: TriggerSpec
 
     def check(self) -> None:
+        partitions(self)  # the ordering annotations (docs/ordering.md)
         attrs = self.spec.filter.attributes if self.spec.filter else {}
         try:  # also checks the names in filter.attributes (^[a-z][a-z0-9]*$)
             compile_trigger_filter(attrs, self.spec.filters)

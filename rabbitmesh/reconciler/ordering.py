@@ -1,0 +1,108 @@
+"""Wiring a Trigger's or Subscription's queue for ordered or unordered delivery.
+
+Ordered (docs/ordering.md): the queue is split into `{queue}:p0..p{N-1}` by a Splitter, and
+each partition is delivered by an OrderedWorker. Partitions left from an earlier, larger N
+(or from before the resource became unordered) keep being delivered, in order, until the
+resource is deleted: nothing that waits in them is stranded.
+"""
+
+from __future__ import annotations
+
+from rabbitmesh.dispatch.ordered import OrderedWorker, Splitter
+from rabbitmesh.dispatch.worker import Subscriber
+from rabbitmesh.reconciler.context import Context
+from rabbitmesh.resources.ordering import (
+    DEFAULT_PARTITIONS,
+    MAX_PARTITIONS,
+    ORDER_ANNOTATION,
+    PARTITIONS_ANNOTATION,
+)
+
+
+async def deliver(
+    ctx: Context,
+    queue: str,
+    subscriber: Subscriber,
+    partitions: int | None,
+    key: tuple[str, str, str] | None = None,
+) -> None:
+    """Deliver `queue` to `subscriber`, ordered through `partitions` partitions or not;
+    `key`: the resource, whose earlier specs may have left partitions to drain."""
+    dlq = ctx.names.dead_letter_queue(queue)
+    earlier = (
+        historic_partitions(ctx, key) if key is not None and queue not in ctx.partitions else 0
+    )
+    known = max(ctx.partitions.get(queue, 0), partitions or 0, earlier)
+    for i in range(partitions or 0):
+        await ctx.topology.declare_partition_queue(ctx.names.partition_queue(queue, i), dlq)
+    ctx.partitions[queue] = known
+    if partitions is None:
+        await stop_splitter(ctx, queue)
+        await ctx.run_queue(queue, subscriber)
+    else:
+        await ctx.stop_queue(queue)  # the unordered worker, if it was unordered until now
+        await ctx.run_dead_letters(queue, subscriber)
+    if not ctx.run_dispatchers:
+        return
+    for i in range(known):
+        await _run_partition(ctx, ctx.names.partition_queue(queue, i), dlq, subscriber)
+    if partitions is not None:
+        wanted = [ctx.names.partition_queue(queue, i) for i in range(partitions)]
+        splitter = ctx.splitters.get(queue)
+        if splitter is not None and splitter.partitions != wanted:
+            await stop_splitter(ctx, queue)
+            splitter = None
+        if splitter is None:
+            splitter = Splitter(
+                queue=queue, partitions=wanted, consumer=ctx.consumer, publisher=ctx.publisher
+            )
+            await splitter.start()
+            ctx.splitters[queue] = splitter
+
+
+async def _run_partition(ctx: Context, queue: str, dlq: str, subscriber: Subscriber) -> None:
+    worker = ctx.workers.get(queue)
+    if worker is not None:
+        worker.subscriber = subscriber
+        return
+    worker = OrderedWorker(
+        queue=queue,
+        dead_letter_queue=dlq,
+        subscriber=subscriber,
+        consumer=ctx.consumer,
+        publisher=ctx.publisher,
+        topology=ctx.topology,
+        names=ctx.names,
+        session=ctx.session,
+    )
+    await worker.start()
+    ctx.workers[queue] = worker
+
+
+async def stop_splitter(ctx: Context, queue: str) -> None:
+    splitter = ctx.splitters.pop(queue, None)
+    if splitter is not None:
+        await splitter.stop(ctx.settings.shutdown_timeout)
+
+
+async def delete_partitions(ctx: Context, queue: str, at_least: int = 0) -> None:
+    """Stop and delete every partition of `queue` this process knows of (or `at_least`)."""
+    await stop_splitter(ctx, queue)
+    for i in range(max(ctx.partitions.pop(queue, 0), at_least)):
+        name = ctx.names.partition_queue(queue, i)
+        await ctx.stop_queue(name)
+        await ctx.topology.delete_queue(name)
+
+
+def historic_partitions(ctx: Context, key: tuple[str, str, str]) -> int:
+    """The most partitions earlier specs of this resource asked for (the resource store
+    remembers them), so a fresh process still drains and deletes all of them."""
+    most = 0
+    for old in ctx.history.get(key, []):
+        annotations = (old.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(ORDER_ANNOTATION) != "ordered":
+            continue
+        raw = str(annotations.get(PARTITIONS_ANNOTATION, DEFAULT_PARTITIONS)).strip()
+        if raw.isdigit() and 1 <= int(raw) <= MAX_PARTITIONS:
+            most = max(most, int(raw))
+    return most
