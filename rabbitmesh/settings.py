@@ -172,6 +172,13 @@ class Settings(BaseSettings):
         description="Dead-letter sink URL of triggers whose trigger and broker set none "
         "(config-br-defaults' delivery.deadLetterSink).",
     )
+    dead_letter_retention: str = Field(
+        "P7D",
+        description="How long (ISO-8601) events that failed for good are kept in their "
+        "trigger's or subscription's dead-letter store for `rabbitmesh deadletter list` and "
+        "`redrive` when no dead-letter sink took them; PT0S drops them, as Knative does "
+        "(docs/delivery.md).",
+    )
 
     # Control plane: the resource store and the EventType registry.
     store_max_bytes: int = Field(
@@ -271,7 +278,7 @@ class Settings(BaseSettings):
         shlex.split(v)  # ValueError (unbalanced quotes) names the variable
         return v
 
-    @field_validator("default_backoff_delay")
+    @field_validator("default_backoff_delay", "dead_letter_retention")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
@@ -320,6 +327,11 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         scheme = "https" if self.tls_cert_file is not None else "http"
         return self.public_url or f"{scheme}://localhost:{self.http_port}"
+
+    @property
+    def dead_letter_retention_seconds(self) -> int:
+        """0: dead letters without a sink are dropped (Knative's behaviour)."""
+        return int(parse_duration(self.dead_letter_retention).total_seconds())
 
     @property
     def default_backoff(self) -> timedelta:

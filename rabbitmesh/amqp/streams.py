@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -22,14 +23,22 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.messages import raw_message
 
 log = logging.getLogger("rabbitmesh.streams")
 
 #: A stream consumer needs a prefetch; acks only move the window on.
 READ_PREFETCH = 500
-#: A reader that waited this long for the next message of a snapshot gives up (the stream's
-#: head was cut by retention meanwhile, so the last offset will never come).
+#: A reader that waited this long for the next message gives up (RabbitMQ is away).
 READ_IDLE_TIMEOUT = 5.0
+
+
+#: On an end marker (see append_marker); readers skip every message that has it.
+MARKER_HEADER = "x-rabbitmesh-marker"
+
+
+class StreamReadTimeout(Exception):
+    """A reader waited READ_IDLE_TIMEOUT for the next message (RabbitMQ away)."""
 
 
 class StreamArgumentsDiffer(Exception):
@@ -59,36 +68,43 @@ async def delete_stream(client: AmqpClient, name: str) -> None:
             await ch.close()
 
 
-async def stream_length(client: AmqpClient, name: str) -> int | None:
-    """How many messages the stream holds now; None when it does not exist."""
+async def exists(client: AmqpClient, name: str) -> bool:
     ch = await client.channel()
     try:
-        q = await ch.declare_queue(name, passive=True)
-        return int(q.declaration_result.message_count or 0)
+        await ch.declare_queue(name, passive=True)
+        return True
     except aio_pika.exceptions.ChannelNotFoundEntity:
-        return None
+        return False
     finally:
         with contextlib.suppress(Exception):
             await ch.close()
 
 
+async def append_marker(client: AmqpClient, name: str) -> str:
+    """Append an end marker (confirmed) and return its id. RabbitMQ offers no exact "last
+    offset now" over AMQP (a stream's message count lags behind), so a reader that must read
+    *everything up to now* appends a marker and reads until it comes by; readers skip them."""
+    marker = uuid.uuid4().hex
+    await client.publish("", name, raw_message(b"", {MARKER_HEADER: marker}), mandatory=True)
+    return marker
+
+
+def is_marker(msg: AbstractIncomingMessage) -> bool:
+    return MARKER_HEADER in (msg.headers or {})
+
+
 async def read_stream(
     client: AmqpClient,
     name: str,
-    start: str | int | datetime = "first",
-    *,
-    end_offset: int | None = None,
-) -> AsyncIterator[AbstractIncomingMessage]:
-    """The stream's messages from `start`, in order, up to and including `end_offset`; with
-    no `end_offset`, up to what the stream held when reading began (a snapshot).
+    start: str | int | datetime,
+    until_marker: str,
+) -> AsyncIterator[tuple[int, AbstractIncomingMessage]]:
+    """(offset, message) from `start`, in stream order, until the marker `until_marker`
+    (not yielded; other markers are skipped).
 
     A timestamp start begins at the chunk that holds it: messages a little older may come
     first, and callers that need exact times check each message's own.
     """
-    if end_offset is None:
-        end_offset = await last_offset(client, name)
-        if end_offset is None:
-            return
     ch = await client.channel(prefetch=READ_PREFETCH)
     inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     try:
@@ -99,39 +115,19 @@ async def read_stream(
             try:
                 msg = await asyncio.wait_for(inbox.get(), READ_IDLE_TIMEOUT)
             except TimeoutError:
-                return
-            offset = (msg.headers or {}).get("x-stream-offset")
+                raise StreamReadTimeout(f"{name}: no message for {READ_IDLE_TIMEOUT}s") from None
             seen += 1
             if seen % (READ_PREFETCH // 2) == 0:
                 await msg.ack(multiple=True)
-            if not isinstance(offset, int):
+            headers = msg.headers or {}
+            marker = headers.get(MARKER_HEADER)
+            if marker is not None:
+                if (marker.decode() if isinstance(marker, bytes) else marker) == until_marker:
+                    return
                 continue
-            if offset > end_offset:
-                return
-            yield msg
-            if offset >= end_offset:
-                return
-    finally:
-        with contextlib.suppress(Exception):
-            await ch.close()
-
-
-async def last_offset(client: AmqpClient, name: str) -> int | None:
-    """The offset of the stream's newest message now; None when it is empty."""
-    ch = await client.channel(prefetch=1)
-    inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    try:
-        q = await ch.declare_queue(name, passive=True)
-        count = int(q.declaration_result.message_count or 0)
-        if count == 0:
-            return None
-        await q.consume(inbox.put, arguments={"x-stream-offset": "first"})
-        try:
-            msg = await asyncio.wait_for(inbox.get(), READ_IDLE_TIMEOUT)
-        except TimeoutError:
-            return None
-        first = (msg.headers or {}).get("x-stream-offset")
-        return first + count - 1 if isinstance(first, int) else None
+            offset = headers.get("x-stream-offset")
+            if isinstance(offset, int):
+                yield offset, msg
     finally:
         with contextlib.suppress(Exception):
             await ch.close()

@@ -7,6 +7,7 @@ import click
 from rabbitmesh import __version__
 from rabbitmesh.cli.broker import broker
 from rabbitmesh.cli.channel import channel
+from rabbitmesh.cli.deadletter import deadletter
 from rabbitmesh.cli.eventtype import eventtype
 from rabbitmesh.cli.manifests import apply, delete, get, patch
 from rabbitmesh.cli.run import run
@@ -45,6 +46,7 @@ _API_COMMANDS = (
     source,
     sinkbinding,
     eventtype,
+    deadletter,
 )
 for _command in (*_API_COMMANDS, send):
     cli.add_command(_command)

@@ -33,7 +33,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
 from rabbitmesh.amqp.client import AmqpClient, UnpublishableMessage
-from rabbitmesh.amqp.messages import raw_message, to_message
+from rabbitmesh.amqp.messages import ATTEMPTS_HEADER, raw_message, to_message
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
 from rabbitmesh.dispatch.sender import Outcome
@@ -229,17 +229,14 @@ class OrderedWorker(QueueWorker):
         # Exhausted or not retryable: the parent's dead-letter path (retries_left is False).
         await super()._failed(msg, event, outcome, retries)
 
-    async def _publish_dead_letter(self, dead: CloudEvent) -> None:
+    async def _publish_dead_letter(self, dead: CloudEvent, attempts: int = 0) -> None:
+        dlq, extra = self.dead_letter_queue, {ATTEMPTS_HEADER: attempts}
         try:
-            await self.publisher.publish(
-                "", self.dead_letter_queue, to_message(dead), mandatory=True
-            )
+            await self.publisher.publish("", dlq, to_message(dead, extra), mandatory=True)
         except UnpublishableMessage:
             if dead.attributes.pop("knativeerrordata", None) is None:
                 raise
-            await self.publisher.publish(
-                "", self.dead_letter_queue, to_message(dead), mandatory=True
-            )
+            await self.publisher.publish("", dlq, to_message(dead, extra), mandatory=True)
 
 
 async def _nack(msg: AbstractIncomingMessage) -> None:

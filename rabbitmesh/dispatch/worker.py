@@ -40,7 +40,13 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 
 from rabbitmesh import metrics, telemetry
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed, UnpublishableMessage
-from rabbitmesh.amqp.messages import RETRIES_HEADER, Outgoing, raw_message, to_message
+from rabbitmesh.amqp.messages import (
+    ATTEMPTS_HEADER,
+    RETRIES_HEADER,
+    Outgoing,
+    raw_message,
+    to_message,
+)
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.topology import DELAY_HEADER, Topology
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
@@ -97,6 +103,9 @@ class Subscriber:
     on_reply: ReplyHandler | None = None
     reply_must_be_event: bool = True
     drop_attributes: tuple[str, ...] = ("knativebrokerttl",)
+    #: With no dead-letter sink, keep final failures in the `:dlq` (whence the dead-letter
+    #: store takes them, docs/delivery.md) instead of dropping them as Knative does.
+    keep_dead_letters: bool = False
 
 
 @dataclass
@@ -367,7 +376,7 @@ class QueueWorker:
         if self.mode == "dead-letter":
             await self._park(msg, f"dead-letter sink {sub.url} refused it: {outcome.error}")
             return
-        if sub.policy.dead_letter_url is None:
+        if sub.policy.dead_letter_url is None and not sub.keep_dead_letters:
             _log_final(event, sub, attempt, outcome, why, "no dead-letter sink, event dropped")
             self.stats.dropped += 1
             metrics.dropped.labels(sub.name).inc()
@@ -381,7 +390,7 @@ class QueueWorker:
                 :ERROR_DATA_LIMIT
             ]
         try:
-            await self._publish_dead_letter(dead)
+            await self._publish_dead_letter(dead, attempt)
         except UnpublishableMessage as e:
             # Even without knativeerrordata it does not fit: let RabbitMQ dead-letter the
             # message as it came (it moves it internally, no frame limit on the way).
@@ -411,16 +420,17 @@ class QueueWorker:
         metrics.dead_lettered.labels(sub.name).inc()
         await msg.ack()
 
-    async def _publish_dead_letter(self, dead: CloudEvent) -> None:
+    async def _publish_dead_letter(self, dead: CloudEvent, attempts: int = 0) -> None:
         """Publish to this queue's `:dlq`; if the error data tips it over the limits, again
         without it (knativeerrordest and knativeerrorcode are short)."""
         queue = self.names.dead_letter_queue(self.queue_name)
+        extra = {ATTEMPTS_HEADER: attempts}
         try:
-            await self.publisher.publish("", queue, to_message(dead), mandatory=True)
+            await self.publisher.publish("", queue, to_message(dead, extra), mandatory=True)
         except UnpublishableMessage:
             if dead.attributes.pop("knativeerrordata", None) is None:
                 raise
-            await self.publisher.publish("", queue, to_message(dead), mandatory=True)
+            await self.publisher.publish("", queue, to_message(dead, extra), mandatory=True)
 
     async def _guard(self, msg: AbstractIncomingMessage, exc: Exception) -> None:
         """The redelivery guard: an unexpected exception while handling `msg`.
