@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         description="Dead-letter sink URL of triggers whose trigger and broker set none "
         "(config-br-defaults' delivery.deadLetterSink).",
     )
+    replay_rate: float = Field(
+        500.0,
+        gt=0,
+        description="Events per second one Replay sends at most, so live traffic keeps "
+        "flowing while it runs (docs/replay.md).",
+    )
     dead_letter_retention: str = Field(
         "P7D",
         description="How long (ISO-8601) events that failed for good are kept in their "

@@ -10,6 +10,7 @@ from rabbitmesh.cli.channel import channel
 from rabbitmesh.cli.deadletter import deadletter
 from rabbitmesh.cli.eventtype import eventtype
 from rabbitmesh.cli.manifests import apply, delete, get, patch
+from rabbitmesh.cli.replay import replay
 from rabbitmesh.cli.run import run
 from rabbitmesh.cli.send import send
 from rabbitmesh.cli.sinkbinding import sinkbinding
@@ -47,6 +48,7 @@ _API_COMMANDS = (
     sinkbinding,
     eventtype,
     deadletter,
+    replay,
 )
 for _command in (*_API_COMMANDS, send):
     cli.add_command(_command)

@@ -97,15 +97,21 @@ class Splitter:
         self._task: asyncio.Task[None] | None = None
         self._channel: AbstractRobustChannel | None = None
         self._round_robin = 0
+        self._stopping = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"split {self.queue}")
 
     async def stop(self, timeout: float) -> None:
+        """Finish the batch in hand (bounded by `timeout`), so a graceful stop duplicates
+        nothing; then hand the rest back."""
+        self._stopping = True
         if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._task, timeout)
+                await self._task
         await self._close()
 
     async def _close(self) -> None:
@@ -115,7 +121,7 @@ class Splitter:
                 await ch.close()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
             try:
                 self._channel = await self.consumer.channel(prefetch=SPLIT_PREFETCH)
@@ -142,7 +148,7 @@ class Splitter:
             await asyncio.sleep(STANDBY_RETRY)
 
     async def _move(self, inbox: asyncio.Queue[AbstractIncomingMessage]) -> None:
-        while True:
+        while not self._stopping:
             try:
                 first = await asyncio.wait_for(inbox.get(), STANDBY_RETRY)
             except TimeoutError:

@@ -15,6 +15,7 @@ from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.dispatch.deadletters import DeadLetterKeeper, SinkWorker, declare_store
 from rabbitmesh.dispatch.ordered import Splitter
 from rabbitmesh.dispatch.policy import DeliveryPolicy, seconds
+from rabbitmesh.dispatch.replay import ReplayRunner
 from rabbitmesh.dispatch.worker import QueueWorker, Subscriber
 from rabbitmesh.reconciler.resolve import resolve
 from rabbitmesh.resources.base import Resource
@@ -51,6 +52,8 @@ class Context:
     #: how many partitions it has had in this process (partitions left over keep draining).
     splitters: dict[str, Splitter] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)
+    #: Replays running (or standing by) on this replica, by resource key (docs/replay.md).
+    replays: dict[tuple[str, str, str], ReplayRunner] = field(default_factory=dict)
     #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
     sources: SourceManager | None = None
 

@@ -15,6 +15,7 @@ from rabbitmesh.reconciler import (
     channel,
     eventtype,
     parallel,
+    replay,
     sequence,
     sources,
     subscription,
@@ -27,7 +28,8 @@ log = logging.getLogger("rabbitmesh.reconciler")
 
 #: kind -> its reconciler module (KIND, ORDER, reconcile(ctx, res), finalize(ctx, res)).
 RECONCILERS: dict[str, ModuleType] = {
-    m.KIND: m for m in (broker, trigger, channel, subscription, sequence, parallel, eventtype)
+    m.KIND: m
+    for m in (broker, trigger, channel, subscription, sequence, parallel, eventtype, replay)
 }
 #: One module reconciles every source kind (their status; they have no topology).
 RECONCILERS.update(dict.fromkeys(sources.KINDS, sources))
@@ -112,6 +114,8 @@ class Controller:
             log.warning("deleting %s %s/%s failed: %s", res.KIND, res.namespace, res.name, e)
 
     async def stop(self) -> None:
+        for key in list(self.ctx.replays):
+            await self.ctx.replays.pop(key).stop()
         for queue in list(self.ctx.splitters):  # first: nothing new enters the partitions
             await self.ctx.splitters.pop(queue).stop(self.ctx.settings.shutdown_timeout)
         for queue in list(self.ctx.workers):

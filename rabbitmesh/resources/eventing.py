@@ -11,6 +11,7 @@ from rabbitmesh.resources.base import DNS1123_SUBDOMAIN, FieldError, Model, Reso
 from rabbitmesh.resources.duck import DeliverySpec, Destination, KReference
 from rabbitmesh.resources.ordering import partitions
 from rabbitmesh.resources.registry import register
+from rabbitmesh.resources.replay import archive_limits
 
 
 class BrokerSpec(Model):
@@ -30,6 +31,7 @@ class Broker(Resource):
 
     def check(self) -> None:
         self.ingress_token_secret()
+        archive_limits(self)  # the archive annotations (docs/replay.md)
 
     def ingress_token_secret(self) -> tuple[str, str] | None:
         """(Secret name, key) of the ingress tokens, None when the ingress is open."""

@@ -6,5 +6,6 @@ from rabbitmesh.resources import (
     eventtypes,  # noqa: F401
     flows,  # noqa: F401
     messaging,  # noqa: F401
+    replay,  # noqa: F401
     sources,  # noqa: F401
 )
