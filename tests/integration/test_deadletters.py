@@ -182,3 +182,39 @@ async def test_bad_redrive_requests_are_refused_naming_the_field(start_mesh, mak
     assert status == 404
     run = await rabbitmesh("deadletter", "redrive", "--trigger", "tr", server=mesh.url)
     assert run.code != 0 and "--id" in run.err
+
+
+async def test_a_web_page_or_a_tokenless_client_cannot_redrive_or_purge(start_mesh, make_sink):
+    """Attack test (docs/security.md): redrive and purge are changes; the admin API's rules
+    hold for them. The dead letter stays listed after every refused attempt."""
+    import aiohttp
+
+    sink = await make_sink(lambda r, i: Reply(500))
+    mesh = await start_mesh(manifests(sink.url, "retry: 0"), admin_token="t0k")
+    status, _ = await post_binary(mesh.url + "/default/br", id_="kept")
+    assert status == 202
+    url = mesh.url + TRIGGER_PATH
+    await eventually(lambda: _count(listed(mesh.url), 1), timeout=20, what="one dead letter")
+    async with aiohttp.ClientSession() as s:
+        for action in ("redrive", "purge"):
+            attempts = [
+                ({"Content-Type": "text/plain"}, 415),  # a form post from any web page
+                ({"Content-Type": "application/json", "Origin": "http://evil.example"}, 403),
+                ({"Content-Type": "application/json"}, 401),  # no token
+                ({"Content-Type": "application/json", "Authorization": "Bearer nope"}, 401),
+            ]
+            for headers, expected in attempts:
+                async with s.post(f"{url}/{action}", data=b'{"all": true}', headers=headers) as r:
+                    assert r.status == expected, (action, headers, await r.text())
+    assert [i["id"] for i in await listed(mesh.url)] == ["kept"]
+    run = await rabbitmesh(
+        "deadletter",
+        "purge",
+        "--trigger",
+        "tr",
+        "--all",
+        server=mesh.url,
+        RABBITMESH_ADMIN_TOKEN="t0k",
+    )
+    assert run.code == 0, run
+    assert await listed(mesh.url) == []

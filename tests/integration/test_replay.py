@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -180,11 +181,14 @@ async def test_replay_resumes_without_duplicates_after_a_restart(tmp_path, prefi
         tr["metadata"]["annotations"] = ORDERED_ONE_LANE
         status, body = await call("POST", a.url + TRIGGERS.format(ns="default"), tr)
         assert status == 201, body
+        started = time.monotonic()
         status, body = await call(
             "POST", a.url + REPLAYS, replay_manifest("slow", before, trigger="late")
         )
         assert status == 201, body
         await sink.wait_for(15, timeout=30)
+        # Paced (attack test, docs/security.md): at 20/s, 15 events cannot all come at once.
+        assert time.monotonic() - started >= 0.5
         a.signal(sig)
         await a.wait()
         at_stop = len(sink.received)
