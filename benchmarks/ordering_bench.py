@@ -30,7 +30,6 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -83,7 +82,7 @@ spec:
 
     ordered = '"rabbitmesh.dev/delivery-order": ordered, "rabbitmesh.dev/partitions": "8"'
     return (
-        'apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b, annotations: '
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b, annotations: "
         '{"rabbitmesh.dev/archive-retention": "P1D"}}\n'
         + trig("plain", "bench.plain", "")
         + trig("ordered", "bench.ordered", ordered)
@@ -144,7 +143,7 @@ async def main() -> None:
         "RABBITMESH_REPLAY_RATE": "1000000",
         "RABBITMESH_LOG_LEVEL": "warning",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "rabbitmesh", "run"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "rabbitmesh", "run"], env=env)  # noqa: ASYNC220
     base = f"http://127.0.0.1:{port}"
     results: dict[str, list[float]] = {"plain": [], "ordered": []}
     try:
@@ -206,15 +205,34 @@ async def main() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         await runner.cleanup()
-        subprocess.run(
-            ["rabbitmqctl", "-n", os.environ.get("RABBITMESH_TEST_RABBITMQ_NODE", "rabbit@localhost"),
-             "eval", f'[rabbit_amqqueue:delete(Q, false, false, <<"bench">>) || Q <- rabbit_amqqueue:list(), binary:match(element(4, amqqueue:get_name(Q)), <<"{prefix}">>) =/= nomatch].'],  # noqa: E501
-            capture_output=True,
-            check=False,
-        )
+        await cleanup(prefix)
 
 
-def _unused(_: Any) -> None: ...
+async def cleanup(prefix: str) -> None:
+    """Delete this run's queues and exchanges (names from rabbitmqctl, deletes over AMQP)."""
+    import aio_pika
+
+    node = os.environ.get("RABBITMESH_TEST_RABBITMQ_NODE")
+    ctl = ["rabbitmqctl", *(["-n", node] if node else [])]
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        for what in ("queues", "exchanges"):
+            out = subprocess.run(  # noqa: ASYNC221
+                [*ctl, f"list_{what}", "-q", "--no-table-headers", "name"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            for name in (n.strip() for n in out.splitlines()):
+                if name.startswith(prefix):
+                    ch = await conn.channel()
+                    if what == "queues":
+                        await ch.queue_delete(name)
+                    else:
+                        await ch.exchange_delete(name)
+                    await ch.close()
+    finally:
+        await conn.close()
 
 
 if __name__ == "__main__":

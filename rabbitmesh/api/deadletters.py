@@ -20,7 +20,7 @@ from rabbitmesh.amqp.client import PublishFailed
 from rabbitmesh.api.errors import ApiError
 from rabbitmesh.api.objects import resolve_kind
 from rabbitmesh.controlplane import ControlPlane
-from rabbitmesh.dispatch.deadletters import list_dead_letters, purge, redrive
+from rabbitmesh.dispatch.deadletter_store import list_dead_letters, purge, redrive
 from rabbitmesh.http_input import BodyError, read_body
 
 #: A redrive or purge body: ids are event ids, so this is plenty.

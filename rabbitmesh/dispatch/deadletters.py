@@ -1,267 +1,37 @@
-"""Dead letters you can see and send again (docs/delivery.md, "Dead-letter store").
-
-Every trigger and subscription has a dead-letter store, `{queue}:dls`: a RabbitMQ stream with
-`x-max-age` = RABBITMESH_DEAD_LETTER_RETENTION. It holds
-- events that failed for good with no dead-letter sink (Knative drops them): they reach the
-  `:dlq` as with a sink, and a `DeadLetterKeeper` appends each to the store, then acks;
-- events the dead-letter sink refused for good (a 4xx it will never take): the sink's worker
-  (`SinkWorker`) appends them to the store where it used to park them.
-
-Because the store is a stream, listing reads a copy: it never removes or reorders anything
-(it appends an end marker, to know where "now" is; markers are not dead letters).
-Redrive and purge cannot delete from a stream either; they append a *tombstone* record naming
-the event ids (or "all") it settles, and a listing leaves out every entry that a later
-tombstone settled. An event dead-lettered again after a redrive is a new entry after the
-tombstone, so it is listed again. Retention drops old entries and tombstones together.
-"""
+"""The dead-letter sink's worker that keeps what the sink refuses for good in the dead-letter
+store (rabbitmesh/dispatch/deadletter_store.py, docs/delivery.md)."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import contextlib
 import logging
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from rabbitmesh import metrics
-from rabbitmesh.amqp.client import AmqpClient, PublishFailed, UnpublishableMessage
-from rabbitmesh.amqp.messages import ATTEMPTS_HEADER, RETRIES_HEADER, raw_message
-from rabbitmesh.amqp.streams import (
-    StreamArgumentsDiffer,
-    append_marker,
-    declare_stream,
-    exists,
-    read_stream,
-)
-from rabbitmesh.dispatch.worker import REQUEUE_PAUSE, QueueWorker
+from rabbitmesh.amqp.client import PublishFailed, UnpublishableMessage
+from rabbitmesh.dispatch.deadletter_store import keep, store_copy
+from rabbitmesh.dispatch.worker import QueueWorker
 
 log = logging.getLogger("rabbitmesh.deadletters")
-
-#: When the event failed for good (milliseconds since the epoch), on every store entry.
-DEAD_AT_HEADER = "x-rabbitmesh-dead-at"
-#: Why a dead-letter sink refused it, on entries the sink refused.
-REASON_HEADER = "x-rabbitmesh-dead-reason"
-#: On a tombstone: "redriven" or "purged"; its body is {"ids": [...]} or {"all": true}.
-TOMBSTONE_HEADER = "x-rabbitmesh-dls-settled"
-#: Headers a redriven event leaves behind: the old attempt's bookkeeping.
-_BOOKKEEPING = (
-    DEAD_AT_HEADER,
-    REASON_HEADER,
-    ATTEMPTS_HEADER,
-    RETRIES_HEADER,
-    "x-stream-offset",
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-rabbitmesh-parked-from",
-    "x-rabbitmesh-parked-reason",
-    "x-rabbitmesh-parked-at",
-)
-_ERROR_ATTRIBUTES = ("knativeerrordest", "knativeerrorcode", "knativeerrordata")
-
-
-def retention_arguments(seconds: int) -> dict[str, Any]:
-    return {"x-max-age": f"{seconds}s"}
-
-
-async def declare_store(client: AmqpClient, store: str, retention_seconds: int) -> None:
-    """Declare the store; one declared with another retention is kept as it is (a stream's
-    arguments cannot change; docs/delivery.md says how to apply a new retention)."""
-    try:
-        await declare_stream(client, store, retention_arguments(retention_seconds))
-    except StreamArgumentsDiffer as e:
-        log.warning("dead-letter store %s keeps its earlier retention (%s)", store, e)
-
-
-def _store_copy(msg: AbstractIncomingMessage, reason: str | None = None) -> Any:
-    headers = dict(msg.headers or {})
-    headers.setdefault(DEAD_AT_HEADER, int(time.time() * 1000))
-    if reason is not None:
-        headers[REASON_HEADER] = reason[:1000]
-    return raw_message(msg.body, headers, msg.content_type, msg.message_id)
-
-
-class DeadLetterKeeper(QueueWorker):
-    """Consumes a `:dlq` that has no dead-letter sink into its dead-letter store."""
-
-    def __init__(self, *, store: str, **kwargs: Any) -> None:
-        super().__init__(mode="dead-letter", **kwargs)
-        self.store = store
-
-    async def _handle(self, msg: AbstractIncomingMessage) -> None:
-        try:
-            await self.publisher.publish("", self.store, _store_copy(msg), mandatory=True)
-        except UnpublishableMessage as e:  # cannot be: it fitted into the :dlq as it is
-            await self._park(msg, f"cannot be kept in {self.store}: {e}")
-            return
-        except PublishFailed as e:
-            self._transient_log("dead letter %s not kept yet (%s)", msg.message_id, e, extra={})
-            await asyncio.sleep(REQUEUE_PAUSE)
-            with contextlib.suppress(Exception):
-                await msg.nack(requeue=True)
-            return
-        metrics.dead_letters_kept.labels(self.subscriber.name).inc()
-        await msg.ack()
 
 
 class SinkWorker(QueueWorker):
     """Delivers a `:dlq` to its dead-letter sink; what the sink refuses for good (and what
     is no CloudEvent at all) goes to the dead-letter store instead of the parked queue."""
 
-    def __init__(self, *, store: str, **kwargs: Any) -> None:
+    def __init__(self, *, store: str, retention_seconds: int, **kwargs: Any) -> None:
         super().__init__(mode="dead-letter", **kwargs)
         self.store = store
+        self.retention_seconds = retention_seconds
 
     async def _park(self, msg: AbstractIncomingMessage, why: str) -> None:
         try:
-            await self.publisher.publish("", self.store, _store_copy(msg, why), mandatory=True)
+            copy = store_copy(msg, why)
+            await keep(
+                self.publisher, self.store, self.retention_seconds, copy, self.subscriber.name
+            )
         except (UnpublishableMessage, PublishFailed):
             await super()._park(msg, why)  # parked, or handed back to RabbitMQ
             return
         log.warning("dead letter %s kept in %s: %s", msg.message_id, self.store, why)
-        metrics.dead_letters_kept.labels(self.subscriber.name).inc()
         await msg.ack()
-
-
-# --- reading, redrive, purge -----------------------------------------------------------------
-
-
-@dataclass
-class DeadLetter:
-    offset: int
-    id: str
-    type: str | None
-    source: str | None
-    failed_at: str | None
-    error_code: str | None
-    error_data: str | None
-    attempts: int | None
-    reason: str | None
-    headers: dict[str, Any] = field(repr=False)
-    body: bytes = field(repr=False)
-    content_type: str | None = field(repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        """What `rabbitmesh deadletter list -o json` shows of it."""
-        return {
-            "id": self.id,
-            "type": self.type,
-            "source": self.source,
-            "failedAt": self.failed_at,
-            "knativeerrorcode": self.error_code,
-            "knativeerrordata": self.error_data,
-            "attempts": self.attempts,
-            "reason": self.reason,
-            "offset": self.offset,
-        }
-
-
-def _text(v: Any) -> str | None:
-    if v is None:
-        return None
-    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-
-
-def _decoded(data: str | None) -> str | None:
-    """knativeerrordata is base64 of the subscriber's response: shown decoded (as text)."""
-    if data is None:
-        return None
-    try:
-        return base64.b64decode(data, validate=True).decode(errors="replace")
-    except (binascii.Error, ValueError):
-        return data
-
-
-def _entry(offset: int, msg: AbstractIncomingMessage) -> DeadLetter:
-    h = dict(msg.headers or {})
-    dead_at = h.get(DEAD_AT_HEADER)
-    failed = (
-        datetime.fromtimestamp(dead_at / 1000, UTC).isoformat(timespec="milliseconds")
-        if isinstance(dead_at, int)
-        else None
-    )
-    attempts = h.get(ATTEMPTS_HEADER)
-    return DeadLetter(
-        offset=offset,
-        id=_text(h.get("ce-id")) or _text(msg.message_id) or "",
-        type=_text(h.get("ce-type")),
-        source=_text(h.get("ce-source")),
-        failed_at=failed.replace("+00:00", "Z") if failed else None,
-        error_code=_text(h.get("ce-knativeerrorcode")),
-        error_data=_decoded(_text(h.get("ce-knativeerrordata"))),
-        attempts=attempts if isinstance(attempts, int) and attempts > 0 else None,
-        reason=_text(h.get(REASON_HEADER)),
-        headers=h,
-        body=msg.body,
-        content_type=msg.content_type,
-    )
-
-
-async def list_dead_letters(client: AmqpClient, store: str) -> list[DeadLetter]:
-    """The store's unsettled entries, oldest first; reads a snapshot, changes nothing."""
-    if not await exists(client, store):
-        return []
-    entries: list[DeadLetter] = []
-    marker = await append_marker(client, store)
-    async for offset, msg in read_stream(client, store, "first", marker):
-        settled = (msg.headers or {}).get(TOMBSTONE_HEADER)
-        if settled is not None:
-            try:
-                what = orjson.loads(msg.body)
-            except orjson.JSONDecodeError:
-                continue
-            ids = set(what.get("ids") or [])
-            entries = [e for e in entries if e.id not in ids]
-            continue
-        entries.append(_entry(offset, msg))
-    return entries
-
-
-def _redrive_message(entry: DeadLetter) -> Any:
-    """The event as it was before it failed: no error extensions, no retry count (a fresh
-    retry budget), no bookkeeping headers."""
-    headers = {
-        k: v
-        for k, v in entry.headers.items()
-        if k not in _BOOKKEEPING and k[3:].lower() not in _ERROR_ATTRIBUTES
-    }
-    return raw_message(entry.body, headers, entry.content_type, entry.id)
-
-
-async def _settle(client: AmqpClient, store: str, how: str, ids: list[str]) -> None:
-    # Always by id, also for --all: an entry that arrived after the listing stays listed.
-    body = orjson.dumps({"ids": ids})
-    tomb = raw_message(body, {TOMBSTONE_HEADER: how}, "application/json")
-    await client.publish("", store, tomb, mandatory=True)
-
-
-async def redrive(client: AmqpClient, store: str, queue: str, ids: list[str] | None) -> list[str]:
-    """Put the selected entries (every one with `ids` None) back into `queue`, in their
-    order, each confirmed; then settle them. At least once: a crash in between sends an
-    event twice, never zero times. Returns the ids redriven."""
-    entries = await list_dead_letters(client, store)
-    chosen = entries if ids is None else [e for e in entries if e.id in set(ids)]
-    for entry in chosen:
-        await client.publish("", queue, _redrive_message(entry), mandatory=True)
-    done = [e.id for e in chosen]
-    if done:
-        await _settle(client, store, "redriven", done)
-    return done
-
-
-async def purge(client: AmqpClient, store: str, ids: list[str] | None) -> list[str]:
-    """Settle the selected entries (every one with `ids` None) without sending them."""
-    entries = await list_dead_letters(client, store)
-    chosen = entries if ids is None else [e for e in entries if e.id in set(ids)]
-    done = [e.id for e in chosen]
-    if done:
-        await _settle(client, store, "purged", done)
-    return done

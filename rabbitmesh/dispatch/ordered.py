@@ -32,8 +32,8 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
-from rabbitmesh.amqp.client import AmqpClient, UnpublishableMessage
-from rabbitmesh.amqp.messages import ATTEMPTS_HEADER, raw_message, to_message
+from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.messages import raw_message
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
 from rabbitmesh.dispatch.sender import Outcome
@@ -196,13 +196,13 @@ class Splitter:
 class OrderedWorker(QueueWorker):
     """Delivers one partition strictly in order: one message at a time, retries in-process.
 
-    `dead_letter_queue` is the parent queue's (every partition of a trigger shares one), so
-    dead letters look the same whether the trigger is ordered or not.
+    Dead letters go to the parent queue's `:dlq` or store (every partition of a trigger shares
+    them), so they look the same whether the trigger is ordered or not.
     """
 
-    def __init__(self, *, dead_letter_queue: str, **kwargs: Any) -> None:
+    def __init__(self, *, parent_queue: str, **kwargs: Any) -> None:
         super().__init__(prefetch=1, concurrency=1, **kwargs)
-        self.dead_letter_queue = dead_letter_queue
+        self.parent_queue = parent_queue
 
     async def _failed(
         self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome, retries: int
@@ -235,14 +235,10 @@ class OrderedWorker(QueueWorker):
         # Exhausted or not retryable: the parent's dead-letter path (retries_left is False).
         await super()._failed(msg, event, outcome, retries)
 
-    async def _publish_dead_letter(self, dead: CloudEvent, attempts: int = 0) -> None:
-        dlq, extra = self.dead_letter_queue, {ATTEMPTS_HEADER: attempts}
-        try:
-            await self.publisher.publish("", dlq, to_message(dead, extra), mandatory=True)
-        except UnpublishableMessage:
-            if dead.attributes.pop("knativeerrordata", None) is None:
-                raise
-            await self.publisher.publish("", dlq, to_message(dead, extra), mandatory=True)
+    async def _publish_dead_letter(
+        self, dead: CloudEvent, attempts: int = 0, parent: str | None = None
+    ) -> None:
+        await super()._publish_dead_letter(dead, attempts, parent or self.parent_queue)
 
 
 async def _nack(msg: AbstractIncomingMessage) -> None:

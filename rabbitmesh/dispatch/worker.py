@@ -50,6 +50,7 @@ from rabbitmesh.amqp.messages import (
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.topology import DELAY_HEADER, Topology
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
+from rabbitmesh.dispatch.deadletter_store import keep, store_entry
 from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, send
 
@@ -103,9 +104,9 @@ class Subscriber:
     on_reply: ReplyHandler | None = None
     reply_must_be_event: bool = True
     drop_attributes: tuple[str, ...] = ("knativebrokerttl",)
-    #: With no dead-letter sink, keep final failures in the `:dlq` (whence the dead-letter
-    #: store takes them, docs/delivery.md) instead of dropping them as Knative does.
-    keep_dead_letters: bool = False
+    #: With no dead-letter sink, keep final failures this many seconds in the queue's
+    #: dead-letter store (docs/delivery.md) instead of dropping them as Knative does; 0 drops.
+    dead_letter_retention: int = 0
 
 
 @dataclass
@@ -376,7 +377,7 @@ class QueueWorker:
         if self.mode == "dead-letter":
             await self._park(msg, f"dead-letter sink {sub.url} refused it: {outcome.error}")
             return
-        if sub.policy.dead_letter_url is None and not sub.keep_dead_letters:
+        if sub.policy.dead_letter_url is None and not sub.dead_letter_retention:
             _log_final(event, sub, attempt, outcome, why, "no dead-letter sink, event dropped")
             self.stats.dropped += 1
             metrics.dropped.labels(sub.name).inc()
@@ -420,17 +421,32 @@ class QueueWorker:
         metrics.dead_lettered.labels(sub.name).inc()
         await msg.ack()
 
-    async def _publish_dead_letter(self, dead: CloudEvent, attempts: int = 0) -> None:
-        """Publish to this queue's `:dlq`; if the error data tips it over the limits, again
-        without it (knativeerrordest and knativeerrorcode are short)."""
-        queue = self.names.dead_letter_queue(self.queue_name)
+    async def _publish_dead_letter(
+        self, dead: CloudEvent, attempts: int = 0, parent: str | None = None
+    ) -> None:
+        """Publish to the `:dlq` of this queue (or of `parent`, a partition's queue) — with no
+        dead-letter sink, to its dead-letter store; if the error data tips it over the
+        limits, again without it (knativeerrordest and knativeerrorcode are short)."""
+        parent = parent or self.queue_name
         extra = {ATTEMPTS_HEADER: attempts}
-        try:
-            await self.publisher.publish("", queue, to_message(dead, extra), mandatory=True)
-        except UnpublishableMessage:
-            if dead.attributes.pop("knativeerrordata", None) is None:
-                raise
-            await self.publisher.publish("", queue, to_message(dead, extra), mandatory=True)
+        sub = self.subscriber
+        for _ in range(2):
+            try:
+                if sub.policy.dead_letter_url is None and sub.dead_letter_retention:
+                    await keep(
+                        self.publisher,
+                        self.names.dead_letter_store(parent),
+                        sub.dead_letter_retention,
+                        store_entry(dead, extra),
+                        sub.name,
+                    )
+                else:
+                    dlq = self.names.dead_letter_queue(parent)
+                    await self.publisher.publish("", dlq, to_message(dead, extra), mandatory=True)
+                return
+            except UnpublishableMessage:
+                if dead.attributes.pop("knativeerrordata", None) is None:
+                    raise
 
     async def _guard(self, msg: AbstractIncomingMessage, exc: Exception) -> None:
         """The redelivery guard: an unexpected exception while handling `msg`.

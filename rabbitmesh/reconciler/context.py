@@ -12,7 +12,8 @@ from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
-from rabbitmesh.dispatch.deadletters import DeadLetterKeeper, SinkWorker, declare_store
+from rabbitmesh.dispatch.deadletter_store import forget
+from rabbitmesh.dispatch.deadletters import SinkWorker
 from rabbitmesh.dispatch.ordered import Splitter
 from rabbitmesh.dispatch.policy import DeliveryPolicy, seconds
 from rabbitmesh.dispatch.replay import ReplayRunner
@@ -88,7 +89,7 @@ class Context:
 
         Switching applies from the next delivery on; nothing queued is lost.
         """
-        subscriber.keep_dead_letters = self.settings.dead_letter_retention_seconds > 0
+        subscriber.dead_letter_retention = self.settings.dead_letter_retention_seconds
         if not self.run_dispatchers:
             return
         worker = self.workers.get(queue)
@@ -111,17 +112,14 @@ class Context:
         await self.run_dead_letters(queue, subscriber)
 
     async def run_dead_letters(self, queue: str, subscriber: Subscriber) -> None:
-        """Deliver the `:dlq` to the dead-letter sink, or, with none, keep its events in the
-        dead-letter store (docs/delivery.md); what a sink refuses for good is kept there too.
-        With RABBITMESH_DEAD_LETTER_RETENTION PT0S nothing is kept (Knative's behaviour)."""
+        """Deliver the `:dlq` to the dead-letter sink. Without a sink, final failures go to
+        the dead-letter store instead (docs/delivery.md), or are dropped with a retention of
+        PT0S; what a sink refuses for good is kept in the store too."""
         dlq = self.names.dead_letter_queue(queue)
-        store = self.names.dead_letter_store(queue)
         url = subscriber.policy.dead_letter_url
         retention = self.settings.dead_letter_retention_seconds
-        subscriber.keep_dead_letters = retention > 0
-        if retention > 0:
-            await declare_store(self.publisher, store, retention)
-        if url is None and retention == 0:
+        subscriber.dead_letter_retention = retention
+        if url is None:
             await self.stop_queue(dlq)  # its events wait until a sink is configured again
             return
         if not self.run_dispatchers:
@@ -130,7 +128,7 @@ class Context:
         dl_sub = Subscriber(
             name=f"{subscriber.name} dead-letter sink",
             namespace=subscriber.namespace,
-            url=url or "",
+            url=url,
             policy=DeliveryPolicy(
                 retry=None,
                 backoff_policy="exponential",
@@ -143,16 +141,12 @@ class Context:
             ),
             reply_must_be_event=False,
         )
-        kind: type[QueueWorker]
-        if url is None:
-            kind = DeadLetterKeeper
-        else:
-            kind = SinkWorker if retention > 0 else QueueWorker
+        kind = SinkWorker if retention > 0 else QueueWorker
         worker = self.workers.get(dlq)
         if worker is not None and type(worker) is kind:
             worker.subscriber = dl_sub
             return
-        await self.stop_queue(dlq)  # a sink came or went: the other kind of worker
+        await self.stop_queue(dlq)  # the retention changed: the other kind of worker
         common: dict[str, Any] = {
             "queue": dlq,
             "subscriber": dl_sub,
@@ -164,12 +158,11 @@ class Context:
             "prefetch": min(self.settings.prefetch, 64),
             "concurrency": min(self.settings.concurrency, 16),
         }
-        if kind is QueueWorker:
-            worker = QueueWorker(mode="dead-letter", **common)
-        elif kind is SinkWorker:
-            worker = SinkWorker(store=store, **common)
+        if retention > 0:
+            store = self.names.dead_letter_store(queue)
+            worker = SinkWorker(store=store, retention_seconds=retention, **common)
         else:
-            worker = DeadLetterKeeper(store=store, **common)
+            worker = QueueWorker(mode="dead-letter", **common)
         await worker.start()
         self.workers[dlq] = worker
 
@@ -200,3 +193,4 @@ class Context:
         await self.topology.delete_queue(queue)
         await self.topology.delete_queue(dlq)
         await self.topology.delete_queue(self.names.dead_letter_store(queue))
+        forget(self.names.dead_letter_store(queue))

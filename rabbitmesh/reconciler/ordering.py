@@ -45,7 +45,7 @@ async def deliver(
     if not ctx.run_dispatchers:
         return
     for i in range(known):
-        await _run_partition(ctx, ctx.names.partition_queue(queue, i), dlq, subscriber)
+        await _run_partition(ctx, ctx.names.partition_queue(queue, i), queue, subscriber)
     if partitions is not None:
         wanted = [ctx.names.partition_queue(queue, i) for i in range(partitions)]
         splitter = ctx.splitters.get(queue)
@@ -60,14 +60,14 @@ async def deliver(
             ctx.splitters[queue] = splitter
 
 
-async def _run_partition(ctx: Context, queue: str, dlq: str, subscriber: Subscriber) -> None:
+async def _run_partition(ctx: Context, queue: str, parent: str, subscriber: Subscriber) -> None:
     worker = ctx.workers.get(queue)
     if worker is not None:
         worker.subscriber = subscriber
         return
     worker = OrderedWorker(
         queue=queue,
-        dead_letter_queue=dlq,
+        parent_queue=parent,
         subscriber=subscriber,
         consumer=ctx.consumer,
         publisher=ctx.publisher,

@@ -197,9 +197,13 @@ async def test_a_web_page_or_a_tokenless_client_cannot_redrive_or_purge(start_me
     await eventually(lambda: _count(listed(mesh.url), 1), timeout=20, what="one dead letter")
     async with aiohttp.ClientSession() as s:
         for action in ("redrive", "purge"):
+            token = {"Authorization": "Bearer t0k"}  # even with the token:
             attempts = [
-                ({"Content-Type": "text/plain"}, 415),  # a form post from any web page
-                ({"Content-Type": "application/json", "Origin": "http://evil.example"}, 403),
+                ({**token, "Content-Type": "text/plain"}, 415),  # a form post from a page
+                (
+                    {**token, "Content-Type": "application/json", "Origin": "http://evil.example"},
+                    403,
+                ),
                 ({"Content-Type": "application/json"}, 401),  # no token
                 ({"Content-Type": "application/json", "Authorization": "Bearer nope"}, 401),
             ]

@@ -156,7 +156,6 @@ async def test_updating_and_deleting_a_sequence_removes_its_generated_topology(
     assert list_names("queues", prefix) == [
         prefix + "seq-kn-sequence-0",
         prefix + "seq-kn-sequence-0:dlq",
-        prefix + "seq-kn-sequence-0:dls",  # the dead-letter store (docs/delivery.md)
     ]
     await reapply(mesh, "")
     assert list_names("exchanges", prefix) == []
