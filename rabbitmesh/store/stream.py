@@ -21,7 +21,6 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -30,6 +29,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed
 from rabbitmesh.store.state import Entry, Key, Outcome, StoreState
+from rabbitmesh.timestamps import now_rfc3339
 
 log = logging.getLogger("rabbitmesh.store")
 
@@ -42,10 +42,6 @@ SEGMENTS = 8
 
 class StoreUnavailable(Exception):
     """RabbitMQ did not take the record, or it did not come back in time."""
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Store:
@@ -175,7 +171,7 @@ class Store:
     async def submit(self, record: dict[str, Any]) -> Outcome:
         """Publish a record (confirmed) and wait until it came back through the stream."""
         rid = uuid.uuid4().hex
-        record = {**record, "rid": rid, "time": now_rfc3339(), "writer": self.writer}
+        record = {**record, "rid": rid, "time": now_rfc3339("seconds"), "writer": self.writer}
         body = orjson.dumps(record)
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
