@@ -58,11 +58,14 @@ async def test_redrive_of_an_event_that_fails_twice_then_succeeds(start_mesh, ma
     sink = await make_sink(answer)
     mesh = await start_mesh(manifests(sink.url))
     ids = []
-    for n in range(3):
+    for n in range(3):  # one after the other: each dead-lettered before the next is sent
         status, eid = await post_binary(mesh.url + "/default/br", "com.example.dl", id_=f"e{n}")
         assert status == 202
         ids.append(eid)
-    await sink.wait_for(6)  # 1 attempt + 1 retry each, all 503
+        await eventually(
+            lambda n=n: _api_count(mesh.url, n + 1), timeout=20, what=f"{n + 1} dead letters"
+        )
+    assert len(sink.received) == 6  # 1 attempt + 1 retry each, all 503
 
     items = await eventually(
         lambda: _three(listed(mesh.url)), timeout=20, what="three dead letters listed"
@@ -96,6 +99,11 @@ async def test_redrive_of_an_event_that_fails_twice_then_succeeds(start_mesh, ma
     assert run.code == 0 and "2 dead letter(s) purged" in run.out, run
     assert await listed(mesh.url) == []
     assert len(sink.received) == 7  # purge sends nothing
+
+
+async def _api_count(url: str, n: int) -> bool:
+    status, body = await call("GET", url + TRIGGER_PATH)
+    return status == 200 and len(body["items"]) == n
 
 
 async def _three(items_coro) -> list[dict] | None:  # type: ignore[no-untyped-def]
