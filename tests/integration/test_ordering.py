@@ -89,7 +89,7 @@ def check_order(log: list[tuple[str, int, bool]]) -> dict[str, int]:
     return duplicates
 
 
-async def send_keys(urls: list[str], run: str) -> None:
+async def send_keys(urls: list[str], run: str, pace: float = 0.0) -> None:
     """Each key's events one after the other (each after the previous one's 202); keys in
     parallel; round-robin over `urls` (replicas)."""
     async with aiohttp.ClientSession() as s:
@@ -103,7 +103,7 @@ async def send_keys(urls: list[str], run: str) -> None:
                     seq=str(seq),
                 )
                 url = urls[(k + seq) % len(urls)]
-                for _ in range(100):  # a replica being killed: send again to the other one
+                for _ in range(1200):  # replica killed, RabbitMQ down: send again (503)
                     try:
                         async with s.post(url, headers=headers, data=b"{}") as r:
                             if r.status == 202:
@@ -114,6 +114,8 @@ async def send_keys(urls: list[str], run: str) -> None:
                     await asyncio.sleep(0.05)  # pacing a resend, not synchronisation
                 else:
                     raise AssertionError(f"event {k}/{seq} never accepted")
+                if pace:
+                    await asyncio.sleep(pace)  # a paced load, not synchronisation
 
         await asyncio.gather(*(one_key(k) for k in range(KEYS)))
 
