@@ -8,6 +8,7 @@ the first succeeded (or was dead-lettered); retries and backoff included.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections import Counter, defaultdict
 
@@ -197,3 +198,50 @@ async def test_two_replicas_and_a_sigkill_keep_per_key_order(tmp_path, prefix, m
         assert sum(duplicates.values()) <= 2 * KEYS + 256, duplicates
     finally:
         await asyncio.gather(b.stop(), *([c.stop()] if c else []))
+
+
+async def test_ordered_subscription_keeps_per_key_order_and_keeps_dead_letters(
+    start_mesh, make_sink
+):
+    """The annotations on a Subscription; its dead letters listed with --subscription."""
+    from tests.integration.test_cli import rabbitmesh
+
+    flaky = FlakySubscriber()
+    sink = await make_sink(flaky)
+    mesh = await start_mesh(f"""
+        apiVersion: messaging.knative.dev/v1
+        kind: Channel
+        metadata: {{name: ch}}
+        ---
+        apiVersion: messaging.knative.dev/v1
+        kind: Subscription
+        metadata:
+          name: sub
+          annotations: {{{ORDERED}}}
+        spec:
+          channel: {{apiVersion: messaging.knative.dev/v1, kind: Channel, name: ch}}
+          subscriber: {{uri: "{sink.url}"}}
+          delivery: {{retry: 1, backoffPolicy: linear, backoffDelay: PT0.05S}}
+        """)
+    await send_keys([mesh.url + "/channels/default/ch"], "sub")
+    # retry 1: every 7th event fails twice, so it is dead-lettered after two attempts, and
+    # the next event of its key starts only after that.
+    failing = [s for s in range(PER_KEY) if s % 7 == 3]
+    total_attempts = KEYS * PER_KEY + KEYS * len(failing)
+    await sink.wait_for(total_attempts, timeout=120)
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for key, seq, _ok in flaky.log:
+        by_key[key].append(seq)
+    for key, seqs in by_key.items():
+        assert seqs == sorted(seqs), f"key {key} out of order: {seqs}"
+
+    async def listed() -> list[dict] | None:
+        run = await rabbitmesh(
+            "deadletter", "list", "--subscription", "sub", "-o", "json", server=mesh.url
+        )
+        assert run.code == 0, run
+        items = json.loads(run.out)
+        return items if len(items) == KEYS * len(failing) else None
+
+    items = await eventually(listed, timeout=30, what="the dead letters listed")
+    assert {i["attempts"] for i in items} == {2}
