@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import aio_pika
+import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractTransaction
 
@@ -157,7 +158,7 @@ class ReplayRunner:
             inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
             try:
                 await q.consume(inbox.put, exclusive=True)
-            except aio_pika.exceptions.ChannelAccessRefused:
+            except aiormq.exceptions.ChannelAccessRefused:
                 self.report("standby", None, "running on another replica")
                 self.started.set()
                 return False

@@ -222,3 +222,32 @@ async def test_replay_resumes_without_duplicates_after_a_restart(tmp_path, prefi
             assert len(repeated) <= 2, repeated  # one lane, prefetch 1: the one in flight
     finally:
         await asyncio.gather(a.stop(), *([b.stop()] if b else []))
+
+
+async def test_two_replicas_replay_each_event_once(start_mesh, make_sink):
+    """Both replicas reconcile the Replay; only the one holding its lease sends."""
+    sink = await make_sink()
+    a = await start_mesh(ARCHIVED_BROKER)
+    b = await start_mesh(ARCHIVED_BROKER)  # the same prefix: a second replica
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    ids = await send(a.url + "/default/br", 20, "two")
+    tr = trigger("late", "br", sink.url)
+    tr["metadata"]["annotations"] = ORDERED_ONE_LANE
+    status, body = await call("POST", a.url + TRIGGERS.format(ns="default"), tr)
+    assert status == 201, body
+    status, body = await call(
+        "POST", b.url + REPLAYS, replay_manifest("both", before, trigger="late")
+    )
+    assert status == 201, body
+    expected = ids[1::2]
+
+    async def done_somewhere() -> bool:
+        for mesh in (a, b):
+            status, obj = await call("GET", mesh.url + REPLAYS + "/both")
+            if status == 200 and succeeded(obj) == "True":
+                return True
+        return False
+
+    await eventually(done_somewhere, timeout=60, what="replay succeeded on one replica")
+    await sink.wait_for(len(expected), timeout=30)
+    assert [r.ce_id for r in sink.received] == expected
