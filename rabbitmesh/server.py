@@ -39,7 +39,7 @@ from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
-from rabbitmesh.tls import amqp_client_context, server_context
+from rabbitmesh.tls import server_context
 
 log = logging.getLogger("rabbitmesh")
 
@@ -48,7 +48,7 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.names = Names(settings.topology_prefix)
-        amqp_tls = amqp_client_context(settings)
+        amqp_tls = settings.amqp_ssl_context()
         self.publisher = AmqpClient(
             settings.amqp_url, "publisher", settings.publish_timeout, amqp_tls
         )

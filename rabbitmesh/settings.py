@@ -8,14 +8,16 @@ overridable by adding it here alone.
 from __future__ import annotations
 
 import shlex
+import ssl
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AnyUrl, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rabbitmesh.durations import parse_duration
+from rabbitmesh.tls import amqp_context, server_context
 
 Role = Literal["all", "ingress", "dispatcher", "sources"]
 
@@ -156,6 +158,13 @@ class Settings(BaseSettings):
     )
     shutdown_timeout: float = Field(
         30.0, gt=0, description="Seconds a graceful shutdown waits for in-flight work."
+    )
+    max_watches: int = Field(
+        256,
+        ge=1,
+        description="Admin API watch streams (`?watch=true`, `rabbitmesh get -w`) open at "
+        "once; more get 429 with Retry-After. Watching is a read, open to anyone who can "
+        "reach the port, and each stream is sent every change.",
     )
     retry_after_seconds: int = Field(2, ge=1, description="Retry-After sent with 503 answers.")
 
@@ -304,8 +313,6 @@ class Settings(BaseSettings):
     def _tls(self) -> Settings:
         """Pairs set together, amqps-only files only with amqps://, and files that load:
         a bad certificate stops start-up with one line, not at the first connection."""
-        from rabbitmesh.tls import amqp_context, server_context
-
         pairs = (("tls_cert_file", "tls_key_file"), ("amqp_cert_file", "amqp_key_file"))
         for cert, key in pairs:
             if (getattr(self, cert) is None) != (getattr(self, key) is None):
@@ -334,6 +341,12 @@ class Settings(BaseSettings):
         scheme = "https" if self.tls_cert_file is not None else "http"
         return self.public_url or f"{scheme}://localhost:{self.http_port}"
 
+    def amqp_ssl_context(self) -> ssl.SSLContext | None:
+        """What every connection to RabbitMQ passes as `ssl_context`: None for amqp://."""
+        if not self.amqp_tls:
+            return None
+        return amqp_context(self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file)
+
     @property
     def dead_letter_retention_seconds(self) -> int:
         """0: dead letters without a sink are dropped (Knative's behaviour)."""
@@ -348,7 +361,7 @@ class SettingsError(Exception):
     """Raised with one readable line naming the environment variable that is wrong."""
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment, with explicit overrides (CLI flags) on top."""
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -39,7 +39,6 @@ from rabbitmesh.api.objects import (
     check_target,
     describe,
     discovery,
-    render,
     resolve_kind,
     restore_secret,
 )
@@ -52,7 +51,7 @@ from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.registry import KindInfo
 from rabbitmesh.settings import Settings
-from rabbitmesh.store.manifests import key_of, to_manifest
+from rabbitmesh.store.manifests import key_of, render, to_manifest
 from rabbitmesh.store.state import Key, Outcome
 from rabbitmesh.store.stream import StoreUnavailable
 
@@ -227,7 +226,14 @@ class AdminApi:
         self, request: web.Request, info: KindInfo, namespace: str | None
     ) -> web.StreamResponse:
         if wants_watch(request):
-            return await watch_stream(request, self.plane, info, namespace)
+            return await watch_stream(
+                request,
+                self.plane,
+                info,
+                namespace,
+                max_watches=self.settings.max_watches,
+                retry_after=self.settings.retry_after_seconds,
+            )
         return self._list(info, namespace)
 
     def _list(self, info: KindInfo, namespace: str | None) -> web.StreamResponse:

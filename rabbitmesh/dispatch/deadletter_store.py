@@ -22,9 +22,10 @@ import base64
 import binascii
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
@@ -38,6 +39,7 @@ from rabbitmesh.amqp.messages import (
     raw_message,
     to_message,
 )
+from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.streams import (
     StreamArgumentsDiffer,
     append_marker,
@@ -86,13 +88,26 @@ async def declare_store(client: AmqpClient, store: str, retention_seconds: int) 
         log.warning("dead-letter store %s keeps its earlier retention (%s)", store, e)
 
 
-def store_copy(msg: AbstractIncomingMessage, reason: str | None = None) -> Outgoing:
+def store_copy(msg: StoredMessage, reason: str | None = None) -> Outgoing:
     """A message from a queue, as a store entry (with when, and why if a sink refused it)."""
     headers = dict(msg.headers or {})
     headers.setdefault(DEAD_AT_HEADER, int(time.time() * 1000))
     if reason is not None:
         headers[REASON_HEADER] = reason[:1000]
     return raw_message(msg.body, headers, msg.content_type, msg.message_id)
+
+
+class StoredMessage(Protocol):
+    """What store_copy reads of a message (an aio-pika IncomingMessage has it)."""
+
+    @property
+    def headers(self) -> Any: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
 
 
 def store_entry(dead: CloudEvent, extra: dict[str, Any]) -> Outgoing:
@@ -119,6 +134,20 @@ async def keep(
         _declared.discard(store)  # deleted meanwhile (its trigger went and came back)?
         raise
     metrics.dead_letters_kept.labels(label).inc()
+
+
+KeepDeadLetter = Callable[[str, Outgoing], Awaitable[None]]
+"""(queue, store entry) -> appended to that queue's dead-letter store; raises as publish."""
+
+
+def keeper(client: AmqpClient, names: Names, retention_seconds: int, label: str) -> KeepDeadLetter:
+    """What a worker calls to keep a dead letter of `queue` (its own, or a partition's
+    parent) in `{queue}:dls`."""
+
+    async def keep_one(queue: str, entry: Outgoing) -> None:
+        await keep(client, names.dead_letter_store(queue), retention_seconds, entry, label)
+
+    return keep_one
 
 
 def forget(store: str) -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from rabbitmesh.amqp.client import PublishFailed, UnpublishableMessage
-from rabbitmesh.dispatch.deadletter_store import keep, store_copy
-from rabbitmesh.dispatch.worker import QueueWorker
+from rabbitmesh.dispatch.deadletter_store import KeepDeadLetter, store_copy
+from rabbitmesh.dispatch.worker import Incoming, QueueWorker
 
 log = logging.getLogger("rabbitmesh.deadletters")
 
@@ -19,19 +17,16 @@ class SinkWorker(QueueWorker):
     """Delivers a `:dlq` to its dead-letter sink; what the sink refuses for good (and what
     is no CloudEvent at all) goes to the dead-letter store instead of the parked queue."""
 
-    def __init__(self, *, store: str, retention_seconds: int, **kwargs: Any) -> None:
+    def __init__(self, *, keep: KeepDeadLetter, parent_queue: str, **kwargs: Any) -> None:
         super().__init__(mode="dead-letter", **kwargs)
-        self.store = store
-        self.retention_seconds = retention_seconds
+        self.keep = keep
+        self.parent_queue = parent_queue
 
-    async def _park(self, msg: AbstractIncomingMessage, why: str) -> None:
+    async def _park(self, msg: Incoming, why: str) -> None:
         try:
-            copy = store_copy(msg, why)
-            await keep(
-                self.publisher, self.store, self.retention_seconds, copy, self.subscriber.name
-            )
+            await self.keep(self.parent_queue, store_copy(msg, why))
         except (UnpublishableMessage, PublishFailed):
             await super()._park(msg, why)  # parked, or handed back to RabbitMQ
             return
-        log.warning("dead letter %s kept in %s: %s", msg.message_id, self.store, why)
+        log.warning("dead letter %s of %s kept: %s", msg.message_id, self.parent_queue, why)
         await msg.ack()

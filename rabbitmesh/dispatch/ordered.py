@@ -36,8 +36,9 @@ from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.messages import raw_message
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
+from rabbitmesh.dispatch.decision import Action, Decision, decide
 from rabbitmesh.dispatch.sender import Outcome
-from rabbitmesh.dispatch.worker import QueueWorker
+from rabbitmesh.dispatch.worker import Incoming, QueueWorker
 
 log = logging.getLogger("rabbitmesh.ordered")
 
@@ -204,36 +205,37 @@ class OrderedWorker(QueueWorker):
         super().__init__(prefetch=1, concurrency=1, **kwargs)
         self.parent_queue = parent_queue
 
-    async def _failed(
-        self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome, retries: int
+    async def _retry(
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int, decision: Decision
     ) -> None:
-        sub = self.subscriber
-        # The partition waits: backoff and retries happen here, holding the message unacked,
-        # so nothing behind it (of the same key) can start. A crash mid-wait hands the same
-        # message to the next consumer, first in line.
-        while outcome.retryable and sub.policy.retries_left(retries) and not self._stopping:
-            retries += 1
-            delay = sub.policy.delay_before_retry(retries, outcome.status, outcome.retry_after)
+        """The partition waits: backoff and retries happen here, holding the message unacked,
+        so nothing behind it (of the same key) can start. A crash mid-wait hands the same
+        message to the next consumer, first in line (with a fresh retry budget)."""
+        while decision.action is Action.RETRY and not self._stopping:
+            sub = self.subscriber
             log.info(
                 "delivery failed: event id=%s %s attempt=%d (%s); retry in %.3fs (ordered)",
                 event.id,
                 sub.name,
-                retries,
+                retries + 1,
                 outcome.error,
-                delay,
+                decision.delay,
             )
             self.stats.retried += 1
-            await asyncio.sleep(delay)
+            await asyncio.sleep(decision.delay)
             sub = self.subscriber  # the resource may have changed meanwhile
-            outcome = await self._send(sub, event, structured=sub.policy.format == "json")
-            if outcome.ok:
-                await self._succeeded(msg, event, outcome, retries)
-                return
-        if outcome.retryable and sub.policy.retries_left(retries):  # stopping: hand it back
+            retries = decision.retries
+            outbound = without(event, sub.drop_attributes)
+            outcome = await self._send(sub, outbound, structured=sub.policy.format == "json")
+            decision = decide(outcome, retries, sub.policy, replies=sub.on_reply is not None)
+            if not outcome.ok:
+                self.stats.last_error = outcome.error
+        if decision.action is Action.RETRY:  # stopping: hand it back, first in line
             await _nack(msg)
-            return
-        # Exhausted or not retryable: the parent's dead-letter path (retries_left is False).
-        await super()._failed(msg, event, outcome, retries)
+        elif decision.action in (Action.ACK, Action.REPLY):
+            await self._succeeded(msg, event, outcome, retries)
+        else:
+            await self._final(msg, event, outcome, retries, decision)
 
     async def _publish_dead_letter(
         self, dead: CloudEvent, attempts: int = 0, parent: str | None = None
@@ -241,6 +243,14 @@ class OrderedWorker(QueueWorker):
         await super()._publish_dead_letter(dead, attempts, parent or self.parent_queue)
 
 
-async def _nack(msg: AbstractIncomingMessage) -> None:
+def without(event: CloudEvent, attributes: tuple[str, ...]) -> CloudEvent:
+    """The event as the subscriber gets it (the worker leaves out `drop_attributes`)."""
+    if not any(a in event.attributes for a in attributes):
+        return event
+    kept = {k: v for k, v in event.attributes.items() if k not in attributes}
+    return CloudEvent(kept, event.data, event.trace)
+
+
+async def _nack(msg: Incoming) -> None:
     with contextlib.suppress(Exception):
         await msg.nack(requeue=True)

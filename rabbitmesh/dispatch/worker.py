@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from rabbitmesh import metrics, telemetry
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed, UnpublishableMessage
@@ -47,10 +47,13 @@ from rabbitmesh.amqp.messages import (
     to_message,
 )
 from rabbitmesh.amqp.names import Names
-from rabbitmesh.amqp.topology import DELAY_HEADER, Topology
+from rabbitmesh.amqp.pool import ConsumerPool
+from rabbitmesh.amqp.publisher import DelayQueues, Publisher
+from rabbitmesh.amqp.topology import DELAY_HEADER
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
 from rabbitmesh.dataplane import TTL, stamp_arrival
-from rabbitmesh.dispatch.deadletter_store import keep, store_entry
+from rabbitmesh.dispatch.deadletter_store import KeepDeadLetter, store_entry
+from rabbitmesh.dispatch.decision import Action, Decision, decide, final
 from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, send
 
@@ -88,6 +91,27 @@ TRANSIENT_LOG_INTERVAL = 1.0
 UNPUBLISHABLE_REPLY_CODE = 502
 
 
+class Incoming(Protocol):
+    """A message taken from a queue: what the worker reads and answers of aio-pika's
+    AbstractIncomingMessage (unit tests hand it a stub, tests/support/stubs.py)."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+
+    @property
+    def content_type(self) -> str | None: ...
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    async def ack(self, multiple: bool = False) -> None: ...
+
+    async def nack(self, multiple: bool = False, requeue: bool = True) -> None: ...
+
+
 class EventFilter(Protocol):
     def matches(self, attributes: Mapping[str, Any]) -> bool: ...
 
@@ -105,9 +129,9 @@ class Subscriber:
     reply_must_be_event: bool = True
     #: not sent to the subscriber: a Trigger's drop the broker TTL (rabbitmesh/dataplane.py)
     drop_attributes: tuple[str, ...] = (TTL,)
-    #: With no dead-letter sink, keep final failures this many seconds in the queue's
-    #: dead-letter store (docs/delivery.md) instead of dropping them as Knative does; 0 drops.
-    dead_letter_retention: int = 0
+    #: With no dead-letter sink, keeps a final failure in the dead-letter store of the queue
+    #: named (docs/delivery.md) instead of dropping it as Knative does; None drops.
+    keep_dead_letter: KeepDeadLetter | None = None
 
 
 @dataclass
@@ -144,9 +168,9 @@ class QueueWorker:
         *,
         queue: str,
         subscriber: Subscriber,
-        consumer: AmqpClient,
-        publisher: AmqpClient,
-        topology: Topology,
+        consumer: AmqpClient | ConsumerPool,
+        publisher: Publisher,
+        topology: DelayQueues,
         names: Names,
         session: aiohttp.ClientSession,
         prefetch: int,
@@ -164,10 +188,10 @@ class QueueWorker:
         self.concurrency = concurrency
         self.mode = mode
         self.stats = WorkerStats()
-        self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._buffer: asyncio.Queue[Incoming] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._channel: AbstractRobustChannel | None = None
-        self._queue: AbstractRobustQueue | None = None
+        self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._busy: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -234,7 +258,7 @@ class QueueWorker:
                 self.stats.in_flight -= 1
                 self._busy.discard(task)
 
-    async def _handle(self, msg: AbstractIncomingMessage) -> None:
+    async def _handle(self, msg: Incoming) -> None:
         headers = msg.headers or {}
         try:
             event = decode_amqp(headers, msg.body, msg.content_type)
@@ -276,10 +300,7 @@ class QueueWorker:
         metrics.dispatch_events.labels(
             sub.name, metrics.bounded_type(event.type), metrics.code_class(outcome.status)
         ).inc()
-        if outcome.ok:
-            await self._succeeded(msg, event, outcome, retries)
-        else:
-            await self._failed(msg, event, outcome, retries)
+        await self._carry_out(msg, event, outcome, retries)
 
     async def _send(self, sub: Subscriber, event: CloudEvent, structured: bool) -> Outcome:
         self.stats.attempts += 1
@@ -293,8 +314,29 @@ class QueueWorker:
             reply_must_be_event=sub.reply_must_be_event,
         )
 
+    async def _carry_out(
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int
+    ) -> None:
+        """Do what the delivery core (dispatch/decision.py) decided for this attempt."""
+        sub = self.subscriber
+        decision = decide(
+            outcome,
+            retries,
+            sub.policy,
+            replies=sub.on_reply is not None,
+            dead_letter_mode=self.mode == "dead-letter",
+        )
+        if not outcome.ok:
+            self.stats.last_error = outcome.error
+        if decision.action is Action.RETRY:
+            await self._retry(msg, event, outcome, retries, decision)
+        elif decision.action in (Action.ACK, Action.REPLY):
+            await self._succeeded(msg, event, outcome, retries)
+        else:
+            await self._final(msg, event, outcome, retries, decision)
+
     async def _succeeded(
-        self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome, retries: int
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int
     ) -> None:
         sub = self.subscriber
         if outcome.reply is not None and sub.on_reply is not None:
@@ -305,7 +347,7 @@ class QueueWorker:
                 # so this is a failed delivery of the original: retried, then dead-lettered.
                 why = f"the subscriber's reply cannot be published: {e}"
                 failed = Outcome(False, UNPUBLISHABLE_REPLY_CODE, why.encode(), error=why)
-                await self._failed(msg, event, failed, retries)
+                await self._carry_out(msg, event, failed, retries)
                 return
             except PublishFailed as e:
                 self._transient_log(
@@ -330,51 +372,55 @@ class QueueWorker:
             )
         await msg.ack()
 
-    async def _failed(
-        self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome, retries: int
+    async def _retry(
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int, decision: Decision
     ) -> None:
         sub = self.subscriber
         attempt = retries + 1
-        self.stats.last_error = outcome.error
-        if outcome.retryable and sub.policy.retries_left(retries):
-            delay = sub.policy.delay_before_retry(retries + 1, outcome.status, outcome.retry_after)
-            log.info(
-                "delivery failed: event id=%s type=%s %s attempt=%d (%s); retry in %.3fs",
+        log.info(
+            "delivery failed: event id=%s type=%s %s attempt=%d (%s); retry in %.3fs",
+            event.id,
+            event.type,
+            sub.name,
+            attempt,
+            outcome.error,
+            decision.delay,
+            extra=log_fields(event, sub, attempt),
+        )
+        try:
+            await self._schedule_retry(event, decision.retries, decision.delay)
+        except PublishFailed as e:
+            self._transient_log(
+                "could not schedule retry for event %s (%s); requeued",
                 event.id,
-                event.type,
-                sub.name,
-                attempt,
-                outcome.error,
-                delay,
+                e,
                 extra=log_fields(event, sub, attempt),
             )
-            try:
-                await self._schedule_retry(event, retries + 1, delay)
-            except PublishFailed as e:
-                self._transient_log(
-                    "could not schedule retry for event %s (%s); requeued",
-                    event.id,
-                    e,
-                    extra=log_fields(event, sub, attempt),
-                )
-                await asyncio.sleep(REQUEUE_PAUSE)
-                await _nack(msg, requeue=True)
-                return
-            except UnpublishableMessage as e:  # the retry copy can never be published
-                why = f"retry cannot be published ({e})"
-            else:
-                self.stats.retried += 1
-                metrics.retries.labels(sub.name).inc()
-                await msg.ack()
-                return
-        elif outcome.unsendable:
-            why = "cannot be sent"
-        else:
-            why = "not retryable" if not outcome.retryable else "retries exhausted"
-        if self.mode == "dead-letter":
-            await self._park(msg, f"dead-letter sink {sub.url} refused it: {outcome.error}")
+            await asyncio.sleep(REQUEUE_PAUSE)
+            await _nack(msg, requeue=True)
             return
-        if sub.policy.dead_letter_url is None and not sub.dead_letter_retention:
+        except UnpublishableMessage as e:  # the retry copy can never be published
+            why = f"retry cannot be published ({e})"
+            dead_letter_mode = self.mode == "dead-letter"
+            verdict = final(outcome, sub.policy, why, dead_letter_mode=dead_letter_mode)
+            await self._final(msg, event, outcome, retries, verdict)
+            return
+        self.stats.retried += 1
+        metrics.retries.labels(sub.name).inc()
+        await msg.ack()
+
+    async def _final(
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int, decision: Decision
+    ) -> None:
+        """A failure that is not retried: park (a dead-letter sink refused it), drop (no
+        dead-letter sink) or dead-letter."""
+        sub = self.subscriber
+        attempt = retries + 1
+        why = decision.why
+        if decision.action is Action.PARK:
+            await self._park(msg, f"dead-letter sink {sub.url} {why}")
+            return
+        if decision.action is Action.DROP and sub.keep_dead_letter is None:
             _log_final(event, sub, attempt, outcome, why, "no dead-letter sink, event dropped")
             self.stats.dropped += 1
             metrics.dropped.labels(sub.name).inc()
@@ -422,21 +468,16 @@ class QueueWorker:
         self, dead: CloudEvent, attempts: int = 0, parent: str | None = None
     ) -> None:
         """Publish to the `:dlq` of this queue (or of `parent`, a partition's queue) — with no
-        dead-letter sink, to its dead-letter store; if the error data tips it over the
-        limits, again without it (knativeerrordest and knativeerrorcode are short)."""
+        dead-letter sink, to its dead-letter store (docs/delivery.md); if the error data tips
+        it over the limits, again without it (knativeerrordest and knativeerrorcode are
+        short)."""
         parent = parent or self.queue_name
         extra = {ATTEMPTS_HEADER: attempts}
         sub = self.subscriber
         for _ in range(2):
             try:
-                if sub.policy.dead_letter_url is None and sub.dead_letter_retention:
-                    await keep(
-                        self.publisher,
-                        self.names.dead_letter_store(parent),
-                        sub.dead_letter_retention,
-                        store_entry(dead, extra),
-                        sub.name,
-                    )
+                if sub.policy.dead_letter_url is None and sub.keep_dead_letter is not None:
+                    await sub.keep_dead_letter(parent, store_entry(dead, extra))
                 else:
                     dlq = self.names.dead_letter_queue(parent)
                     await self.publisher.publish("", dlq, to_message(dead, extra), mandatory=True)
@@ -445,7 +486,7 @@ class QueueWorker:
                 if dead.attributes.pop("knativeerrordata", None) is None:
                     raise
 
-    async def _guard(self, msg: AbstractIncomingMessage, exc: Exception) -> None:
+    async def _guard(self, msg: Incoming, exc: Exception) -> None:
         """The redelivery guard: an unexpected exception while handling `msg`.
 
         Rather than a requeue (RabbitMQ would hand it straight back, for ever), publish a
@@ -503,7 +544,7 @@ class QueueWorker:
         else:
             log.debug(text, *args, extra=extra)
 
-    def _log_handler_error(self, msg: AbstractIncomingMessage, exc: Exception, n: int) -> None:
+    def _log_handler_error(self, msg: Incoming, exc: Exception, n: int) -> None:
         """One line per error; the traceback only for a message's first error, and at most
         one per TRACEBACK_INTERVAL (many poison messages at once must not flood the log)."""
         now = time.monotonic()
@@ -517,7 +558,7 @@ class QueueWorker:
             log.error(text, *args, type(exc).__name__, exc, verdict)
 
     async def _redeliver_later(
-        self, msg: AbstractIncomingMessage, extra_headers: dict[str, Any], delay: float
+        self, msg: Incoming, extra_headers: dict[str, Any], delay: float
     ) -> None:
         """A copy of `msg` as it came (plus `extra_headers`) back into this queue after
         `delay`, through the delay queues retries use."""
@@ -541,7 +582,7 @@ class QueueWorker:
             mandatory=True,
         )
 
-    async def _park(self, msg: AbstractIncomingMessage, why: str) -> None:
+    async def _park(self, msg: Incoming, why: str) -> None:
         """Keep a message we can never deliver where an operator can see it, exactly once."""
         log.error("parking message %s from %s: %s", msg.message_id, self.queue_name, why)
         try:
@@ -562,9 +603,7 @@ class QueueWorker:
         await msg.ack()
 
 
-def _raw_copy(
-    msg: AbstractIncomingMessage, why: str, queue: str, keep_headers: bool = True
-) -> Outgoing:
+def _raw_copy(msg: Incoming, why: str, queue: str, keep_headers: bool = True) -> Outgoing:
     headers = dict(msg.headers or {}) if keep_headers else {}
     headers["x-rabbitmesh-parked-from"] = queue
     headers["x-rabbitmesh-parked-reason"] = why[:1000]
@@ -588,7 +627,7 @@ def _log_final(
     )
 
 
-def _attempt(msg: AbstractIncomingMessage) -> int:
+def _attempt(msg: Incoming) -> int:
     return _int((msg.headers or {}).get(RETRIES_HEADER)) + 1
 
 
@@ -599,6 +638,6 @@ def _int(v: Any) -> int:
         return 0
 
 
-async def _nack(msg: AbstractIncomingMessage, requeue: bool) -> None:
+async def _nack(msg: Incoming, requeue: bool) -> None:
     with contextlib.suppress(Exception):
         await msg.nack(requeue=requeue)

@@ -12,7 +12,7 @@ from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
-from rabbitmesh.dispatch.deadletter_store import forget
+from rabbitmesh.dispatch.deadletter_store import forget, keeper
 from rabbitmesh.dispatch.deadletters import SinkWorker
 from rabbitmesh.dispatch.ordered import Splitter
 from rabbitmesh.dispatch.policy import DeliveryPolicy, seconds
@@ -89,40 +89,53 @@ class Context:
 
         Switching applies from the next delivery on; nothing queued is lost.
         """
-        subscriber.dead_letter_retention = self.settings.dead_letter_retention_seconds
+        self.keep_dead_letters(subscriber)
         if not self.run_dispatchers:
             return
         worker = self.workers.get(queue)
         if worker is not None:
             worker.subscriber = subscriber
         else:
-            worker = QueueWorker(
-                queue=queue,
-                subscriber=subscriber,
-                consumer=self.consumer,
-                publisher=self.publisher,
-                topology=self.topology,
-                names=self.names,
-                session=self.session,
-                prefetch=self.settings.prefetch,
-                concurrency=self.settings.concurrency,
-            )
-            await worker.start()
-            self.workers[queue] = worker
+            await self._start_worker(queue, subscriber)
         await self.run_dead_letters(queue, subscriber)
 
+    def keep_dead_letters(self, subscriber: Subscriber) -> None:
+        """With no dead-letter sink, final failures go to the dead-letter store (unless
+        RABBITMESH_DEAD_LETTER_RETENTION is PT0S: dropped, as Knative does)."""
+        retention = self.settings.dead_letter_retention_seconds
+        subscriber.keep_dead_letter = (
+            keeper(self.publisher, self.names, retention, subscriber.name) if retention else None
+        )
+
+    async def _start_worker(
+        self, queue: str, subscriber: Subscriber, dead_letters: bool = False
+    ) -> None:
+        """The one place a QueueWorker is built. A `:dlq`'s worker (`dead_letters`) delivers
+        to its dead-letter sink with at most 64 prefetched and 16 in flight."""
+        s = self.settings
+        worker = QueueWorker(
+            queue=queue,
+            subscriber=subscriber,
+            consumer=self.consumer,
+            publisher=self.publisher,
+            topology=self.topology,
+            names=self.names,
+            session=self.session,
+            prefetch=min(s.prefetch, 64) if dead_letters else s.prefetch,
+            concurrency=min(s.concurrency, 16) if dead_letters else s.concurrency,
+            mode="dead-letter" if dead_letters else "deliver",
+        )
+        await worker.start()
+        self.workers[queue] = worker
+
     async def run_dead_letters(self, queue: str, subscriber: Subscriber) -> None:
-        """Deliver the `:dlq` to the dead-letter sink. Without a sink, final failures go to
-        the dead-letter store instead (docs/delivery.md), or are dropped with a retention of
-        PT0S; what a sink refuses for good is kept in the store too."""
+        """Deliver the `:dlq` to the dead-letter sink; what it refuses for good is kept in
+        the dead-letter store (docs/delivery.md), or parked with a retention of PT0S."""
+        self.keep_dead_letters(subscriber)
         dlq = self.names.dead_letter_queue(queue)
         url = subscriber.policy.dead_letter_url
-        retention = self.settings.dead_letter_retention_seconds
-        subscriber.dead_letter_retention = retention
         if url is None:
             await self.stop_queue(dlq)  # its events wait until a sink is configured again
-            return
-        if not self.run_dispatchers:
             return
         p = subscriber.policy
         dl_sub = Subscriber(
@@ -141,28 +154,30 @@ class Context:
             ),
             reply_must_be_event=False,
         )
+        retention = self.settings.dead_letter_retention_seconds
         kind = SinkWorker if retention > 0 else QueueWorker
         worker = self.workers.get(dlq)
         if worker is not None and type(worker) is kind:
             worker.subscriber = dl_sub
             return
         await self.stop_queue(dlq)  # the retention changed: the other kind of worker
-        common: dict[str, Any] = {
-            "queue": dlq,
-            "subscriber": dl_sub,
-            "consumer": self.consumer,
-            "publisher": self.publisher,
-            "topology": self.topology,
-            "names": self.names,
-            "session": self.session,
-            "prefetch": min(self.settings.prefetch, 64),
-            "concurrency": min(self.settings.concurrency, 16),
-        }
-        if retention > 0:
-            store = self.names.dead_letter_store(queue)
-            worker = SinkWorker(store=store, retention_seconds=retention, **common)
-        else:
-            worker = QueueWorker(mode="dead-letter", **common)
+        if retention == 0:
+            await self._start_worker(dlq, dl_sub, dead_letters=True)
+            return
+        s = self.settings
+        worker = SinkWorker(
+            keep=keeper(self.publisher, self.names, retention, dl_sub.name),
+            parent_queue=queue,
+            queue=dlq,
+            subscriber=dl_sub,
+            consumer=self.consumer,
+            publisher=self.publisher,
+            topology=self.topology,
+            names=self.names,
+            session=self.session,
+            prefetch=min(s.prefetch, 64),
+            concurrency=min(s.concurrency, 16),
+        )
         await worker.start()
         self.workers[dlq] = worker
 

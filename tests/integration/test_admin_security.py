@@ -13,6 +13,7 @@ import yaml
 
 from tests.support.api import SECRETS, call, ready
 from tests.support.events import binary_headers, post
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.waiting import eventually
 
@@ -121,18 +122,7 @@ async def test_a_web_page_cannot_post_an_event_without_a_preflight(start_mesh, m
     keeps cross-site pages out is that an event needs headers or a type that only a
     preflighted request may carry, and no preflight is granted."""
     sink = await make_sink()
-    mesh = await start_mesh(
-        f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec: {{broker: br, subscriber: {{uri: "{sink.url}"}}}}
-        """
-    )
+    mesh = await start_mesh(broker_and_trigger(sink.url, trigger="tr"))
     url = mesh.url + "/default/br"
     page = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
     event = orjson.dumps({"specversion": "1.0", "id": "x", "source": "s", "type": "t"})
@@ -323,3 +313,53 @@ async def test_authorization_headers_that_are_not_utf8_get_401(start_mesh, make_
     )
     assert status == 202
     assert (await call("GET", mesh.url + SECRETS.format(ns=NS) + "/tokens"))[0] == 200
+
+
+async def test_a_web_page_cannot_change_a_resource_with_patch(start_mesh, make_sink):
+    """PATCH (merge patch) passes the same checks as every change: a page cannot send it as a
+    simple request, nor with its Origin, nor through a rebound DNS name; the CLI's way works."""
+    sink = await make_sink()
+    mesh = await start_mesh("")
+    create = mesh.url + CONTAINERSOURCES.format(ns=NS)
+    source = container_source("quiet", ["sh", "-c", "sleep 600"], sink.url)
+    assert (await call("POST", create, source))[0] == 201
+    evil = orjson.dumps(
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": "c", "image": "x", "command": ["sh", "-c", "echo pwned"]}
+                        ]
+                    }
+                }
+            }
+        }
+    )
+    attacks = [
+        ("text/plain", {}, 415),
+        ("application/merge-patch+json", {"Origin": "http://evil.example"}, 403),
+        ("application/merge-patch+json", {"Sec-Fetch-Site": "cross-site"}, 403),
+        ("application/merge-patch+json", {"Host": f"evil.example:{mesh.port}"}, 421),
+    ]
+    for content_type, headers, expected in attacks:
+        status, _, answer = await post(
+            create + "/quiet",
+            headers={"Content-Type": content_type, **headers},
+            body=evil,
+            method="PATCH",
+        )
+        assert status == expected, (content_type, headers, status, answer)
+    status, got = await call("GET", create + "/quiet")
+    assert status == 200
+    command = got["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == ["sh", "-c", "sleep 600"], command
+    # The same patch as the CLI sends it (`rabbitmesh patch`) is applied.
+    status, _, answer = await post(
+        create + "/quiet",
+        headers={"Content-Type": "application/merge-patch+json"},
+        body=orjson.dumps({"metadata": {"labels": {"patched": "yes"}}}),
+        method="PATCH",
+    )
+    assert status == 200, answer
+    assert orjson.loads(answer)["metadata"]["labels"] == {"patched": "yes"}
