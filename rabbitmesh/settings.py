@@ -106,6 +106,25 @@ class Settings(BaseSettings):
         description="Seconds an admin API body may take to parse and validate (in a worker "
         "process, off the event loop); longer ones are stopped and get 413.",
     )
+    console: bool = Field(
+        True,
+        description="Serve the web console at /console (docs/console.md); its changes go "
+        "through the admin API's checks.",
+    )
+    console_max_tails: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="Console live tails open at once (each a temporary RabbitMQ queue); more "
+        "get 429. 0 turns the tail off.",
+    )
+    console_tail_rate: float = Field(
+        20.0,
+        gt=0,
+        le=10000,
+        description="Events per second one console tail sends to the browser at most; the "
+        "rest are counted as skipped.",
+    )
     # TLS (docs/security.md).
     tls_cert_file: Path | None = Field(
         None,
@@ -135,6 +154,14 @@ class Settings(BaseSettings):
         "text", description="`json` gives one JSON object per line."
     )
     role: Role = Field("all", description="Which parts this process runs.")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="Worker processes sharing the HTTP port, each a full replica (Python "
+        "uses one core per process); default: one per CPU core available. 1 runs a single "
+        'process with no supervisor (docs/operations.md, "Workers").',
+    )
 
     # Data plane tuning.
     prefetch: int = Field(
@@ -175,6 +202,13 @@ class Settings(BaseSettings):
     )
     default_backoff_delay: str = Field(
         "PT0.2S", description="Backoff delay (ISO-8601) when no delivery spec sets one."
+    )
+    default_delivery_timeout: str = Field(
+        "PT5M",
+        description="Longest a delivery attempt may take (ISO-8601) when no delivery spec "
+        "sets `timeout`: Knative Serving's default request timeout. Without one, a subscriber "
+        "that accepts the request and never answers held the event (and its prefetch slot) "
+        "for ever, unretried. `PT0S` means no limit.",
     )
     default_dead_letter_sink: str | None = Field(
         None,
@@ -258,6 +292,40 @@ class Settings(BaseSettings):
         description="kubeconfig ApiServerSources watch with; default $KUBECONFIG, else "
         "~/.kube/config, else the in-cluster service account.",
     )
+    authentication_oidc: bool = Field(
+        False,
+        description="Knative's `authentication-oidc` feature: senders prove who they are with a "
+        "bearer JWT (audience = the target's status.address.audience), EventPolicies decide "
+        "who may send, and rabbitmesh's own deliveries carry tokens it signs itself "
+        "(docs/security.md#sender-identity-oidc-and-eventpolicy).",
+    )
+    oidc_issuer: str | None = Field(
+        None,
+        description="An OIDC issuer whose tokens are trusted (its `iss`, an https URL; its keys "
+        "come from its /.well-known/openid-configuration, or from RABBITMESH_OIDC_JWKS_FILE). "
+        "rabbitmesh's own tokens (issuer RABBITMESH_PUBLIC_URL) are always trusted.",
+    )
+    oidc_jwks_file: Path | None = Field(
+        None,
+        description="The JWKS of RABBITMESH_OIDC_ISSUER as a file, instead of discovery over "
+        "HTTP (re-read when it changes).",
+    )
+    oidc_signing_key_file: Path | None = Field(
+        None,
+        description="PEM private key (EC P-256 or RSA) rabbitmesh signs its own tokens with; "
+        "unset: one is generated once and kept in RabbitMQ, shared by every replica.",
+    )
+    default_authorization_mode: Literal["allow-all", "allow-same-namespace", "deny-all"] = Field(
+        "allow-same-namespace",
+        description="With authentication_oidc, what a target no EventPolicy applies to "
+        "accepts (Knative's `default-authorization-mode`): anyone (no token needed), "
+        "valid tokens of its own namespace's identities, or nothing.",
+    )
+    cross_namespace_event_links: bool = Field(
+        False,
+        description="Knative's `cross-namespace-event-links`: a Trigger's spec.brokerRef and a "
+        "Subscription's spec.channel may name another namespace; refused (not Ready) otherwise.",
+    )
 
     @field_validator("amqp_url")
     @classmethod
@@ -265,6 +333,16 @@ class Settings(BaseSettings):
         url = AnyUrl(v)
         if url.scheme not in ("amqp", "amqps"):
             raise ValueError("must start with amqp:// or amqps://")
+        return v
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        url = AnyUrl(v)
+        if url.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL (the tokens' `iss`)")
         return v
 
     @field_validator("public_url")
@@ -293,7 +371,7 @@ class Settings(BaseSettings):
         shlex.split(v)  # ValueError (unbalanced quotes) names the variable
         return v
 
-    @field_validator("default_backoff_delay", "dead_letter_retention")
+    @field_validator("default_backoff_delay", "default_delivery_timeout", "dead_letter_retention")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
@@ -355,6 +433,11 @@ class Settings(BaseSettings):
     @property
     def default_backoff(self) -> timedelta:
         return parse_duration(self.default_backoff_delay)
+
+    @property
+    def default_timeout_seconds(self) -> float | None:
+        """RABBITMESH_DEFAULT_DELIVERY_TIMEOUT in seconds; None for no limit (PT0S)."""
+        return parse_duration(self.default_delivery_timeout).total_seconds() or None
 
 
 class SettingsError(Exception):

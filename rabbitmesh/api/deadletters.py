@@ -108,7 +108,8 @@ class DeadLetterApi:
         store = plane.ctx.names.dead_letter_store(queue)
         try:
             if action == "redrive":
-                done = await redrive(plane.publisher, store, queue, ids)
+                to = plane.ctx.cluster_of_queue(queue).publisher  # its broker's RabbitMQ
+                done = await redrive(plane.publisher, store, queue, ids, to)
             else:
                 done = await purge(plane.publisher, store, ids)
         except PublishFailed as e:

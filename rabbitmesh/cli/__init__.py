@@ -10,6 +10,7 @@ from rabbitmesh.cli.channel import channel
 from rabbitmesh.cli.deadletter import deadletter
 from rabbitmesh.cli.eventtype import eventtype
 from rabbitmesh.cli.manifests import apply, delete, get, patch
+from rabbitmesh.cli.rabbitmqsink import rabbitmqsink
 from rabbitmesh.cli.replay import replay
 from rabbitmesh.cli.run import run
 from rabbitmesh.cli.send import send
@@ -46,6 +47,7 @@ _API_COMMANDS = (
     subscription,
     source,
     sinkbinding,
+    rabbitmqsink,
     eventtype,
     deadletter,
     replay,

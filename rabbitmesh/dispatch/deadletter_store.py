@@ -243,7 +243,10 @@ async def list_dead_letters(client: AmqpClient, store: str) -> list[DeadLetter]:
             except orjson.JSONDecodeError:
                 continue
             ids = set(what.get("ids") or [])
-            entries = [e for e in entries if e.id not in ids]
+            upto = what.get("upto")  # absent in tombstones of earlier versions: by id only
+            entries = [
+                e for e in entries if e.id not in ids or (isinstance(upto, int) and e.offset > upto)
+            ]
             continue
         entries.append(_entry(offset, msg))
     return entries
@@ -260,24 +263,33 @@ def _redrive_message(entry: DeadLetter) -> Any:
     return raw_message(entry.body, headers, entry.content_type, entry.id)
 
 
-async def _settle(client: AmqpClient, store: str, how: str, ids: list[str]) -> None:
+async def _settle(client: AmqpClient, store: str, how: str, chosen: list[DeadLetter]) -> None:
     # Always by id, also for --all: an entry that arrived after the listing stays listed.
-    body = orjson.dumps({"ids": ids})
+    # `upto` (the newest offset settled): a redriven event that fails again before this
+    # tombstone is written is a new entry with a later offset, and stays listed.
+    body = orjson.dumps({"ids": [e.id for e in chosen], "upto": max(e.offset for e in chosen)})
     tomb = raw_message(body, {TOMBSTONE_HEADER: how}, "application/json")
     await client.publish("", store, tomb, mandatory=True)
 
 
-async def redrive(client: AmqpClient, store: str, queue: str, ids: list[str] | None) -> list[str]:
+async def redrive(
+    client: AmqpClient,
+    store: str,
+    queue: str,
+    ids: list[str] | None,
+    to: AmqpClient | None = None,
+) -> list[str]:
     """Put the selected entries (every one with `ids` None) back into `queue`, in their
     order, each confirmed; then settle them. At least once: a crash in between sends an
-    event twice, never zero times. Returns the ids redriven."""
+    event twice, never zero times. Returns the ids redriven. `to`: the client of the
+    RabbitMQ `queue` is on, when that is not the store's (a broker on another cluster)."""
     entries = await list_dead_letters(client, store)
     chosen = entries if ids is None else [e for e in entries if e.id in set(ids)]
     for entry in chosen:
-        await client.publish("", queue, _redrive_message(entry), mandatory=True)
+        await (to or client).publish("", queue, _redrive_message(entry), mandatory=True)
     done = [e.id for e in chosen]
     if done:
-        await _settle(client, store, "redriven", done)
+        await _settle(client, store, "redriven", chosen)
     return done
 
 
@@ -287,5 +299,5 @@ async def purge(client: AmqpClient, store: str, ids: list[str] | None) -> list[s
     chosen = entries if ids is None else [e for e in entries if e.id in set(ids)]
     done = [e.id for e in chosen]
     if done:
-        await _settle(client, store, "purged", done)
+        await _settle(client, store, "purged", chosen)
     return done
