@@ -55,6 +55,13 @@ dead_lettered = Counter(
     ["subscriber"],
     registry=REGISTRY,
 )
+dead_letters_kept = Counter(
+    "event_dead_letters_kept",
+    "Events kept in a dead-letter store (no dead-letter sink took them) for listing and "
+    "redrive (docs/delivery.md).",
+    ["subscriber"],
+    registry=REGISTRY,
+)
 dropped = Counter(
     "event_dropped",
     "Events dropped after their last attempt because no dead-letter sink is set.",

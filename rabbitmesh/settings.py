@@ -215,6 +215,19 @@ class Settings(BaseSettings):
         description="Dead-letter sink URL of triggers whose trigger and broker set none "
         "(config-br-defaults' delivery.deadLetterSink).",
     )
+    replay_rate: float = Field(
+        500.0,
+        gt=0,
+        description="Events per second one Replay sends at most, so live traffic keeps "
+        "flowing while it runs (docs/replay.md).",
+    )
+    dead_letter_retention: str = Field(
+        "P7D",
+        description="How long (ISO-8601) events that failed for good are kept in their "
+        "trigger's or subscription's dead-letter store for `rabbitmesh deadletter list` and "
+        "`redrive` when no dead-letter sink took them; PT0S drops them, as Knative does "
+        "(docs/delivery.md).",
+    )
 
     # Control plane: the resource store and the EventType registry.
     store_max_bytes: int = Field(
@@ -358,7 +371,7 @@ class Settings(BaseSettings):
         shlex.split(v)  # ValueError (unbalanced quotes) names the variable
         return v
 
-    @field_validator("default_backoff_delay", "default_delivery_timeout")
+    @field_validator("default_backoff_delay", "default_delivery_timeout", "dead_letter_retention")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
@@ -411,6 +424,11 @@ class Settings(BaseSettings):
         if not self.amqp_tls:
             return None
         return amqp_context(self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file)
+
+    @property
+    def dead_letter_retention_seconds(self) -> int:
+        """0: dead letters without a sink are dropped (Knative's behaviour)."""
+        return int(parse_duration(self.dead_letter_retention).total_seconds())
 
     @property
     def default_backoff(self) -> timedelta:

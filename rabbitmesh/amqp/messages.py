@@ -15,6 +15,8 @@ from rabbitmesh.cloudevents import CloudEvent, encode_amqp
 
 #: How many delivery attempts already failed; carried on retries through the delay queues.
 RETRIES_HEADER = "x-rabbitmesh-retries"
+#: On a dead letter: how many delivery attempts it had (docs/delivery.md, dead-letter list).
+ATTEMPTS_HEADER = "x-rabbitmesh-attempts"
 
 PERSISTENT = 2
 

@@ -53,6 +53,22 @@ class Names:
         """Where a queue's events wait for its dead-letter sink (one per trigger/subscription)."""
         return f"{queue}:dlq"  # ":" cannot occur in names: no clash with a trigger "x.dlq"
 
+    def partition_queue(self, queue: str, index: int) -> str:
+        """Partition `index` of an ordered trigger's or subscription's queue (docs/ordering.md)."""
+        return f"{queue}:p{index}"
+
+    def dead_letter_store(self, queue: str) -> str:
+        """The stream that keeps a queue's dead letters for inspection (docs/delivery.md)."""
+        return f"{queue}:dls"
+
+    def archive_stream(self, namespace: str, broker: str) -> str:
+        """A broker's archive: every event it accepted, in arrival order (docs/replay.md)."""
+        return f"{self.prefix}.archive.{namespace}.{broker}"
+
+    def replay_queue(self, namespace: str, name: str) -> str:
+        """A Replay's progress (one message) and lease (its one exclusive consumer)."""
+        return f"{self.prefix}.replay.{namespace}.{name}"
+
     @property
     def delay_exchange(self) -> str:
         """Headers exchange that routes a retry to the delay queue of its delay."""

@@ -107,6 +107,24 @@ class Topology:
             **self._plain,
         )
 
+    async def declare_partition_queue(self, queue: str, dead_letter_queue: str) -> None:
+        """A partition of an ordered queue (docs/ordering.md): single active consumer, so
+        however many replicas consume it only one delivers at a time; what it rejects goes to
+        the parent queue's `:dlq`."""
+        await self.channel.declare_queue(
+            queue,
+            durable=True,
+            arguments=self.queue_arguments(
+                {
+                    "x-single-active-consumer": True,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": dead_letter_queue,
+                },
+                delivery=True,
+            ),
+            **self._plain,
+        )
+
     async def bind(self, queue: str, exchange: str, routing_key: str) -> None:
         q = await self.channel.get_queue(queue, ensure=False)
         await q.bind(exchange, routing_key)

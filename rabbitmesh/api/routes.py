@@ -32,6 +32,7 @@ import orjson
 from aiohttp import web
 
 from rabbitmesh.api.auth import body_format, check_mutation
+from rabbitmesh.api.deadletters import DeadLetterApi
 from rabbitmesh.api.errors import ApiError
 from rabbitmesh.api.objects import (
     api_version_of,
@@ -80,6 +81,7 @@ class AdminApi:
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            *DeadLetterApi(self).routes(),
             web.get("/apis", self._wrap(self.discovery)),
             web.route("*", "/apply", self._wrap(self.apply)),
             web.get("/apis/{group}/{version}/{plural}", self._wrap(self.list_everywhere)),

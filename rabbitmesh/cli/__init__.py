@@ -7,9 +7,11 @@ import click
 from rabbitmesh import __version__
 from rabbitmesh.cli.broker import broker
 from rabbitmesh.cli.channel import channel
+from rabbitmesh.cli.deadletter import deadletter
 from rabbitmesh.cli.eventtype import eventtype
 from rabbitmesh.cli.manifests import apply, delete, get, patch
 from rabbitmesh.cli.rabbitmqsink import rabbitmqsink
+from rabbitmesh.cli.replay import replay
 from rabbitmesh.cli.run import run
 from rabbitmesh.cli.send import send
 from rabbitmesh.cli.sinkbinding import sinkbinding
@@ -47,6 +49,8 @@ _API_COMMANDS = (
     sinkbinding,
     rabbitmqsink,
     eventtype,
+    deadletter,
+    replay,
 )
 for _command in (*_API_COMMANDS, send):
     cli.add_command(_command)

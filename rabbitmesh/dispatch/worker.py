@@ -39,7 +39,13 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 
 from rabbitmesh import metrics, telemetry
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed, UnpublishableMessage
-from rabbitmesh.amqp.messages import RETRIES_HEADER, Outgoing, raw_message, to_message
+from rabbitmesh.amqp.messages import (
+    ATTEMPTS_HEADER,
+    RETRIES_HEADER,
+    Outgoing,
+    raw_message,
+    to_message,
+)
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.publisher import DelayQueues, Publisher
@@ -47,6 +53,7 @@ from rabbitmesh.amqp.topology import DELAY_HEADER
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
 from rabbitmesh.dataplane import TTL, stamp_arrival
 from rabbitmesh.dispatch.acks import AckBatcher
+from rabbitmesh.dispatch.deadletter_store import KeepDeadLetter, store_entry
 from rabbitmesh.dispatch.decision import Action, Decision, decide, final
 from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, send
@@ -123,6 +130,9 @@ class Subscriber:
     reply_must_be_event: bool = True
     #: not sent to the subscriber: a Trigger's drop the broker TTL (rabbitmesh/dataplane.py)
     drop_attributes: tuple[str, ...] = (TTL,)
+    #: With no dead-letter sink, keeps a final failure in the dead-letter store of the queue
+    #: named (docs/delivery.md) instead of dropping it as Knative does; None drops.
+    keep_dead_letter: KeepDeadLetter | None = None
     #: `Authorization` for each request (the sender's OIDC identity), when there is one.
     auth: Callable[[], dict[str, str] | None] | None = None
 
@@ -418,7 +428,7 @@ class QueueWorker:
         if decision.action is Action.PARK:
             await self._park(msg, f"dead-letter sink {sub.url} {why}")
             return
-        if decision.action is Action.DROP:
+        if decision.action is Action.DROP and sub.keep_dead_letter is None:
             _log_final(event, sub, attempt, outcome, why, "no dead-letter sink, event dropped")
             self.stats.dropped += 1
             metrics.dropped.labels(sub.name).inc()
@@ -432,7 +442,7 @@ class QueueWorker:
                 :ERROR_DATA_LIMIT
             ]
         try:
-            await self._publish_dead_letter(dead)
+            await self._publish_dead_letter(dead, attempt)
         except UnpublishableMessage as e:
             # Even without knativeerrordata it does not fit: let RabbitMQ dead-letter the
             # message as it came (it moves it internally, no frame limit on the way).
@@ -462,16 +472,27 @@ class QueueWorker:
         metrics.dead_lettered.labels(sub.name).inc()
         await msg.ack()
 
-    async def _publish_dead_letter(self, dead: CloudEvent) -> None:
-        """Publish to this queue's `:dlq`; if the error data tips it over the limits, again
-        without it (knativeerrordest and knativeerrorcode are short)."""
-        queue = self.names.dead_letter_queue(self.queue_name)
-        try:
-            await self.publisher.publish("", queue, to_message(dead), mandatory=True)
-        except UnpublishableMessage:
-            if dead.attributes.pop("knativeerrordata", None) is None:
-                raise
-            await self.publisher.publish("", queue, to_message(dead), mandatory=True)
+    async def _publish_dead_letter(
+        self, dead: CloudEvent, attempts: int = 0, parent: str | None = None
+    ) -> None:
+        """Publish to the `:dlq` of this queue (or of `parent`, a partition's queue) — with no
+        dead-letter sink, to its dead-letter store (docs/delivery.md); if the error data tips
+        it over the limits, again without it (knativeerrordest and knativeerrorcode are
+        short)."""
+        parent = parent or self.queue_name
+        extra = {ATTEMPTS_HEADER: attempts}
+        sub = self.subscriber
+        for _ in range(2):
+            try:
+                if sub.policy.dead_letter_url is None and sub.keep_dead_letter is not None:
+                    await sub.keep_dead_letter(parent, store_entry(dead, extra))
+                else:
+                    dlq = self.names.dead_letter_queue(parent)
+                    await self.publisher.publish("", dlq, to_message(dead, extra), mandatory=True)
+                return
+            except UnpublishableMessage:
+                if dead.attributes.pop("knativeerrordata", None) is None:
+                    raise
 
     async def _guard(self, msg: Incoming, exc: Exception) -> None:
         """The redelivery guard: an unexpected exception while handling `msg`.

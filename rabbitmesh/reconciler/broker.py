@@ -4,9 +4,12 @@ configuration places it (rabbitmesh/config/brokers.py)."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import aio_pika
 
+from rabbitmesh.amqp.clusters import Cluster
+from rabbitmesh.amqp.streams import StreamArgumentsDiffer, declare_stream
 from rabbitmesh.config.brokers import BrokerConfigProblem, BrokerSetup, broker_setup
 from rabbitmesh.config.knative import class_message
 from rabbitmesh.ingress.auth import problem as auth_problem
@@ -14,6 +17,7 @@ from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.resolve import address_url
 from rabbitmesh.resources.base import Address, Condition
 from rabbitmesh.resources.eventing import Broker, Trigger
+from rabbitmesh.resources.replay import archive_limits
 
 log = logging.getLogger("rabbitmesh.reconciler")
 
@@ -88,6 +92,7 @@ async def reconcile(ctx: Context, broker: Broker) -> None:
         old = await ctx.cluster(had.url)
         await old.topology.delete_exchange(exchange)
     ctx.placements[broker.key] = conf.placement
+    await reconcile_archive(ctx, broker, cluster)
     broker.status.address = Address(
         url=address_url(ctx.settings.base_url, KIND, broker.namespace, broker.name)
     )
@@ -99,7 +104,43 @@ async def reconcile(ctx: Context, broker: Broker) -> None:
     _config_condition(broker, conf)
 
 
+async def reconcile_archive(ctx: Context, broker: Broker, cluster: Cluster) -> None:
+    """The broker's archive (docs/replay.md): a stream bound to its exchange with `#`, so it
+    gets every event the broker accepts (ingress, replies, sources) in arrival order; no
+    annotation, no archive (deleting the stream deletes what it held). Only for a broker on
+    the main RabbitMQ (RABBITMESH_AMQP_URL): Replays read archives there."""
+    stream = ctx.names.archive_stream(broker.namespace, broker.name)
+    limits = archive_limits(broker)
+    extra = broker.status.model_extra
+    assert extra is not None
+    if limits is None or cluster.url != ctx.settings.amqp_url:
+        await ctx.topology.delete_queue(stream)  # a broker moved away takes no archive along
+        if limits is None:
+            extra.pop("archive", None)
+        else:
+            extra["archive"] = {
+                "stream": None,
+                "note": "no archive: the broker is placed on another RabbitMQ than "
+                "RABBITMESH_AMQP_URL (archives and Replays are on the main one only)",
+            }
+        return
+    seconds, max_bytes = limits
+    arguments: dict[str, Any] = {"x-max-age": f"{seconds}s"}
+    if max_bytes is not None:
+        arguments["x-max-length-bytes"] = max_bytes
+    note = ""
+    try:
+        await declare_stream(ctx.publisher, stream, arguments)
+    except StreamArgumentsDiffer:
+        # A stream's retention cannot change in place; the archive keeps the one it was
+        # made with (docs/replay.md: remove the annotation, then set it again, or a policy).
+        note = "kept with the retention it was created with"
+    await ctx.topology.bind(stream, ctx.names.broker_exchange(broker.namespace, broker.name), "#")
+    extra["archive"] = {"stream": stream, **({"note": note} if note else {})}
+
+
 async def finalize(ctx: Context, broker: Broker) -> None:
+    await ctx.topology.delete_queue(ctx.names.archive_stream(broker.namespace, broker.name))
     exchange = ctx.names.broker_exchange(broker.namespace, broker.name)
     placement = ctx.placements.pop(broker.key, None)
     cluster = await ctx.cluster(placement.url if placement is not None else None)

@@ -17,7 +17,11 @@ from rabbitmesh.amqp.remote import Clients
 from rabbitmesh.amqp.topology import QueueType, Topology
 from rabbitmesh.auth.identity import destination_audience, subject
 from rabbitmesh.config.effective import Effective
+from rabbitmesh.dispatch.deadletter_store import forget, keeper
+from rabbitmesh.dispatch.deadletters import SinkWorker
+from rabbitmesh.dispatch.ordered import Splitter
 from rabbitmesh.dispatch.policy import DeliveryPolicy, seconds
+from rabbitmesh.dispatch.replay import ReplayRunner
 from rabbitmesh.dispatch.worker import QueueWorker, Subscriber
 from rabbitmesh.reconciler.resolve import resolve
 from rabbitmesh.resources.base import Resource
@@ -53,6 +57,12 @@ class Context:
     #: (kind, namespace, name) -> earlier specs from the resource store (newest last), so a
     #: fresh process can undo what an earlier spec did before it started.
     history: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    #: Ordered queues (docs/ordering.md): queue -> its splitter on this replica, and queue ->
+    #: how many partitions it has had in this process (partitions left over keep draining).
+    splitters: dict[str, Splitter] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)
+    #: Replays running (or standing by) on this replica, by resource key (docs/replay.md).
+    replays: dict[tuple[str, str, str], ReplayRunner] = field(default_factory=dict)
     #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
     sources: SourceManager | None = None
     #: Connections of the RabbitmqSinks (one per RabbitMQ URL; rabbitmesh/amqp/remote.py).
@@ -154,6 +164,7 @@ class Context:
         `concurrency` (a trigger's parallelism annotation) restarts the worker: its in-flight
         deliveries finish, the rest stay in RabbitMQ for the new one.
         """
+        self.keep_dead_letters(subscriber)
         if not self.run_dispatchers:
             return
         cluster = cluster or self.cluster_of_queue(queue)
@@ -168,7 +179,16 @@ class Context:
             worker.subscriber = subscriber
         else:
             await self._start_worker(queue, subscriber, cluster, concurrency)
-        await self._run_dead_letters(queue, subscriber, cluster)
+        await self.run_dead_letters(queue, subscriber, cluster)
+
+    def keep_dead_letters(self, subscriber: Subscriber) -> None:
+        """With no dead-letter sink, final failures go to the dead-letter store (unless
+        RABBITMESH_DEAD_LETTER_RETENTION is PT0S: dropped, as Knative does). The store always
+        lives on the main RabbitMQ, also for a queue on another cluster (docs/delivery.md)."""
+        retention = self.settings.dead_letter_retention_seconds
+        subscriber.keep_dead_letter = (
+            keeper(self.publisher, self.names, retention, subscriber.name) if retention else None
+        )
 
     async def _start_worker(
         self,
@@ -197,7 +217,14 @@ class Context:
         await worker.start()
         self.workers[queue] = worker
 
-    async def _run_dead_letters(self, queue: str, subscriber: Subscriber, cluster: Cluster) -> None:
+    async def run_dead_letters(
+        self, queue: str, subscriber: Subscriber, cluster: Cluster | None = None
+    ) -> None:
+        """Deliver the `:dlq` (on `cluster`, default: where `queue` is) to the dead-letter
+        sink; what it refuses for good is kept in the dead-letter store (docs/delivery.md),
+        or parked with a retention of PT0S."""
+        cluster = cluster or self.cluster_of_queue(queue)
+        self.keep_dead_letters(subscriber)
         dlq = self.names.dead_letter_queue(queue)
         url = subscriber.policy.dead_letter_url
         if url is None:
@@ -220,14 +247,35 @@ class Context:
             ),
             reply_must_be_event=False,
         )
+        retention = self.settings.dead_letter_retention_seconds
+        kind = SinkWorker if retention > 0 else QueueWorker
         worker = self.workers.get(dlq)
-        if worker is not None and worker.consumer is not cluster.consumers:
-            await self.stop_queue(dlq)
-            worker = None
-        if worker is not None:
+        if worker is not None and type(worker) is kind and worker.consumer is cluster.consumers:
             worker.subscriber = dl_sub
             return
-        await self._start_worker(dlq, dl_sub, cluster, self.settings.concurrency, dead_letters=True)
+        # the retention changed (the other kind of worker), or the queue moved cluster
+        await self.stop_queue(dlq)
+        if retention == 0:
+            await self._start_worker(
+                dlq, dl_sub, cluster, self.settings.concurrency, dead_letters=True
+            )
+            return
+        s = self.settings
+        worker = SinkWorker(
+            keep=keeper(self.publisher, self.names, retention, dl_sub.name),
+            parent_queue=queue,
+            queue=dlq,
+            subscriber=dl_sub,
+            consumer=cluster.consumers,
+            publisher=cluster.publisher,
+            topology=cluster.topology,
+            names=self.names,
+            session=self.session,
+            prefetch=min(s.prefetch, 64),
+            concurrency=min(s.concurrency, 16),
+        )
+        await worker.start()
+        self.workers[dlq] = worker
 
     async def bind_exactly(self, queue: str, wanted: set[tuple[str, str]]) -> None:
         """Bind new keys before unbinding old ones, so no event falls between the two.
@@ -258,6 +306,8 @@ class Context:
         await topology.delete_queue(queue)
         await topology.delete_queue(dlq)
         self.queue_clusters.pop(queue, None)
+        await self.topology.delete_queue(self.names.dead_letter_store(queue))
+        forget(self.names.dead_letter_store(queue))
 
     async def declare_delivery_queue(
         self, queue: str, cluster: Cluster | None = None, queue_type: QueueType | None = None

@@ -22,6 +22,7 @@ from rabbitmesh.reconciler import (
     eventtype,
     parallel,
     rabbitmqsink,
+    replay,
     sequence,
     sources,
     subscription,
@@ -47,6 +48,7 @@ RECONCILERS: dict[str, ModuleType] = {
         eventpolicy,
         configmap,
         brokerconfig,
+        replay,
     )
 }
 #: One module reconciles every source kind (their status; they have no topology).
@@ -154,5 +156,9 @@ class Controller:
             log.warning("deleting %s %s/%s failed: %s", res.KIND, res.namespace, res.name, e)
 
     async def stop(self) -> None:
+        for key in list(self.ctx.replays):
+            await self.ctx.replays.pop(key).stop()
+        for queue in list(self.ctx.splitters):  # first: nothing new enters the partitions
+            await self.ctx.splitters.pop(queue).stop(self.ctx.settings.shutdown_timeout)
         for queue in list(self.ctx.workers):
             await self.ctx.stop_queue(queue)

@@ -15,11 +15,13 @@ from rabbitmesh.dataplane import ExchangeReplier, QueueReplier, Target
 from rabbitmesh.dispatch.policy import DeliveryPolicy, merge_delivery
 from rabbitmesh.dispatch.worker import ReplyHandler, Subscriber
 from rabbitmesh.hosted import HostedKind, hosted_kind
+from rabbitmesh.reconciler import ordering
 from rabbitmesh.reconciler.channel import template as channel_template
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.resources.messaging import Channel, Subscription
+from rabbitmesh.resources.ordering import partitions
 
 KIND = "Subscription"
 ORDER = 20
@@ -45,6 +47,10 @@ class Plan:
     delivery: DeliverySpec
     #: exchanges the queue may still be bound to from an earlier shape of the resource
     unbind_from: tuple[str, ...] = ()
+    #: ordered delivery through this many partitions (docs/ordering.md); None: unordered
+    partitions: int | None = None
+    #: the resource, whose earlier specs may have left partitions (ordered delivery)
+    key: tuple[str, str, str] | None = None
     #: Whose identity deliveries carry (authentication_oidc): the Subscription, the flow.
     sender: Resource | None = None
 
@@ -124,7 +130,8 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
         await ctx.stop_queue(queue)
         e.wiring = wiring
         raise
-    await ctx.run_queue(
+    await ordering.deliver(
+        ctx,
         queue,
         Subscriber(
             name=plan.label,
@@ -136,6 +143,8 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
             drop_attributes=(),
             auth=_auth(ctx, plan),
         ),
+        plan.partitions,
+        plan.key,
     )
     return wiring
 
@@ -266,6 +275,8 @@ async def reconcile(ctx: Context, sub: Subscription) -> None:
             spec.delivery, channel.spec.delivery, channel_template(ctx, channel)[0].delivery
         ),
         unbind_from=tuple(x for x in earlier_channels(ctx, sub) if x != exchange),
+        partitions=partitions(sub),
+        key=sub.key,
         sender=sub,
     )
     try:
@@ -279,4 +290,8 @@ async def reconcile(ctx: Context, sub: Subscription) -> None:
 
 
 async def finalize(ctx: Context, sub: Subscription) -> None:
-    await unwire(ctx, ctx.names.subscription_queue(sub.namespace, sub.name))
+    queue = ctx.names.subscription_queue(sub.namespace, sub.name)
+    await ordering.delete_partitions(
+        ctx, queue, max(partitions(sub) or 0, ordering.historic_partitions(ctx, sub.key))
+    )
+    await unwire(ctx, queue)

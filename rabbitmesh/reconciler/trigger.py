@@ -12,9 +12,11 @@ from rabbitmesh.dataplane import ExchangeReplier, Target
 from rabbitmesh.dispatch.policy import merge_delivery
 from rabbitmesh.dispatch.worker import Subscriber
 from rabbitmesh.filters import binding_keys, compile_trigger_filter
+from rabbitmesh.reconciler import ordering
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.resources.eventing import Broker, Trigger, TriggerSpec
+from rabbitmesh.resources.ordering import partitions
 
 log = logging.getLogger("rabbitmesh.trigger")
 
@@ -135,6 +137,9 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
     insecure = insecure_urls(ctx, url, policy.dead_letter_url)
     if insecure:
         await ctx.stop_queue(queue)  # events wait in RabbitMQ until it may deliver
+        await ordering.stop_splitter(ctx, queue)  # and an ordered trigger's partitions too
+        for i in range(ctx.partitions.get(queue, 0)):
+            await ctx.stop_queue(ctx.names.partition_queue(queue, i))
         trigger.status.set_ready(
             False,
             "TransportEncryptionStrict",
@@ -144,7 +149,8 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
         return
     parallelism = trigger.parallelism()
     concurrency = parallelism[0] if parallelism else ctx.settings.concurrency
-    await ctx.run_queue(
+    await ordering.deliver(
+        ctx,
         queue,
         Subscriber(
             name=f"trigger={ns}/{trigger.name}",
@@ -156,6 +162,8 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
             reply_must_be_event=True,
             auth=ctx.sender_auth(trigger, spec.subscriber, ns),
         ),
+        partitions(trigger),
+        trigger.key,
         concurrency=concurrency,
         cluster=cluster,
     )
@@ -199,4 +207,8 @@ def _effective(
 
 
 async def finalize(ctx: Context, trigger: Trigger) -> None:
-    await ctx.delete_queue(ctx.names.trigger_queue(trigger.namespace, trigger.name))
+    queue = ctx.names.trigger_queue(trigger.namespace, trigger.name)
+    await ordering.delete_partitions(
+        ctx, queue, max(partitions(trigger) or 0, ordering.historic_partitions(ctx, trigger.key))
+    )
+    await ctx.delete_queue(queue)

@@ -9,7 +9,9 @@ from pydantic import Field, model_validator
 from rabbitmesh.filters import FilterError, compile_trigger_filter
 from rabbitmesh.resources.base import DNS1123_SUBDOMAIN, FieldError, Model, Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination, KReference
+from rabbitmesh.resources.ordering import partitions
 from rabbitmesh.resources.registry import register
+from rabbitmesh.resources.replay import archive_limits
 
 
 class BrokerSpec(Model):
@@ -29,6 +31,7 @@ class Broker(Resource):
 
     def check(self) -> None:
         self.ingress_token_secret()
+        archive_limits(self)  # the archive annotations (docs/replay.md)
 
     def ingress_token_secret(self) -> tuple[str, str] | None:
         """(Secret name, key) of the ingress tokens, None when the ingress is open."""
@@ -101,6 +104,7 @@ class Trigger(Resource):
         return (ref.namespace if ref is not None else None) or self.namespace
 
     def check(self) -> None:
+        partitions(self)  # the ordering annotations (docs/ordering.md)
         self.parallelism()
         ref = self.spec.broker_ref
         if ref is not None:

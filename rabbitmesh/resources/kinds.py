@@ -9,5 +9,6 @@ from rabbitmesh.resources import (
     flows,  # noqa: F401
     messaging,  # noqa: F401
     rabbitmq,  # noqa: F401
+    replay,  # noqa: F401
     sources,  # noqa: F401
 )

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from rabbitmesh.resources.base import FieldError, Model, Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination, KReference
+from rabbitmesh.resources.ordering import partitions
 from rabbitmesh.resources.registry import register
 
 MESSAGING_V1 = "messaging.knative.dev/v1"
@@ -109,6 +110,7 @@ class Subscription(Resource):
     spec: SubscriptionSpec
 
     def check(self) -> None:
+        partitions(self)  # the ordering annotations (docs/ordering.md)
         ref = self.spec.channel
         if not ref.kind.endswith("Channel"):
             raise FieldError(

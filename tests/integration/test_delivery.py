@@ -204,7 +204,10 @@ async def test_trigger_inherits_broker_delivery(start_mesh, make_sink):
 async def test_default_delivery_comes_from_settings(start_mesh, make_sink):
     sub = await make_sink(lambda r, i: Reply(500))
     mesh = await start_mesh(
-        broker_and_trigger(sub.url), default_retry=2, default_backoff_delay="PT0.01S"
+        broker_and_trigger(sub.url),
+        default_retry=2,
+        default_backoff_delay="PT0.01S",
+        dead_letter_retention="PT0S",  # Knative's drop (kept dead letters: test_deadletters.py)
     )
     await post_binary(mesh.url + "/default/br")
     await sub.wait_for(3)

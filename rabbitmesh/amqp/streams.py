@@ -1,0 +1,133 @@
+"""Stream queues rabbitmesh keeps besides its delivery queues: archives and dead-letter stores.
+
+A stream is read without removing anything: each reader picks a start (`first`, an offset, a
+timestamp) and RabbitMQ hands out copies, each with its `x-stream-offset`. That is why
+dead-letter listing (docs/delivery.md) and replay (docs/replay.md) use them: listing never
+removes or reorders anything, and a replay can read the same window twice.
+
+Declaring happens on a channel of its own: a stream that exists with other arguments (a
+changed retention) makes RabbitMQ close the channel, which must not be the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.messages import raw_message
+
+log = logging.getLogger("rabbitmesh.streams")
+
+#: A stream consumer needs a prefetch; acks only move the window on.
+READ_PREFETCH = 500
+#: A reader that waited this long for the next message gives up (RabbitMQ is away).
+READ_IDLE_TIMEOUT = 5.0
+
+
+#: On an end marker (see append_marker); readers skip every message that has it.
+MARKER_HEADER = "x-rabbitmesh-marker"
+
+
+class StreamReadTimeout(Exception):
+    """A reader waited READ_IDLE_TIMEOUT for the next message (RabbitMQ away)."""
+
+
+class StreamArgumentsDiffer(Exception):
+    """The stream exists with other arguments; it is used as it is."""
+
+
+async def declare_stream(client: AmqpClient, name: str, arguments: dict[str, Any]) -> None:
+    """Declare a durable stream; raise StreamArgumentsDiffer if one exists with others."""
+    ch = await client.channel()
+    try:
+        await ch.declare_queue(
+            name, durable=True, arguments={"x-queue-type": "stream", **arguments}
+        )
+    except aio_pika.exceptions.ChannelPreconditionFailed as e:
+        raise StreamArgumentsDiffer(str(e)) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await ch.close()
+
+
+async def delete_stream(client: AmqpClient, name: str) -> None:
+    ch = await client.channel()
+    try:
+        await ch.queue_delete(name)
+    finally:
+        with contextlib.suppress(Exception):
+            await ch.close()
+
+
+async def exists(client: AmqpClient, name: str) -> bool:
+    ch = await client.channel()
+    try:
+        await ch.declare_queue(name, passive=True)
+        return True
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await ch.close()
+
+
+async def append_marker(client: AmqpClient, name: str) -> str:
+    """Append an end marker (confirmed) and return its id. RabbitMQ offers no exact "last
+    offset now" over AMQP (a stream's message count lags behind), so a reader that must read
+    *everything up to now* appends a marker and reads until it comes by; readers skip them."""
+    marker = uuid.uuid4().hex
+    await client.publish("", name, raw_message(b"", {MARKER_HEADER: marker}), mandatory=True)
+    return marker
+
+
+def is_marker(msg: AbstractIncomingMessage) -> bool:
+    return MARKER_HEADER in (msg.headers or {})
+
+
+async def read_stream(
+    client: AmqpClient,
+    name: str,
+    start: str | int | datetime,
+    until_marker: str,
+) -> AsyncIterator[tuple[int, AbstractIncomingMessage]]:
+    """(offset, message) from `start`, in stream order, until the marker `until_marker`
+    (not yielded; other markers are skipped).
+
+    A timestamp start begins at the chunk that holds it: messages a little older may come
+    first, and callers that need exact times check each message's own.
+    """
+    ch = await client.channel(prefetch=READ_PREFETCH)
+    inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    try:
+        q = await ch.get_queue(name, ensure=True)
+        await q.consume(inbox.put, arguments={"x-stream-offset": start})
+        seen = 0
+        while True:
+            try:
+                msg = await asyncio.wait_for(inbox.get(), READ_IDLE_TIMEOUT)
+            except TimeoutError:
+                raise StreamReadTimeout(f"{name}: no message for {READ_IDLE_TIMEOUT}s") from None
+            seen += 1
+            if seen % (READ_PREFETCH // 2) == 0:
+                await msg.ack(multiple=True)
+            headers = msg.headers or {}
+            marker = headers.get(MARKER_HEADER)
+            if marker is not None:
+                if (marker.decode() if isinstance(marker, bytes) else marker) == until_marker:
+                    return
+                continue
+            offset = headers.get("x-stream-offset")
+            if isinstance(offset, int):
+                yield offset, msg
+    finally:
+        with contextlib.suppress(Exception):
+            await ch.close()

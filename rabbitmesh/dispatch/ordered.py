@@ -1,0 +1,256 @@
+"""Per-key ordered delivery (docs/ordering.md): a splitter and one worker per partition.
+
+The promise: for two events with the same `partitionkey`, the second's first delivery attempt
+starts only after the first succeeded or was dead-lettered, retries included; also across a
+restart or SIGKILL of rabbitmesh and with several replicas.
+
+How:
+- The trigger's (or subscription's) queue stays what it is: bound to the broker, the entry
+  point of replays and redrives. A `Splitter` consumes it as the only consumer (an exclusive
+  basic.consume; the other replicas stand by and retry) and moves every message, in queue
+  order, into partition `crc32(partitionkey) % N`, `{queue}:p{i}`. A message is acked only
+  after its copy was confirmed, so a crash can duplicate but never lose or reorder.
+- Each partition is a queue with `x-single-active-consumer`: however many replicas consume
+  it, RabbitMQ delivers to one at a time, and hands over to the next only when that one's
+  channel is gone, with the unacked message back at the head.
+- `OrderedWorker` delivers a partition one message at a time (prefetch 1) and holds retries
+  in-process (the partition waits through the backoff) instead of sending them to a delay
+  queue, where a later event of the same key would overtake them. It acks only after success
+  or dead-letter; so after a SIGKILL the next consumer starts with the same event.
+
+No RabbitMQ plugin is needed (the consistent-hash exchange would be one): hashing here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+
+from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.messages import raw_message
+from rabbitmesh.amqp.pool import ConsumerPool
+from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
+from rabbitmesh.dispatch.decision import Action, Decision, decide
+from rabbitmesh.dispatch.sender import Outcome
+from rabbitmesh.dispatch.worker import Incoming, QueueWorker
+
+log = logging.getLogger("rabbitmesh.ordered")
+
+#: The CloudEvent extension that names the ordering key (the Kafka broker's name for it).
+KEY_ATTRIBUTE = "partitionkey"
+_KEY_HEADERS = ("ce-partitionkey", "cloudEvents:partitionkey", "cloudEvents_partitionkey")
+
+#: Messages the splitter takes at once; each batch is confirmed, then acked with one ack.
+SPLIT_PREFETCH = 256
+#: How often a standby splitter asks again for the entry queue another replica holds.
+STANDBY_RETRY = 1.0
+#: Pause after a batch RabbitMQ did not confirm, before it is taken again.
+SPLIT_REQUEUE_PAUSE = 1.0
+
+
+def partition_of(key: str | None, partitions: int, fallback: int) -> int:
+    """The partition of a key: stable across processes and versions (crc32, not hash())."""
+    if key is None:
+        return fallback % partitions
+    return zlib.crc32(key.encode()) % partitions
+
+
+def key_of(headers: Mapping[str, Any], body: bytes, content_type: str | None) -> str | None:
+    """The message's `partitionkey`, from its headers (binary mode) or, for a structured
+    message, its decoded attributes; None when it has none (no order promise)."""
+    for name in _KEY_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    if content_type and content_type.startswith("application/cloudevents"):
+        try:
+            value = decode_amqp(dict(headers), body, content_type).attributes.get(KEY_ATTRIBUTE)
+        except (InvalidEvent, RecursionError, ValueError, TypeError):
+            return None
+        return None if value is None else str(value)
+    return None
+
+
+class Splitter:
+    """Moves a queue's messages, in order, into its partition queues; one replica at a time."""
+
+    def __init__(
+        self,
+        *,
+        queue: str,
+        partitions: list[str],
+        consumer: AmqpClient | ConsumerPool,
+        publisher: AmqpClient,
+    ) -> None:
+        self.queue = queue
+        self.partitions = partitions
+        self.consumer = consumer
+        self.publisher = publisher
+        self.moved = 0
+        #: True while this replica holds the queue (the others stand by).
+        self.active = False
+        self._task: asyncio.Task[None] | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._round_robin = 0
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"split {self.queue}")
+
+    async def stop(self, timeout: float) -> None:
+        """Finish the batch in hand (bounded by `timeout`), so a graceful stop duplicates
+        nothing; then hand the rest back."""
+        self._stopping = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._close()
+
+    async def _close(self) -> None:
+        ch, self._channel, self.active = self._channel, None, False
+        if ch is not None:
+            with contextlib.suppress(Exception):
+                await ch.close()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            try:
+                self._channel = await self.consumer.channel(prefetch=SPLIT_PREFETCH)
+                queue = await self._channel.get_queue(self.queue, ensure=True)
+                # Exclusive: a second replica's consume is refused; it stands by and retries,
+                # and takes over once this one's channel is gone.
+                await queue.consume(inbox.put, exclusive=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                await self._close()
+                log.debug("splitter for %s stands by (%s)", self.queue, e)
+                await asyncio.sleep(STANDBY_RETRY)
+                continue
+            self.active = True
+            log.info("splitting %s into %d partitions", self.queue, len(self.partitions))
+            try:
+                await self._move(inbox)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the channel went away: consume again
+                log.warning("splitter for %s stopped (%s); consuming again", self.queue, e)
+            await self._close()
+            await asyncio.sleep(STANDBY_RETRY)
+
+    async def _move(self, inbox: asyncio.Queue[AbstractIncomingMessage]) -> None:
+        while not self._stopping:
+            try:
+                first = await asyncio.wait_for(inbox.get(), STANDBY_RETRY)
+            except TimeoutError:
+                if self._channel is None or self._channel.is_closed:
+                    return
+                continue
+            batch = [first]
+            while not inbox.empty() and len(batch) < SPLIT_PREFETCH:
+                batch.append(inbox.get_nowait())
+            lanes: dict[int, list[AbstractIncomingMessage]] = {}
+            for msg in batch:
+                headers = msg.headers or {}
+                key = key_of(headers, msg.body, msg.content_type)
+                self._round_robin += 1
+                p = partition_of(key, len(self.partitions), self._round_robin)
+                lanes.setdefault(p, []).append(msg)
+            results = await asyncio.gather(
+                *(self._publish_lane(self.partitions[p], msgs) for p, msgs in lanes.items()),
+                return_exceptions=True,
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                # Some copies may be in their partitions already: a redelivery duplicates
+                # them (at least once) but keeps the order.
+                log.warning(
+                    "splitter for %s: %d messages not confirmed (%s); handed back",
+                    self.queue,
+                    len(batch),
+                    failed[0],
+                )
+                await asyncio.sleep(SPLIT_REQUEUE_PAUSE)
+                with contextlib.suppress(Exception):
+                    await batch[-1].nack(multiple=True, requeue=True)
+                continue
+            await batch[-1].ack(multiple=True)
+            self.moved += len(batch)
+
+    async def _publish_lane(self, partition: str, msgs: list[AbstractIncomingMessage]) -> None:
+        """One partition's share of a batch, one confirm after another: their order holds."""
+        for msg in msgs:
+            copy = raw_message(msg.body, dict(msg.headers or {}), msg.content_type, msg.message_id)
+            await self.publisher.publish("", partition, copy, mandatory=True)
+
+
+class OrderedWorker(QueueWorker):
+    """Delivers one partition strictly in order: one message at a time, retries in-process.
+
+    Dead letters go to the parent queue's `:dlq` or store (every partition of a trigger shares
+    them), so they look the same whether the trigger is ordered or not.
+    """
+
+    def __init__(self, *, parent_queue: str, **kwargs: Any) -> None:
+        super().__init__(prefetch=1, concurrency=1, **kwargs)
+        self.parent_queue = parent_queue
+
+    async def _retry(
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int, decision: Decision
+    ) -> None:
+        """The partition waits: backoff and retries happen here, holding the message unacked,
+        so nothing behind it (of the same key) can start. A crash mid-wait hands the same
+        message to the next consumer, first in line (with a fresh retry budget)."""
+        while decision.action is Action.RETRY and not self._stopping:
+            sub = self.subscriber
+            log.info(
+                "delivery failed: event id=%s %s attempt=%d (%s); retry in %.3fs (ordered)",
+                event.id,
+                sub.name,
+                retries + 1,
+                outcome.error,
+                decision.delay,
+            )
+            self.stats.retried += 1
+            await asyncio.sleep(decision.delay)
+            sub = self.subscriber  # the resource may have changed meanwhile
+            retries = decision.retries
+            outbound = without(event, sub.drop_attributes)
+            outcome = await self._send(sub, outbound, structured=sub.policy.format == "json")
+            decision = decide(outcome, retries, sub.policy, replies=sub.on_reply is not None)
+            if not outcome.ok:
+                self.stats.last_error = outcome.error
+        if decision.action is Action.RETRY:  # stopping: hand it back, first in line
+            await _nack(msg)
+        elif decision.action in (Action.ACK, Action.REPLY):
+            await self._succeeded(msg, event, outcome, retries)
+        else:
+            await self._final(msg, event, outcome, retries, decision)
+
+    async def _publish_dead_letter(
+        self, dead: CloudEvent, attempts: int = 0, parent: str | None = None
+    ) -> None:
+        await super()._publish_dead_letter(dead, attempts, parent or self.parent_queue)
+
+
+def without(event: CloudEvent, attributes: tuple[str, ...]) -> CloudEvent:
+    """The event as the subscriber gets it (the worker leaves out `drop_attributes`)."""
+    if not any(a in event.attributes for a in attributes):
+        return event
+    kept = {k: v for k, v in event.attributes.items() if k not in attributes}
+    return CloudEvent(kept, event.data, event.trace)
+
+
+async def _nack(msg: Incoming) -> None:
+    with contextlib.suppress(Exception):
+        await msg.nack(requeue=True)
