@@ -26,17 +26,22 @@ from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
 from rabbitmesh.controlplane import ControlPlane
+from rabbitmesh.ingress.eventtransform import EventTransforms
 from rabbitmesh.ingress.handlers import Ingress, Target
+from rabbitmesh.ingress.requestreply import RequestReplies
+from rabbitmesh.jobs.runner import JobRunner
 from rabbitmesh.listen import ListenError, cannot_listen
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller
 from rabbitmesh.reconciler.hosted import ingress_target, not_ready_reason
+from rabbitmesh.reconciler.jobsink import show_runs as job_status
 from rabbitmesh.reconciler.sources import on_runtime_change as source_status
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
+from rabbitmesh.sources.secrets import secrets_in
 from rabbitmesh.tls import amqp_client_context, server_context
 
 log = logging.getLogger("rabbitmesh")
@@ -70,6 +75,17 @@ class Server:
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.admin = AdminApi(lambda: self.plane, settings)
+        self.requestreplies = RequestReplies(
+            self.publisher,
+            self.consumer,
+            lambda: self.ctx,
+            lambda: self.reconciled,
+            settings.requestreply_secret,
+            settings.requestreply_max_pending,
+        )
+        self.transforms = EventTransforms(
+            lambda: self.ctx, lambda: self.reconciled, lambda: self.session
+        )
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -111,6 +127,9 @@ class Server:
             )
             app.add_routes(webhooks.routes())
         if self.settings.role in ("all", "ingress"):
+            # Before the ingress' routes: its `/{namespace}/{name}` must not catch theirs.
+            app.add_routes(self.transforms.routes())
+            app.add_routes(self.requestreplies.routes())
             app.add_routes(ingress.routes())
             if self.settings.eventtype_auto_create:
                 app.middlewares.append(self._observe_event_types)
@@ -215,6 +234,18 @@ class Server:
             session=self.session,
             run_dispatchers=s.role in ("all", "dispatcher"),
         )
+        if s.role in ("all", "ingress"):
+            self.ctx.requestreplies = self.requestreplies
+        ctx_ = self.ctx
+        self.ctx.jobs = JobRunner(
+            s,
+            self.names,
+            self.publisher,
+            self.consumer,
+            secrets_in(ctx_.get),
+            lambda job: job_status(ctx_, job),
+            consume=s.role in ("all", "dispatcher"),
+        )
         if s.role in ("all", "sources"):
             sources = SourceManager(s, self.names, self.session, self.publisher.ssl_context)
             ctx = self.ctx
@@ -269,6 +300,9 @@ class Server:
             await self.plane.stop()
         if self.controller is not None:
             await self.controller.stop()
+        if self.ctx is not None and self.ctx.jobs is not None:
+            await self.ctx.jobs.close()  # runs in progress finish within shutdown_timeout
+        await self.requestreplies.close()
         if self.session is not None:
             await self.session.close()
         await self.consumers.close()

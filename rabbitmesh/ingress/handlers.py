@@ -115,6 +115,7 @@ class Ingress:
             web.route("*", "/channels/{namespace}/{name}", self._for("Channel")),
             web.route("*", "/sequences/{namespace}/{name}", self._for("Sequence")),
             web.route("*", "/parallels/{namespace}/{name}", self._for("Parallel")),
+            web.route("*", "/jobsinks/{namespace}/{name}", self._for("JobSink")),
             web.route("*", "/{namespace}/{name}", self._for("Broker")),
         ]
 

@@ -20,6 +20,8 @@ from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.settings import Settings
 
 if TYPE_CHECKING:
+    from rabbitmesh.ingress.requestreply import RequestReplies
+    from rabbitmesh.jobs.runner import JobRunner
     from rabbitmesh.sources.manager import SourceManager
 
 log = logging.getLogger("rabbitmesh.reconciler")
@@ -47,6 +49,10 @@ class Context:
     history: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
     #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
     sources: SourceManager | None = None
+    #: This replica's RequestReply reply queues and waiters (roles `all` and `ingress`).
+    requestreplies: RequestReplies | None = None
+    #: This replica's JobSink runners (roles `all` and `dispatcher`).
+    jobs: JobRunner | None = None
 
     def get(self, kind: str, namespace: str, name: str) -> Resource | None:
         return self.resources.get((kind, namespace, name))

@@ -13,8 +13,11 @@ from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler import (
     broker,
     channel,
+    eventtransform,
     eventtype,
+    jobsink,
     parallel,
+    requestreply,
     sequence,
     sources,
     subscription,
@@ -27,7 +30,9 @@ log = logging.getLogger("rabbitmesh.reconciler")
 
 #: kind -> its reconciler module (KIND, ORDER, reconcile(ctx, res), finalize(ctx, res)).
 RECONCILERS: dict[str, ModuleType] = {
-    m.KIND: m for m in (broker, trigger, channel, subscription, sequence, parallel, eventtype)
+    m.KIND: m
+    for m in (broker, trigger, channel, subscription, sequence, parallel, eventtype)
+    + (eventtransform, requestreply, jobsink)
 }
 #: One module reconciles every source kind (their status; they have no topology).
 RECONCILERS.update(dict.fromkeys(sources.KINDS, sources))

@@ -32,6 +32,8 @@ def exchange_of(names: Names, kind: str, namespace: str, name: str) -> Target | 
     if kind == "Parallel":
         ingress = Parallel.ingress_channel_name(name)
         return Target(names.flow_exchange("parallel", namespace, ingress), is_broker=False)
+    if kind == "JobSink":  # a run is recorded once its queue has the event
+        return Target(names.jobsink_exchange(namespace, name), is_broker=False)
     return None
 
 
@@ -54,6 +56,8 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
         return target if target is None or accepted is None else replace(target, tokens=accepted)
     if res.status.address is None:
         return None
+    if res.KIND == "JobSink" and res.status.ready != "True":
+        return None  # e.g. its runtime is not allowed: take no runs that cannot start
     return exchange_of(ctx.names, res.KIND, namespace, name)
 
 

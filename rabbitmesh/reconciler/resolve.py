@@ -13,6 +13,10 @@ HOSTED_PATHS: dict[str, str] = {
     "InMemoryChannel": "/channels/{namespace}/{name}",
     "Sequence": "/sequences/{namespace}/{name}",
     "Parallel": "/parallels/{namespace}/{name}",
+    # Hosted, but not exchanges: synchronous endpoints (issue 15).
+    "EventTransform": "/eventtransforms/{namespace}/{name}",
+    "RequestReply": "/requestreplies/{namespace}/{name}",
+    "JobSink": "/jobsinks/{namespace}/{name}",
 }
 
 

@@ -3,8 +3,10 @@
 from rabbitmesh.resources import (
     core,  # noqa: F401
     eventing,  # noqa: F401
+    eventing_v1alpha1,  # noqa: F401
     eventtypes,  # noqa: F401
     flows,  # noqa: F401
     messaging,  # noqa: F401
+    sinks,  # noqa: F401
     sources,  # noqa: F401
 )
