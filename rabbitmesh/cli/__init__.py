@@ -7,8 +7,11 @@ import click
 from rabbitmesh import __version__
 from rabbitmesh.cli.broker import broker
 from rabbitmesh.cli.channel import channel
+from rabbitmesh.cli.eventtransform import eventtransform
 from rabbitmesh.cli.eventtype import eventtype
+from rabbitmesh.cli.jobsink import jobsink
 from rabbitmesh.cli.manifests import apply, delete, get, patch
+from rabbitmesh.cli.requestreply import requestreply
 from rabbitmesh.cli.run import run
 from rabbitmesh.cli.send import send
 from rabbitmesh.cli.sinkbinding import sinkbinding
@@ -45,6 +48,9 @@ _API_COMMANDS = (
     source,
     sinkbinding,
     eventtype,
+    eventtransform,
+    requestreply,
+    jobsink,
 )
 for _command in (*_API_COMMANDS, send):
     cli.add_command(_command)
