@@ -26,7 +26,15 @@ from rabbitmesh.store.state import Key
 ANY = "*"
 #: Kinds whose reconcile reads Secrets it does not name in a reference.
 READS_ANY_SECRET = frozenset(
-    {"Broker", "PingSource", "ContainerSource", "ApiServerSource", "SinkBinding", "GitLabSource"}
+    {
+        "Broker",
+        "PingSource",
+        "ContainerSource",
+        "ApiServerSource",
+        "SinkBinding",
+        "GitLabSource",
+        "JobSink",
+    }
 )
 
 

@@ -56,8 +56,12 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
         return target if target is None or accepted is None else replace(target, tokens=accepted)
     if res.status.address is None:
         return None
-    if res.KIND == "JobSink" and res.status.ready != "True":
-        return None  # e.g. its runtime is not allowed: take no runs that cannot start
+    if res.KIND == "JobSink":
+        if res.status.ready != "True":
+            return None  # e.g. its runtime is not allowed: take no runs that cannot start
+        target = exchange_of(ctx.names, res.KIND, namespace, name)
+        accepted = tokens(ctx.get, res)  # each event starts a run: it may need a token
+        return target if target is None or accepted is None else replace(target, tokens=accepted)
     return exchange_of(ctx.names, res.KIND, namespace, name)
 
 

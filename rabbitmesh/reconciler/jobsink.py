@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import aio_pika
 
+from rabbitmesh.ingress.auth import problem as auth_problem
 from rabbitmesh.jobs.runner import stream_arguments
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.resolve import address_url
@@ -39,6 +40,10 @@ async def reconcile(ctx: Context, job: JobSink) -> None:
         if ctx.jobs is not None:
             await ctx.jobs.drop(ns, name)  # queued runs wait in RabbitMQ
         job.status.set_ready(False, e.reason, e.message)
+        return
+    why = auth_problem(ctx.get, job)
+    if why is not None:  # fail closed: no runs until the tokens are there
+        job.status.set_ready(False, "IngressTokenSecretMissing", why)
         return
     if ctx.jobs is not None:
         await ctx.jobs.ensure(job)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rabbitmesh.resources.base import FieldError, Model, Resource
+from rabbitmesh.resources.eventing import ingress_token_secret
 from rabbitmesh.resources.registry import register
 from rabbitmesh.resources.sources import (
     RUNTIME_ANNOTATION,
@@ -40,6 +41,7 @@ class JobSink(Resource):
                 f"unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}",
             )
         self.containers()
+        ingress_token_secret(self)
 
     @property
     def runtime(self) -> str | None:

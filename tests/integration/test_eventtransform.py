@@ -88,8 +88,13 @@ async def test_sink_and_reply_transform(start_mesh, make_sink):
     sink's response into the EventTransform's own response."""
 
     def answer(r, _i):
-        headers = {"ce-specversion": "1.0", "ce-id": "reply-1", "ce-type": "order.priced",
-                   "ce-source": "pricer", "content-type": "application/json"}
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": "reply-1",
+            "ce-type": "order.priced",
+            "ce-source": "pricer",
+            "content-type": "application/json",
+        }
         return Reply(200, headers, orjson.dumps({"price": data(r)["total"] * 2}))
 
     sink = await make_sink(answer)
@@ -175,7 +180,7 @@ async def test_a_result_that_is_no_cloudevent_fails_the_delivery_and_dead_letter
 async def test_undefined_result_and_runaway_expression_are_422(start_mesh):
     mesh = await start_mesh(
         transform("nothing", "nope.nothing")
-        + transform("loop", '($f := function($x){ $f($x) + 1 }; $f(1))')
+        + transform("loop", "($f := function($x){ $f($x) + 1 }; $f(1))")
     )
     for name in ("nothing", "loop"):
         status, _, body = await post(

@@ -179,3 +179,42 @@ async def test_process_runtime_turned_off_takes_no_runs(start_mesh, tmp_path):
     assert job.status.conditions[0].reason == "RuntimeNotAllowed"
     status, _, body = await send(mesh.url, id_="no")
     assert status == 503 and b"RuntimeNotAllowed" in body
+
+
+async def test_an_ingress_token_guards_who_may_start_runs(start_mesh, tmp_path):
+    """Attack: anyone who reaches the ingress could start runs. With the annotation, only
+    holders of a token from the Secret can; without the Secret, nobody (fail closed)."""
+    out = tmp_path / "out.jsonl"
+    guarded = jobsink(out).replace(
+        "metadata: {name: job}",
+        "metadata: {name: job, annotations: {rabbitmesh.dev/ingress-token-secret: tok}}",
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    closed = jobsink(other / "out.jsonl", name="closed").replace(
+        "metadata: {name: closed}",
+        "metadata: {name: closed, annotations: {rabbitmesh.dev/ingress-token-secret: none}}",
+    )
+    secret = """
+        apiVersion: v1
+        kind: Secret
+        metadata: {name: tok}
+        stringData: {token: run-it}
+        ---
+        """
+    mesh = await start_mesh(guarded + secret + closed)
+    status, headers, _ = await send(mesh.url, id_="anon")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    status, _, _ = await post(
+        mesh.url + "/jobsinks/default/job",
+        headers={**binary_headers("x", "auth"), "Authorization": "Bearer run-it"},
+        body=b"{}",
+    )
+    assert status == 202
+    await eventually(lambda: finished(mesh, 1), 20, what="the authorised run")
+    assert [s["id"] for s in lines(out)] == ["auth"]
+    shut = mesh.server.ctx.get("JobSink", "default", "closed")
+    assert shut.status.ready == "False"
+    assert shut.status.conditions[0].reason == "IngressTokenSecretMissing"
+    status, _, _ = await send(mesh.url, name="closed", id_="x")
+    assert status == 503

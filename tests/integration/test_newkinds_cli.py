@@ -26,17 +26,22 @@ async def test_create_list_describe_delete_and_runs(start_mesh, tmp_path):
     mesh = await start_mesh(BROKER)
     url = mesh.url
     expr = tmp_path / "shape.jsonata"
-    expr.write_text('{"specversion": "1.0", "id": id, "source": source, "type": "t2", "data": data}')
-    run = await rabbitmesh("eventtransform", "create", "shape", "--expression-file", str(expr),
-                           server=url)
+    expr.write_text(
+        '{"specversion": "1.0", "id": id, "source": source, "type": "t2", "data": data}'
+    )
+    run = await rabbitmesh(
+        "eventtransform", "create", "shape", "--expression-file", str(expr), server=url
+    )
     assert run.code == 0, run.err
-    run = await rabbitmesh("requestreply", "create", "ask", "--broker", "default",
-                           "--timeout", "PT5S", server=url)
+    run = await rabbitmesh(
+        "requestreply", "create", "ask", "--broker", "default", "--timeout", "PT5S", server=url
+    )
     assert run.code == 0, run.err
     out = tmp_path / "ran"
     command = f"{sys.executable} -c \"import os,shutil; shutil.copy(os.environ['K_EVENT_PATH'], '{out}')\""
-    run = await rabbitmesh("jobsink", "create", "copy", "--image", "python:3.11",
-                           "--command", command, server=url)
+    run = await rabbitmesh(
+        "jobsink", "create", "copy", "--image", "python:3.11", "--command", command, server=url
+    )
     assert run.code == 0, run.err
 
     (row,) = rows((await rabbitmesh("eventtransform", "list", server=url)).out)
@@ -49,8 +54,11 @@ async def test_create_list_describe_delete_and_runs(start_mesh, tmp_path):
     (row,) = rows((await rabbitmesh("jobsink", "list", server=url)).out)
     assert row["READY"] == "True"
 
-    status, _, _ = await post(url + "/jobsinks/default/copy", headers=binary_headers("x", "j1"),
-                              body=orjson.dumps({"a": 1}))
+    status, _, _ = await post(
+        url + "/jobsinks/default/copy",
+        headers=binary_headers("x", "j1"),
+        body=orjson.dumps({"a": 1}),
+    )
     assert status == 202
     await eventually(lambda: out.exists(), 20, what="the run")
     assert json.loads(out.read_text())["id"] == "j1"
@@ -61,16 +69,17 @@ async def test_create_list_describe_delete_and_runs(start_mesh, tmp_path):
 
     (r,) = await eventually(finished, 20, what="the run in `jobsink runs`")
     assert r["ID"] == "j1" and r["RESULT"] == "Succeeded" and r["EXIT"] == "0"
-    as_json = json.loads((await rabbitmesh("jobsink", "runs", "copy", "-o", "json",
-                                           server=url)).out)
+    as_json = json.loads(
+        (await rabbitmesh("jobsink", "runs", "copy", "-o", "json", server=url)).out
+    )
     assert as_json[0]["exitCode"] == 0
 
-    for kind, name in (("eventtransform", "shape"), ("requestreply", "ask"),
-                       ("jobsink", "copy")):
+    for kind, name in (("eventtransform", "shape"), ("requestreply", "ask"), ("jobsink", "copy")):
         assert (await rabbitmesh(kind, "delete", name, server=url)).code == 0
-        assert "not found" in one_error_line(
-            await rabbitmesh(kind, "describe", name, server=url)
-        ).lower()
+        assert (
+            "not found"
+            in one_error_line(await rabbitmesh(kind, "describe", name, server=url)).lower()
+        )
 
 
 async def test_webhook_validation_through_the_cli(start_mesh):
@@ -80,12 +89,27 @@ async def test_webhook_validation_through_the_cli(start_mesh):
     )
     assert "spec.jsonata.expression" in line
     line = one_error_line(
-        await rabbitmesh("eventtransform", "create", "bad", "--expression", "$",
-                         "--reply-discard", server=mesh.url)
+        await rabbitmesh(
+            "eventtransform",
+            "create",
+            "bad",
+            "--expression",
+            "$",
+            "--reply-discard",
+            server=mesh.url,
+        )
     )
     assert "spec.reply" in line and "without spec.sink" in line
     line = one_error_line(
-        await rabbitmesh("requestreply", "create", "r", "--broker", "default",
-                         "--timeout", "30s", server=mesh.url)
+        await rabbitmesh(
+            "requestreply",
+            "create",
+            "r",
+            "--broker",
+            "default",
+            "--timeout",
+            "30s",
+            server=mesh.url,
+        )
     )
     assert "spec.timeout" in line

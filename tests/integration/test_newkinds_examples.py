@@ -67,5 +67,3 @@ async def test_jobsink_example(tmp_path, prefix):
         assert "| mode=batch" in out and '"report":"monthly"' in out.replace(" ", "")
     finally:
         await mesh.stop()
-
-

@@ -112,8 +112,9 @@ async def test_custom_attributes(start_mesh, make_sink):
 
     responder = await make_sink(answer)
     mesh = await start_mesh(
-        manifests(responder.url, extra="correlationAttribute: askid\n          "
-                  "replyAttribute: answerto")
+        manifests(
+            responder.url, extra="correlationAttribute: askid\n          replyAttribute: answerto"
+        )
     )
     status, headers, _ = await ask(mesh.url)
     assert status == 200 and "ce-answerto" in headers
@@ -152,17 +153,20 @@ async def test_many_concurrent_requests(start_mesh, make_sink):
 
 async def test_broker_tokens_guard_the_requestreply_too(start_mesh, make_sink):
     responder = await make_sink(lambda r, _i: reply_to(r))
-    text = manifests(responder.url).replace(
-        "metadata: {name: default}",
-        "metadata: {name: default, annotations: {rabbitmesh.dev/ingress-token-secret: tok}}",
-        1,
-    ) + """
+    text = (
+        manifests(responder.url).replace(
+            "metadata: {name: default}",
+            "metadata: {name: default, annotations: {rabbitmesh.dev/ingress-token-secret: tok}}",
+            1,
+        )
+        + """
         apiVersion: v1
         kind: Secret
         metadata: {name: tok}
         stringData: {token: s3cret}
         ---
         """
+    )
     mesh = await start_mesh(text)
     status, _, _ = await ask(mesh.url)
     assert status == 401 and responder.received == []
