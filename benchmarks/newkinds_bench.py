@@ -180,7 +180,7 @@ async def main() -> None:
         "RABBITMESH_CONFIG_DIR": str(config),
         "RABBITMESH_TOPOLOGY_PREFIX": prefix,
     }
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 (a start, not a wait)
         [sys.executable, "-m", "rabbitmesh", "run"],
         env=env,
         stdout=subprocess.DEVNULL,

@@ -38,7 +38,8 @@ async def test_create_list_describe_delete_and_runs(start_mesh, tmp_path):
     )
     assert run.code == 0, run.err
     out = tmp_path / "ran"
-    command = f"{sys.executable} -c \"import os,shutil; shutil.copy(os.environ['K_EVENT_PATH'], '{out}')\""
+    copy = f"import os,shutil; shutil.copy(os.environ['K_EVENT_PATH'], '{out}')"
+    command = f'{sys.executable} -c "{copy}"'
     run = await rabbitmesh(
         "jobsink", "create", "copy", "--image", "python:3.11", "--command", command, server=url
     )
