@@ -122,6 +122,9 @@ class RequestReplies:
         """This replica's reply queue for `rr`, bound for its current reply attribute."""
         key = (rr.namespace, rr.name)
         attr = rr.spec.reply_attribute
+        current = self.listeners.get(key)
+        if current is not None and current.reply_attribute == attr:
+            return  # the common case, on every request: no lock
         async with self._lock:
             current = self.listeners.get(key)
             if current is not None and current.reply_attribute == attr:

@@ -142,6 +142,9 @@ class JobSinkRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumer_tag: str | None = None
         self._queue: AbstractQueue | None = None
+        #: Status is refreshed per record only once the log was read up to now: reading a
+        #: long log must not rebuild the summary at every record.
+        self._synced = False
 
     @property
     def stream(self) -> str:
@@ -153,6 +156,8 @@ class JobSinkRunner:
         stream = await ch.get_queue(self.stream, ensure=True)
         await stream.consume(self._on_record, arguments={"x-stream-offset": "first"})
         await self.sync()
+        self._synced = True
+        self.on_change(self.job)
         if consume:
             jobs = await self.consumer.channel(prefetch=self.settings.jobsink_parallelism)
             self._channels.append(jobs)
@@ -197,7 +202,8 @@ class JobSinkRunner:
         if "marker" in record:
             return
         self.log.apply(offset, record)
-        self.on_change(self.job)
+        if self._synced:
+            self.on_change(self.job)
 
     async def _append(self, record: dict[str, Any]) -> None:
         await self.publisher.publish(

@@ -219,3 +219,64 @@ async def test_an_ingress_token_guards_who_may_start_runs(start_mesh, tmp_path):
     assert shut.status.conditions[0].reason == "IngressTokenSecretMissing"
     status, _, _ = await send(mesh.url, name="closed", id_="x")
     assert status == 503
+
+
+async def test_the_docker_runtime_mounts_the_event_where_knative_does(
+    start_mesh, tmp_path, monkeypatch
+):
+    """Docker cannot run here: a stand-in `docker` on PATH records its argv and environment
+    and reads the event through the host side of the `--volume` it was given."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "docker"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "vol = next(a for a in sys.argv if a.startswith('--volume='))\n"
+        "host, mount, mode = vol.removeprefix('--volume=').split(':')\n"
+        "event = json.load(open(os.path.join(host, 'event')))\n"
+        f"with open({str(calls)!r}, 'a') as f:\n"
+        "    f.write(json.dumps({'argv': sys.argv[1:], 'mount': mount, 'mode': mode,\n"
+        "        'id': event['id'], 'K_EVENT_PATH': os.environ.get('K_EVENT_PATH'),\n"
+        "        'K_EXECUTION_MODE': os.environ.get('K_EXECUTION_MODE')}) + '\\n')\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    mesh = await start_mesh(
+        """
+        apiVersion: sinks.knative.dev/v1alpha1
+        kind: JobSink
+        metadata: {name: job}
+        spec:
+          job:
+            spec:
+              template:
+                spec:
+                  containers:
+                    - name: main
+                      image: docker.io/library/busybox:1.36
+                      command: [sh, -c]
+                      args: ['cat "$K_EVENT_PATH"']
+        ---
+        """,
+        container_runtime="docker",
+        docker_args="--network none",
+    )
+    status, _, _ = await send(mesh.url, id_="d1")
+    assert status == 202
+    (run,) = await eventually(lambda: finished(mesh, 1), 20, what="the docker run")
+    assert run["result"] == "Succeeded"
+    (call,) = [json.loads(x) for x in calls.read_text().splitlines()]
+    assert call["mount"] == "/etc/jobsink-event" and call["mode"] == "ro"
+    assert call["id"] == "d1"
+    assert call["K_EVENT_PATH"] == "/etc/jobsink-event/event"
+    assert call["K_EXECUTION_MODE"] == "batch"
+    argv = call["argv"]
+    assert argv[:2] == ["run", "--rm"] and "--network" in argv
+    assert "--env=K_EVENT_PATH" in argv and "--env=K_EXECUTION_MODE" in argv
+    assert argv[argv.index("--") :] == [
+        "--",
+        "docker.io/library/busybox:1.36",
+        "-c",
+        'cat "$K_EVENT_PATH"',
+    ]
+    assert "--entrypoint=sh" in argv
