@@ -280,3 +280,52 @@ async def test_the_docker_runtime_mounts_the_event_where_knative_does(
         'cat "$K_EVENT_PATH"',
     ]
     assert "--entrypoint=sh" in argv
+
+
+async def test_runs_beyond_the_parallelism_wait_in_the_queue(start_mesh, tmp_path, prefix):
+    """RABBITMESH_JOBSINK_PARALLELISM=2 and four events whose runs block until released: two
+    run, two wait in RabbitMQ (ready, undelivered), and all four finish once released."""
+    from tests.support.rabbit import queue_depth
+
+    gate = tmp_path / "release"
+    script = tmp_path / "block.py"
+    script.write_text(
+        "import os, sys, time, json\n"
+        "event = json.load(open(os.environ['K_EVENT_PATH']))\n"
+        f"open(os.path.join({str(tmp_path)!r}, 'running-' + event['id']), 'w').close()\n"
+        f"while not os.path.exists({str(gate)!r}):\n"
+        "    time.sleep(0.02)  # the job waiting for its release, not test synchronisation\n"
+    )
+    mesh = await start_mesh(
+        f"""
+        apiVersion: sinks.knative.dev/v1alpha1
+        kind: JobSink
+        metadata: {{name: job}}
+        spec:
+          job:
+            spec:
+              template:
+                spec:
+                  containers:
+                    - {{name: main, command: ["{sys.executable}", "{script}"]}}
+        ---
+        """,
+        jobsink_parallelism=2,
+    )
+    for i in range(4):
+        status, _, _ = await send(mesh.url, id_=f"p{i}")
+        assert status == 202
+
+    def running() -> list[Path]:
+        return sorted(tmp_path.glob("running-*"))
+
+    await eventually(lambda: len(running()) == 2, 20, what="two runs started")
+    queue = f"{prefix}.jobsink.default.job"
+    # Two delivered (unacked, blocked), two still ready in the queue: the prefetch is the limit.
+    await eventually(lambda: queue_depth(queue), 10, what="the queue's depth")
+    assert await queue_depth(queue) == 2
+    assert len(running()) == 2
+    assert sum(r["state"] == "started" for r in runs(mesh)) == 2
+    gate.touch()
+    await eventually(lambda: finished(mesh, 4), 30, what="all four runs")
+    assert len(running()) == 4

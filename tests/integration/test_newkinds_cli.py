@@ -114,3 +114,20 @@ async def test_webhook_validation_through_the_cli(start_mesh):
         )
     )
     assert "spec.timeout" in line
+
+
+async def test_apply_and_get_knatives_manifests(start_mesh):
+    from tests.integration.test_examples import EXAMPLES
+
+    mesh = await start_mesh("")
+    for file in ("eventtransform.yaml", "requestreply.yaml", "jobsink.yaml"):
+        run = await rabbitmesh("apply", "-f", str(EXAMPLES / file), server=mesh.url)
+        assert run.code == 0, run.err
+    for kind, name in (
+        ("eventtransforms", "order-shape"),
+        ("requestreplies", "greeter"),
+        ("jobsinks", "job-logger"),
+    ):
+        got = json.loads((await rabbitmesh("get", kind, name, "-o", "json", server=mesh.url)).out)
+        assert got["metadata"]["name"] == name
+        assert got["status"]["address"]["url"].startswith(mesh.settings.base_url)
