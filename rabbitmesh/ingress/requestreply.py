@@ -181,9 +181,11 @@ class RequestReplies:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ctx = self.context()
+        rr: RequestReply | None = None
         try:
-            rr = ready_resource(ctx, self.ready(), KIND, request)
-            assert ctx is not None and isinstance(rr, RequestReply)
+            found = ready_resource(ctx, self.ready(), KIND, request)
+            assert ctx is not None and isinstance(found, RequestReply)
+            rr = found
             broker = ctx.get("Broker", rr.namespace, rr.spec.broker_ref.name)
             if not isinstance(broker, Broker) or broker.status.ready != "True":
                 raise Refused(
@@ -209,10 +211,8 @@ class RequestReplies:
                 )
             event = await read_one_event(request, ctx.settings)
         except Refused as r:
-            if ctx is not None and r.response.status not in (200, 405):
-                requestreply_total.labels(
-                    request.match_info["namespace"], request.match_info["name"], "refused"
-                ).inc()
+            if rr is not None:  # labels only for RequestReplies that exist
+                requestreply_total.labels(rr.namespace, rr.name, "refused").inc()
             return r.response
         return await self._request(ctx, rr, broker, event)
 
