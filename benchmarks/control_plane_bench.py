@@ -221,7 +221,7 @@ async def steady_flow(
                     accepted.add(id_)
                 else:
                     refused += 1
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, TimeoutError):  # a timeout is a refusal too, not a crash
             refused += 1
 
     while not stop.is_set():

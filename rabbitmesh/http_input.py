@@ -55,6 +55,22 @@ async def read_body(
     return body
 
 
+async def close_after_unread_body(request: web.Request, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` hook: an answer given before the request body was read to its
+    end (a 413 from Content-Length, a 401 before the body) closes the connection.
+
+    Kept alive, the connection could only be reused once the client has sent the rest of the
+    body, so the client keeps sending it and the server reads and discards it (aiohttp's
+    lingering read): megabytes per refused request, on both sides, for nothing. With
+    `Connection: close` a client stops sending when it reads the answer and closes, and the
+    server's lingering read ends at that close instead of at the end of the body.
+    """
+    if request.body_exists and not request.content.is_eof():
+        response.force_close()
+        # This hook runs after aiohttp wrote its Connection header value into the headers.
+        response.headers["Connection"] = "close"
+
+
 def header_bytes(request: web.Request, name: str) -> bytes:
     """A header's value as sent. aiohttp decodes header bytes as UTF-8 with surrogate
     escapes, so bytes that are not UTF-8 survive here instead of raising

@@ -26,8 +26,10 @@ from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
 from rabbitmesh.controlplane import ControlPlane
+from rabbitmesh.dataplane import Target
+from rabbitmesh.http_input import close_after_unread_body
 from rabbitmesh.ingress.eventtransform import EventTransforms
-from rabbitmesh.ingress.handlers import Ingress, Target
+from rabbitmesh.ingress.handlers import Ingress
 from rabbitmesh.ingress.requestreply import RequestReplies
 from rabbitmesh.jobs.runner import JobRunner
 from rabbitmesh.listen import ListenError, cannot_listen
@@ -101,6 +103,7 @@ class Server:
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_event_bytes)
+        app.on_response_prepare.append(close_after_unread_body)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)

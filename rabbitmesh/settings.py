@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         30.0, gt=0, description="Seconds a graceful shutdown waits for in-flight work."
     )
+    max_watches: int = Field(
+        256,
+        ge=1,
+        description="Admin API watch streams (`?watch=true`, `rabbitmesh get -w`) open at "
+        "once; more get 429 with Retry-After. Watching is a read, open to anyone who can "
+        "reach the port, and each stream is sent every change.",
+    )
     retry_after_seconds: int = Field(2, ge=1, description="Retry-After sent with 503 answers.")
 
     # Knative's config-br-defaults / config-delivery equivalents.

@@ -108,6 +108,11 @@ class WatchLog:
     def unsubscribe(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
 
+    @property
+    def watching(self) -> int:
+        """Open watch streams."""
+        return len(self._watchers)
+
 
 def _identity(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj.get("metadata") or {}

@@ -18,6 +18,7 @@ REASONS = {
     415: "UnsupportedMediaType",
     421: "MisdirectedRequest",
     422: "Invalid",
+    429: "TooManyRequests",
     503: "ServiceUnavailable",
 }
 

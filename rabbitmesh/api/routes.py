@@ -225,7 +225,14 @@ class AdminApi:
         self, request: web.Request, info: KindInfo, namespace: str | None
     ) -> web.StreamResponse:
         if wants_watch(request):
-            return await watch_stream(request, self.plane, info, namespace)
+            return await watch_stream(
+                request,
+                self.plane,
+                info,
+                namespace,
+                max_watches=self.settings.max_watches,
+                retry_after=self.settings.retry_after_seconds,
+            )
         return self._list(info, namespace)
 
     def _list(self, info: KindInfo, namespace: str | None) -> web.StreamResponse:

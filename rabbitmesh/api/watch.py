@@ -4,7 +4,10 @@ Without resourceVersion (or with 0) it starts with an ADDED event for every obje
 would show, then streams changes; with one it streams the changes after it (410 Gone when they
 are no longer kept: list again). Each line is `{"type": "ADDED|MODIFIED|DELETED", "object":
 ...}`, with Secrets redacted as in every answer. The stream ends after timeoutSeconds (default:
-never), when the client goes, or when the client reads too slowly to keep up.
+never), when the client goes (noticed within CLIENT_CHECK_SECONDS even when nothing changes),
+or when the client reads too slowly to keep up. At most RABBITMESH_MAX_WATCHES streams are
+open at once (GET is open to anyone: each stream costs memory and a fan-out on every change);
+past that, 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -41,11 +44,33 @@ def _int_query(request: web.Request, name: str) -> int | None:
     return value
 
 
+#: How often a stream with nothing to send checks that its client is still connected, so a
+#: departed client frees its slot (of RABBITMESH_MAX_WATCHES) without waiting for a change.
+CLIENT_CHECK_SECONDS = 2.0
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def stream(
-    request: web.Request, plane: ControlPlane, info: KindInfo, namespace: str | None
+    request: web.Request,
+    plane: ControlPlane,
+    info: KindInfo,
+    namespace: str | None,
+    *,
+    max_watches: int,
+    retry_after: int,
 ) -> web.StreamResponse:
     since = _int_query(request, "resourceVersion")
     timeout = _int_query(request, "timeoutSeconds")
+    if plane.watch.watching >= max_watches:
+        raise ApiError(
+            429,
+            f"too many open watch streams (limit {max_watches}, RABBITMESH_MAX_WATCHES)",
+            headers={"Retry-After": str(retry_after)},
+        )
 
     def matches(e: Event) -> bool:
         return e.kind == info.kind and (namespace is None or e.namespace == namespace)
@@ -76,7 +101,13 @@ async def stream(
         with contextlib.suppress(TimeoutError, ConnectionResetError):
             async with asyncio.timeout(timeout):
                 while True:
-                    event = await watcher.queue.get()
+                    try:
+                        async with asyncio.timeout(CLIENT_CHECK_SECONDS):
+                            event = await watcher.queue.get()
+                    except TimeoutError:
+                        if _client_gone(request):
+                            break
+                        continue
                     if event is None:
                         break  # too slow: the client resumes from its last resourceVersion
                     if event.version < seen and not since:

@@ -12,14 +12,11 @@ import click
 from rabbitmesh.cli.client import POINT_ELSEWHERE, SERVER_DEFAULT_HELP, CliError, default_server
 from rabbitmesh.cli.common import key_values
 from rabbitmesh.cloudevents.percent import percent_encode as encode_header_value
+from rabbitmesh.hosted import HOSTED_KINDS
 
-#: --to prefixes -> the ingress path of that kind (docs/contract.md §3).
-PATHS = {
-    "broker": "/{namespace}/{name}",
-    "channel": "/channels/{namespace}/{name}",
-    "sequence": "/sequences/{namespace}/{name}",
-    "parallel": "/parallels/{namespace}/{name}",
-}
+#: --to prefixes -> the ingress path of that kind (rabbitmesh/hosted.py, docs/contract.md §3).
+PATHS = {k.cli_prefix: k.path for k in HOSTED_KINDS}
+TO_HELP = ", ".join(f"{prefix}:NAME" for prefix in sorted(PATHS)) + " or a URL"
 
 
 def target_url(to: str, server: str, namespace: str) -> str:
@@ -28,16 +25,12 @@ def target_url(to: str, server: str, namespace: str) -> str:
     prefix, _, rest = to.partition(":")
     name, _, ns = rest.partition(":")
     if prefix not in PATHS or not name:
-        raise CliError(
-            f"--to {to!r}: use broker:NAME, channel:NAME, sequence:NAME, parallel:NAME or a URL"
-        )
+        raise CliError(f"--to {to!r}: use {TO_HELP}")
     return server.rstrip("/") + PATHS[prefix].format(namespace=ns or namespace, name=name)
 
 
 @click.command()
-@click.option(
-    "--to", required=True, help="broker:NAME, channel:NAME, sequence:NAME, parallel:NAME or a URL."
-)
+@click.option("--to", required=True, help=TO_HELP + ".")
 @click.option("--type", "-t", "type_", required=True, help="CloudEvents type.")
 @click.option("--source", "-s", required=True, help="CloudEvents source.")
 @click.option("--data", "-d", default=None, help="Event data (JSON is sent as JSON).")

@@ -31,7 +31,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import aiohttp
@@ -44,6 +43,7 @@ from rabbitmesh.amqp.messages import RETRIES_HEADER, Outgoing, raw_message, to_m
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.topology import DELAY_HEADER, Topology
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
+from rabbitmesh.dataplane import TTL, stamp_arrival
 from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, send
 
@@ -96,7 +96,8 @@ class Subscriber:
     filter: EventFilter | None = None
     on_reply: ReplyHandler | None = None
     reply_must_be_event: bool = True
-    drop_attributes: tuple[str, ...] = ("knativebrokerttl",)
+    #: not sent to the subscriber: a Trigger's drop the broker TTL (rabbitmesh/dataplane.py)
+    drop_attributes: tuple[str, ...] = (TTL,)
 
 
 @dataclass
@@ -123,10 +124,6 @@ def log_fields(event: CloudEvent, sub: Subscriber, attempt: int) -> dict[str, An
         "subscriber": sub.name,
         "attempt": attempt,
     }
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class QueueWorker:
@@ -242,8 +239,8 @@ class QueueWorker:
             self.stats.filtered += 1
             await msg.ack()
             return
-        if self.mode == "deliver" and "knativearrivaltime" not in event.attributes:
-            event.attributes["knativearrivaltime"] = now_rfc3339()
+        if self.mode == "deliver":
+            stamp_arrival(event)
         retries = _int(headers.get(RETRIES_HEADER))
         outbound = event
         if sub.drop_attributes and any(a in event.attributes for a in sub.drop_attributes):

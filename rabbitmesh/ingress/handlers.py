@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -31,8 +29,9 @@ from rabbitmesh.cloudevents import (
     OverLimit,
     decode_request,
 )
-from rabbitmesh.dispatch.worker import now_rfc3339
+from rabbitmesh.dataplane import Target, stamp_broker_ingress
 from rabbitmesh.filters.bindings import routing_key_for_type
+from rabbitmesh.hosted import exchange_kinds
 from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.ingress.auth import unauthorized
 from rabbitmesh.metrics import (
@@ -42,7 +41,6 @@ from rabbitmesh.metrics import (
     ingress_request_bytes,
     unrouted,
 )
-from rabbitmesh.reconciler.trigger import DEFAULT_TTL
 
 log = logging.getLogger("rabbitmesh.ingress")
 
@@ -66,16 +64,6 @@ def decode_executor() -> ThreadPoolExecutor:
     if _decode_thread is None:
         _decode_thread = ThreadPoolExecutor(1, thread_name_prefix="rabbitmesh-decode")
     return _decode_thread
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where an ingress path publishes: an exchange, and how to prepare each event."""
-
-    exchange: str
-    is_broker: bool
-    #: Bearer tokens this ingress accepts (rabbitmesh/ingress/auth.py); None: open to all.
-    tokens: tuple[bytes, ...] | None = None
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -111,13 +99,9 @@ class Ingress:
         self.not_ready = not_ready
 
     def routes(self) -> list[web.RouteDef]:
-        return [
-            web.route("*", "/channels/{namespace}/{name}", self._for("Channel")),
-            web.route("*", "/sequences/{namespace}/{name}", self._for("Sequence")),
-            web.route("*", "/parallels/{namespace}/{name}", self._for("Parallel")),
-            web.route("*", "/jobsinks/{namespace}/{name}", self._for("JobSink")),
-            web.route("*", "/{namespace}/{name}", self._for("Broker")),
-        ]
+        """One route per hosted kind with an exchange (rabbitmesh/hosted.py), in the table's
+        order; endpoint kinds (EventTransform, RequestReply) have handlers of their own."""
+        return [web.route("*", k.path, self._for(k.kind)) for k in exchange_kinds()]
 
     def _for(self, kind: str) -> Callable[[web.Request], object]:
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -283,37 +267,3 @@ class Ingress:
             )
         if not routed:
             unrouted.labels(target.exchange).inc()
-
-
-_TTL_TEXT = re.compile(r"[0-9]{1,10}")
-_INT32_MAX = 2**31 - 1
-
-
-def _ttl_value(raw: object) -> int:
-    """knativebrokerttl as a CloudEvents Integer (signed 32-bit), strictly: no "1_0", "٣"."""
-    if type(raw) is int:
-        value = raw
-    elif isinstance(raw, str) and _TTL_TEXT.fullmatch(raw):
-        value = int(raw)
-    else:
-        raise InvalidEvent(f"extension 'knativebrokerttl' is not an integer: {raw!r}")
-    if not 0 <= value <= _INT32_MAX:
-        raise InvalidEvent(f"extension 'knativebrokerttl' is out of range: {raw!r}")
-    return value
-
-
-def stamp_broker_ingress(event: CloudEvent) -> None:
-    """Add knativearrivaltime and step knativebrokerttl down; raise InvalidEvent at 0."""
-    attrs = event.attributes
-    raw = attrs.get("knativebrokerttl")
-    if raw is None:
-        ttl = DEFAULT_TTL
-    else:
-        ttl = _ttl_value(raw) - 1
-        if ttl <= 0:
-            raise InvalidEvent(
-                f"extension 'knativebrokerttl' is {raw}: the event has looped through brokers "
-                "too often and is rejected"
-            )
-    attrs["knativebrokerttl"] = ttl
-    attrs["knativearrivaltime"] = now_rfc3339()

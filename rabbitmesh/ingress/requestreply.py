@@ -35,9 +35,10 @@ from rabbitmesh.amqp.client import BLOCKED_MESSAGE, AmqpClient, PublishFailed
 from rabbitmesh.amqp.limits import UnpublishableMessage
 from rabbitmesh.amqp.messages import to_message
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp, encode_binary
+from rabbitmesh.dataplane import stamp_broker_ingress
 from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.ingress.auth import tokens, unauthorized
-from rabbitmesh.ingress.handlers import error, stamp_broker_ingress
+from rabbitmesh.ingress.handlers import error
 from rabbitmesh.ingress.single import Refused, read_one_event, ready_resource
 from rabbitmesh.metrics import requestreply_total
 from rabbitmesh.reconciler.context import Context

@@ -26,7 +26,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -43,6 +42,7 @@ from rabbitmesh.resources.sinks import JobSink
 from rabbitmesh.settings import Settings
 from rabbitmesh.sources.container import runtime_for
 from rabbitmesh.sources.secrets import NotReady, SecretLookup
+from rabbitmesh.timestamps import now_rfc3339
 
 log = logging.getLogger("rabbitmesh.jobsink")
 
@@ -57,10 +57,6 @@ def run_id(source: str, event_id: str) -> str:
     """A run's name: the same (source, id) always gives the same one (Knative names the Job
     after them too)."""
     return hashlib.sha256(f"{source}\0{event_id}".encode()).hexdigest()[:16]
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def stream_arguments() -> dict[str, Any]:
@@ -274,7 +270,12 @@ class JobSinkRunner:
                 log.warning("jobsink=%s: %s", what, e.message)
                 await msg.nack(requeue=True)
                 return
-            started = {**base, "state": "started", "replica": self.replica, "startTime": now()}
+            started = {
+                **base,
+                "state": "started",
+                "replica": self.replica,
+                "startTime": now_rfc3339("seconds"),
+            }
             await self._append(started)  # before the run: a second delivery sees it
             files = EventFile(encode_json(event))
             try:
@@ -312,7 +313,7 @@ class JobSinkRunner:
             **{k: v for k, v in base.items() if k != "state"},
             "state": "finished",
             "result": result,
-            "completionTime": now(),
+            "completionTime": now_rfc3339("seconds"),
             "exitCode": exit_code,
             "log": lines,
         }

@@ -8,10 +8,9 @@ Ready when that resource appears (the controller reconciles every resource on ev
 
 from __future__ import annotations
 
+from rabbitmesh.hosted import hosted_kind
 from rabbitmesh.reconciler.context import Context
-from rabbitmesh.reconciler.resolve import HOSTED_PATHS
 from rabbitmesh.resources.eventtypes import EventType
-from rabbitmesh.resources.registry import canonical_kind
 
 KIND = "EventType"
 ORDER = 90
@@ -23,7 +22,8 @@ async def reconcile(ctx: Context, et: EventType) -> None:
         et.status.set_ready(True, "ReferenceNotSet", "")
         return
     ns = ref.namespace or et.namespace
-    if ref.kind in HOSTED_PATHS and ctx.get(canonical_kind(ref.kind), ns, ref.name) is None:
+    hosted = hosted_kind(ref.kind)
+    if hosted is not None and ctx.get(hosted.kind, ns, ref.name) is None:
         et.status.set_ready(
             False,
             "ResourceDoesNotExist",

@@ -1,45 +1,16 @@
-"""The addressables rabbitmesh hosts itself, and the exchange behind each one's ingress.
-
-The HTTP ingress publishes to these exchanges, and so do replies whose destination is a
-hosted resource: straight into RabbitMQ, confirmed, without an HTTP round trip.
-"""
+"""Whether a hosted resource's ingress takes events now, and where they go (the kinds and
+their exchanges: rabbitmesh/hosted.py)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-import aio_pika
-
-from rabbitmesh.amqp.names import Names
+from rabbitmesh.dataplane import Target
+from rabbitmesh.hosted import hosted_target
 from rabbitmesh.ingress.auth import tokens
-from rabbitmesh.ingress.handlers import Target
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.eventing import Broker
-from rabbitmesh.resources.flows import Parallel, Sequence
 from rabbitmesh.resources.registry import canonical_kind
-
-
-def exchange_of(names: Names, kind: str, namespace: str, name: str) -> Target | None:
-    """The ingress exchange of a hosted kind (InMemoryChannel counts as Channel), else None."""
-    kind = canonical_kind(kind)
-    if kind == "Broker":
-        return Target(names.broker_exchange(namespace, name), is_broker=True)
-    if kind == "Channel":
-        return Target(names.channel_exchange(namespace, name), is_broker=False)
-    if kind == "Sequence":
-        first = Sequence.channel_name(name, 0)
-        return Target(names.flow_exchange("sequence", namespace, first), is_broker=False)
-    if kind == "Parallel":
-        ingress = Parallel.ingress_channel_name(name)
-        return Target(names.flow_exchange("parallel", namespace, ingress), is_broker=False)
-    if kind == "JobSink":  # a run is recorded once its queue has the event
-        return Target(names.jobsink_exchange(namespace, name), is_broker=False)
-    return None
-
-
-def exchange_type(target: Target) -> aio_pika.ExchangeType:
-    """Brokers route on the event type; every channel (and so every flow) is a fanout."""
-    return aio_pika.ExchangeType.TOPIC if target.is_broker else aio_pika.ExchangeType.FANOUT
 
 
 def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target | None:
@@ -51,7 +22,7 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
     if isinstance(res, Broker):
         if res.status.ready != "True":
             return None
-        target = exchange_of(ctx.names, res.KIND, namespace, name)
+        target = hosted_target(ctx.names, res.KIND, namespace, name)
         accepted = tokens(ctx.get, res)
         return target if target is None or accepted is None else replace(target, tokens=accepted)
     if res.status.address is None:
@@ -59,10 +30,10 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
     if res.KIND == "JobSink":
         if res.status.ready != "True":
             return None  # e.g. its runtime is not allowed: take no runs that cannot start
-        target = exchange_of(ctx.names, res.KIND, namespace, name)
+        target = hosted_target(ctx.names, res.KIND, namespace, name)
         accepted = tokens(ctx.get, res)  # each event starts a run: it may need a token
         return target if target is None or accepted is None else replace(target, tokens=accepted)
-    return exchange_of(ctx.names, res.KIND, namespace, name)
+    return hosted_target(ctx.names, res.KIND, namespace, name)
 
 
 def not_ready_reason(ctx: Context, kind: str, namespace: str, name: str) -> str | None:

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 from urllib.parse import urljoin
 
+from rabbitmesh.hosted import hosted_kind
 from rabbitmesh.resources.duck import Destination
-
-#: Kinds rabbitmesh hosts itself, and the ingress path of each.
-HOSTED_PATHS: dict[str, str] = {
-    "Broker": "/{namespace}/{name}",
-    "Channel": "/channels/{namespace}/{name}",
-    "InMemoryChannel": "/channels/{namespace}/{name}",
-    "Sequence": "/sequences/{namespace}/{name}",
-    "Parallel": "/parallels/{namespace}/{name}",
-    # Hosted, but not exchanges: synchronous endpoints (issue 15).
-    "EventTransform": "/eventtransforms/{namespace}/{name}",
-    "RequestReply": "/requestreplies/{namespace}/{name}",
-    "JobSink": "/jobsinks/{namespace}/{name}",
-}
 
 
 def address_url(base_url: str, kind: str, namespace: str, name: str) -> str:
-    return base_url + HOSTED_PATHS[kind].format(namespace=namespace, name=name)
+    """The URL of a resource rabbitmesh hosts (its ingress path, rabbitmesh/hosted.py)."""
+    row = hosted_kind(kind)
+    if row is None:
+        raise KeyError(f"{kind} is not a kind rabbitmesh hosts")
+    return row.url(base_url, namespace, name)
 
 
 def resolve(dest: Destination, namespace: str, *, base_url: str, service_url_template: str) -> str:
@@ -30,8 +22,9 @@ def resolve(dest: Destination, namespace: str, *, base_url: str, service_url_tem
         assert dest.uri is not None  # the model guarantees ref or uri
         return dest.uri
     ns = dest.ref.namespace or namespace
-    if dest.ref.kind in HOSTED_PATHS:
-        url = address_url(base_url, dest.ref.kind, ns, dest.ref.name)
+    row = hosted_kind(dest.ref.kind)
+    if row is not None:
+        url = row.url(base_url, ns, dest.ref.name)
     else:
         url = service_url_template.format(name=dest.ref.name, namespace=ns)
     if dest.uri:

@@ -19,8 +19,8 @@ one replica per source at a time; the others only report status.
 
 from __future__ import annotations
 
+from rabbitmesh.hosted import hosted_kind
 from rabbitmesh.reconciler.context import Context
-from rabbitmesh.reconciler.resolve import HOSTED_PATHS
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.registry import canonical_kind
 from rabbitmesh.resources.sources import (
@@ -43,7 +43,7 @@ async def reconcile(ctx: Context, source: Source) -> None:
     extra = source.status.model_extra
     assert extra is not None
     sink, ns = source.spec.sink, source.namespace
-    if sink.ref is not None and sink.ref.kind in HOSTED_PATHS:
+    if sink.ref is not None and hosted_kind(sink.ref.kind) is not None:
         ref_ns = sink.ref.namespace or ns
         if ctx.get(canonical_kind(sink.ref.kind), ref_ns, sink.ref.name) is None:
             _stop(ctx, source)

@@ -10,15 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rabbitmesh.dataplane import ExchangeReplier, QueueReplier, Target
 from rabbitmesh.dispatch.policy import DeliveryPolicy, merge_delivery
 from rabbitmesh.dispatch.worker import ReplyHandler, Subscriber
-from rabbitmesh.ingress.handlers import Target
+from rabbitmesh.hosted import HostedKind, hosted_kind
 from rabbitmesh.reconciler.context import Context
-from rabbitmesh.reconciler.hosted import exchange_of, exchange_type
-from rabbitmesh.reconciler.replies import ExchangeReplier, QueueReplier
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.resources.messaging import Channel, Subscription
-from rabbitmesh.resources.registry import canonical_kind
 
 KIND = "Subscription"
 ORDER = 20
@@ -74,8 +72,8 @@ class Unresolved(Exception):
         self.wiring = Wiring()
 
 
-def hosted_reply(ctx: Context, dest: Destination, namespace: str) -> Target | None:
-    """The exchange a reply destination stands for, when rabbitmesh hosts it.
+def hosted_reply(ctx: Context, dest: Destination, namespace: str) -> HostedKind | None:
+    """The hosted kind a reply destination names, when rabbitmesh hosts it.
 
     Only a bare ref qualifies: a ref with a `uri` path is a URL like any other. Raises
     Unresolved when the ref names a hosted kind but no such resource exists.
@@ -83,14 +81,14 @@ def hosted_reply(ctx: Context, dest: Destination, namespace: str) -> Target | No
     if dest.ref is None or dest.uri:
         return None
     ns = dest.ref.namespace or namespace
-    target = exchange_of(ctx.names, dest.ref.kind, ns, dest.ref.name)
-    if target is None:
+    row = hosted_kind(dest.ref.kind)
+    if row is None or row.exchange is None:  # not hosted, or an endpoint: POSTed as a URL
         return None
-    if ctx.get(canonical_kind(dest.ref.kind), ns, dest.ref.name) is None:
+    if ctx.get(row.kind, ns, dest.ref.name) is None:
         raise Unresolved(
             "ReplyResolveFailed", f"{dest.ref.kind} {ns}/{dest.ref.name} does not exist"
         )
-    return target
+    return row
 
 
 async def wire(ctx: Context, plan: Plan) -> Wiring:
@@ -155,15 +153,18 @@ async def _reply_handler(
         return None
     if isinstance(reply, InternalReply):
         await ctx.delete_queue(reply_queue)
-        return ExchangeReplier(ctx, Target(reply.exchange, is_broker=False), plan.label)
+        return ExchangeReplier(ctx.publisher, Target(reply.exchange, is_broker=False), plan.label)
     wiring.reply_uri = ctx.resolve(reply, ns)
-    target = hosted_reply(ctx, reply, ns)
-    if target is not None:
+    row = hosted_reply(ctx, reply, ns)
+    if row is not None:
+        assert reply.ref is not None  # hosted_reply found a ref
+        target = row.target(ctx.names, reply.ref.namespace or ns, reply.ref.name)
+        assert target is not None and row.exchange_type is not None  # hosted_reply checked
         # Declaring it here too (idempotent) means a reply never meets a missing exchange
         # while the destination's own reconcile has not run yet.
-        await ctx.topology.declare_exchange(target.exchange, exchange_type(target))
+        await ctx.topology.declare_exchange(target.exchange, row.exchange_type)
         await ctx.delete_queue(reply_queue)
-        return ExchangeReplier(ctx, target, plan.label)
+        return ExchangeReplier(ctx.publisher, target, plan.label)
     await ctx.topology.declare_delivery_queue(reply_queue)
     await ctx.run_queue(
         reply_queue,
@@ -177,7 +178,7 @@ async def _reply_handler(
             drop_attributes=(),
         ),
     )
-    return QueueReplier(ctx, reply_queue)
+    return QueueReplier(ctx.publisher, reply_queue)
 
 
 async def unwire(ctx: Context, queue: str) -> None:

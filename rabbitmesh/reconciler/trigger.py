@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from rabbitmesh.amqp.messages import to_message
-from rabbitmesh.cloudevents import CloudEvent
+from rabbitmesh.dataplane import ExchangeReplier, Target
 from rabbitmesh.dispatch.policy import merge_delivery
-from rabbitmesh.dispatch.worker import Subscriber, now_rfc3339
+from rabbitmesh.dispatch.worker import Subscriber
 from rabbitmesh.filters import binding_keys, compile_trigger_filter
-from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.resources.eventing import Broker, Trigger, TriggerSpec
@@ -18,53 +16,19 @@ log = logging.getLogger("rabbitmesh.trigger")
 
 KIND = "Trigger"
 ORDER = 20
-DEFAULT_TTL = 255
 
 
-def broker_ttl(event: CloudEvent) -> int:
-    """The event's knativebrokerttl, the default when absent or unreadable."""
-    try:
-        return int(event.attributes.get("knativebrokerttl", DEFAULT_TTL))
-    except (TypeError, ValueError):
-        return DEFAULT_TTL
-
-
-class BrokerReplier:
-    """Publishes a subscriber's reply back into the broker, one TTL step lower."""
-
-    def __init__(self, ctx: Context, broker: Broker, exchange: str, trigger: str) -> None:
-        self.ctx = ctx
-        self.broker_key = broker.key
-        self.exchange = exchange
-        self.trigger = trigger
-
-    async def __call__(self, original: CloudEvent, reply: CloudEvent) -> None:
-        if self.ctx.resources.get(self.broker_key) is None:
-            # Publishing to a deleted exchange would close the shared confirm channel.
-            log.warning(
-                "reply %s to event %s via %s dropped: its broker was deleted",
-                reply.id,
-                original.id,
-                self.trigger,
-            )
-            return
-        ttl = broker_ttl(original) - 1
-        if ttl <= 0:
-            log.warning(
-                "reply %s to event %s via %s dropped: knativebrokerttl exhausted (reply loop?)",
-                reply.id,
-                original.id,
-                self.trigger,
-            )
-            return
-        reply.attributes["knativebrokerttl"] = ttl
-        reply.trace = reply.trace or original.trace  # the reply continues the event's trace
-        reply.attributes["knativearrivaltime"] = now_rfc3339()
-        # PublishFailed propagates: the worker then requeues the original event;
-        # UnpublishableMessage too: the worker counts a failed delivery (retry, dead letter).
-        await self.ctx.publisher.publish(
-            self.exchange, routing_key_for_type(reply.type), to_message(reply)
-        )
+def broker_replier(ctx: Context, broker: Broker, exchange: str, label: str) -> ExchangeReplier:
+    """A Trigger's replies go back into its broker with the TTL of the event they answer
+    (rabbitmesh/dataplane.py), while the broker exists."""
+    key = broker.key
+    return ExchangeReplier(
+        ctx.publisher,
+        Target(exchange, is_broker=True),
+        label,
+        carry_ttl=True,
+        exists=lambda: ctx.resources.get(key) is not None,
+    )
 
 
 def defaults(ctx: Context) -> list[DeliverySpec]:
@@ -118,7 +82,7 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
             url=url,
             policy=policy,
             filter=compile_trigger_filter(attrs, spec.filters),
-            on_reply=BrokerReplier(ctx, broker, exchange, f"trigger={ns}/{trigger.name}"),
+            on_reply=broker_replier(ctx, broker, exchange, f"trigger={ns}/{trigger.name}"),
             reply_must_be_event=True,
         ),
     )

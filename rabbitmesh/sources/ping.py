@@ -30,7 +30,8 @@ from rabbitmesh.cloudevents import CloudEvent
 from rabbitmesh.resources.sources import PING_TYPE, PingSource
 from rabbitmesh.sources.cron import Schedule
 from rabbitmesh.sources.manager import Plan, Runtime
-from rabbitmesh.sources.sender import Retry, deliver, new_event, rfc3339
+from rabbitmesh.sources.sender import Retry, deliver, new_event
+from rabbitmesh.timestamps import rfc3339
 
 log = logging.getLogger("rabbitmesh.sources")
 

@@ -18,13 +18,13 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aiohttp
 import orjson
 
 from rabbitmesh.cloudevents import AttributeValue, CloudEvent
 from rabbitmesh.dispatch.sender import Outcome, send
+from rabbitmesh.timestamps import now_rfc3339
 
 log = logging.getLogger("rabbitmesh.sources")
 
@@ -44,16 +44,6 @@ class Retry:
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.max_backoff))
         return wait
-
-
-def now_rfc3339() -> str:
-    return rfc3339(datetime.now(UTC))
-
-
-def rfc3339(when: datetime) -> str:
-    """An RFC 3339 UTC timestamp with a `Z`, as CloudEvents' `time` (microseconds kept)."""
-    text = when.astimezone(UTC).isoformat(timespec="microseconds")
-    return text.replace("+00:00", "Z").replace(".000000Z", "Z")
 
 
 def new_event(

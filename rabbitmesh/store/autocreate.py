@@ -29,8 +29,10 @@ import orjson
 from aiohttp import web
 
 from rabbitmesh import metrics
+from rabbitmesh.hosted import HOSTED_KINDS
 from rabbitmesh.reconciler.desired import event_type_name
 from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.registry import by_kind
 from rabbitmesh.store.stream import Store, StoreUnavailable
 
 log = logging.getLogger("rabbitmesh.eventtypes")
@@ -41,9 +43,9 @@ MAX_PENDING = 10_000
 MAX_KNOWN = 100_000
 FLUSH_SECONDS = 1.0
 
-#: Ingress route -> the kind of addressable it serves.
-ROUTE_KINDS = {"/{namespace}/{name}": "Broker", "/channels/{namespace}/{name}": "Channel"}
-API_VERSIONS = {"Broker": "eventing.knative.dev/v1", "Channel": "messaging.knative.dev/v1"}
+#: Ingress route -> the kind of addressable it serves, for the kinds whose EventTypes are
+#: auto-created (rabbitmesh/hosted.py).
+ROUTE_KINDS = {k.path: k.kind for k in HOSTED_KINDS if k.auto_event_types}
 
 Seen = tuple[str, str, str, str, str]  # (kind, namespace, name, type, source)
 Owner = tuple[str, str, str]  # (kind, namespace, name) of the broker or channel
@@ -63,6 +65,14 @@ def pairs_of(request: web.Request, body: bytes) -> list[tuple[str, str]]:
     return [
         (str(e.get("type", "")), str(e.get("source", ""))) for e in events if isinstance(e, dict)
     ]
+
+
+def api_version(kind: str) -> str:
+    """The kind's apiVersion in an EventType's reference and owner (its first version)."""
+    info = by_kind(kind)
+    if info is None:
+        raise KeyError(f"{kind} is not a registered kind")
+    return info.api_versions()[0]
 
 
 class Bucket:
@@ -160,7 +170,7 @@ class AutoEventTypes:
                 "namespace": ns,
                 "ownerReferences": [
                     {
-                        "apiVersion": API_VERSIONS[kind],
+                        "apiVersion": api_version(kind),
                         "kind": kind,
                         "name": name,
                         "uid": owner.metadata.uid or "",
@@ -168,7 +178,7 @@ class AutoEventTypes:
                 ],
             },
             "spec": {
-                "reference": {"apiVersion": API_VERSIONS[kind], "kind": kind, "name": name},
+                "reference": {"apiVersion": api_version(kind), "kind": kind, "name": name},
                 "description": "Event Type auto-created by rabbitmesh",
                 "attributes": [
                     {"name": "type", "value": type_, "required": True},

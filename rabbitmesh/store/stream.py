@@ -21,7 +21,6 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -30,6 +29,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed
 from rabbitmesh.store.state import Entry, Key, Outcome, StoreState
+from rabbitmesh.timestamps import now_rfc3339
 
 log = logging.getLogger("rabbitmesh.store")
 
@@ -38,14 +38,14 @@ SNAPSHOT_RECORDS = 1000
 PREFETCH = 1000
 #: Stream segments are at most this part of the whole stream (and at least 64 KiB).
 SEGMENTS = 8
+#: How long start-up waits for a stream just declared to be consumable. While a RabbitMQ 3.10
+#: cluster forms, consuming a stream declared a moment before can fail with `stream_not_found`
+#: (404): a replica of the HA compose file used to exit on it once.
+STREAM_READY_SECONDS = 60.0
 
 
 class StoreUnavailable(Exception):
     """RabbitMQ did not take the record, or it did not come back in time."""
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Store:
@@ -102,13 +102,8 @@ class Store:
     async def start(self) -> None:
         """Declare, read the stream up to now, and keep following it."""
         await self.declare()
-        self._channel = await self.consumer.channel(prefetch=PREFETCH)
-        # Passive: when the connection comes back, aio-pika re-declares it as it was.
-        self._queue = await self._channel.get_queue(self.queue, ensure=True)
         self._reader = asyncio.create_task(self._read(), name="store reader")
-        # After a reconnect the consumer starts again from the first offset: records already
-        # applied are skipped by offset.
-        await self._queue.consume(self._on_message, arguments={"x-stream-offset": "first"})
+        await self._follow()
         await self.sync()
         log.info(
             "resource store %s read up to offset %d: %d resources",
@@ -116,6 +111,32 @@ class Store:
             self.state.last_offset,
             len(self.state.entries),
         )
+
+    async def _follow(self) -> None:
+        """Consume the stream from its first offset; retried while RabbitMQ says it is not
+        there (404: `stream_not_found` while a cluster forms), for STREAM_READY_SECONDS."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STREAM_READY_SECONDS
+        delay = 0.2
+        while True:
+            channel = await self.consumer.channel(prefetch=PREFETCH)
+            try:
+                # Passive: when the connection comes back, aio-pika re-declares it as it was.
+                queue = await channel.get_queue(self.queue, ensure=True)
+                # After a reconnect the consumer starts again from the first offset: records
+                # already applied are skipped by offset.
+                await queue.consume(self._on_message, arguments={"x-stream-offset": "first"})
+            except aio_pika.exceptions.ChannelNotFoundEntity as e:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                if loop.time() + delay > deadline:
+                    raise
+                log.info("resource store %s not consumable yet (%s); retrying", self.queue, e)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+                continue
+            self._channel, self._queue = channel, queue
+            return
 
     async def stop(self) -> None:
         if self._reader is not None:
@@ -175,7 +196,7 @@ class Store:
     async def submit(self, record: dict[str, Any]) -> Outcome:
         """Publish a record (confirmed) and wait until it came back through the stream."""
         rid = uuid.uuid4().hex
-        record = {**record, "rid": rid, "time": now_rfc3339(), "writer": self.writer}
+        record = {**record, "rid": rid, "time": now_rfc3339("seconds"), "writer": self.writer}
         body = orjson.dumps(record)
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut

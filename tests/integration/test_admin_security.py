@@ -323,3 +323,53 @@ async def test_authorization_headers_that_are_not_utf8_get_401(start_mesh, make_
     )
     assert status == 202
     assert (await call("GET", mesh.url + SECRETS.format(ns=NS) + "/tokens"))[0] == 200
+
+
+async def test_a_web_page_cannot_change_a_resource_with_patch(start_mesh, make_sink):
+    """PATCH (merge patch) passes the same checks as every change: a page cannot send it as a
+    simple request, nor with its Origin, nor through a rebound DNS name; the CLI's way works."""
+    sink = await make_sink()
+    mesh = await start_mesh("")
+    create = mesh.url + CONTAINERSOURCES.format(ns=NS)
+    source = container_source("quiet", ["sh", "-c", "sleep 600"], sink.url)
+    assert (await call("POST", create, source))[0] == 201
+    evil = orjson.dumps(
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {"name": "c", "image": "x", "command": ["sh", "-c", "echo pwned"]}
+                        ]
+                    }
+                }
+            }
+        }
+    )
+    attacks = [
+        ("text/plain", {}, 415),
+        ("application/merge-patch+json", {"Origin": "http://evil.example"}, 403),
+        ("application/merge-patch+json", {"Sec-Fetch-Site": "cross-site"}, 403),
+        ("application/merge-patch+json", {"Host": f"evil.example:{mesh.port}"}, 421),
+    ]
+    for content_type, headers, expected in attacks:
+        status, _, answer = await post(
+            create + "/quiet",
+            headers={"Content-Type": content_type, **headers},
+            body=evil,
+            method="PATCH",
+        )
+        assert status == expected, (content_type, headers, status, answer)
+    status, got = await call("GET", create + "/quiet")
+    assert status == 200
+    command = got["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == ["sh", "-c", "sleep 600"], command
+    # The same patch as the CLI sends it (`rabbitmesh patch`) is applied.
+    status, _, answer = await post(
+        create + "/quiet",
+        headers={"Content-Type": "application/merge-patch+json"},
+        body=orjson.dumps({"metadata": {"labels": {"patched": "yes"}}}),
+        method="PATCH",
+    )
+    assert status == 200, answer
+    assert orjson.loads(answer)["metadata"]["labels"] == {"patched": "yes"}

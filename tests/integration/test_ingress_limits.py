@@ -346,3 +346,43 @@ async def test_a_source_whose_events_rabbitmq_cannot_take_gets_a_clear_error(
     assert (await post_binary(mesh.url + "/default/br"))[0] == 202
     await sink.wait_for(1)
     assert all(r.headers.get("ce-type") != "dev.knative.sources.ping" for r in sink.received)
+
+
+async def response_head(url: str, head: bytes) -> list[bytes]:
+    """Send only a request's head (its body never comes) and read the response's head."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
+    finally:
+        writer.close()
+    return raw.lower().split(b"\r\n")
+
+
+@pytest.mark.parametrize("path", ["/default/br", "/apply"])
+async def test_a_body_refused_before_it_is_read_closes_the_connection(mesh, path):
+    """A 413 from Content-Length says `Connection: close`: the client may stop sending the
+    rest (kept alive, it would have to send every byte, and the server read them, before the
+    connection could be reused: what made repeated 4 MiB refusals cost everyone)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/yaml\r\n"
+        "Content-Length: 100000000\r\n\r\n"
+    ).encode()
+    lines = await response_head(mesh.url, head)
+    assert lines[0].startswith(b"http/1.1 413"), lines
+    assert b"connection: close" in lines, lines
+
+
+async def test_an_answered_request_keeps_its_connection(mesh):
+    """The other side of the rule above: a request whose body was read stays kept alive."""
+    body = b"{}"
+    head = (
+        "POST /default/br HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Ce-Specversion: 1.0\r\nCe-Id: keep\r\nCe-Source: s\r\nCe-Type: t\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    lines = await response_head(mesh.url, head)
+    assert lines[0].startswith(b"http/1.1 202"), lines
+    assert b"connection: close" not in lines, lines

@@ -126,3 +126,40 @@ async def test_an_invalid_config_dir_at_start_still_stops_rabbitmesh(tmp_path, p
     mesh = InProcessMesh(tmp_path / "bad", prefix)
     with pytest.raises(ManifestError):
         await mesh.start()
+
+
+async def test_start_up_waits_for_a_stream_rabbitmq_does_not_have_yet(rabbitmq, prefix, caplog):
+    """While a RabbitMQ cluster forms, a stream declared a moment ago can answer 404
+    (`stream_not_found`) to a consumer: start-up retries instead of exiting. Reproduced by
+    consuming before the stream exists, then declaring it."""
+    import asyncio
+    import logging
+
+    from rabbitmesh.amqp.client import AmqpClient
+    from rabbitmesh.store.stream import Store
+
+    caplog.set_level(logging.INFO, logger="rabbitmesh.store")
+    publisher, consumer = AmqpClient(rabbitmq, "pub"), AmqpClient(rabbitmq, "con")
+    await publisher.connect()
+    await consumer.connect()
+    store = Store(publisher, consumer, f"{prefix}.late.store", max_bytes=1 << 20, timeout=10)
+    declare = store.declare
+
+    async def not_yet() -> None:
+        pass
+
+    store.declare = not_yet  # type: ignore[method-assign]  # the stream is not there yet
+    starting = asyncio.create_task(store.start())
+    try:
+        await eventually(
+            lambda: "not consumable yet" in caplog.text, timeout=20, what="a retried consume"
+        )
+        assert not starting.done()
+        await declare()
+        await asyncio.wait_for(starting, 30)
+        assert store._queue is not None and store._queue.name == f"{prefix}.late.store"
+    finally:
+        starting.cancel()
+        await store.stop()
+        await publisher.close()
+        await consumer.close()

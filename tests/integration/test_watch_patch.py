@@ -12,6 +12,7 @@ import orjson
 
 from tests.support.api import BROKERS, TRIGGERS, broker, call, ready, trigger
 from tests.support.mesh import InProcessMesh
+from tests.support.waiting import eventually
 
 SINK = "http://127.0.0.1:9/unused"
 MANIFESTS = """
@@ -168,3 +169,23 @@ async def test_cli_patch_and_get_watch(start_mesh) -> None:
 
 def line_cells(text: str) -> list[str]:
     return text.split()
+
+
+async def test_watch_streams_are_capped_and_a_departed_client_frees_its_slot(start_mesh) -> None:
+    """Watching is open to anyone who can reach the port: past RABBITMESH_MAX_WATCHES streams
+    a watch gets 429 with Retry-After (not memory and a fan-out per change for each), and a
+    client that goes away frees its slot although nothing changed since."""
+    mesh = await start_mesh(MANIFESTS, max_watches=2)
+    url = triggers(mesh) + "?watch=true"
+    async with Watch(url) as first, Watch(url) as second:
+        assert (await first.next())["type"] == "ADDED"
+        assert (await second.next())["type"] == "ADDED"
+        async with aiohttp.ClientSession() as s, s.get(url) as third:
+            assert third.status == 429
+            assert third.headers["Retry-After"] == "2"
+            assert "RABBITMESH_MAX_WATCHES" in (await third.json())["error"]
+    assert mesh.server.plane is not None
+    watch_log = mesh.server.plane.watch
+    await eventually(lambda: watch_log.watching == 0, timeout=30, what="departed watchers freed")
+    async with Watch(url) as again:
+        assert again.response is not None and again.response.status == 200

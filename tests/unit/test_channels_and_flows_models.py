@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from rabbitmesh.amqp.names import Names
-from rabbitmesh.reconciler.hosted import exchange_of
+from rabbitmesh.hosted import hosted_target
 from rabbitmesh.reconciler.resolve import resolve
 from rabbitmesh.resources.duck import Destination
 from rabbitmesh.resources.flows import Parallel, Sequence
@@ -173,12 +173,12 @@ def test_generated_names_are_knatives_and_hosted_exchanges_never_collide():
     assert Parallel.filter_subscription_name("p", 1) == "p-kn-parallel-filter-1"
     names = Names("rm")
     exchanges = {
-        exchange_of(names, kind, "ns", "x").exchange
+        hosted_target(names, kind, "ns", "x").exchange
         for kind in ("Broker", "Channel", "Sequence", "Parallel")
     }
     assert len(exchanges) == 4
-    assert exchange_of(names, "InMemoryChannel", "ns", "x").exchange == "rm.channel.ns.x"
-    assert exchange_of(names, "Service", "ns", "x") is None
+    assert hosted_target(names, "InMemoryChannel", "ns", "x").exchange == "rm.channel.ns.x"
+    assert hosted_target(names, "Service", "ns", "x") is None
     # A user Channel named like a generated one lives under another segment.
     assert names.channel_exchange("ns", "x-kn-sequence-0") != names.flow_exchange(
         "sequence", "ns", Sequence.channel_name("x", 0)

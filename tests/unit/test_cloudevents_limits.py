@@ -178,3 +178,26 @@ def test_text_too_deep_is_cheap_on_a_worst_case_body():
     assert not text_too_deep(body, 64)
     assert text_too_deep(b"[" + body + b"]", 64)
     assert time.process_time() - started < 2.0  # ~0.3 s of C work on a busy machine
+
+
+def test_a_refused_batch_is_decoded_only_as_far_as_its_items_are_counted():
+    """Items past the limit are never decoded: bytes that are not UTF-8 after item 1,001 do
+    not turn the 413 into a 400, and counting a 4 MiB batch costs what its first items do."""
+    items = b",".join(orjson.dumps(event(id=str(i))) for i in range(3000))  # ~170 kB
+    body = b"[" + items + b"," + b'"\xff\xfe"' * 1_000_000 + b"]"
+    with pytest.raises(OverLimit):
+        batch_items(body, 1000, 64)
+    with pytest.raises(InvalidEvent, match="can't decode byte 0xff in position 1"):
+        batch_items(body, None, 64)  # without a limit the whole body is decoded, and refused
+
+
+@pytest.mark.parametrize("offset", [-3, -2, -1, 0, 1, 2])
+def test_batch_items_cut_at_the_decoded_prefix_parse_whole(offset):
+    """A number, a string with multi-byte characters and whitespace that straddle the point
+    where decoding stops and resumes (64 KiB) parse as the whole body does."""
+    pad = 64 * 1024 - 1 + offset  # bytes before the straddling item
+    for tail in (b"1234567890", '"é中€"'.encode(), b"   ", b"true"):
+        body = b"[" + b'"' + b"a" * (pad - 3) + b'",' + tail + b"]"
+        if tail == b"   ":
+            body = b"[" + b'"' + b"a" * (pad - 3) + b'"' + tail + b"]"
+        assert batch_items(body, None, 64) == orjson.loads(body)

@@ -18,8 +18,9 @@ from rabbitmesh.sources import apiserver, container, gitlab, ping
 from rabbitmesh.sources.cron import Schedule, ScheduleError, croniter_expression
 from rabbitmesh.sources.manager import MAX_QUEUE_NAME, source_queue
 from rabbitmesh.sources.secrets import NotReady, Redactor
-from rabbitmesh.sources.sender import Retry, rfc3339
+from rabbitmesh.sources.sender import Retry
 from rabbitmesh.sources.sinkbinding import NotBound, binding_env, env_of
+from rabbitmesh.timestamps import rfc3339
 
 
 def load(text: str):
