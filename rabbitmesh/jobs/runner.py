@@ -223,9 +223,22 @@ class JobSinkRunner:
     # --- runs ------------------------------------------------------------------------------
 
     async def _on_job(self, msg: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self._job(msg))
+        task = asyncio.create_task(self._job_logged(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _job_logged(self, msg: AbstractIncomingMessage) -> None:
+        try:
+            await self._job(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # e.g. the channel went with the connection: the message
+            # comes back, and the run log decides (finished: not again; started: Interrupted)
+            log.warning(
+                "jobsink=%s/%s: %s: %s", self.job.namespace, self.job.name, type(e).__name__, e
+            )
+            with contextlib.suppress(Exception):  # unsettled, it would hold a run slot
+                await msg.nack(requeue=True)
 
     async def _job(self, msg: AbstractIncomingMessage) -> None:
         job = self.job
