@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The two commands of README.md:
 #   ./dev.sh run    RabbitMQ (installed/started if missing) + rabbitmesh with ./config
-#   ./dev.sh test   the whole test suite against that real RabbitMQ (installs the Compose client
-#                   the compose-file tests need; the Docker proof: ./dev.sh test tests/compose -m compose)
+#   ./dev.sh test   mypy on the package, then the whole test suite against that real RabbitMQ
+#                   (installs the Compose client the compose-file tests need; the Docker proof:
+#                   ./dev.sh test tests/compose -m compose). With pytest arguments (one file, -k)
+#                   only pytest runs: mypy is part of the whole run, as CI makes it.
 # Works on a fresh Debian/Ubuntu machine with Python >= 3.11; uses a virtualenv in .venv.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -63,6 +65,11 @@ case "${1:-}" in
     ensure_rabbitmq
     ensure_compose_client
     ensure_python
+    if [ $# -eq 0 ]; then
+      # The package's types ([tool.mypy] in pyproject.toml); incremental, so seconds after
+      # the first run. A type error fails the run before any test starts.
+      "$VENV/bin/python" -m mypy
+    fi
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)

@@ -6,7 +6,7 @@
   (written by this replica's API or config watcher, or by another replica) names the keys it
   changed; the desired set takes in those keys only, and the queue gets the keys whose desired
   resource changed plus their dependents (a Broker's Triggers, a Channel's Subscriptions, a
-  Secret's users: rabbitmesh/reconciler/dependencies.py). Keys queued twice collapse; one loop
+  Secret's users: rabbitmesh/store/dependencies.py). Keys queued twice collapse; one loop
   takes everything queued as a batch, so no key is reconciled twice at once; the controller
   runs a batch with bounded concurrency (RABBITMESH_RECONCILE_CONCURRENCY).
 - A key whose reconcile failed is queued again after a backoff (0.5 s doubling to 30 s).
@@ -26,15 +26,15 @@ from collections.abc import Callable
 from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
-from rabbitmesh.api.objects import render
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller, order
-from rabbitmesh.reconciler.desired import Desired
 from rabbitmesh.reconciler.known_types import known_types
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
 from rabbitmesh.store.configsync import ConfigSync
+from rabbitmesh.store.desired import Desired
+from rabbitmesh.store.manifests import render
 from rabbitmesh.store.state import Key
 from rabbitmesh.store.stream import Store, StoreUnavailable
 from rabbitmesh.watch import WatchLog

@@ -39,10 +39,9 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from rabbitmesh.amqp.client import MessageLike
 from rabbitmesh.amqp.messages import to_message
+from rabbitmesh.amqp.publisher import Publisher
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent
 from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.timestamps import now_rfc3339
@@ -112,23 +111,6 @@ class Target:
     is_broker: bool
     #: Bearer tokens this ingress accepts (rabbitmesh/ingress/auth.py); None: open to all.
     tokens: tuple[bytes, ...] | None = None
-
-
-class Publisher(Protocol):
-    """What the data plane needs of RabbitMQ: a confirmed publish (rabbitmesh/amqp/client.py).
-
-    Raises PublishFailed (transient: RabbitMQ down, blocked, slow) or UnpublishableMessage
-    (permanent: a message RabbitMQ could never take)."""
-
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        message: MessageLike,
-        *,
-        mandatory: bool = False,
-        unroutable_ok: bool = False,
-    ) -> bool: ...
 
 
 class ExchangeReplier:

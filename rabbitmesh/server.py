@@ -44,7 +44,7 @@ from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
 from rabbitmesh.sources.secrets import secrets_in
-from rabbitmesh.tls import amqp_client_context, server_context
+from rabbitmesh.tls import server_context
 
 log = logging.getLogger("rabbitmesh")
 
@@ -53,7 +53,7 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.names = Names(settings.topology_prefix)
-        amqp_tls = amqp_client_context(settings)
+        amqp_tls = settings.amqp_ssl_context()
         self.publisher = AmqpClient(
             settings.amqp_url, "publisher", settings.publish_timeout, amqp_tls
         )
@@ -78,16 +78,9 @@ class Server:
         self.bound_port: int | None = None
         self.admin = AdminApi(lambda: self.plane, settings)
         self.requestreplies = RequestReplies(
-            self.publisher,
-            self.consumer,
-            lambda: self.ctx,
-            lambda: self.reconciled,
-            settings.requestreply_secret,
-            settings.requestreply_max_pending,
+            self.publisher, self.consumer, self.names, settings, self._resources
         )
-        self.transforms = EventTransforms(
-            lambda: self.ctx, lambda: self.reconciled, lambda: self.session
-        )
+        self.transforms = EventTransforms(settings, self._resources, lambda: self.session)
 
     # --- HTTP -----------------------------------------------------------------------------
 

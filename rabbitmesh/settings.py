@@ -8,14 +8,16 @@ overridable by adding it here alone.
 from __future__ import annotations
 
 import shlex
+import ssl
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AnyUrl, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rabbitmesh.durations import parse_duration
+from rabbitmesh.tls import amqp_context, server_context
 
 Role = Literal["all", "ingress", "dispatcher", "sources"]
 
@@ -330,8 +332,6 @@ class Settings(BaseSettings):
     def _tls(self) -> Settings:
         """Pairs set together, amqps-only files only with amqps://, and files that load:
         a bad certificate stops start-up with one line, not at the first connection."""
-        from rabbitmesh.tls import amqp_context, server_context
-
         pairs = (("tls_cert_file", "tls_key_file"), ("amqp_cert_file", "amqp_key_file"))
         for cert, key in pairs:
             if (getattr(self, cert) is None) != (getattr(self, key) is None):
@@ -360,6 +360,12 @@ class Settings(BaseSettings):
         scheme = "https" if self.tls_cert_file is not None else "http"
         return self.public_url or f"{scheme}://localhost:{self.http_port}"
 
+    def amqp_ssl_context(self) -> ssl.SSLContext | None:
+        """What every connection to RabbitMQ passes as `ssl_context`: None for amqp://."""
+        if not self.amqp_tls:
+            return None
+        return amqp_context(self.amqp_ca_file, self.amqp_cert_file, self.amqp_key_file)
+
     @property
     def default_backoff(self) -> timedelta:
         return parse_duration(self.default_backoff_delay)
@@ -369,7 +375,7 @@ class SettingsError(Exception):
     """Raised with one readable line naming the environment variable that is wrong."""
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment, with explicit overrides (CLI flags) on top."""
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})

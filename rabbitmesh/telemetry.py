@@ -32,7 +32,7 @@ try:  # optional dependency
     _PROPAGATOR: Any = TraceContextTextMapPropagator()
     _TRACER: Any = otel_trace.get_tracer("rabbitmesh")
 except ImportError:  # pragma: no cover - exercised when the extra is not installed
-    otel_trace = None
+    otel_trace = None  # type: ignore[assignment]  # no module: tracing stays off
     _PROPAGATOR = None
     _TRACER = None
 

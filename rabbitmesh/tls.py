@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from rabbitmesh.settings import Settings
 
 
 class TlsError(ValueError):
@@ -53,10 +49,3 @@ def amqp_context(
                 f"{cert_file} with {key_file}: {e}"
             ) from None
     return ctx
-
-
-def amqp_client_context(settings: Settings) -> ssl.SSLContext | None:
-    """What every connection to RabbitMQ passes as `ssl_context`: None for amqp://."""
-    if not settings.amqp_tls:
-        return None
-    return amqp_context(settings.amqp_ca_file, settings.amqp_cert_file, settings.amqp_key_file)

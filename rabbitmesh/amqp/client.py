@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aio_pika
 import aiormq
@@ -70,7 +70,7 @@ class AmqpClient:
         self.url = url
         self.name = name
         self.publish_timeout = publish_timeout
-        self.ssl_context = ssl_context  # amqps:// only (rabbitmesh.tls.amqp_client_context)
+        self.ssl_context = ssl_context  # amqps:// only (Settings.amqp_ssl_context)
         self.connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._closing = False
@@ -171,7 +171,8 @@ class AmqpClient:
             raise PublishFailed(BLOCKED_MESSAGE)
         try:
             async with asyncio.timeout(self.publish_timeout):  # no extra task, unlike wait_for
-                underlay = await ch.get_underlay_channel()
+                # aiormq's Channel: its `basic_publish` takes `wait`, the abstract one not.
+                underlay = cast(aiormq.Channel, await ch.get_underlay_channel())
                 confirm = await underlay.basic_publish(
                     message.body,
                     exchange=exchange,

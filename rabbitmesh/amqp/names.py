@@ -1,4 +1,4 @@
-"""Every exchange and queue name rabbitmesh uses, in one place (DESIGN.md's mapping table).
+"""Every exchange and queue name rabbitmesh uses, in one place (docs/mapping.md).
 
 All names start with RABBITMESH_TOPOLOGY_PREFIX so several installs or test runs can share a
 vhost. Namespaces are DNS labels (no dots), so `{kind}.{namespace}.{name}` is unambiguous.

@@ -99,22 +99,6 @@ def restore_secret(res: Resource, stored: Entry | None) -> Resource:
     return res.model_copy(update={"data": data})
 
 
-def render(res: Resource) -> dict[str, Any]:
-    """Kubernetes' field order (status last), empty labels/annotations left out."""
-    out = res.dump()
-    if isinstance(res, Secret):
-        out["data"] = dict.fromkeys(res.normalized().data, REDACTED)
-        out.pop("stringData", None)
-    meta = out.get("metadata", {})
-    for name in ("labels", "annotations"):
-        if not meta.get(name):
-            meta.pop(name, None)
-    status = out.pop("status", None)
-    if status is not None:
-        out["status"] = status
-    return out
-
-
 def check_target(
     res: Resource, info: KindInfo, namespace: str | None, name: str | None = None
 ) -> None:

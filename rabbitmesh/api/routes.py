@@ -38,7 +38,6 @@ from rabbitmesh.api.objects import (
     check_target,
     describe,
     discovery,
-    render,
     resolve_kind,
     restore_secret,
 )
@@ -51,7 +50,7 @@ from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.registry import KindInfo
 from rabbitmesh.settings import Settings
-from rabbitmesh.store.manifests import key_of, to_manifest
+from rabbitmesh.store.manifests import key_of, render, to_manifest
 from rabbitmesh.store.state import Key, Outcome
 from rabbitmesh.store.stream import StoreUnavailable
 

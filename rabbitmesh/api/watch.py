@@ -19,9 +19,9 @@ import orjson
 from aiohttp import web
 
 from rabbitmesh.api.errors import ApiError
-from rabbitmesh.api.objects import render
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.resources.registry import KindInfo
+from rabbitmesh.store.manifests import render
 from rabbitmesh.watch import Event, Expired
 
 

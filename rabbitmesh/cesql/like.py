@@ -117,7 +117,7 @@ def _segmented(parts: list[str | object]) -> Matcher:
 
 
 def _segment_size(segment: list[str | object]) -> int:
-    return sum(1 if part is _ONE else len(part) for part in segment)  # type: ignore[arg-type]
+    return sum(len(part) if isinstance(part, str) else 1 for part in segment)  # else: _ONE
 
 
 def _segment_regex(segment: list[str | object]) -> re.Pattern[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import urllib.error
@@ -225,7 +226,7 @@ class ApiClient:
                 if line.strip():
                     yield json.loads(line)
 
-    def kinds(self) -> list[Kind]:
+    def kinds(self) -> builtins.list[Kind]:  # `list` here is the method
         out = []
         for r in self.request("GET", "/apis").get("resources", []):
             versions = r.get("versions") or ["v1"]

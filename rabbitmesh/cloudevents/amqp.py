@@ -50,7 +50,7 @@ def encode_amqp(event: CloudEvent) -> AmqpParts:
     content_type: str | None = None
     for name, value in event.attributes.items():
         if name == "datacontenttype":
-            content_type = value  # type: ignore[assignment]
+            content_type = str(value)  # validated as a String
         else:
             headers["ce-" + name] = value
     if event.trace:

@@ -83,7 +83,7 @@ def charset(content_type: str) -> str | None:
 
 
 @lru_cache(maxsize=512)
-def _event_format(mt: str) -> EventFormat | None | str:
+def _event_format(mt: str) -> EventFormat | Literal["unsupported"] | None:
     if not mt.startswith(_CE_PREFIX):
         return None
     if mt == CE_JSON:
@@ -114,4 +114,4 @@ def event_format(content_type: str | None) -> EventFormat | None:
     fmt = _event_format(mt)
     if fmt == "unsupported":
         raise InvalidEvent(f"unsupported event format {mt!r}")
-    return fmt  # type: ignore[return-value]
+    return fmt

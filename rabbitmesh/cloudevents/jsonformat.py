@@ -263,8 +263,8 @@ def event_from_json(obj: dict[str, Any]) -> CloudEvent:
         if data is not _MISSING and data is not None:
             payload = _b64decode(data, "data")
     elif data is not _MISSING:
-        content_type = attributes.get("datacontenttype")
-        payload = _data_bytes(data, content_type)  # type: ignore[arg-type]
+        content_type = attributes.get("datacontenttype")  # a String: validate() checked it
+        payload = _data_bytes(data, content_type if isinstance(content_type, str) else None)
     return CloudEvent(attributes, payload)
 
 
@@ -285,6 +285,13 @@ def _finite_float(text: str) -> float:
 
 _ITEM_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _SKIP_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_whitespace(text: str, pos: int) -> int:
+    """The end of the (possibly empty) run of JSON whitespace at `pos`."""
+    found = _SKIP_WHITESPACE.match(text, pos)
+    assert found is not None  # the pattern matches the empty string everywhere
+    return found.end()
 
 
 class _DecodedPrefix:
@@ -332,7 +339,7 @@ class _DecodedPrefix:
     def skip_whitespace(self, pos: int) -> int:
         """The first position at or after `pos` that is not JSON whitespace."""
         while True:
-            pos = _SKIP_WHITESPACE.match(self.text, pos).end()  # type: ignore[union-attr]
+            pos = _skip_whitespace(self.text, pos)
             if pos < len(self.text) or not self.extend():
                 return pos
 
@@ -465,8 +472,8 @@ def event_to_json(event: CloudEvent) -> dict[str, Any]:
             return obj
         except InvalidEvent:
             pass  # not JSON after all: carry it losslessly as base64
-    elif is_textual_content_type(content_type):  # type: ignore[arg-type]
-        text = _decode_text(data, content_type)  # type: ignore[arg-type]
+    elif content_type is not None and is_textual_content_type(content_type):
+        text = _decode_text(data, content_type)
         if text is not None:
             obj["data"] = text
             return obj

@@ -23,7 +23,10 @@ def backoff_seconds(policy: str, delay: float, n: int) -> float:
     """Wait before retry n (n = 1, 2, ...): linear delay*n, exponential delay*2^(n-1)."""
     if policy == "linear":
         return delay * n
-    return delay * (2 ** (n - 1))
+    # Capped exponent: a dead-letter sink is retried for ever, and 2 ** 1024 as a float
+    # overflows (an exception that parked the event after ~1,000 retries); the caller's
+    # max_backoff caps the delay itself.
+    return delay * 2.0 ** min(n - 1, 512)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

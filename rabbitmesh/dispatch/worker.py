@@ -35,15 +35,18 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from rabbitmesh import metrics, telemetry
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed, UnpublishableMessage
 from rabbitmesh.amqp.messages import RETRIES_HEADER, Outgoing, raw_message, to_message
 from rabbitmesh.amqp.names import Names
-from rabbitmesh.amqp.topology import DELAY_HEADER, Topology
+from rabbitmesh.amqp.pool import ConsumerPool
+from rabbitmesh.amqp.publisher import DelayQueues, Publisher
+from rabbitmesh.amqp.topology import DELAY_HEADER
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
 from rabbitmesh.dataplane import TTL, stamp_arrival
+from rabbitmesh.dispatch.decision import Action, Decision, decide, final
 from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, send
 
@@ -79,6 +82,27 @@ TRANSIENT_LOG_INTERVAL = 1.0
 #: attribute over AMQP's limits): the subscriber answered with something unusable, as for a
 #: reply that is not a CloudEvent (Knative's broker answers 502 for that).
 UNPUBLISHABLE_REPLY_CODE = 502
+
+
+class Incoming(Protocol):
+    """A message taken from a queue: what the worker reads and answers of aio-pika's
+    AbstractIncomingMessage (unit tests hand it a stub, tests/support/stubs.py)."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+
+    @property
+    def content_type(self) -> str | None: ...
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    async def ack(self, multiple: bool = False) -> None: ...
+
+    async def nack(self, multiple: bool = False, requeue: bool = True) -> None: ...
 
 
 class EventFilter(Protocol):
@@ -134,9 +158,9 @@ class QueueWorker:
         *,
         queue: str,
         subscriber: Subscriber,
-        consumer: AmqpClient,
-        publisher: AmqpClient,
-        topology: Topology,
+        consumer: AmqpClient | ConsumerPool,
+        publisher: Publisher,
+        topology: DelayQueues,
         names: Names,
         session: aiohttp.ClientSession,
         prefetch: int,
@@ -154,10 +178,10 @@ class QueueWorker:
         self.concurrency = concurrency
         self.mode = mode
         self.stats = WorkerStats()
-        self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._buffer: asyncio.Queue[Incoming] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._channel: AbstractRobustChannel | None = None
-        self._queue: AbstractRobustQueue | None = None
+        self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._busy: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -224,7 +248,7 @@ class QueueWorker:
                 self.stats.in_flight -= 1
                 self._busy.discard(task)
 
-    async def _handle(self, msg: AbstractIncomingMessage) -> None:
+    async def _handle(self, msg: Incoming) -> None:
         headers = msg.headers or {}
         try:
             event = decode_amqp(headers, msg.body, msg.content_type)
@@ -266,10 +290,7 @@ class QueueWorker:
         metrics.dispatch_events.labels(
             sub.name, metrics.bounded_type(event.type), metrics.code_class(outcome.status)
         ).inc()
-        if outcome.ok:
-            await self._succeeded(msg, event, outcome, retries)
-        else:
-            await self._failed(msg, event, outcome, retries)
+        await self._carry_out(msg, event, outcome, retries)
 
     async def _send(self, sub: Subscriber, event: CloudEvent, structured: bool) -> Outcome:
         self.stats.attempts += 1
@@ -283,8 +304,29 @@ class QueueWorker:
             reply_must_be_event=sub.reply_must_be_event,
         )
 
+    async def _carry_out(
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int
+    ) -> None:
+        """Do what the delivery core (dispatch/decision.py) decided for this attempt."""
+        sub = self.subscriber
+        decision = decide(
+            outcome,
+            retries,
+            sub.policy,
+            replies=sub.on_reply is not None,
+            dead_letter_mode=self.mode == "dead-letter",
+        )
+        if not outcome.ok:
+            self.stats.last_error = outcome.error
+        if decision.action is Action.RETRY:
+            await self._retry(msg, event, outcome, retries, decision)
+        elif decision.action in (Action.ACK, Action.REPLY):
+            await self._succeeded(msg, event, outcome, retries)
+        else:
+            await self._final(msg, event, outcome, retries, decision)
+
     async def _succeeded(
-        self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome, retries: int
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int
     ) -> None:
         sub = self.subscriber
         if outcome.reply is not None and sub.on_reply is not None:
@@ -295,7 +337,7 @@ class QueueWorker:
                 # so this is a failed delivery of the original: retried, then dead-lettered.
                 why = f"the subscriber's reply cannot be published: {e}"
                 failed = Outcome(False, UNPUBLISHABLE_REPLY_CODE, why.encode(), error=why)
-                await self._failed(msg, event, failed, retries)
+                await self._carry_out(msg, event, failed, retries)
                 return
             except PublishFailed as e:
                 self._transient_log(
@@ -320,51 +362,55 @@ class QueueWorker:
             )
         await msg.ack()
 
-    async def _failed(
-        self, msg: AbstractIncomingMessage, event: CloudEvent, outcome: Outcome, retries: int
+    async def _retry(
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int, decision: Decision
     ) -> None:
         sub = self.subscriber
         attempt = retries + 1
-        self.stats.last_error = outcome.error
-        if outcome.retryable and sub.policy.retries_left(retries):
-            delay = sub.policy.delay_before_retry(retries + 1, outcome.status, outcome.retry_after)
-            log.info(
-                "delivery failed: event id=%s type=%s %s attempt=%d (%s); retry in %.3fs",
+        log.info(
+            "delivery failed: event id=%s type=%s %s attempt=%d (%s); retry in %.3fs",
+            event.id,
+            event.type,
+            sub.name,
+            attempt,
+            outcome.error,
+            decision.delay,
+            extra=log_fields(event, sub, attempt),
+        )
+        try:
+            await self._schedule_retry(event, decision.retries, decision.delay)
+        except PublishFailed as e:
+            self._transient_log(
+                "could not schedule retry for event %s (%s); requeued",
                 event.id,
-                event.type,
-                sub.name,
-                attempt,
-                outcome.error,
-                delay,
+                e,
                 extra=log_fields(event, sub, attempt),
             )
-            try:
-                await self._schedule_retry(event, retries + 1, delay)
-            except PublishFailed as e:
-                self._transient_log(
-                    "could not schedule retry for event %s (%s); requeued",
-                    event.id,
-                    e,
-                    extra=log_fields(event, sub, attempt),
-                )
-                await asyncio.sleep(REQUEUE_PAUSE)
-                await _nack(msg, requeue=True)
-                return
-            except UnpublishableMessage as e:  # the retry copy can never be published
-                why = f"retry cannot be published ({e})"
-            else:
-                self.stats.retried += 1
-                metrics.retries.labels(sub.name).inc()
-                await msg.ack()
-                return
-        elif outcome.unsendable:
-            why = "cannot be sent"
-        else:
-            why = "not retryable" if not outcome.retryable else "retries exhausted"
-        if self.mode == "dead-letter":
-            await self._park(msg, f"dead-letter sink {sub.url} refused it: {outcome.error}")
+            await asyncio.sleep(REQUEUE_PAUSE)
+            await _nack(msg, requeue=True)
             return
-        if sub.policy.dead_letter_url is None:
+        except UnpublishableMessage as e:  # the retry copy can never be published
+            why = f"retry cannot be published ({e})"
+            dead_letter_mode = self.mode == "dead-letter"
+            verdict = final(outcome, sub.policy, why, dead_letter_mode=dead_letter_mode)
+            await self._final(msg, event, outcome, retries, verdict)
+            return
+        self.stats.retried += 1
+        metrics.retries.labels(sub.name).inc()
+        await msg.ack()
+
+    async def _final(
+        self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int, decision: Decision
+    ) -> None:
+        """A failure that is not retried: park (a dead-letter sink refused it), drop (no
+        dead-letter sink) or dead-letter."""
+        sub = self.subscriber
+        attempt = retries + 1
+        why = decision.why
+        if decision.action is Action.PARK:
+            await self._park(msg, f"dead-letter sink {sub.url} {why}")
+            return
+        if decision.action is Action.DROP:
             _log_final(event, sub, attempt, outcome, why, "no dead-letter sink, event dropped")
             self.stats.dropped += 1
             metrics.dropped.labels(sub.name).inc()
@@ -419,7 +465,7 @@ class QueueWorker:
                 raise
             await self.publisher.publish("", queue, to_message(dead), mandatory=True)
 
-    async def _guard(self, msg: AbstractIncomingMessage, exc: Exception) -> None:
+    async def _guard(self, msg: Incoming, exc: Exception) -> None:
         """The redelivery guard: an unexpected exception while handling `msg`.
 
         Rather than a requeue (RabbitMQ would hand it straight back, for ever), publish a
@@ -477,7 +523,7 @@ class QueueWorker:
         else:
             log.debug(text, *args, extra=extra)
 
-    def _log_handler_error(self, msg: AbstractIncomingMessage, exc: Exception, n: int) -> None:
+    def _log_handler_error(self, msg: Incoming, exc: Exception, n: int) -> None:
         """One line per error; the traceback only for a message's first error, and at most
         one per TRACEBACK_INTERVAL (many poison messages at once must not flood the log)."""
         now = time.monotonic()
@@ -491,7 +537,7 @@ class QueueWorker:
             log.error(text, *args, type(exc).__name__, exc, verdict)
 
     async def _redeliver_later(
-        self, msg: AbstractIncomingMessage, extra_headers: dict[str, Any], delay: float
+        self, msg: Incoming, extra_headers: dict[str, Any], delay: float
     ) -> None:
         """A copy of `msg` as it came (plus `extra_headers`) back into this queue after
         `delay`, through the delay queues retries use."""
@@ -515,7 +561,7 @@ class QueueWorker:
             mandatory=True,
         )
 
-    async def _park(self, msg: AbstractIncomingMessage, why: str) -> None:
+    async def _park(self, msg: Incoming, why: str) -> None:
         """Keep a message we can never deliver where an operator can see it, exactly once."""
         log.error("parking message %s from %s: %s", msg.message_id, self.queue_name, why)
         try:
@@ -536,9 +582,7 @@ class QueueWorker:
         await msg.ack()
 
 
-def _raw_copy(
-    msg: AbstractIncomingMessage, why: str, queue: str, keep_headers: bool = True
-) -> Outgoing:
+def _raw_copy(msg: Incoming, why: str, queue: str, keep_headers: bool = True) -> Outgoing:
     headers = dict(msg.headers or {}) if keep_headers else {}
     headers["x-rabbitmesh-parked-from"] = queue
     headers["x-rabbitmesh-parked-reason"] = why[:1000]
@@ -562,7 +606,7 @@ def _log_final(
     )
 
 
-def _attempt(msg: AbstractIncomingMessage) -> int:
+def _attempt(msg: Incoming) -> int:
     return _int((msg.headers or {}).get(RETRIES_HEADER)) + 1
 
 
@@ -573,6 +617,6 @@ def _int(v: Any) -> int:
         return 0
 
 
-async def _nack(msg: AbstractIncomingMessage, requeue: bool) -> None:
+async def _nack(msg: Incoming, requeue: bool) -> None:
     with contextlib.suppress(Exception):
         await msg.nack(requeue=requeue)

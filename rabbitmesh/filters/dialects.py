@@ -37,7 +37,10 @@ Check = Callable[[Mapping[str, Any]], bool]
 
 
 class _StringFilter:
-    """Shared body of exact/prefix/suffix: a test on each named attribute's string form."""
+    """Shared body of exact/prefix/suffix: a test on each named attribute's string form.
+
+    Every named attribute must be present and pass `test`; the subclasses differ in `test`
+    only."""
 
     __slots__ = ("attributes",)
     dialect: str = ""
@@ -48,56 +51,48 @@ class _StringFilter:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({dict(self.attributes)!r})"
 
-
-class ExactFilter(_StringFilter):
-    __slots__ = ()
-    dialect = "exact"
+    @staticmethod
+    def test(value: str, wanted: str) -> bool:
+        raise NotImplementedError
 
     def matches(self, attributes: Mapping[str, Any]) -> bool:
-        get = attributes.get
-        for name, expected in self.attributes:
+        get, test = attributes.get, self.test
+        for name, wanted in self.attributes:
             value = get(name)
             if value is None:
                 return False
             if value.__class__ is not str:
                 value = attribute_string(value)
-            if value != expected:
+            if not test(value, wanted):
                 return False
         return True
+
+
+class ExactFilter(_StringFilter):
+    __slots__ = ()
+    dialect = "exact"
+
+    @staticmethod
+    def test(value: str, wanted: str) -> bool:
+        return value == wanted
 
 
 class PrefixFilter(_StringFilter):
     __slots__ = ()
     dialect = "prefix"
 
-    def matches(self, attributes: Mapping[str, Any]) -> bool:
-        get = attributes.get
-        for name, prefix in self.attributes:
-            value = get(name)
-            if value is None:
-                return False
-            if value.__class__ is not str:
-                value = attribute_string(value)
-            if not value.startswith(prefix):
-                return False
-        return True
+    @staticmethod
+    def test(value: str, wanted: str) -> bool:
+        return value.startswith(wanted)
 
 
 class SuffixFilter(_StringFilter):
     __slots__ = ()
     dialect = "suffix"
 
-    def matches(self, attributes: Mapping[str, Any]) -> bool:
-        get = attributes.get
-        for name, suffix in self.attributes:
-            value = get(name)
-            if value is None:
-                return False
-            if value.__class__ is not str:
-                value = attribute_string(value)
-            if not value.endswith(suffix):
-                return False
-        return True
+    @staticmethod
+    def test(value: str, wanted: str) -> bool:
+        return value.endswith(wanted)
 
 
 class AllFilter:

@@ -28,10 +28,10 @@ from rabbitmesh.cloudevents import (
 )
 from rabbitmesh.cloudevents.jsonformat import dumps, loads
 from rabbitmesh.ingress.handlers import error
-from rabbitmesh.ingress.single import Refused, read_one_event, ready_resource
+from rabbitmesh.ingress.single import Refused, Resources, read_one_event, ready_resource
 from rabbitmesh.metrics import transforms_total
-from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.eventing_v1alpha1 import EventTransform
+from rabbitmesh.settings import Settings
 from rabbitmesh.transform.jsonata import TransformError, evaluate, transform_event
 
 log = logging.getLogger("rabbitmesh.eventtransform")
@@ -43,26 +43,25 @@ PATH = "/eventtransforms/{namespace}/{name}"
 class EventTransforms:
     def __init__(
         self,
-        context: Callable[[], Context | None],
-        ready: Callable[[], bool],
+        settings: Settings,
+        resources: Resources,
         session: Callable[[], aiohttp.ClientSession | None],
     ) -> None:
-        self.context = context
-        self.ready = ready
+        self.settings = settings
+        self.resources = resources
         self.session = session
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", PATH, self.handle)]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ctx = self.context()
         try:
-            res = ready_resource(ctx, self.ready(), KIND, request)
-            assert ctx is not None and isinstance(res, EventTransform)
-            event = await read_one_event(request, ctx.settings)
+            res = ready_resource(self.resources(), KIND, request)
+            assert isinstance(res, EventTransform)
+            event = await read_one_event(request, self.settings)
         except Refused as r:
             return r.response
-        timeout_ms = ctx.settings.jsonata_timeout_ms
+        timeout_ms = self.settings.jsonata_timeout_ms
         try:
             out = transform_event(res.spec.jsonata.expression, event, timeout_ms)  # type: ignore[union-attr]
         except TransformError as e:
@@ -72,17 +71,17 @@ class EventTransforms:
         sink = (res.status.model_extra or {}).get("sinkUri")
         if sink is None:
             return structured(200, out)
-        return await self._forward(ctx, res, out, sink)
+        return await self._forward(res, out, sink)
 
     async def _forward(
-        self, ctx: Context, res: EventTransform, event: CloudEvent, sink: str
+        self, res: EventTransform, event: CloudEvent, sink: str
     ) -> web.StreamResponse:
         session = self.session()
         if session is None:
             return error(503, "starting up", **{"Retry-After": "2"})
         headers, body = encode_binary(event)
         headers["Kn-Namespace"] = res.namespace
-        timeout = ctx.settings.request_timeout
+        timeout = self.settings.request_timeout
         try:
             async with session.post(
                 sink,
@@ -113,7 +112,7 @@ class EventTransforms:
             reply = decode_response(status, rheaders, rbody)
         except InvalidEvent:
             reply = None
-        timeout_ms = ctx.settings.jsonata_timeout_ms
+        timeout_ms = self.settings.jsonata_timeout_ms
         try:
             if reply is not None:
                 return structured(status, transform_event(expression, reply, timeout_ms))

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from rabbitmesh import telemetry
-from rabbitmesh.amqp.client import BLOCKED_MESSAGE, AmqpClient, PublishFailed
+from rabbitmesh.amqp.client import BLOCKED_MESSAGE, PublishFailed
 from rabbitmesh.amqp.limits import UnpublishableMessage, check_publishable, header_budget
 from rabbitmesh.amqp.messages import Outgoing, to_message
+from rabbitmesh.amqp.publisher import IngressPublisher
 from rabbitmesh.cloudevents import (
     MAX_JSON_DEPTH,
     CloudEvent,
@@ -73,7 +74,7 @@ def error(status: int, message: str, **headers: str) -> web.Response:
 class Ingress:
     def __init__(
         self,
-        publisher: AmqpClient,
+        publisher: IngressPublisher,
         lookup: Callable[[str, str, str], Target | None],
         ready: Callable[[], bool],
         max_event_bytes: int,
@@ -103,7 +104,7 @@ class Ingress:
         order; endpoint kinds (EventTransform, RequestReply) have handlers of their own."""
         return [web.route("*", k.path, self._for(k.kind)) for k in exchange_kinds()]
 
-    def _for(self, kind: str) -> Callable[[web.Request], object]:
+    def _for(self, kind: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
             return await self.handle(kind, request)
 

@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
@@ -34,16 +33,17 @@ from aiohttp import web
 from rabbitmesh.amqp.client import BLOCKED_MESSAGE, AmqpClient, PublishFailed
 from rabbitmesh.amqp.limits import UnpublishableMessage
 from rabbitmesh.amqp.messages import to_message
+from rabbitmesh.amqp.names import Names
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp, encode_binary
 from rabbitmesh.dataplane import stamp_broker_ingress
 from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.ingress.auth import tokens, unauthorized
 from rabbitmesh.ingress.handlers import error
-from rabbitmesh.ingress.single import Refused, read_one_event, ready_resource
+from rabbitmesh.ingress.single import Refused, Resources, read_one_event, ready_resource
 from rabbitmesh.metrics import requestreply_total
-from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.eventing import Broker
 from rabbitmesh.resources.eventing_v1alpha1 import RequestReply
+from rabbitmesh.settings import Settings
 
 log = logging.getLogger("rabbitmesh.requestreply")
 
@@ -97,16 +97,17 @@ class RequestReplies:
         self,
         publisher: AmqpClient,
         consumer: AmqpClient,
-        context: Callable[[], Context | None],
-        ready: Callable[[], bool],
-        secret: str | None,
-        max_pending: int,
+        names: Names,
+        settings: Settings,
+        resources: Resources,
     ) -> None:
         self.publisher = publisher
         self.consumer = consumer
-        self.context = context
-        self.ready = ready
-        self.max_pending = max_pending
+        self.names = names
+        self.settings = settings
+        self.resources = resources
+        self.max_pending = settings.requestreply_max_pending
+        secret = settings.requestreply_secret
         replica = secrets.token_hex(6)
         key = secret.encode() if secret else secrets.token_bytes(32)
         self.ids = ReplyIds(key, replica)
@@ -119,7 +120,7 @@ class RequestReplies:
 
     # --- reply queues (driven by the reconciler) ---------------------------------------------
 
-    async def listen(self, ctx: Context, rr: RequestReply) -> None:
+    async def listen(self, rr: RequestReply) -> None:
         """This replica's reply queue for `rr`, bound for its current reply attribute."""
         key = (rr.namespace, rr.name)
         attr = rr.spec.reply_attribute
@@ -132,8 +133,8 @@ class RequestReplies:
                 return
             if current is not None:
                 await self._close(current)
-            exchange = ctx.names.requestreply_exchange(*key)
-            queue_name = ctx.names.requestreply_queue(*key, self.ids.replica)
+            exchange = self.names.requestreply_exchange(*key)
+            queue_name = self.names.requestreply_queue(*key, self.ids.replica)
             channel = await self.consumer.channel(prefetch=PREFETCH)
             queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
             await queue.bind(exchange, "", arguments={"x-match": "any", f"ce-{attr}": None})
@@ -181,13 +182,13 @@ class RequestReplies:
     # --- the endpoint ----------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ctx = self.context()
+        get = self.resources()
         rr: RequestReply | None = None
         try:
-            found = ready_resource(ctx, self.ready(), KIND, request)
-            assert ctx is not None and isinstance(found, RequestReply)
+            found = ready_resource(get, KIND, request)
+            assert get is not None and isinstance(found, RequestReply)
             rr = found
-            broker = ctx.get("Broker", rr.namespace, rr.spec.broker_ref.name)
+            broker = get("Broker", rr.namespace, rr.spec.broker_ref.name)
             if not isinstance(broker, Broker) or broker.status.ready != "True":
                 raise Refused(
                     error(
@@ -198,7 +199,7 @@ class RequestReplies:
                 )
             # The request goes into the broker: it takes only what the broker's own ingress
             # would take (its ingress tokens, when it has some).
-            accepted = tokens(ctx.get, broker)
+            accepted = tokens(get, broker)
             if accepted is not None and (denied := unauthorized(request, accepted)) is not None:
                 raise Refused(denied)
             if len(self.waiters) >= self.max_pending:
@@ -210,15 +211,15 @@ class RequestReplies:
                         **{"Retry-After": "2"},
                     )
                 )
-            event = await read_one_event(request, ctx.settings)
+            event = await read_one_event(request, self.settings)
         except Refused as r:
             if rr is not None:  # labels only for RequestReplies that exist
                 requestreply_total.labels(rr.namespace, rr.name, "refused").inc()
             return r.response
-        return await self._request(ctx, rr, broker, event)
+        return await self._request(rr, broker, event)
 
     async def _request(
-        self, ctx: Context, rr: RequestReply, broker: Broker, event: CloudEvent
+        self, rr: RequestReply, broker: Broker, event: CloudEvent
     ) -> web.StreamResponse:
         ns, name = rr.namespace, rr.name
         reply_attr, corr_attr = rr.spec.reply_attribute, rr.spec.correlation_attribute
@@ -230,7 +231,7 @@ class RequestReplies:
             return error(503, "RabbitMQ is unavailable", **{"Retry-After": "2"})
         if self.publisher.blocked:
             return error(503, BLOCKED_MESSAGE, **{"Retry-After": "2"})
-        await self.listen(ctx, rr)  # normally there already (the reconciler made it)
+        await self.listen(rr)  # normally there already (the reconciler made it)
         correlation = self.ids.new(ns, name)
         event.attributes[corr_attr] = correlation
         try:
@@ -243,7 +244,7 @@ class RequestReplies:
         try:
             try:
                 await self.publisher.publish(
-                    ctx.names.broker_exchange(ns, broker.name),
+                    self.names.broker_exchange(ns, broker.name),
                     routing_key_for_type(event.type),
                     message,
                     mandatory=True,

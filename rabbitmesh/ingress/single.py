@@ -14,8 +14,6 @@ from aiohttp import web
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, OverLimit, decode_request
 from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.ingress.handlers import ALLOW, error
-from rabbitmesh.reconciler.context import Context
-from rabbitmesh.reconciler.hosted import not_ready_reason
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
 
@@ -28,7 +26,22 @@ class Refused(Exception):
         self.response = response
 
 
-def ready_resource(ctx: Context | None, ready: bool, kind: str, request: web.Request) -> Resource:
+#: (kind, namespace, name) -> the reconciled resource, or None.
+Lookup = Callable[[str, str, str], Resource | None]
+#: The reconciled resources, or None while they are not loaded yet (503 meanwhile).
+Resources = Callable[[], Lookup | None]
+
+
+def not_ready_message(res: Resource) -> str:
+    """Why `res` takes no events: "... exists but is not Ready (reason: message)"."""
+    ready = next((c for c in res.status.conditions if c.type == "Ready"), None)
+    why = "not reconciled yet"
+    if ready is not None and (ready.reason or ready.message):
+        why = ": ".join(part for part in (ready.reason, ready.message) if part)
+    return f"{res.KIND} {res.namespace}/{res.name} exists but is not Ready ({why})"
+
+
+def ready_resource(get: Lookup | None, kind: str, request: web.Request) -> Resource:
     """The Ready resource a hosted path names; Refused otherwise (405/503/404)."""
     if request.method == "OPTIONS":
         raise Refused(web.Response(status=200, headers={"Allow": ALLOW}))
@@ -36,14 +49,13 @@ def ready_resource(ctx: Context | None, ready: bool, kind: str, request: web.Req
         raise Refused(error(405, f"method {request.method} not allowed", Allow=ALLOW))
     ns, name = request.match_info["namespace"], request.match_info["name"]
     retry = {"Retry-After": "2"}
-    if ctx is None or not ready:
+    if get is None:
         raise Refused(error(503, "starting up: resources not loaded yet", **retry))
-    res = ctx.get(kind, ns, name)
+    res = get(kind, ns, name)
     if res is None:
         raise Refused(error(404, f"{kind} {ns}/{name} not found"))
     if res.status.ready != "True":
-        why = not_ready_reason(ctx, kind, ns, name) or f"{kind} {ns}/{name} is not Ready"
-        raise Refused(error(503, why, **retry))
+        raise Refused(error(503, not_ready_message(res), **retry))
     return res
 
 

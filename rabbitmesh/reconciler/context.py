@@ -91,20 +91,29 @@ class Context:
         if worker is not None:
             worker.subscriber = subscriber
         else:
-            worker = QueueWorker(
-                queue=queue,
-                subscriber=subscriber,
-                consumer=self.consumer,
-                publisher=self.publisher,
-                topology=self.topology,
-                names=self.names,
-                session=self.session,
-                prefetch=self.settings.prefetch,
-                concurrency=self.settings.concurrency,
-            )
-            await worker.start()
-            self.workers[queue] = worker
+            await self._start_worker(queue, subscriber)
         await self._run_dead_letters(queue, subscriber)
+
+    async def _start_worker(
+        self, queue: str, subscriber: Subscriber, dead_letters: bool = False
+    ) -> None:
+        """The one place a QueueWorker is built. A `:dlq`'s worker (`dead_letters`) delivers
+        to its dead-letter sink with at most 64 prefetched and 16 in flight."""
+        s = self.settings
+        worker = QueueWorker(
+            queue=queue,
+            subscriber=subscriber,
+            consumer=self.consumer,
+            publisher=self.publisher,
+            topology=self.topology,
+            names=self.names,
+            session=self.session,
+            prefetch=min(s.prefetch, 64) if dead_letters else s.prefetch,
+            concurrency=min(s.concurrency, 16) if dead_letters else s.concurrency,
+            mode="dead-letter" if dead_letters else "deliver",
+        )
+        await worker.start()
+        self.workers[queue] = worker
 
     async def _run_dead_letters(self, queue: str, subscriber: Subscriber) -> None:
         dlq = self.names.dead_letter_queue(queue)
@@ -133,20 +142,7 @@ class Context:
         if worker is not None:
             worker.subscriber = dl_sub
             return
-        worker = QueueWorker(
-            queue=dlq,
-            subscriber=dl_sub,
-            consumer=self.consumer,
-            publisher=self.publisher,
-            topology=self.topology,
-            names=self.names,
-            session=self.session,
-            prefetch=min(self.settings.prefetch, 64),
-            concurrency=min(self.settings.concurrency, 16),
-            mode="dead-letter",
-        )
-        await worker.start()
-        self.workers[dlq] = worker
+        await self._start_worker(dlq, dl_sub, dead_letters=True)
 
     async def bind_exactly(self, queue: str, wanted: set[tuple[str, str]]) -> None:
         """Bind new keys before unbinding old ones, so no event falls between the two.

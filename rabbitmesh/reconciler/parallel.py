@@ -103,7 +103,7 @@ async def _wire_branch(
         status["filterChannelStatus"] = generated.channel_status(
             template, Parallel.branch_channel_name(name, i), ns
         )
-        reads, unbind_from = names.branch_exchange(i), (names.ingress,)
+        reads, unbind_from = names.branch_exchange(i), (names.ingress,)  # type: tuple[str, tuple[str, ...]]
     else:
         await unwire(ctx, names.filter_queue(i))
         await ctx.topology.delete_exchange(names.branch_exchange(i))

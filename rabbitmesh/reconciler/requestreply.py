@@ -35,7 +35,7 @@ async def reconcile(ctx: Context, rr: RequestReply) -> None:
     headers_exchange = await ctx.topology.channel.get_exchange(exchange, ensure=False)
     await headers_exchange.bind(ctx.names.broker_exchange(ns, broker.name), "#")
     if ctx.requestreplies is not None:
-        await ctx.requestreplies.listen(ctx, rr)
+        await ctx.requestreplies.listen(rr)
     extra["brokerAddress"] = broker.status.address.url if broker.status.address else None
     rr.status.set_ready(True, "RequestReplyReady", "")
 

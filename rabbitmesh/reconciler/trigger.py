@@ -34,7 +34,7 @@ def broker_replier(ctx: Context, broker: Broker, exchange: str, label: str) -> E
 def defaults(ctx: Context) -> list[DeliverySpec]:
     """Knative's config-br-defaults: the delivery a broker has when it sets none."""
     url = ctx.settings.default_dead_letter_sink
-    return [DeliverySpec(deadLetterSink=Destination(uri=url))] if url else []
+    return [DeliverySpec(dead_letter_sink=Destination(uri=url))] if url else []
 
 
 def earlier_bindings(ctx: Context, trigger: Trigger) -> set[tuple[str, str]]:

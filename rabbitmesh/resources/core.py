@@ -3,7 +3,7 @@
 A Secret's values live in the resource store like every other resource, but they never leave
 it: the admin API shows the keys with redacted values, and nothing logs them.
 A Namespace labelled `eventing.knative.dev/injection: enabled` gets a Broker named `default`,
-as Knative's namespace reconciler gives it (rabbitmesh/reconciler/desired.py).
+as Knative's namespace reconciler gives it (rabbitmesh/store/desired.py).
 """
 
 from __future__ import annotations

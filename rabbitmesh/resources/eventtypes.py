@@ -108,6 +108,6 @@ class EventType(Resource):
             return self.spec.reference
         if self.spec.broker:
             return KReference(
-                apiVersion="eventing.knative.dev/v1", kind="Broker", name=self.spec.broker
+                api_version="eventing.knative.dev/v1", kind="Broker", name=self.spec.broker
             )
         return None

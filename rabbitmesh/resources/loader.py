@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -209,18 +209,34 @@ class _BoundedLoader(yaml.SafeLoader):
 # stays the text written (`2024-01-01` is a string, not a date a string field rejects),
 # `!!binary` stays its base64 text and a `!!set` is a mapping to nulls. Python-only values
 # would also break the JSON every resource is stored and served as.
+_N = TypeVar("_N", bound=yaml.Node)
+
+
 def _scalar_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
-    return loader.construct_scalar(node)  # type: ignore[arg-type]
+    return str(loader.construct_scalar(_expect(node, yaml.ScalarNode)))
 
 
 def _base64_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
-    return "".join(loader.construct_scalar(node).split())  # type: ignore[arg-type]
+    return "".join(str(loader.construct_scalar(_expect(node, yaml.ScalarNode))).split())
 
 
 def _set_as_mapping(loader: yaml.SafeLoader, node: yaml.Node) -> Iterator[dict[Any, Any]]:
     data: dict[Any, Any] = {}
     yield data
-    data.update(loader.construct_mapping(node))  # type: ignore[arg-type]
+    data.update(loader.construct_mapping(_expect(node, yaml.MappingNode)))
+
+
+def _expect(node: yaml.Node, kind: type[_N]) -> _N:
+    """The node, if it is of the kind its tag needs (`!!set` a mapping, the others a
+    scalar); else the error PyYAML itself gives for such a node."""
+    if not isinstance(node, kind):
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"expected a {kind.__name__}, but found a {type(node).__name__}",
+            node.start_mark,
+        )
+    return node
 
 
 _BoundedLoader.add_constructor("tag:yaml.org,2002:timestamp", _scalar_text)

@@ -81,7 +81,7 @@ class Channel(Resource):
         if self.spec.channel_template is not None:
             return self.spec.channel_template
         kind = self.kind if self.kind != "Channel" else DEFAULT_CHANNEL_KIND
-        return ChannelTemplate(apiVersion=self.api_version, kind=kind)
+        return ChannelTemplate(api_version=self.api_version, kind=kind)
 
 
 class SubscriptionSpec(Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rabbitmesh.resources.base import Resource
@@ -31,7 +32,7 @@ def register(
     kind: str | None = None,
     aliases: tuple[str, ...] = (),
     addressable: bool = False,
-):
+) -> Callable[[type[Resource]], type[Resource]]:
     """Class decorator: make a Resource model loadable from manifests and the API."""
 
     def wrap(model: type[Resource]) -> type[Resource]:

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
+from rabbitmesh.cron import Schedule, ScheduleError
 from rabbitmesh.resources.base import FieldError, Model, Resource
 from rabbitmesh.resources.duck import Destination
 from rabbitmesh.resources.registry import register
-from rabbitmesh.sources.cron import Schedule, ScheduleError
 
 PING_TYPE = "dev.knative.sources.ping"
 

@@ -30,6 +30,7 @@ with retries, before the next watch event is read.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -297,9 +298,9 @@ class ApiServerRun:
             async with asyncio.TaskGroup() as group:
                 if self.namespaces is not None:
                     w = self.namespaces
-                    group.create_task(w.run(lambda e, p=w.path: self._error(p, e)))
+                    group.create_task(w.run(functools.partial(self._error, w.path)))
                 for w in watchers:
-                    group.create_task(w.run(lambda e, p=w.path: self._error(p, e)))
+                    group.create_task(w.run(functools.partial(self._error, w.path)))
         finally:
             await kube.close()
 
@@ -362,7 +363,7 @@ class ApiServerRun:
                     res.api_version,
                     res.kind,
                     res.selector.query() if res.selector else "",
-                    lambda op, obj, ce=kube.host, nsd=namespaced: self._emit(ce, op, obj, nsd),
+                    functools.partial(self._emit, kube.host, namespaced),
                 )
             )
         return out
@@ -384,7 +385,7 @@ class ApiServerRun:
             return True
         return any((o.get("metadata") or {}).get("name") == namespace for o in w.known.values())
 
-    async def _emit(self, ce_source: str, op: str, obj: dict[str, Any], namespaced: bool) -> None:
+    async def _emit(self, ce_source: str, namespaced: bool, op: str, obj: dict[str, Any]) -> None:
         if namespaced and self.namespaces is not None:
             await self.namespaces.listed.wait()
             self._publish_namespaces()

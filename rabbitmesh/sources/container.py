@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -287,7 +288,7 @@ async def run(todo: list[Launch], rt: Runtime) -> None:
     async with asyncio.TaskGroup() as group:
         for launch in todo:
             group.create_task(
-                Supervisor(launch, rt.what, lambda p, c=launch.container: report(c, p)).run()
+                Supervisor(launch, rt.what, functools.partial(report, launch.container)).run()
             )
 
 

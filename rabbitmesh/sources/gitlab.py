@@ -221,7 +221,7 @@ class GitLabApi:
         base, project = split_project_url(project_url)
         self.hooks = f"{base}/api/v4/projects/{quote(project, safe='')}/hooks"
         self.headers = {"PRIVATE-TOKEN": token, "Accept": "application/json"}
-        self.ssl = None if verify else False  # aiohttp: None = default verification
+        self.ssl = verify  # aiohttp: True = the default verification
 
     async def _call(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
         try:

@@ -60,7 +60,7 @@ class Kube:
         self.api = api
         #: The API server's URL, as the kubeconfig (or in-cluster config) names it: Knative's
         #: ApiServerSource uses it as every event's `source`.
-        self.host: str = api.configuration.host
+        self.host: str = api.configuration.host or ""
 
     @classmethod
     async def connect(cls, kubeconfig: Path | None) -> Kube:

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pamqp.common import FieldTable
 from yarl import URL
 
 from rabbitmesh.amqp.client import redact
@@ -50,7 +51,7 @@ REFRESH_SECONDS = 240.0
 #: How often a standby checks that the lease queue still exists.
 CHECK_SECONDS = 5.0
 
-LEASE_ARGUMENTS = {"x-single-active-consumer": True, "x-max-length": 1}
+LEASE_ARGUMENTS: FieldTable = {"x-single-active-consumer": True, "x-max-length": 1}
 
 
 class Elector:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import ssl
@@ -131,8 +132,8 @@ class SourceManager:
             names=self.names,
             session=self.session,
             elector=self.elector,
-            report=lambda problem, key=plan.key: self._report(key, problem),
-            changed=lambda key=plan.key: self._changed(key),
+            report=functools.partial(self._report, plan.key),
+            changed=functools.partial(self._changed, plan.key),
         )
         lease = Lease(self.elector, runtime.queue("lease"), plan.what)
         lease.on_change = lambda _leading, key=plan.key: self._changed(key)

@@ -27,8 +27,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from rabbitmesh.cloudevents import CloudEvent
+from rabbitmesh.cron import Schedule
 from rabbitmesh.resources.sources import PING_TYPE, PingSource
-from rabbitmesh.sources.cron import Schedule
 from rabbitmesh.sources.manager import Plan, Runtime
 from rabbitmesh.sources.sender import Retry, deliver, new_event
 from rabbitmesh.timestamps import rfc3339

@@ -30,9 +30,9 @@ from aiohttp import web
 
 from rabbitmesh import metrics
 from rabbitmesh.hosted import HOSTED_KINDS
-from rabbitmesh.reconciler.desired import event_type_name
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.registry import by_kind
+from rabbitmesh.store.desired import event_type_name
 from rabbitmesh.store.stream import Store, StoreUnavailable
 
 log = logging.getLogger("rabbitmesh.eventtypes")

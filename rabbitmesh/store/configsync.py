@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 
 from rabbitmesh.resources.base import Resource
@@ -144,7 +145,7 @@ class ConfigSync:
                 writes.append(self._delete(entry.key, entry.resource_version))
         sem = asyncio.Semaphore(PARALLEL_WRITES)
 
-        async def bounded(write):  # type: ignore[no-untyped-def]
+        async def bounded(write: Awaitable[None]) -> None:
             async with sem:
                 await write
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rabbitmesh.resources.base import Resource
-from rabbitmesh.resources.core import Secret
+from rabbitmesh.resources.core import REDACTED, Secret
 from rabbitmesh.resources.loader import parse_document
 from rabbitmesh.store.state import Entry, Key
 
@@ -52,3 +52,20 @@ def from_entry(entry: Entry) -> Resource:
     meta.uid = entry.uid
     meta.resource_version = str(entry.resource_version)
     return res
+
+
+def render(res: Resource) -> dict[str, Any]:
+    """A resource as the API and the watch feed serve it: Kubernetes' field order (status
+    last), empty labels/annotations left out, a Secret's values redacted."""
+    out = res.dump()
+    if isinstance(res, Secret):
+        out["data"] = dict.fromkeys(res.normalized().data, REDACTED)
+        out.pop("stringData", None)
+    meta = out.get("metadata", {})
+    for name in ("labels", "annotations"):
+        if not meta.get(name):
+            meta.pop(name, None)
+    status = out.pop("status", None)
+    if status is not None:
+        out["status"] = status
+    return out

@@ -164,7 +164,7 @@ class StoreState:
         return None
 
     def _apply(self, offset: int, rec: dict[str, Any]) -> Outcome:
-        key: Key = tuple(rec["key"])  # type: ignore[assignment]
+        key: Key = tuple(rec["key"])
         refused = self._check(key, rec.get("expect"))
         if refused is not None:
             refused.offset = offset
@@ -217,7 +217,7 @@ class StoreState:
         return Outcome("configured", entry=entry, offset=offset)
 
     def _delete(self, offset: int, rec: dict[str, Any]) -> Outcome:
-        key: Key = tuple(rec["key"])  # type: ignore[assignment]
+        key: Key = tuple(rec["key"])
         refused = self._check(key, rec.get("expect", "present"))
         if refused is not None:
             refused.offset = offset

@@ -42,6 +42,7 @@ from tests.fuzz.strategies import (
     valid_binary_headers,
 )
 from tests.support.events import binary_headers, post
+from tests.support.manifests import broker_and_trigger
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -51,18 +52,7 @@ ALLOWED = {200, 202, 400, 404, 405, 408, 413, 431}
 #: Seconds within which every request must be answered (a publish confirm takes ms).
 DEADLINE = 10.0
 
-MANIFESTS = """
-    apiVersion: eventing.knative.dev/v1
-    kind: Broker
-    metadata: {name: br}
-    ---
-    apiVersion: eventing.knative.dev/v1
-    kind: Trigger
-    metadata: {name: all}
-    spec:
-      broker: br
-      subscriber: {uri: "SINK"}
-    """
+MANIFESTS = broker_and_trigger("SINK")
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Headers that frame the message or the connection: random values would make the client

@@ -13,6 +13,7 @@ import yaml
 
 from tests.support.api import SECRETS, call, ready
 from tests.support.events import binary_headers, post
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.waiting import eventually
 
@@ -121,18 +122,7 @@ async def test_a_web_page_cannot_post_an_event_without_a_preflight(start_mesh, m
     keeps cross-site pages out is that an event needs headers or a type that only a
     preflighted request may carry, and no preflight is granted."""
     sink = await make_sink()
-    mesh = await start_mesh(
-        f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec: {{broker: br, subscriber: {{uri: "{sink.url}"}}}}
-        """
-    )
+    mesh = await start_mesh(broker_and_trigger(sink.url, trigger="tr"))
     url = mesh.url + "/default/br"
     page = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
     event = orjson.dumps({"specversion": "1.0", "id": "x", "source": "s", "type": "t"})

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.api import BROKERS, EVENTTYPES, TRIGGERS, broker, call, ready, trigger
 from tests.support.events import post_binary
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import AMQP_URL, InProcessMesh, MeshProcess, write_manifests
 from tests.support.tcpproxy import TcpProxy
 from tests.support.waiting import eventually
@@ -224,16 +225,7 @@ async def _is(value, expected) -> bool:
 
 # --- the config dir ---------------------------------------------------------------------------
 
-BASE = """
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: br}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: tr1}
-spec: {broker: br, subscriber: {uri: "http://127.0.0.1:9/"}}
-"""
+BASE = broker_and_trigger("http://127.0.0.1:9/", trigger="tr1")
 TR2 = """
 ---
 apiVersion: eventing.knative.dev/v1

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.disruption import node_stopped
 from tests.support.events import binary_headers
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.sink import Reply
 from tests.support.waiting import eventually
@@ -18,19 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def manifests(sink_url: str, delivery: str) -> str:
-    return f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec:
-          broker: br
-          subscriber: {{uri: "{sink_url}"}}
-          delivery: {delivery}
-        """
+    return broker_and_trigger(sink_url, trigger="tr", delivery=delivery)
 
 
 async def send_many(url: str, ids: list[str], concurrency: int = 32) -> dict[str, int]:

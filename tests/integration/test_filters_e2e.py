@@ -27,6 +27,7 @@ import yaml
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.resources.loader import ManifestError, load_text
 from tests.support.events import post_binary, post_structured
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import InProcessMesh, MeshProcess, unique_prefix, write_manifests
 from tests.support.rabbit import rabbitmqctl
 from tests.support.sink import Sink
@@ -384,19 +385,7 @@ def test_narrowing_keeps_unwanted_events_out_of_the_queue(outcome: Outcome) -> N
 
 
 def trigger_text(spec: str) -> str:
-    return f"""\
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {{name: br}}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {{name: bad}}
-spec:
-  broker: br
-  subscriber: {{uri: "http://127.0.0.1:9/"}}
-{spec}
-"""
+    return broker_and_trigger("http://127.0.0.1:9/", trigger="bad", spec=spec + "\n")
 
 
 INVALID = [

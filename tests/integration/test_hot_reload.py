@@ -9,21 +9,13 @@ import textwrap
 import pytest
 
 from tests.support.api import BROKERS, TRIGGERS, broker, call, ready
+from tests.support.manifests import broker_and_trigger
 from tests.support.rabbit import list_names
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-BASE = """
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: br}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: tr1}
-spec: {broker: br, filter: {attributes: {type: a}}, subscriber: {uri: "http://127.0.0.1:9/"}}
-"""
+BASE = broker_and_trigger("http://127.0.0.1:9/", trigger="tr1", filter_type="a")
 TR2 = """
 ---
 apiVersion: eventing.knative.dev/v1

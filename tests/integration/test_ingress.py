@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import textwrap
 
 import orjson
 import pytest
@@ -10,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rabbitmesh.metrics import bounded_type
 from tests.support.events import binary_headers, post, post_binary, post_structured
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import InProcessMesh, write_manifests
 from tests.support.rabbit import queued_messages
 from tests.support.tcpproxy import TcpProxy
@@ -17,18 +19,7 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-BROKER = """
-    apiVersion: eventing.knative.dev/v1
-    kind: Broker
-    metadata: {name: br}
-    ---
-    apiVersion: eventing.knative.dev/v1
-    kind: Trigger
-    metadata: {name: all}
-    spec:
-      broker: br
-      subscriber: {uri: "SINK"}
-    """
+BROKER = broker_and_trigger("SINK")
 
 
 @pytest.fixture
@@ -241,11 +232,7 @@ async def test_too_many_headers_is_a_clear_4xx(mesh):
 
 async def test_event_no_trigger_wants_is_accepted_and_counted(start_mesh, make_sink):
     sink = await make_sink()
-    mesh = await start_mesh(
-        BROKER.replace("SINK", sink.url).replace(
-            "subscriber:", "filter: {attributes: {type: only.this}}\n      subscriber:"
-        )
-    )
+    mesh = await start_mesh(broker_and_trigger(sink.url, filter_type="only.this"))
     status, _ = await post_binary(mesh.url + "/default/br", "nobody.wants.this")
     assert status == 202
     _, _, metrics = await post(mesh.url + "/metrics", method="GET")
@@ -284,7 +271,7 @@ def _labels(kind: str, ns: str, name: str, type_: str, code: str) -> tuple[tuple
     )
 
 
-CHANNEL_AND_SEQUENCE = """
+CHANNEL_AND_SEQUENCE = textwrap.dedent("""
     ---
     apiVersion: messaging.knative.dev/v1
     kind: InMemoryChannel
@@ -303,7 +290,7 @@ CHANNEL_AND_SEQUENCE = """
     spec:
       steps:
         - {uri: "SINK"}
-    """
+    """)
 
 
 async def test_event_count_is_labelled_per_request(start_mesh, make_sink):

@@ -17,24 +17,13 @@ import pytest
 
 from tests.support.events import binary_headers, post, post_binary, post_structured
 from tests.support.faults import LoadGenerator
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-BROKER = """
-    apiVersion: eventing.knative.dev/v1
-    kind: Broker
-    metadata: {name: br}
-    ---
-    apiVersion: eventing.knative.dev/v1
-    kind: Trigger
-    metadata: {name: all}
-    spec:
-      broker: br
-      subscriber: {uri: "SINK"}
-      delivery: {retry: 0}
-    """
+BROKER = broker_and_trigger("SINK", delivery="{retry: 0}")
 
 
 @pytest.fixture
@@ -320,16 +309,15 @@ async def test_a_source_whose_events_rabbitmq_cannot_take_gets_a_clear_error(
     extensions = ", ".join(f"x{i}: {'v' * 7_000}" for i in range(24))
     mesh = await start_mesh(
         BROKER.replace("SINK", sink.url)
-        + f"""
-    ---
-    apiVersion: sources.knative.dev/v1
-    kind: PingSource
-    metadata: {{name: heavy}}
-    spec:
-      schedule: "*/1 * * * * *"
-      ceOverrides: {{extensions: {{{extensions}}}}}
-      sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: br}}}}
-    """
+        + f"""---
+apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {{name: heavy}}
+spec:
+  schedule: "*/1 * * * * *"
+  ceOverrides: {{extensions: {{{extensions}}}}}
+  sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: br}}}}
+"""
     )
     link = publisher_link(mesh)
 

@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 import ssl
+import textwrap
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,7 @@ from yarl import URL
 
 from tests.support.api import BROKERS, SECRETS, TRIGGERS, broker, call, ready, trigger
 from tests.support.events import binary_headers, post
+from tests.support.manifests import broker_and_trigger as shared_broker_and_trigger
 from tests.support.mesh import AMQP_URL, InProcessMesh, MeshProcess, write_manifests
 from tests.support.sink import Reply
 from tests.support.tcpproxy import TcpProxy
@@ -28,17 +30,9 @@ NS = "default"
 
 
 def broker_and_trigger(sink_url: str, annotations: str = "") -> str:
-    meta = f"{{name: br, annotations: {{{annotations}}}}}" if annotations else "{name: br}"
-    return f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {meta}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec: {{broker: br, subscriber: {{uri: "{sink_url}"}}, delivery: {{retry: 0}}}}
-        """
+    return shared_broker_and_trigger(
+        sink_url, trigger="tr", delivery="{retry: 0}", broker_annotations=annotations
+    )
 
 
 # --- HTTPS ------------------------------------------------------------------------------------
@@ -153,7 +147,7 @@ async def test_amqps_refuses_a_server_its_ca_did_not_sign(tmp_path, prefix, capl
 
 # --- per-broker ingress tokens ----------------------------------------------------------------
 
-TOKEN_SECRET = """
+TOKEN_SECRET = textwrap.dedent("""
         ---
         apiVersion: v1
         kind: Secret
@@ -162,7 +156,7 @@ TOKEN_SECRET = """
           producers: |
             old-token-1234
             new-token-5678
-        """
+        """)
 
 
 async def test_ingress_token_from_a_secret(start_mesh, make_sink):
@@ -283,9 +277,9 @@ async def test_secrets_and_authorization_headers_never_reach_the_logs(tmp_path, 
     searched for them afterwards (plain and base64)."""
     admin, ingress, other, wrong = "adm-9f3e1c", "ing-7a2b4d", "sec-5e8c0f", "wrong-1d6a3b"
     failing, ok = await make_sink(lambda _r, _i: Reply(500, body=b"nope")), await make_sink()
-    manifest = (
-        broker_and_trigger(failing.url, '"rabbitmesh.dev/ingress-token-secret": ingress')
-        + f"""
+    manifest = broker_and_trigger(
+        failing.url, '"rabbitmesh.dev/ingress-token-secret": ingress'
+    ) + textwrap.dedent(f"""
         ---
         apiVersion: v1
         kind: Secret
@@ -296,8 +290,7 @@ async def test_secrets_and_authorization_headers_never_reach_the_logs(tmp_path, 
         kind: Trigger
         metadata: {{name: ok}}
         spec: {{broker: br, subscriber: {{uri: "{ok.url}"}}}}
-        """
-    )
+        """)
     write_manifests(tmp_path / "c", manifest)
     mesh = await MeshProcess(
         tmp_path / "c", prefix, RABBITMESH_LOG_LEVEL="debug", RABBITMESH_ADMIN_TOKEN=admin

@@ -7,6 +7,7 @@ import pytest
 from tests.support.api import BROKERS, TRIGGERS, broker, call, ready, trigger
 from tests.support.disruption import node_stopped
 from tests.support.events import post_binary
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import write_manifests
 from tests.support.rabbit import rabbitmqctl
 from tests.support.waiting import eventually
@@ -96,19 +97,7 @@ async def test_a_new_replica_reads_a_stream_that_retention_has_cut(start_mesh, m
 
 async def test_a_fresh_process_unbinds_what_an_earlier_filter_bound(tmp_path, start_mesh, prefix):
     """The filter changed while no rabbitmesh ran: the next one must not keep the old binding."""
-    manifests = """
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: br}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {name: tr}
-        spec:
-          broker: br
-          filter: {attributes: {type: TYPE}}
-          subscriber: {uri: "http://127.0.0.1:9/"}
-        """
+    manifests = broker_and_trigger("http://127.0.0.1:9/", trigger="tr", filter_type="TYPE")
     first = await start_mesh(manifests.replace("TYPE", "com.example.old"))
     queue, exchange = f"{prefix}.trigger.default.tr", f"{prefix}.broker.default.br"
     assert bindings_of(queue) == {(exchange, "com.example.old")}

@@ -27,3 +27,40 @@ def request_reply_triggers(replier_url: str, final_url: str) -> str:
           filter: {{attributes: {{type: com.example.reply}}}}
           subscriber: {{uri: "{final_url}"}}
         """
+
+
+def broker_and_trigger(
+    subscriber: str,
+    *,
+    broker: str = "br",
+    trigger: str = "all",
+    filter_type: str | None = None,
+    delivery: str | None = None,
+    spec: str = "",
+    broker_annotations: str = "",
+) -> str:
+    """Broker `broker` and Trigger `trigger` on it delivering to the URI `subscriber`; only
+    events of `filter_type` when given; `delivery` is the Trigger's delivery (YAML flow text,
+    `{retry: 0}`); `spec` more lines of the Trigger's spec, indented by two spaces;
+    `broker_annotations` the Broker's annotations (flow mapping entries). The manifests start
+    in column 0, so they can be followed by more documents (`---`)."""
+    meta = f"name: {broker}"
+    if broker_annotations:
+        meta += f", annotations: {{{broker_annotations}}}"
+    lines = [
+        "apiVersion: eventing.knative.dev/v1",
+        "kind: Broker",
+        f"metadata: {{{meta}}}",
+        "---",
+        "apiVersion: eventing.knative.dev/v1",
+        "kind: Trigger",
+        f"metadata: {{name: {trigger}}}",
+        "spec:",
+        f"  broker: {broker}",
+    ]
+    if filter_type is not None:
+        lines.append(f"  filter: {{attributes: {{type: {filter_type}}}}}")
+    lines.append(f'  subscriber: {{uri: "{subscriber}"}}')
+    if delivery is not None:
+        lines.append(f"  delivery: {delivery}")
+    return "\n".join(lines) + "\n" + spec

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
+from urllib.parse import urlsplit
 
 
 class TcpProxy:
@@ -14,11 +16,17 @@ class TcpProxy:
 
     def __init__(
         self,
-        target_host: str = "127.0.0.1",
-        target_port: int = 5672,
+        target_host: str | None = None,
+        target_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.target = (target_host, target_port)
+        # By default the RabbitMQ the suite runs against (RABBITMESH_TEST_AMQP_URL), not
+        # whatever listens on 5672: with a private node, 5672 is someone else's.
+        node = urlsplit(os.environ.get("RABBITMESH_TEST_AMQP_URL", "amqp://127.0.0.1:5672/"))
+        self.target = (
+            target_host or node.hostname or "127.0.0.1",
+            target_port or node.port or 5672,
+        )
         self.ssl_context = ssl_context
         self.port = 0
         self._server: asyncio.AbstractServer | None = None

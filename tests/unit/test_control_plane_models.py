@@ -9,10 +9,10 @@ from aiohttp.test_utils import make_mocked_request
 
 from rabbitmesh.api.auth import check_mutation
 from rabbitmesh.api.errors import ApiError
-from rabbitmesh.reconciler.desired import Desired, event_type_name
 from rabbitmesh.resources.core import Secret
 from rabbitmesh.resources.loader import ManifestError, load_text
 from rabbitmesh.settings import Settings
+from rabbitmesh.store.desired import Desired, event_type_name
 from rabbitmesh.store.manifests import key_of, to_manifest
 from rabbitmesh.store.state import Entry
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
-from rabbitmesh.reconciler.desired import Desired
 from rabbitmesh.resources.loader import load_text
+from rabbitmesh.store.desired import Desired
 from rabbitmesh.store.manifests import key_of, to_manifest
 from rabbitmesh.store.state import Entry
 

@@ -12,10 +12,10 @@ from itertools import islice
 import pytest
 
 from rabbitmesh.amqp.names import Names
+from rabbitmesh.cron import Schedule, ScheduleError, croniter_expression
 from rabbitmesh.resources.core import Secret
 from rabbitmesh.resources.loader import ManifestError, load_text
 from rabbitmesh.sources import apiserver, container, gitlab, ping
-from rabbitmesh.sources.cron import Schedule, ScheduleError, croniter_expression
 from rabbitmesh.sources.manager import MAX_QUEUE_NAME, source_queue
 from rabbitmesh.sources.secrets import NotReady, Redactor
 from rabbitmesh.sources.sender import Retry

@@ -14,6 +14,7 @@ reconciles everything again.
 
 from __future__ import annotations
 
+import builtins
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -100,7 +101,7 @@ class DependencyIndex:
         if new:
             self._refs[key] = new
 
-    def dependents(self, key: Key) -> set[Key]:
+    def dependents(self, key: Key) -> builtins.set[Key]:  # `set` here is the method
         kind, ns, _ = key
         out = set(self._dependents.get(key, ()))
         out |= self._dependents.get((kind, ns, ANY), set())

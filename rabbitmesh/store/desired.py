@@ -17,12 +17,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from rabbitmesh.reconciler.dependencies import DependencyIndex
 from rabbitmesh.resources.base import ObjectMeta, Resource
 from rabbitmesh.resources.core import INJECTED_LABEL, Namespace
 from rabbitmesh.resources.eventing import Broker
 from rabbitmesh.resources.eventtypes import EventType
 from rabbitmesh.resources.loader import ManifestError
+from rabbitmesh.store.dependencies import DependencyIndex
 from rabbitmesh.store.manifests import from_entry
 from rabbitmesh.store.state import Entry, Key
 
@@ -56,14 +56,14 @@ def event_type_name(owner: str, namespace: str, type_: str, source: str) -> str:
 
 def injected_broker(ns: Namespace) -> Broker:
     return Broker(
-        apiVersion="eventing.knative.dev/v1",
+        api_version="eventing.knative.dev/v1",
         kind="Broker",
         metadata=ObjectMeta(
             name=DEFAULT_BROKER,
             namespace=ns.name,
             labels={INJECTED_LABEL: "true"},
-            ownerReferences=[owner_reference(ns)],
-            creationTimestamp=ns.metadata.creation_timestamp,
+            owner_references=[owner_reference(ns)],
+            creation_timestamp=ns.metadata.creation_timestamp,
         ),
     )
 
@@ -103,7 +103,7 @@ class Desired:
     resources derive, and returns the keys whose desired resource is now a different object
     (added, replaced or gone). An unchanged entry keeps its parsed resource object, so its
     status (kept on the object by the controller) survives. `dependencies` says whose
-    reconcile reads which key (rabbitmesh/reconciler/dependencies.py).
+    reconcile reads which key (rabbitmesh/store/dependencies.py).
     """
 
     def __init__(self) -> None:
