@@ -30,7 +30,9 @@ class HostedKind:
     path: str
     #: (names, namespace, name) -> the exchange the ingress (and replies) publish to; None
     #: for a synchronous endpoint with a handler of its own (EventTransform, RequestReply):
-    #: it has a URL, but no exchange, and replies to it are POSTed like to any URL.
+    #: it has a URL, but no exchange, and replies to it are POSTed like to any URL; or for
+    #: a kind whose exchange is in its spec (a RabbitmqSink's, maybe on another RabbitMQ):
+    #: events reach it through its ingress only, replies included.
     exchange: Callable[[Names, str, str], str] | None
     exchange_type: ExchangeType | None
     #: An event entering it enters a broker: knativebrokerttl, knativearrivaltime.
@@ -85,6 +87,8 @@ HOSTED_KINDS: tuple[HostedKind, ...] = (
     ),
     HostedKind("EventTransform", "/eventtransforms/{namespace}/{name}", None, None),
     HostedKind("RequestReply", "/requestreplies/{namespace}/{name}", None, None),
+    # Its ingress target comes from its reconciler (rabbitmesh/reconciler/rabbitmqsink.py).
+    HostedKind("RabbitmqSink", "/rabbitmqsinks/{namespace}/{name}", None, None),
     HostedKind(
         "Broker",
         "/{namespace}/{name}",

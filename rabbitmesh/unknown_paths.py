@@ -26,6 +26,7 @@ PATH_FORMS = (
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
+    "GET /console",
 )
 
 

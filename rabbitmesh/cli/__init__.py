@@ -11,6 +11,7 @@ from rabbitmesh.cli.eventtransform import eventtransform
 from rabbitmesh.cli.eventtype import eventtype
 from rabbitmesh.cli.jobsink import jobsink
 from rabbitmesh.cli.manifests import apply, delete, get, patch
+from rabbitmesh.cli.rabbitmqsink import rabbitmqsink
 from rabbitmesh.cli.requestreply import requestreply
 from rabbitmesh.cli.run import run
 from rabbitmesh.cli.send import send
@@ -47,6 +48,7 @@ _API_COMMANDS = (
     subscription,
     source,
     sinkbinding,
+    rabbitmqsink,
     eventtype,
     eventtransform,
     requestreply,

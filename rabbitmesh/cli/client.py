@@ -100,10 +100,19 @@ CONTAINERSOURCE = Kind("sources.knative.dev", "v1", "ContainerSource", "containe
 APISERVERSOURCE = Kind("sources.knative.dev", "v1", "ApiServerSource", "apiserversources")
 GITLABSOURCE = Kind("sources.knative.dev", "v1alpha1", "GitLabSource", "gitlabsources")
 SINKBINDING = Kind("sources.knative.dev", "v1", "SinkBinding", "sinkbindings")
+RABBITMQSOURCE = Kind("sources.knative.dev", "v1alpha1", "RabbitmqSource", "rabbitmqsources")
+RABBITMQSINK = Kind("sinks.rabbitmesh.dev", "v1alpha1", "RabbitmqSink", "rabbitmqsinks")
+SOURCE_KINDS = (
+    PINGSOURCE,
+    CONTAINERSOURCE,
+    APISERVERSOURCE,
+    SINKBINDING,
+    GITLABSOURCE,
+    RABBITMQSOURCE,
+)
 EVENTTRANSFORM = Kind("eventing.knative.dev", "v1alpha1", "EventTransform", "eventtransforms")
 REQUESTREPLY = Kind("eventing.knative.dev", "v1alpha1", "RequestReply", "requestreplies")
 JOBSINK = Kind("sinks.knative.dev", "v1alpha1", "JobSink", "jobsinks")
-SOURCE_KINDS = (PINGSOURCE, CONTAINERSOURCE, APISERVERSOURCE, SINKBINDING, GITLABSOURCE)
 
 
 class ApiClient:
