@@ -39,6 +39,10 @@ class HostedKind:
     broker: bool = False
     #: EventTypes are auto-created from what its ingress accepts (store/autocreate.py).
     auto_event_types: bool = False
+    #: A synchronous endpoint served by a handler of its own (EventTransform, RequestReply),
+    #: not by the generic ingress. Why a flag: `exchange` None alone does not tell it from
+    #: a RabbitmqSink, whose exchange is in its spec but which the generic ingress serves.
+    endpoint: bool = False
 
     @property
     def cli_prefix(self) -> str:
@@ -85,8 +89,8 @@ HOSTED_KINDS: tuple[HostedKind, ...] = (
     HostedKind(
         "JobSink", "/jobsinks/{namespace}/{name}", Names.jobsink_exchange, ExchangeType.FANOUT
     ),
-    HostedKind("EventTransform", "/eventtransforms/{namespace}/{name}", None, None),
-    HostedKind("RequestReply", "/requestreplies/{namespace}/{name}", None, None),
+    HostedKind("EventTransform", "/eventtransforms/{namespace}/{name}", None, None, endpoint=True),
+    HostedKind("RequestReply", "/requestreplies/{namespace}/{name}", None, None, endpoint=True),
     # Its ingress target comes from its reconciler (rabbitmesh/reconciler/rabbitmqsink.py).
     HostedKind("RabbitmqSink", "/rabbitmqsinks/{namespace}/{name}", None, None),
     HostedKind(
@@ -115,5 +119,6 @@ def hosted_target(names: Names, kind: str, namespace: str, name: str) -> Target 
 
 
 def exchange_kinds() -> tuple[HostedKind, ...]:
-    """The rows whose ingress is an exchange (the generic ingress serves their paths)."""
-    return tuple(k for k in HOSTED_KINDS if k.exchange is not None)
+    """The rows whose ingress publishes to an exchange (the generic ingress serves their
+    paths): every row but the endpoint kinds."""
+    return tuple(k for k in HOSTED_KINDS if not k.endpoint)

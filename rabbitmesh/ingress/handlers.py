@@ -102,8 +102,9 @@ class Ingress:
         self.not_ready = not_ready
 
     def routes(self) -> list[web.RouteDef]:
-        """One route per hosted kind with an exchange (rabbitmesh/hosted.py), in the table's
-        order; endpoint kinds (EventTransform, RequestReply) have handlers of their own."""
+        """One route per hosted kind with an exchange (rabbitmesh/hosted.py; a RabbitmqSink's
+        is in its spec), in the table's order; endpoint kinds (EventTransform, RequestReply)
+        have handlers of their own."""
         return [web.route("*", k.path, self._for(k.kind)) for k in exchange_kinds()]
 
     def _for(self, kind: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
