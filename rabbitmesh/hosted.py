@@ -29,14 +29,20 @@ class HostedKind:
     #: The ingress path, with `{namespace}` and `{name}`.
     path: str
     #: (names, namespace, name) -> the exchange the ingress (and replies) publish to; None
-    #: for a kind whose exchange is in its spec (a RabbitmqSink's, maybe on another
-    #: RabbitMQ): events reach it through its ingress only, replies included.
+    #: for a synchronous endpoint with a handler of its own (EventTransform, RequestReply):
+    #: it has a URL, but no exchange, and replies to it are POSTed like to any URL; or for
+    #: a kind whose exchange is in its spec (a RabbitmqSink's, maybe on another RabbitMQ):
+    #: events reach it through its ingress only, replies included.
     exchange: Callable[[Names, str, str], str] | None
     exchange_type: ExchangeType | None
     #: An event entering it enters a broker: knativebrokerttl, knativearrivaltime.
     broker: bool = False
     #: EventTypes are auto-created from what its ingress accepts (store/autocreate.py).
     auto_event_types: bool = False
+    #: A synchronous endpoint served by a handler of its own (EventTransform, RequestReply),
+    #: not by the generic ingress. Why a flag: `exchange` None alone does not tell it from
+    #: a RabbitmqSink, whose exchange is in its spec but which the generic ingress serves.
+    endpoint: bool = False
 
     @property
     def cli_prefix(self) -> str:
@@ -44,6 +50,7 @@ class HostedKind:
         return self.kind.lower()
 
     def target(self, names: Names, namespace: str, name: str) -> Target | None:
+        """Where its ingress publishes; None for an endpoint kind (no exchange)."""
         if self.exchange is None:
             return None
         return Target(self.exchange(names, namespace, name), is_broker=self.broker)
@@ -76,6 +83,14 @@ HOSTED_KINDS: tuple[HostedKind, ...] = (
     HostedKind(
         "Parallel", "/parallels/{namespace}/{name}", _parallel_exchange, ExchangeType.FANOUT
     ),
+    # Issue 15. A JobSink's ingress is an exchange (a run is recorded once its queue has the
+    # event); EventTransform and RequestReply answer synchronously from their own handlers
+    # (ingress/eventtransform.py, ingress/requestreply.py).
+    HostedKind(
+        "JobSink", "/jobsinks/{namespace}/{name}", Names.jobsink_exchange, ExchangeType.FANOUT
+    ),
+    HostedKind("EventTransform", "/eventtransforms/{namespace}/{name}", None, None, endpoint=True),
+    HostedKind("RequestReply", "/requestreplies/{namespace}/{name}", None, None, endpoint=True),
     # Its ingress target comes from its reconciler (rabbitmesh/reconciler/rabbitmqsink.py).
     HostedKind("RabbitmqSink", "/rabbitmqsinks/{namespace}/{name}", None, None),
     HostedKind(
@@ -101,3 +116,9 @@ def hosted_target(names: Names, kind: str, namespace: str, name: str) -> Target 
     not host."""
     row = hosted_kind(kind)
     return None if row is None else row.target(names, namespace, name)
+
+
+def exchange_kinds() -> tuple[HostedKind, ...]:
+    """The rows whose ingress publishes to an exchange (the generic ingress serves their
+    paths): every row but the endpoint kinds."""
+    return tuple(k for k in HOSTED_KINDS if not k.endpoint)

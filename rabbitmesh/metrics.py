@@ -109,3 +109,24 @@ def set_known_types(types: Iterable[str]) -> None:
 def bounded_type(event_type: str) -> str:
     """The event type as a label value: itself when configuration names it, else "other"."""
     return event_type if event_type in _known_types else "other"
+
+
+# --- the hosted kinds of issue 15 (EventTransform, RequestReply, JobSink) ---------------------
+transforms_total = Counter(
+    "rabbitmesh_eventtransform_events_total",
+    "Events an EventTransform evaluated (result: ok, failed).",
+    ["namespace", "name", "result"],
+    registry=REGISTRY,
+)
+requestreply_total = Counter(
+    "rabbitmesh_requestreply_requests_total",
+    "RequestReply requests (result: replied, timeout, refused).",
+    ["namespace", "name", "result"],
+    registry=REGISTRY,
+)
+jobsink_runs_total = Counter(
+    "rabbitmesh_jobsink_runs_total",
+    "JobSink runs that ended (result: succeeded, failed, interrupted, duplicate).",
+    ["namespace", "name", "result"],
+    registry=REGISTRY,
+)

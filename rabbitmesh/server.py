@@ -38,17 +38,22 @@ from rabbitmesh.console.tail import Tails
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.dataplane import Target
 from rabbitmesh.http_input import close_after_unread_body
+from rabbitmesh.ingress.eventtransform import EventTransforms
 from rabbitmesh.ingress.handlers import Ingress
+from rabbitmesh.ingress.requestreply import RequestReplies
+from rabbitmesh.jobs.runner import JobRunner
 from rabbitmesh.listen import ListenError, cannot_listen
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller
 from rabbitmesh.reconciler.hosted import ingress_target, not_ready_reason
+from rabbitmesh.reconciler.jobsink import show_runs as job_status
 from rabbitmesh.reconciler.sources import on_runtime_change as source_status
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
+from rabbitmesh.sources.secrets import secrets_in
 from rabbitmesh.tls import server_context
 from rabbitmesh.workers import EARLY, READY, STOPPING, Siblings, WorkerInfo
 
@@ -118,6 +123,10 @@ class Server:
         )
         self._site: web.TCPSite | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.requestreplies = RequestReplies(
+            self.publisher, self.consumer, self.names, settings, self._resources
+        )
+        self.transforms = EventTransforms(settings, self._resources, lambda: self.session)
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -165,6 +174,9 @@ class Server:
             )
             app.add_routes(webhooks.routes())
         if self.settings.role in ("all", "ingress"):
+            # Before the ingress' routes: its `/{namespace}/{name}` must not catch theirs.
+            app.add_routes(self.transforms.routes())
+            app.add_routes(self.requestreplies.routes())
             app.add_routes(ingress.routes())
             # Installed always: config-features can switch auto-creation on while running;
             # while it is off the middleware costs one attribute check per request.
@@ -283,6 +295,18 @@ class Server:
             session=self.session,
             run_dispatchers=s.role in ("all", "dispatcher") and self._dispatches(),
             bridge_clients=Clients(s.publish_timeout, self.publisher.ssl_context),
+        )
+        if s.role in ("all", "ingress"):
+            self.ctx.requestreplies = self.requestreplies
+        ctx_ = self.ctx
+        self.ctx.jobs = JobRunner(
+            s,
+            self.names,
+            self.publisher,
+            self.consumer,
+            secrets_in(ctx_.get),
+            lambda job: job_status(ctx_, job),
+            consume=s.role in ("all", "dispatcher"),
         )
         if s.authentication_oidc:
             await self._start_oidc(self.ctx)
@@ -430,6 +454,9 @@ class Server:
             await self.plane.stop()
         if self.controller is not None:
             await self.controller.stop()
+        if self.ctx is not None and self.ctx.jobs is not None:
+            await self.ctx.jobs.close()  # runs in progress finish within shutdown_timeout
+        await self.requestreplies.close()
         if self.session is not None:
             await self.session.close()
         await self.consumers.close()

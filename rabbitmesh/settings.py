@@ -287,6 +287,38 @@ class Settings(BaseSettings):
         description="Extra `docker run` arguments for the docker runtime (shell-quoted); "
         "host networking lets a container reach K_SINK URLs on localhost.",
     )
+    jsonata_timeout_ms: int = Field(
+        100,
+        ge=1,
+        le=60_000,
+        description="Longest an EventTransform's JSONata expression may run on one event "
+        "(milliseconds); past it the delivery fails (422), as for a failing expression.",
+    )
+    requestreply_secret: str | None = Field(
+        None,
+        min_length=16,
+        description="Key (at least 16 characters) that signs RequestReply correlation ids "
+        "(HMAC-SHA256). Unset: each replica makes a random one at start, which is enough "
+        "because only the replica that issued an id ever checks it (docs/requestreply.md).",
+    )
+    requestreply_max_pending: int = Field(
+        10_000,
+        ge=1,
+        description="RequestReply requests one replica holds open at once; more get 503.",
+    )
+    jobsink_parallelism: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="JobSink runs one replica starts at once per JobSink; further events "
+        "wait, durably queued in RabbitMQ.",
+    )
+    jobsink_history: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Finished runs per JobSink kept for `rabbitmesh jobsink runs` and status.",
+    )
     kubeconfig: Path | None = Field(
         None,
         description="kubeconfig ApiServerSources watch with; default $KUBECONFIG, else "

@@ -69,6 +69,27 @@ class Names:
         """A Replay's progress (one message) and lease (its one exclusive consumer)."""
         return f"{self.prefix}.replay.{namespace}.{name}"
 
+    def requestreply_exchange(self, namespace: str, name: str) -> str:
+        """A RequestReply's headers exchange: bound to its broker's exchange, it passes on
+        only the events that carry the reply attribute."""
+        return f"{self.prefix}.requestreply.{namespace}.{name}"
+
+    def requestreply_queue(self, namespace: str, name: str, replica: str) -> str:
+        """One replica's replies of a RequestReply (exclusive: it goes with the replica)."""
+        return f"{self.requestreply_exchange(namespace, name)}:{replica}"
+
+    def jobsink_exchange(self, namespace: str, name: str) -> str:
+        """A JobSink's ingress: a fanout exchange in front of its queue of runs."""
+        return f"{self.prefix}.jobsink.{namespace}.{name}"
+
+    def jobsink_queue(self, namespace: str, name: str) -> str:
+        """Runs not started yet, durably (a run is 'recorded' once this queue has it)."""
+        return f"{self.prefix}.jobsink.{namespace}.{name}"
+
+    def jobsink_runs(self, namespace: str, name: str) -> str:
+        """The stream of a JobSink's run records (accepted, started, finished)."""
+        return f"{self.prefix}.jobsink.{namespace}.{name}:runs"
+
     @property
     def delay_exchange(self) -> str:
         """Headers exchange that routes a retry to the delay queue of its delay."""
@@ -118,6 +139,16 @@ class Names:
                         ),
                         MAX_QUEUE_NAME,
                     ),
+                ]
+            case "RequestReply":  # a replica id (12 hex) follows the ':'
+                return [
+                    (self.requestreply_queue(ns, name, "0" * 12), MAX_QUEUE_NAME),
+                    (self.requestreply_exchange(ns, name), MAX_EXCHANGE_NAME),
+                ]
+            case "JobSink":
+                return [
+                    (self.jobsink_runs(ns, name), MAX_QUEUE_NAME),
+                    (self.jobsink_exchange(ns, name), MAX_EXCHANGE_NAME),
                 ]
             case "Parallel" if isinstance(res, Parallel):
                 last = max(len(res.spec.branches) - 1, 0)

@@ -8,10 +8,13 @@ from rabbitmesh import __version__
 from rabbitmesh.cli.broker import broker
 from rabbitmesh.cli.channel import channel
 from rabbitmesh.cli.deadletter import deadletter
+from rabbitmesh.cli.eventtransform import eventtransform
 from rabbitmesh.cli.eventtype import eventtype
+from rabbitmesh.cli.jobsink import jobsink
 from rabbitmesh.cli.manifests import apply, delete, get, patch
 from rabbitmesh.cli.rabbitmqsink import rabbitmqsink
 from rabbitmesh.cli.replay import replay
+from rabbitmesh.cli.requestreply import requestreply
 from rabbitmesh.cli.run import run
 from rabbitmesh.cli.send import send
 from rabbitmesh.cli.sinkbinding import sinkbinding
@@ -51,6 +54,9 @@ _API_COMMANDS = (
     eventtype,
     deadletter,
     replay,
+    eventtransform,
+    requestreply,
+    jobsink,
 )
 for _command in (*_API_COMMANDS, send):
     cli.add_command(_command)

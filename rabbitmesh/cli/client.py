@@ -110,6 +110,9 @@ SOURCE_KINDS = (
     GITLABSOURCE,
     RABBITMQSOURCE,
 )
+EVENTTRANSFORM = Kind("eventing.knative.dev", "v1alpha1", "EventTransform", "eventtransforms")
+REQUESTREPLY = Kind("eventing.knative.dev", "v1alpha1", "RequestReply", "requestreplies")
+JOBSINK = Kind("sinks.knative.dev", "v1alpha1", "JobSink", "jobsinks")
 
 
 class ApiClient:

@@ -15,7 +15,8 @@ downtime). Anything else gets 401 with `WWW-Authenticate: Bearer`. Tokens are co
 constant time and never logged. The Secret lives in the same namespace as the Broker; while
 it or its key is missing the Broker is not Ready and its ingress accepts nothing (fail
 closed). Replies and events published straight to the broker's exchange (AMQP) are not
-HTTP and not affected.
+HTTP and not affected. A JobSink takes the same annotation for its own ingress (each event
+there starts a run), and a RequestReply takes only what its Broker's ingress would.
 """
 
 from __future__ import annotations
@@ -28,18 +29,18 @@ from aiohttp import web
 from rabbitmesh.http_input import bearer_token
 from rabbitmesh.resources.base import FieldError, Resource
 from rabbitmesh.resources.core import Secret
-from rabbitmesh.resources.eventing import INGRESS_TOKEN_ANNOTATION, Broker
+from rabbitmesh.resources.eventing import INGRESS_TOKEN_ANNOTATION, ingress_token_secret
 
 REALM = 'Bearer realm="rabbitmesh"'
 
 Lookup = Callable[[str, str, str], Resource | None]
 
 
-def tokens(get: Lookup, broker: Broker) -> tuple[bytes, ...] | None:
+def tokens(get: Lookup, broker: Resource) -> tuple[bytes, ...] | None:
     """The tokens the broker's ingress accepts: None when it needs none, empty when it needs
     one but its Secret or key is missing (then nothing is accepted)."""
     try:
-        ref = broker.ingress_token_secret()
+        ref = ingress_token_secret(broker)
     except FieldError:
         return ()
     if ref is None:
@@ -51,9 +52,9 @@ def tokens(get: Lookup, broker: Broker) -> tuple[bytes, ...] | None:
     return tuple(line.strip().encode() for line in value.splitlines() if line.strip())
 
 
-def problem(get: Lookup, broker: Broker) -> str | None:
+def problem(get: Lookup, broker: Resource) -> str | None:
     """Why the broker's ingress cannot authenticate anyone (for its status), else None."""
-    ref = broker.ingress_token_secret()
+    ref = ingress_token_secret(broker)
     if ref is None or tokens(get, broker):
         return None
     return (

@@ -34,7 +34,7 @@ from rabbitmesh.cloudevents import (
 )
 from rabbitmesh.dataplane import Target, stamp_broker_ingress
 from rabbitmesh.filters.bindings import routing_key_for_type
-from rabbitmesh.hosted import HOSTED_KINDS
+from rabbitmesh.hosted import exchange_kinds
 from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.ingress.auth import unauthorized
 from rabbitmesh.metrics import (
@@ -102,8 +102,10 @@ class Ingress:
         self.not_ready = not_ready
 
     def routes(self) -> list[web.RouteDef]:
-        """One route per hosted kind (rabbitmesh/hosted.py), in the table's order."""
-        return [web.route("*", k.path, self._for(k.kind)) for k in HOSTED_KINDS]
+        """One route per hosted kind with an exchange (rabbitmesh/hosted.py; a RabbitmqSink's
+        is in its spec), in the table's order; endpoint kinds (EventTransform, RequestReply)
+        have handlers of their own."""
+        return [web.route("*", k.path, self._for(k.kind)) for k in exchange_kinds()]
 
     def _for(self, kind: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:

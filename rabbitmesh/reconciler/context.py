@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from rabbitmesh.auth.gate import Gate
     from rabbitmesh.auth.issuer import Issuer
     from rabbitmesh.dataplane import Target
+    from rabbitmesh.ingress.requestreply import RequestReplies
+    from rabbitmesh.jobs.runner import JobRunner
     from rabbitmesh.sources.manager import SourceManager
 
 log = logging.getLogger("rabbitmesh.reconciler")
@@ -65,6 +67,10 @@ class Context:
     replays: dict[tuple[str, str, str], ReplayRunner] = field(default_factory=dict)
     #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
     sources: SourceManager | None = None
+    #: This replica's RequestReply reply queues and waiters (roles `all` and `ingress`).
+    requestreplies: RequestReplies | None = None
+    #: This replica's JobSink runners (roles `all` and `dispatcher`).
+    jobs: JobRunner | None = None
     #: Connections of the RabbitmqSinks (one per RabbitMQ URL; rabbitmesh/amqp/remote.py).
     bridge_clients: Clients = field(default_factory=lambda: Clients(10.0, None))
     #: (kind, namespace, name) -> the ingress target of a RabbitmqSink that is Ready.

@@ -19,10 +19,13 @@ from rabbitmesh.reconciler import (
     channel,
     configmap,
     eventpolicy,
+    eventtransform,
     eventtype,
+    jobsink,
     parallel,
     rabbitmqsink,
     replay,
+    requestreply,
     sequence,
     sources,
     subscription,
@@ -49,6 +52,9 @@ RECONCILERS: dict[str, ModuleType] = {
         configmap,
         brokerconfig,
         replay,
+        eventtransform,
+        requestreply,
+        jobsink,
     )
 }
 #: One module reconciles every source kind (their status; they have no topology).

@@ -8,6 +8,7 @@ from dataclasses import replace
 from rabbitmesh.dataplane import Target
 from rabbitmesh.hosted import hosted_target
 from rabbitmesh.ingress.auth import tokens
+from rabbitmesh.ingress.single import not_ready_message
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.eventing import Broker
 from rabbitmesh.resources.registry import canonical_kind
@@ -40,6 +41,13 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
             return replace(target, tokens=accepted)
     elif res.status.address is None:
         return None
+    elif res.KIND == "JobSink":
+        if res.status.ready != "True":
+            return None  # e.g. its runtime is not allowed: take no runs that cannot start
+        target = hosted_target(ctx.names, res.KIND, namespace, name)
+        accepted = tokens(ctx.get, res)  # each event starts a run: it may need a token
+        if target is not None and accepted is not None:
+            return replace(target, tokens=accepted)
     else:
         target = hosted_target(ctx.names, res.KIND, namespace, name)
     gate = ctx.gate
@@ -53,10 +61,4 @@ def not_ready_reason(ctx: Context, kind: str, namespace: str, name: str) -> str 
     reason: message"), or None when the resource does not exist. Off the hot path: only
     asked once `ingress_target` found no target."""
     res = ctx.get(canonical_kind(kind), namespace, name)
-    if res is None:
-        return None
-    ready = next((c for c in res.status.conditions if c.type == "Ready"), None)
-    why = "not reconciled yet"
-    if ready is not None and (ready.reason or ready.message):
-        why = ": ".join(part for part in (ready.reason, ready.message) if part)
-    return f"{res.KIND} {namespace}/{name} exists but is not Ready ({why})"
+    return None if res is None else not_ready_message(res)

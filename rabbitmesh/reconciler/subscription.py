@@ -93,7 +93,9 @@ def hosted_reply(ctx: Context, dest: Destination, namespace: str) -> HostedKind 
         return None
     ns = dest.ref.namespace or namespace
     row = hosted_kind(dest.ref.kind)
-    if row is None or row.exchange is None:  # a RabbitmqSink: through its ingress
+    # Not hosted; an endpoint (EventTransform, RequestReply): POSTed as a URL; a
+    # RabbitmqSink: through its ingress.
+    if row is None or row.exchange is None:
         return None
     if ctx.get(row.kind, ns, dest.ref.name) is None:
         raise Unresolved(

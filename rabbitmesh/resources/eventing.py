@@ -35,17 +35,23 @@ class Broker(Resource):
 
     def ingress_token_secret(self) -> tuple[str, str] | None:
         """(Secret name, key) of the ingress tokens, None when the ingress is open."""
-        raw = self.metadata.annotations.get(INGRESS_TOKEN_ANNOTATION)
-        if raw is None:
-            return None
-        name, _, key = raw.strip().partition("/")
-        key = key or INGRESS_TOKEN_DEFAULT_KEY
-        if not DNS1123_SUBDOMAIN.match(name) or "/" in key:
-            raise FieldError(
-                f"metadata.annotations[{INGRESS_TOKEN_ANNOTATION}]",
-                "must be a Secret name, optionally followed by /key (default key: token)",
-            )
-        return name, key
+        return ingress_token_secret(self)
+
+
+def ingress_token_secret(res: Resource) -> tuple[str, str] | None:
+    """(Secret name, key) that `res`'s annotation names for its ingress tokens (Brokers and
+    JobSinks), None when its ingress is open; FieldError when the annotation is malformed."""
+    raw = res.metadata.annotations.get(INGRESS_TOKEN_ANNOTATION)
+    if raw is None:
+        return None
+    name, _, key = raw.strip().partition("/")
+    key = key or INGRESS_TOKEN_DEFAULT_KEY
+    if not DNS1123_SUBDOMAIN.match(name) or "/" in key:
+        raise FieldError(
+            f"metadata.annotations[{INGRESS_TOKEN_ANNOTATION}]",
+            "must be a Secret name, optionally followed by /key (default key: token)",
+        )
+    return name, key
 
 
 #: eventing-rabbitmq's trigger annotation: deliveries in flight for this trigger (1 = FIFO).

@@ -4,11 +4,13 @@ from rabbitmesh.resources import (
     bridges,  # noqa: F401
     core,  # noqa: F401
     eventing,  # noqa: F401
+    eventing_v1alpha1,  # noqa: F401
     eventpolicy,  # noqa: F401
     eventtypes,  # noqa: F401
     flows,  # noqa: F401
     messaging,  # noqa: F401
     rabbitmq,  # noqa: F401
     replay,  # noqa: F401
+    sinks,  # noqa: F401
     sources,  # noqa: F401
 )

@@ -249,42 +249,48 @@ class ContainerSource(Source):
 
     def containers(self) -> list[Container]:
         """The containers, validated; raises FieldError naming the field."""
-        spec = self.spec.template.get("spec")
-        raw = spec.get("containers") if isinstance(spec, dict) else None
-        path = "spec.template.spec.containers"
-        if not isinstance(raw, list) or not raw:
-            raise FieldError(path, "at least one container is required")
-        out: list[Container] = []
-        for i, c in enumerate(raw):
-            here = f"{path}[{i}]"
-            if not isinstance(c, dict):
-                raise FieldError(here, "must be a mapping")
-            name = c.get("name") or (self.name if len(raw) == 1 else f"{self.name}-{i}")
-            image = c.get("image")
-            if image is not None and not isinstance(image, str):
-                raise FieldError(f"{here}.image", "must be a string")
-            if image and (problem := image_problem(image)) is not None:
-                raise FieldError(f"{here}.image", problem)
-            command = _strings(c.get("command"), f"{here}.command")
-            if not image and not command:
-                raise FieldError(here, "needs an image (docker runtime) or a command")
-            working_dir = c.get("workingDir")
-            if working_dir is not None and not isinstance(working_dir, str):
-                raise FieldError(f"{here}.workingDir", "must be a string")
-            out.append(
-                Container(
-                    name=str(name),
-                    image=image or None,
-                    command=command,
-                    args=_strings(c.get("args"), f"{here}.args"),
-                    env=_env(c.get("env"), f"{here}.env"),
-                    working_dir=working_dir,
-                )
+        return parse_containers(self.spec.template, "spec.template", self.name)
+
+
+def parse_containers(template: dict[str, Any], path: str, default_name: str) -> list[Container]:
+    """The containers of a pod template (`{path}.spec.containers`), validated; raises
+    FieldError naming the field. ContainerSource and JobSink (its Job's template) share it."""
+    spec = template.get("spec")
+    raw = spec.get("containers") if isinstance(spec, dict) else None
+    path = f"{path}.spec.containers"
+    if not isinstance(raw, list) or not raw:
+        raise FieldError(path, "at least one container is required")
+    out: list[Container] = []
+    for i, c in enumerate(raw):
+        here = f"{path}[{i}]"
+        if not isinstance(c, dict):
+            raise FieldError(here, "must be a mapping")
+        name = c.get("name") or (default_name if len(raw) == 1 else f"{default_name}-{i}")
+        image = c.get("image")
+        if image is not None and not isinstance(image, str):
+            raise FieldError(f"{here}.image", "must be a string")
+        if image and (problem := image_problem(image)) is not None:
+            raise FieldError(f"{here}.image", problem)
+        command = _strings(c.get("command"), f"{here}.command")
+        if not image and not command:
+            raise FieldError(here, "needs an image (docker runtime) or a command")
+        working_dir = c.get("workingDir")
+        if working_dir is not None and not isinstance(working_dir, str):
+            raise FieldError(f"{here}.workingDir", "must be a string")
+        out.append(
+            Container(
+                name=str(name),
+                image=image or None,
+                command=command,
+                args=_strings(c.get("args"), f"{here}.args"),
+                env=_env(c.get("env"), f"{here}.env"),
+                working_dir=working_dir,
             )
-        names = [c.name for c in out]
-        if len(set(names)) != len(names):
-            raise FieldError(path, f"container names must be unique, got {names}")
-        return out
+        )
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise FieldError(path, f"container names must be unique, got {names}")
+    return out
 
 
 def _strings(value: object, path: str) -> tuple[str, ...]:

@@ -45,6 +45,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from rabbitmesh.resources.sources import RUNTIME_ANNOTATION, Container, ContainerSource
 from rabbitmesh.sources.manager import Plan, Problem, Runtime
@@ -227,7 +228,14 @@ def launches(
     return out
 
 
-def runtime_for(source: ContainerSource, runtime: str, allow_process: bool) -> str:
+class RunsContainers(Protocol):
+    """What picks a runtime: a ContainerSource or a JobSink (its annotation)."""
+
+    @property
+    def runtime(self) -> str | None: ...
+
+
+def runtime_for(source: RunsContainers, runtime: str, allow_process: bool) -> str:
     """The runtime the operator chose (RABBITMESH_CONTAINER_RUNTIME), never the manifest's:
     whoever may write a manifest must not pick how it runs on this host. NotReady
     (`RuntimeNotAllowed`) when the annotation asks for another runtime, or when the process
@@ -245,7 +253,7 @@ def runtime_for(source: ContainerSource, runtime: str, allow_process: bool) -> s
         raise NotReady(
             "RuntimeNotAllowed",
             "the process runtime is turned off on this rabbitmesh "
-            "(RABBITMESH_ALLOW_PROCESS_RUNTIME=false): ContainerSources run only with "
+            "(RABBITMESH_ALLOW_PROCESS_RUNTIME=false): containers run only with "
             "RABBITMESH_CONTAINER_RUNTIME=docker",
         )
     return runtime
@@ -301,7 +309,9 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return set_signal
 
 
+#: Set in every child (ContainerSource processes, JobSink runs): dies with rabbitmesh.
 _PREEXEC = _parent_death_signal()
+PREEXEC = _PREEXEC
 
 
 class Supervisor:

@@ -61,6 +61,7 @@ READS_ANY_SECRET = frozenset(
         "ApiServerSource",
         "SinkBinding",
         "GitLabSource",
+        "JobSink",
         # connectionSecret is a {name} reference, not a secretKeyRef
         "RabbitmqSource",
         "RabbitmqSink",

@@ -120,8 +120,9 @@ def test_every_hosted_kind_has_its_path_exchange_and_cli_prefix() -> None:
             namespace="ns", name="x"
         )
         target = row.target(names, "ns", "x")
-        if row.exchange is None:  # a RabbitmqSink: its reconciler knows its exchange
-            assert target is None and row.kind == "RabbitmqSink"
+        if row.exchange is None:  # an endpoint kind, or a RabbitmqSink (its reconciler
+            # knows its exchange)
+            assert target is None and row.kind in ("EventTransform", "RequestReply", "RabbitmqSink")
         else:
             assert target is not None and target.is_broker == (row.kind == "Broker")
     assert hosted_kind("InMemoryChannel") is hosted_kind("Channel")

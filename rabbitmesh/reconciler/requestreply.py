@@ -1,0 +1,46 @@
+"""RequestReply -> a headers exchange bound to its broker's exchange that passes on only the
+events carrying the reply attribute, and on each ingress replica its own reply queue there
+(rabbitmesh/ingress/requestreply.py)."""
+
+from __future__ import annotations
+
+import aio_pika
+
+from rabbitmesh.reconciler.context import Context
+from rabbitmesh.reconciler.resolve import address_url
+from rabbitmesh.resources.base import Address
+from rabbitmesh.resources.eventing import Broker
+from rabbitmesh.resources.eventing_v1alpha1 import RequestReply
+
+KIND = "RequestReply"
+ORDER = 15  # after brokers (10)
+
+
+async def reconcile(ctx: Context, rr: RequestReply) -> None:
+    ns, name = rr.namespace, rr.name
+    rr.status.address = Address(url=address_url(ctx.settings.base_url, KIND, ns, name))
+    extra = rr.status.model_extra
+    assert extra is not None
+    broker = ctx.get("Broker", ns, rr.spec.broker_ref.name)
+    if not isinstance(broker, Broker) or broker.status.ready != "True":
+        rr.status.set_ready(
+            False,
+            "BrokerNotReady",
+            f"Broker {ns}/{rr.spec.broker_ref.name} does not exist or is not Ready",
+        )
+        return
+    exchange = ctx.names.requestreply_exchange(ns, name)
+    await ctx.topology.declare_exchange(exchange, aio_pika.ExchangeType.HEADERS)
+    # Re-bound every time: a broker deleted and made again lost the binding.
+    headers_exchange = await ctx.topology.channel.get_exchange(exchange, ensure=False)
+    await headers_exchange.bind(ctx.names.broker_exchange(ns, broker.name), "#")
+    if ctx.requestreplies is not None:
+        await ctx.requestreplies.listen(rr)
+    extra["brokerAddress"] = broker.status.address.url if broker.status.address else None
+    rr.status.set_ready(True, "RequestReplyReady", "")
+
+
+async def finalize(ctx: Context, rr: RequestReply) -> None:
+    if ctx.requestreplies is not None:
+        await ctx.requestreplies.forget(rr.namespace, rr.name)
+    await ctx.topology.delete_exchange(ctx.names.requestreply_exchange(rr.namespace, rr.name))

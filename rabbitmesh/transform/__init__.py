@@ -1,0 +1,1 @@
+"""EventTransform's engine: JSONata over a whole CloudEvent (rabbitmesh/transform/jsonata.py)."""
