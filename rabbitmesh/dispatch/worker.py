@@ -48,7 +48,7 @@ from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
 from rabbitmesh.dataplane import TTL, stamp_arrival
 from rabbitmesh.dispatch.decision import Action, Decision, decide, final
 from rabbitmesh.dispatch.policy import DeliveryPolicy
-from rabbitmesh.dispatch.sender import Outcome, send
+from rabbitmesh.dispatch.sender import DEFAULT_MAX_REPLY_BYTES, Outcome, send
 
 log = logging.getLogger("rabbitmesh.dispatch")
 
@@ -166,8 +166,10 @@ class QueueWorker:
         prefetch: int,
         concurrency: int,
         mode: Literal["deliver", "dead-letter"] = "deliver",
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self.queue_name = queue
+        self.max_reply_bytes = max_reply_bytes  # RABBITMESH_MAX_EVENT_BYTES
         self.subscriber = subscriber
         self.consumer = consumer
         self.publisher = publisher
@@ -302,6 +304,7 @@ class QueueWorker:
             structured=structured,
             timeout=sub.policy.timeout,
             reply_must_be_event=sub.reply_must_be_event,
+            max_reply_bytes=self.max_reply_bytes,
         )
 
     async def _carry_out(

@@ -105,6 +105,7 @@ class Context:
             prefetch=min(s.prefetch, 64) if dead_letters else s.prefetch,
             concurrency=min(s.concurrency, 16) if dead_letters else s.concurrency,
             mode="dead-letter" if dead_letters else "deliver",
+            max_reply_bytes=s.max_event_bytes,
         )
         await worker.start()
         self.workers[queue] = worker
