@@ -145,3 +145,33 @@ async def test_timed_out_publishes_whose_message_comes_back_keep_the_channel(rab
 
 def _msg(body: bytes, message_id: str | None = None) -> aio_pika.Message:
     return aio_pika.Message(body, message_id=message_id or uuid.uuid4().hex)
+
+
+async def test_publish_channel_dying_on_the_client_side_is_noticed_and_replaced(rabbitmq: str):
+    """When aiormq's channel reader died (the batch attack), the channel closed on the client
+    side only: aio-pika never reopened it, `connected` stayed True (/readyz "ready") and every
+    publish waited for its timeout. Now readiness drops at once and the watchdog resets the
+    connection, so publishing works again by itself."""
+    c = AmqpClient(rabbitmq, "test-watchdog", publish_timeout=5)
+    await asyncio.wait_for(c.connect(), 10)
+    try:
+        ch = await c.channel()
+        queue = await ch.declare_queue("", exclusive=True)
+        assert await c.publish("", queue.name, _msg(b"before"))
+        assert c._publish_channel is not None
+        underlay = await c._publish_channel.get_underlay_channel()
+        # What the failing reader amounted to: the channel's reader task gone.
+        underlay._Channel__reader_task.cancel()  # type: ignore[attr-defined]
+        async with asyncio.timeout(5):
+            while c.connected:
+                await asyncio.sleep(0.05)
+        # Recovered by itself: a publish is confirmed again (a fresh exclusive queue, as the
+        # old one went with the old connection).
+        async with asyncio.timeout(60):
+            while not c.connected:
+                await asyncio.sleep(0.1)
+            ch2 = await c.channel()
+            q2 = await ch2.declare_queue("", exclusive=True)
+            assert await c.publish("", q2.name, _msg(b"after"))
+    finally:
+        await c.close()
