@@ -56,7 +56,13 @@ ensure_python() {
 case "${1:-}" in
   run)
     shift
-    ensure_rabbitmq
+    # RABBITMESH_AMQP_URL names the RabbitMQ to use (Docker, another host): then no local one
+    # is installed or started.
+    if [ -n "${RABBITMESH_AMQP_URL:-}" ]; then
+      echo "dev.sh: using the RabbitMQ at RABBITMESH_AMQP_URL (no local one started)" >&2
+    else
+      ensure_rabbitmq
+    fi
     ensure_python
     exec "$VENV/bin/rabbitmesh" run "$@"
     ;;

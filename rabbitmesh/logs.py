@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import orjson
 from aiormq.abc import DeliveredMessage
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,6 +59,21 @@ class DropMessageBodies(logging.Filter):
         return True
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs every request it cannot parse (a control character in a header, no Host)
+    as an ERROR with a 12-line traceback: anyone could flood the log with them. It keeps one
+    INFO line naming the problem; the client got its 400 already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = " ".join(str(exc.message).split())[:200]
+            record.msg, record.args = "malformed HTTP request refused (400): %s", (reason,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -72,3 +88,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level) + 10)
     # On the handler: a logger's filter would not see records of its child loggers.
     handler.addFilter(DropMessageBodies())
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())

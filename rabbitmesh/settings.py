@@ -184,6 +184,13 @@ class Settings(BaseSettings):
     default_backoff_delay: str = Field(
         "PT0.2S", description="Backoff delay (ISO-8601) when no delivery spec sets one."
     )
+    default_delivery_timeout: str = Field(
+        "PT5M",
+        description="Longest a delivery attempt may take (ISO-8601) when no delivery spec "
+        "sets `timeout`: Knative Serving's default request timeout. Without one, a subscriber "
+        "that accepts the request and never answers held the event (and its prefetch slot) "
+        "for ever, unretried. `PT0S` means no limit.",
+    )
     default_dead_letter_sink: str | None = Field(
         None,
         description="Dead-letter sink URL of triggers whose trigger and broker set none "
@@ -288,7 +295,7 @@ class Settings(BaseSettings):
         shlex.split(v)  # ValueError (unbalanced quotes) names the variable
         return v
 
-    @field_validator("default_backoff_delay")
+    @field_validator("default_backoff_delay", "default_delivery_timeout")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
@@ -345,6 +352,11 @@ class Settings(BaseSettings):
     @property
     def default_backoff(self) -> timedelta:
         return parse_duration(self.default_backoff_delay)
+
+    @property
+    def default_timeout_seconds(self) -> float | None:
+        """RABBITMESH_DEFAULT_DELIVERY_TIMEOUT in seconds; None for no limit (PT0S)."""
+        return parse_duration(self.default_delivery_timeout).total_seconds() or None
 
 
 class SettingsError(Exception):

@@ -42,9 +42,10 @@ from rabbitmesh.api.objects import (
     restore_secret,
 )
 from rabbitmesh.api.parsing import Mode, Parser, build_resources, in_slices, prepare
-from rabbitmesh.api.patch import merge_patch
+from rabbitmesh.api.patch import MAX_PATCH_DEPTH, merge_patch
 from rabbitmesh.api.watch import stream as watch_stream
 from rabbitmesh.api.watch import wants_watch
+from rabbitmesh.cloudevents.jsonformat import too_deep
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.resources.base import Resource
@@ -337,6 +338,8 @@ class AdminApi:
             raise ApiError(400, f"malformed merge patch: {e}") from None
         if not isinstance(patch, dict):
             raise ApiError(400, "a merge patch must be a JSON object")
+        if too_deep(patch, MAX_PATCH_DEPTH):
+            raise ApiError(400, f"merge patch nested deeper than {MAX_PATCH_DEPTH} levels")
         plane = self.plane
         namespace = key[1] or None
         for _ in range(PATCH_ATTEMPTS):

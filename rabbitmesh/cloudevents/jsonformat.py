@@ -72,7 +72,9 @@ def loads(body: bytes) -> Any:
                 raise _NestedTooDeep(f"malformed JSON: {exc}") from None
             raise InvalidEvent(f"malformed JSON: {exc}") from None
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except RecursionError as exc:
         raise _NestedTooDeep(f"malformed JSON: {exc}") from None
     except ValueError as exc:
@@ -217,7 +219,7 @@ def _text_bytes(text: str, content_type: str) -> bytes:
     codec = _text_codec(content_type)
     try:
         return text.encode(codec)
-    except UnicodeEncodeError:
+    except UnicodeError:  # codecs such as idna raise the base class, not UnicodeEncodeError
         raise InvalidEvent(
             f"member 'data' cannot be encoded as {codec} (datacontenttype {content_type!r})"
         ) from None
@@ -449,10 +451,10 @@ def _decode_text(data: bytes, content_type: str) -> str | None:
     codec = _text_codec(content_type)
     try:
         text = data.decode(codec)
-    except UnicodeDecodeError:
+        if codec != "utf-8" and text.encode(codec) != data:
+            return None  # not a lossless round trip in this codec (e.g. BOM or byte order)
+    except UnicodeError:  # codecs such as idna raise the base class
         return None
-    if codec != "utf-8" and text.encode(codec) != data:
-        return None  # not a lossless round trip in this codec (e.g. BOM or byte order)
     return text
 
 

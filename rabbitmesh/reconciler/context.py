@@ -66,7 +66,7 @@ class Context:
             retry=s.default_retry if spec.retry is None else spec.retry,
             backoff_policy=spec.backoff_policy or s.default_backoff_policy,
             backoff_delay=seconds(spec.backoff_delay) or s.default_backoff.total_seconds(),
-            timeout=seconds(spec.timeout),
+            timeout=seconds(spec.timeout) or s.default_timeout_seconds,
             retry_after_max=seconds(spec.retry_after_max),
             dead_letter_url=(
                 self.resolve(spec.dead_letter_sink, namespace) if spec.dead_letter_sink else None

@@ -363,3 +363,29 @@ async def test_a_web_page_cannot_change_a_resource_with_patch(start_mesh, make_s
     )
     assert status == 200, answer
     assert orjson.loads(answer)["metadata"]["labels"] == {"patched": "yes"}
+
+
+async def test_malformed_requests_cost_one_log_line_not_a_traceback(tmp_path, prefix):
+    """aiohttp logged each request it could not parse as an ERROR with a traceback: anyone
+    could flood the log. Now: the 400, and one INFO line naming the problem."""
+    write_manifests(tmp_path / "c", "")
+    mesh = await MeshProcess(tmp_path / "c", prefix).start()
+    try:
+        host, port = "127.0.0.1", mesh.port
+        for raw in (b"GET /healthz HTTP/1.1\r\nX: a\x01b\r\n\r\n", b"\x16\x03\x01 junk\r\n\r\n"):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(raw)
+            answer = await asyncio.wait_for(reader.read(200), 30)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.0 400"), answer
+        # (aiohttp logs nothing for a request line it cannot read; a bad header it logged.)
+        await eventually(
+            lambda: "malformed HTTP request refused (400): Invalid header value" in mesh.output(),
+            timeout=20,
+            what="one line for the malformed header",
+        )
+        assert mesh.output().count("malformed HTTP request refused") == 1
+        assert "Traceback" not in mesh.output()
+        assert "Error handling request" not in mesh.output()
+    finally:
+        await mesh.stop()

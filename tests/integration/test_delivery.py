@@ -144,6 +144,24 @@ async def test_timeout_counts_as_failure_with_code_500(start_mesh, make_sink):
     assert "ce-knativeerrordata" not in dead.headers
 
 
+async def test_without_a_delivery_timeout_the_default_one_applies(start_mesh, make_sink):
+    """A subscriber that takes the request and never answers held the event for ever (no
+    retry, no dead letter): RABBITMESH_DEFAULT_DELIVERY_TIMEOUT bounds every attempt whose
+    delivery spec sets no timeout."""
+    sub = await make_sink(lambda r, i: Reply(200, delay=600.0))
+    dls = await make_sink()
+    mesh = await start_mesh(
+        broker_and_trigger(
+            sub.url, f'delivery: {{retry: 0, deadLetterSink: {{uri: "{dls.url}"}}}}'
+        ),
+        default_delivery_timeout="PT0.5S",
+    )
+    await post_binary(mesh.url + "/default/br")
+    (dead,) = await dls.wait_for(1, timeout=20)
+    assert len(sub.received) == 1
+    assert dead.headers["ce-knativeerrorcode"] == "500"
+
+
 async def test_retry_after_is_honoured_up_to_retry_after_max(start_mesh, make_sink):
     sub = await make_sink(lambda r, i: Reply(429, {"Retry-After": "1"}) if i == 0 else Reply(200))
     mesh = await start_mesh(

@@ -189,3 +189,19 @@ async def test_watch_streams_are_capped_and_a_departed_client_frees_its_slot(sta
     await eventually(lambda: watch_log.watching == 0, timeout=30, what="departed watchers freed")
     async with Watch(url) as again:
         assert again.response is not None and again.response.status == 200
+
+
+async def test_hostile_watch_and_patch_parameters_get_400_not_a_traceback(start_mesh) -> None:
+    mesh = await start_mesh(MANIFESTS)
+    status, body = await call("GET", triggers(mesh) + "?watch=true&timeoutSeconds=" + "9" * 400)
+    assert status == 400 and "timeoutSeconds" in body["error"], body
+    # Merging recursed once per level: 995 levels were a RecursionError, a 500.
+    deep = b'{"metadata":{"labels":' + b'{"a":' * 995 + b"{}" + b"}" * 995 + b"}}"
+    async with aiohttp.ClientSession() as s:
+        async with s.patch(
+            triggers(mesh) + "/t0",
+            data=deep,
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as r:
+            assert r.status == 400, await r.text()
+            assert "nested deeper than 100 levels" in (await r.json())["error"]

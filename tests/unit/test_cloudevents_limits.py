@@ -201,3 +201,24 @@ def test_batch_items_cut_at_the_decoded_prefix_parse_whole(offset):
         if tail == b"   ":
             body = b"[" + b'"' + b"a" * (pad - 3) + b'"' + tail + b"]"
         assert batch_items(body, None, 64) == orjson.loads(body)
+
+
+def test_a_number_out_of_range_is_refused_next_to_a_huge_integer():
+    """A huge integer switches to the stdlib parser, which must refuse 1e999 as orjson does
+    (it turned into Infinity, which no JSON subscriber can read)."""
+    body = (
+        b'{"specversion":"1.0","id":"1","source":"s","type":"t",'
+        b'"data":[1e999,12345678901234567890123]}'
+    )
+    with pytest.raises(InvalidEvent, match="1e999 is out of range"):
+        decode_request(STRUCTURED, body)
+    with pytest.raises(InvalidEvent, match="out of range"):
+        loads(b"[1e999, 12345678901234567890123]")
+    assert loads(b"[1.5, 12345678901234567890123]") == [1.5, 12345678901234567890123]
+
+
+def test_a_charset_whose_codec_raises_unicodeerror_is_a_400():
+    """The idna codec raises UnicodeError (not UnicodeEncodeError) for a long label: 400."""
+    body = orjson.dumps(event(datacontenttype="text/plain; charset=idna", data="a" * 100))
+    with pytest.raises(InvalidEvent, match="cannot be encoded as idna"):
+        decode_request(STRUCTURED, body)
