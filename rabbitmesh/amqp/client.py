@@ -238,6 +238,7 @@ class AmqpClient:
             # it catches up: overload recovers by itself.
             raise PublishFailed("publisher overloaded: RabbitMQ has not confirmed earlier publishes")
         message_id = message.properties.message_id
+        task: asyncio.Future[Any] | None = None
         try:
             async with asyncio.timeout(self.publish_timeout):  # no wait_for task
                 # aiormq matches a returned message to its publish by message id (the event
@@ -274,8 +275,6 @@ class AmqpClient:
                 # answers or the channel closes (aiormq rejects every pending confirm).
                 confirm = await asyncio.shield(task)
         except TimeoutError:
-            if "task" in locals() and not task.done():
-                self._abandoned.add(task)
             raise PublishFailed("publish not confirmed in time") from None
         except aiormq.exceptions.PublishError as e:
             if unroutable_ok:
@@ -283,6 +282,9 @@ class AmqpClient:
             raise PublishFailed(f"no queue took the message: {e}") from None
         except Exception as e:  # any channel/connection error means "not accepted"
             raise PublishFailed(f"{type(e).__name__}: {e}") from None
+        finally:
+            if task is not None and not task.done():  # timed out or cancelled: given up on
+                self._abandoned.add(task)
         if not isinstance(confirm, Basic.Ack):
             raise PublishFailed(f"RabbitMQ did not confirm ({type(confirm).__name__})")
         return True
