@@ -3,7 +3,8 @@
 #   ./dev.sh run    RabbitMQ (installed/started if missing) + rabbitmesh with ./config
 #   ./dev.sh test   mypy on the package, then the whole test suite against that real RabbitMQ
 #                   (installs the Compose client the compose-file tests need; the Docker proof:
-#                   ./dev.sh test tests/compose -m compose). With pytest arguments (one file, -k)
+#                   ./dev.sh test tests/compose -m compose; the console in Chromium:
+#                   ./dev.sh test tests/browser -m browser). With pytest arguments (one file, -k)
 #                   only pytest runs: mypy is part of the whole run, as CI makes it.
 # Works on a fresh Debian/Ubuntu machine with Python >= 3.11; uses a virtualenv in .venv.
 set -euo pipefail
@@ -38,6 +39,20 @@ ensure_compose_client() {
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null
+}
+
+# The console's browser tests (`-m browser`): Playwright for Python (the `browser` extra) and
+# Debian's Chromium, which Playwright drives through its executable path (nothing downloaded).
+ensure_browser() {
+  if ! "$VENV/bin/python" -c 'import playwright' >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install -q -e '.[test,browser]'
+  fi
+  if ! command -v chromium >/dev/null 2>&1 && [ -z "${RABBITMESH_TEST_CHROMIUM:-}" ]; then
+    echo "dev.sh: installing chromium (apt-get)" >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
 }
 
 ensure_python() {
@@ -76,6 +91,7 @@ case "${1:-}" in
       # the first run. A type error fails the run before any test starts.
       "$VENV/bin/python" -m mypy
     fi
+    case " $* " in *browser*) ensure_browser ;; esac
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)

@@ -26,10 +26,13 @@ from collections.abc import Callable
 from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
 from rabbitmesh.amqp.names import Names
+from rabbitmesh.config.checks import ManifestChecks
+from rabbitmesh.config.knative import Parsed, changed_namespaces, parsed
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.controller import Controller, order
 from rabbitmesh.reconciler.known_types import known_types
-from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.base import FieldError, Resource
+from rabbitmesh.resources.core import ConfigMap
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.autocreate import AutoEventTypes
 from rabbitmesh.store.configsync import ConfigSync
@@ -38,6 +41,7 @@ from rabbitmesh.store.manifests import render
 from rabbitmesh.store.state import Key
 from rabbitmesh.store.stream import Store, StoreUnavailable
 from rabbitmesh.watch import WatchLog
+from rabbitmesh.workers import Siblings
 
 log = logging.getLogger("rabbitmesh.controlplane")
 
@@ -47,6 +51,8 @@ RETRY_MAX = 30.0
 #: Keys of a resync taken into one batch (the rest wait for the next): a write queued behind
 #: a resync of thousands of resources waits for a slice of it, not for all of it.
 RESYNC_SLICE = 200
+#: How often a write checks whether the other workers reconciled it.
+SIBLING_POLL = 0.002
 
 
 class ControlPlane:
@@ -59,6 +65,7 @@ class ControlPlane:
         ctx: Context,
         controller: Controller,
         on_ready: Callable[[], None],
+        siblings: Siblings | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
@@ -66,6 +73,8 @@ class ControlPlane:
         self.ctx = ctx
         self.controller = controller
         self.on_ready = on_ready
+        #: The other workers of this `rabbitmesh run` (rabbitmesh/workers.py), if any.
+        self.siblings = siblings
         self.store = Store(
             publisher,
             consumer,
@@ -73,19 +82,19 @@ class ControlPlane:
             max_bytes=settings.store_max_bytes,
             timeout=settings.publish_timeout + 5.0,
         )
-        self.config = ConfigSync(self.store, settings.config_dir, names.check_length)
+        self.config = ConfigSync(self.store, settings.config_dir, ManifestChecks(names))
         self.desired = Desired()
         self.ctx.history = self.desired.history
-        self.autotypes = (
-            AutoEventTypes(
-                self.store,
-                self.resource,
-                max_per_owner=settings.eventtype_auto_create_max_per_broker,
-                per_minute=settings.eventtype_auto_create_per_minute,
-            )
-            if settings.eventtype_auto_create
-            else None
+        # Always there: config-features' eventtype-auto-create switches it while running.
+        self.autotypes: AutoEventTypes | None = AutoEventTypes(
+            self.store,
+            self.resource,
+            max_per_owner=settings.eventtype_auto_create_max_per_broker,
+            per_minute=settings.eventtype_auto_create_per_minute,
         )
+        #: Whether ingress notes event types now (RABBITMESH_EVENTTYPE_AUTO_CREATE, then
+        #: config-features' eventtype-auto-create; updated after every batch).
+        self.autotypes_enabled = settings.eventtype_auto_create
         self.ready = False  # a full reconcile succeeded
         self.started = False  # the store is read, the config dir applied, reconciled once
         self.reconciled_offset = -1
@@ -206,13 +215,14 @@ class ControlPlane:
         async with self._lock:
             offset = self.store.state.last_offset
             changed_keys, self._changed = self._changed, set()
+            before = {k: self.desired.current.get(k) for k in changed_keys if k[0] == "ConfigMap"}
             changed = self.desired.update(self.store.state.entries, changed_keys)
             if changed:
                 self._update_known_types(changed)
             work = changed | self._queued
             self._queued = set()
             for key in changed:
-                work |= self.desired.dependencies.dependents(key)
+                work |= self._affected(key, before.get(key))
             if self._resync:
                 work.update(self._resync[:RESYNC_SLICE])
                 del self._resync[:RESYNC_SLICE]
@@ -231,7 +241,10 @@ class ControlPlane:
             for key in work | changed:
                 res = self.ctx.resources.get(key)
                 self.watch.record(offset, key, render(res) if res is not None else None)
-            ok = not self._failures
+            self.autotypes_enabled = self.ctx.effective().enabled("eventtype-auto-create")
+            # A broker whose own RabbitMQ (RabbitmqBrokerConfig) is away is not Ready and
+            # retried; it does not keep this replica, and every other resource, unready.
+            ok = not (self._failures.keys() - self.controller.external_failures)
             if ok and not self.ready:
                 self.ready = True
                 log.info("reconciled %d resources", len(self.desired.current))
@@ -239,7 +252,25 @@ class ControlPlane:
             async with self._reconciled:
                 self.reconciled_offset = max(self.reconciled_offset, offset)
                 self._reconciled.notify_all()
+            if self.siblings is not None:
+                self.siblings.mark(offset=self.reconciled_offset)
             return ok
+
+    def _affected(self, key: Key, old: Resource | None) -> set[Key]:
+        """What a change of `key` makes to reconcile: its dependents (configuration: further,
+        rabbitmesh/store/dependencies.py); a defaults ConfigMap's only in the namespaces
+        whose defaults it changed."""
+        out = self.desired.dependencies.affected(key)
+        if key[0] != "ConfigMap" or not out:
+            return out
+        new = self.desired.current.get(key)
+        namespaces = changed_namespaces(
+            _parsed_or_none(old),
+            _parsed_or_none(new),
+        )
+        if namespaces is None:
+            return out
+        return {k for k in out if k[1] in namespaces}
 
     async def _reconcile(self, work: set[Key], changed: set[Key]) -> set[Key]:
         ctx, current = self.ctx, self.desired.current
@@ -345,10 +376,27 @@ class ControlPlane:
         metrics.set_known_types(t for group in ranked for t in group)
 
     async def wait_reconciled(self, offset: int, timeout: float = 10.0) -> bool:
-        """Wait until a reconcile including the record at `offset` finished here."""
+        """Wait until a reconcile including the record at `offset` finished here, and on
+        every other ready worker of this `rabbitmesh run`: the next request, whichever
+        worker the kernel hands it to, sees what the write made."""
         try:
-            async with asyncio.timeout(timeout), self._reconciled:
-                await self._reconciled.wait_for(lambda: self.reconciled_offset >= offset)
+            async with asyncio.timeout(timeout):
+                async with self._reconciled:
+                    await self._reconciled.wait_for(lambda: self.reconciled_offset >= offset)
+                if self.siblings is not None:
+                    # Another process: no condition to wait on; its slot is polled, briefly
+                    # (a write is a rare, slow operation next to one millisecond).
+                    while self.siblings.behind(offset):  # noqa: ASYNC110 - another process
+                        await asyncio.sleep(SIBLING_POLL)
             return True
         except TimeoutError:
             return False
+
+
+def _parsed_or_none(res: Resource | None) -> Parsed | None:
+    if not isinstance(res, ConfigMap):
+        return None
+    try:
+        return parsed(res)
+    except FieldError:  # stored by an older version that read it differently
+        return None

@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rabbitmesh.amqp.messages import to_message
-from rabbitmesh.amqp.publisher import Publisher
+from rabbitmesh.amqp.publisher import IngressPublisher, Publisher
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent
 from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.timestamps import now_rfc3339
@@ -111,6 +112,20 @@ class Target:
     is_broker: bool
     #: Bearer tokens this ingress accepts (rabbitmesh/ingress/auth.py); None: open to all.
     tokens: tuple[bytes, ...] | None = None
+    #: A client of its own (a RabbitmqSink's RabbitMQ: rabbitmesh/amqp/remote.py); None: the
+    #: shared publisher.
+    publisher: IngressPublisher | None = None
+    #: The routing key of an event (raises InvalidEvent); None: the event's type.
+    routing_key: Callable[[CloudEvent], str] | None = None
+    #: Publish in the JSON format (application/cloudevents+json) instead of the AMQP binding.
+    structured: bool = False
+    #: A message no queue takes is dropped as Knative's broker drops it (True), or refused
+    #: with 503 (a RabbitmqSink: its owner's exchange should have a queue for it).
+    unroutable_ok: bool = True
+    #: Sender authorization (rabbitmesh/auth/gate.py `Gate.admit`): request -> the response
+    #: refusing it, or the `Admission` saying what it may send. Typed loosely here: the
+    #: data plane sits below HTTP and auth in the layer order.
+    authorize: Callable[[Any], Awaitable[Any]] | None = None
 
 
 class ExchangeReplier:

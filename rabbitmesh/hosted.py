@@ -28,9 +28,11 @@ class HostedKind:
     kind: str  # canonical kind name (aliases such as InMemoryChannel resolve to it)
     #: The ingress path, with `{namespace}` and `{name}`.
     path: str
-    #: (names, namespace, name) -> the exchange the ingress (and replies) publish to.
-    exchange: Callable[[Names, str, str], str]
-    exchange_type: ExchangeType
+    #: (names, namespace, name) -> the exchange the ingress (and replies) publish to; None
+    #: for a kind whose exchange is in its spec (a RabbitmqSink's, maybe on another
+    #: RabbitMQ): events reach it through its ingress only, replies included.
+    exchange: Callable[[Names, str, str], str] | None
+    exchange_type: ExchangeType | None
     #: An event entering it enters a broker: knativebrokerttl, knativearrivaltime.
     broker: bool = False
     #: EventTypes are auto-created from what its ingress accepts (store/autocreate.py).
@@ -41,7 +43,9 @@ class HostedKind:
         """`rabbitmesh send --to PREFIX:NAME`."""
         return self.kind.lower()
 
-    def target(self, names: Names, namespace: str, name: str) -> Target:
+    def target(self, names: Names, namespace: str, name: str) -> Target | None:
+        if self.exchange is None:
+            return None
         return Target(self.exchange(names, namespace, name), is_broker=self.broker)
 
     def url(self, base_url: str, namespace: str, name: str) -> str:
@@ -72,6 +76,8 @@ HOSTED_KINDS: tuple[HostedKind, ...] = (
     HostedKind(
         "Parallel", "/parallels/{namespace}/{name}", _parallel_exchange, ExchangeType.FANOUT
     ),
+    # Its ingress target comes from its reconciler (rabbitmesh/reconciler/rabbitmqsink.py).
+    HostedKind("RabbitmqSink", "/rabbitmqsinks/{namespace}/{name}", None, None),
     HostedKind(
         "Broker",
         "/{namespace}/{name}",

@@ -11,20 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from rabbitmesh import telemetry, unknown_paths
 from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.clusters import Cluster, Clusters
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
+from rabbitmesh.amqp.remote import Clients
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
+from rabbitmesh.auth.gate import Gate
+from rabbitmesh.auth.issuer import DISCOVERY_PATH, JWKS_PATH, Issuer, load_key_file, shared_key
+from rabbitmesh.auth.policies import PolicyIndex
+from rabbitmesh.auth.verify import DiscoveredKeys, FileKeys, KeySource, StaticKeys, Verifier
+from rabbitmesh.console.routes import Console
+from rabbitmesh.console.tail import Tails
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.dataplane import Target
 from rabbitmesh.http_input import close_after_unread_body
@@ -40,8 +50,24 @@ from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
 from rabbitmesh.tls import server_context
+from rabbitmesh.workers import EARLY, READY, STOPPING, Siblings, WorkerInfo
 
 log = logging.getLogger("rabbitmesh")
+
+#: Allocations between two young-generation collections (CPython's default is 700). At
+#: thousands of events a second the default ran a collection every few requests, and the
+#: older generations' collections (walking every object of the process, the reconciled
+#: resources included) stalled the loop for tens of milliseconds: the p99 of issue 18.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """After start-up: move what exists now (modules, resources, connections) out of the
+    collector's sight (`gc.freeze`), and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 class Server:
@@ -73,6 +99,15 @@ class Server:
         self._stop = asyncio.Event()
         self.bound_port: int | None = None
         self.admin = AdminApi(lambda: self.plane, settings)
+        #: Set when this process is one of `rabbitmesh run`'s workers (rabbitmesh/workers.py).
+        self.worker = WorkerInfo.from_env()
+        self.siblings = (
+            Siblings(self.worker.directory / "siblings", self.worker.count, self.worker.index)
+            if self.worker is not None
+            else None
+        )
+        self._site: web.TCPSite | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -106,6 +141,11 @@ class Server:
         )
         # The admin API first: the ingress' `/{namespace}/{name}` must not catch its paths.
         app.add_routes(self.admin.routes())
+        if self.settings.authentication_oidc:  # rabbitmesh's issuer documents, also first
+            app.router.add_get(DISCOVERY_PATH, self._oidc_document)
+            app.router.add_get(JWKS_PATH, self._oidc_document)
+        if self.settings.console:
+            app.add_routes(self.console().routes())
         if self.settings.role in ("all", "ingress", "sources"):
             webhooks = GitLabWebhooks(
                 self._resources,
@@ -116,10 +156,27 @@ class Server:
             app.add_routes(webhooks.routes())
         if self.settings.role in ("all", "ingress"):
             app.add_routes(ingress.routes())
-            if self.settings.eventtype_auto_create:
-                app.middlewares.append(self._observe_event_types)
+            # Installed always: config-features can switch auto-creation on while running;
+            # while it is off the middleware costs one attribute check per request.
+            app.middlewares.append(self._observe_event_types)
         app.add_routes([unknown_paths.catch_all()])  # last: JSON 404/405 for the rest
         return app
+
+    def console(self) -> Console:
+        s = self.settings
+        tails = Tails(
+            self.names,
+            lambda prefetch: self.consumers.channel(prefetch=prefetch),
+            lambda: self.plane.resource if self.plane is not None else (lambda *_: None),
+            max_tails=s.console_max_tails,
+            rate=s.console_tail_rate,
+            request_timeout=s.request_timeout,
+        )
+        return Console(lambda: self.plane, s, tails)
+
+    def _dispatches(self) -> bool:
+        """FIFO (concurrency 1) needs one consumer per queue: only the first worker then."""
+        return self.worker is None or self.worker.index == 0 or self.settings.concurrency > 1
 
     def _resources(self) -> Callable[[str, str, str], Resource | None] | None:
         """Reconciled resources, for the GitLab webhook (None until the first reconcile)."""
@@ -130,11 +187,21 @@ class Server:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         plane = self.plane
-        if plane is None or plane.autotypes is None:
+        if plane is None or plane.autotypes is None or not plane.autotypes_enabled:
             return await handler(request)
         return await plane.autotypes.middleware(request, handler)
 
+    async def _oidc_document(self, request: web.Request) -> web.Response:
+        issuer = self.ctx.issuer if self.ctx is not None else None
+        if issuer is None:
+            return web.json_response({"error": "starting up"}, status=503)
+        if request.path == JWKS_PATH:
+            return web.json_response(issuer.jwks)
+        return web.json_response(issuer.discovery())
+
     async def healthz(self, _request: web.Request) -> web.Response:
+        if self.worker is not None:  # which process answered (rabbitmesh/workers.py)
+            return web.json_response({"status": "ok", "worker": self.worker.index})
         return web.json_response({"status": "ok"})
 
     def ready_problems(self) -> list[str]:
@@ -148,6 +215,8 @@ class Server:
             problems.append(
                 "resource store not read, or config dir not applied and reconciled, yet"
             )
+        if self.siblings is not None:  # a request may land on a worker still starting
+            problems += [f"worker {i} not ready yet" for i in self.siblings.starting_early()]
         return problems
 
     async def readyz(self, _request: web.Request) -> web.Response:
@@ -157,8 +226,12 @@ class Server:
         return web.json_response({"status": "ready"})
 
     async def metrics(self, _request: web.Request) -> web.Response:
+        registry = REGISTRY
+        if self.worker is not None:  # every worker's figures, summed (multiprocess mode)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(self.worker.metrics_dir))
         return web.Response(
-            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -175,31 +248,12 @@ class Server:
             keepalive_timeout=75.0,
         )
         await self.runner.setup()
-        https = None
-        if s.tls_cert_file is not None and s.tls_key_file is not None:
-            https = server_context(s.tls_cert_file, s.tls_key_file)
-        site = web.TCPSite(self.runner, s.http_host, s.http_port, ssl_context=https)
-        try:
-            await site.start()
-        except OSError as e:
-            await self.runner.cleanup()
-            self.runner = None
-            raise cannot_listen(
-                e,
-                s.http_host,
-                s.http_port,
-                "set RABBITMESH_HTTP_PORT or --http-port for another port, "
-                "RABBITMESH_HTTP_HOST or --http-host for another address",
-            ) from None
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.bound_port = server.sockets[0].getsockname()[1]
-        log.info(
-            "listening on %s://%s:%s",
-            "https" if https else "http",
-            s.http_host,
-            self.bound_port or s.http_port,
-        )
+        if self.worker is None or self.worker.early:
+            # The first (or only) process listens at once: /healthz answers and /readyz says
+            # 503 while RabbitMQ is not there. Other workers join the port once ready.
+            await self._listen()
+            if self.siblings is not None:
+                self.siblings.mark(state=EARLY)
         await asyncio.gather(self.publisher.connect(), self.consumer.connect())
         if self._stop.is_set():
             return
@@ -217,8 +271,16 @@ class Server:
             consumer=self.consumers,
             topology=topology,
             session=self.session,
-            run_dispatchers=s.role in ("all", "dispatcher"),
+            run_dispatchers=s.role in ("all", "dispatcher") and self._dispatches(),
+            bridge_clients=Clients(s.publish_timeout, self.publisher.ssl_context),
         )
+        if s.authentication_oidc:
+            await self._start_oidc(self.ctx)
+        # Brokers a RabbitmqBrokerConfig places on another vhost or RabbitMQ connect there.
+        clusters = Clusters(
+            s, self.names, Cluster(s.amqp_url, self.publisher, self.consumers, topology)
+        )
+        self.ctx.clusters = clusters
         if s.role in ("all", "sources"):
             sources = SourceManager(s, self.names, self.session, self.publisher.ssl_context)
             ctx = self.ctx
@@ -234,11 +296,93 @@ class Server:
             self.ctx,
             self.controller,
             on_ready=self._on_ready,
+            siblings=self.siblings,
         )
+        clusters.on_reconnect = self._other_rabbitmq_back
         await self.plane.start()
+
+    async def _start_oidc(self, ctx: Context) -> None:
+        """rabbitmesh's issuer (its key from the file, or the install's key in RabbitMQ), and
+        the ingress gate trusting it and RABBITMESH_OIDC_ISSUER."""
+        s = self.settings
+        assert self.session is not None
+        if s.oidc_signing_key_file is not None:
+            key = load_key_file(s.oidc_signing_key_file)
+        else:
+            key = await shared_key(self.publisher, self.names.prefix + ".oidc-signing-key")
+        issuer = Issuer(s.base_url, key)
+        verifier = Verifier({issuer.issuer: StaticKeys(issuer.jwks)})
+        if s.oidc_issuer is not None:
+            external: KeySource = (
+                FileKeys(s.oidc_jwks_file)
+                if s.oidc_jwks_file is not None
+                else DiscoveredKeys(s.oidc_issuer, self.session)
+            )
+            verifier.trust(s.oidc_issuer, external)
+        ctx.issuer = issuer
+        ctx.gate = Gate(
+            verifier,
+            PolicyIndex(lambda: ctx.resources.values()),
+            s.default_authorization_mode,
+        )
+
+    async def _listen(self) -> None:
+        s = self.settings
+        assert self.runner is not None
+        https = None
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            https = server_context(s.tls_cert_file, s.tls_key_file)
+        site = web.TCPSite(
+            self.runner,
+            s.http_host,
+            s.http_port,
+            ssl_context=https,
+            # Workers share the port; the kernel spreads connections over them.
+            reuse_port=self.worker is not None or None,
+        )
+        try:
+            await site.start()
+        except OSError as e:
+            await self.runner.cleanup()
+            self.runner = None
+            raise cannot_listen(
+                e,
+                s.http_host,
+                s.http_port,
+                "set RABBITMESH_HTTP_PORT or --http-port for another port, "
+                "RABBITMESH_HTTP_HOST or --http-host for another address",
+            ) from None
+        self._site = site
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.bound_port = server.sockets[0].getsockname()[1]
+        log.info(
+            "listening on %s://%s:%s%s",
+            "https" if https else "http",
+            s.http_host,
+            self.bound_port or s.http_port,
+            f" (worker {self.worker.index} of {self.worker.count})" if self.worker else "",
+        )
+
+    def _other_rabbitmq_back(self, *_: object) -> None:
+        if self.plane is not None:
+            self.plane.resync()
 
     def _on_ready(self) -> None:
         self.reconciled = True
+        if self.siblings is not None:
+            self.siblings.mark(state=READY)
+        if self._site is None and self.runner is not None:
+            task = asyncio.create_task(self._listen_late(), name="listen")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _listen_late(self) -> None:
+        try:
+            await self._listen()
+        except ListenError as e:
+            log.error("%s", e)
+            self._stop.set()
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -253,6 +397,7 @@ class Server:
             if starting.exception() is not None:  # e.g. invalid manifests: stop, then raise
                 await self.shutdown()
                 starting.result()
+            tune_gc()
             if self.plane is not None:
                 await self.plane.run(self._stop)  # reconcile loop, config dir watch, ...
             await stop_wait
@@ -264,6 +409,8 @@ class Server:
 
     async def shutdown(self) -> None:
         log.info("shutting down: closing HTTP, finishing in-flight work")
+        if self.siblings is not None and self.reconciled:
+            self.siblings.mark(state=STOPPING)  # siblings' writes no longer wait for this one
         if self.ctx is not None and self.ctx.sources is not None:
             await self.ctx.sources.stop()  # first: their leases go to the other replicas
         if self.runner is not None:
@@ -276,5 +423,11 @@ class Server:
         if self.session is not None:
             await self.session.close()
         await self.consumers.close()
+        if self.ctx is not None:
+            await self.ctx.bridge_clients.close()
+        if self.ctx is not None and self.ctx.clusters is not None:
+            await self.ctx.clusters.close()
         await asyncio.gather(self.publisher.close(), self.consumer.close())
+        if self.siblings is not None:
+            self.siblings.close()
         log.info("stopped")

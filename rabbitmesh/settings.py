@@ -114,6 +114,25 @@ class Settings(BaseSettings):
         description="Seconds an admin API body may take to parse and validate (in a worker "
         "process, off the event loop); longer ones are stopped and get 413.",
     )
+    console: bool = Field(
+        True,
+        description="Serve the web console at /console (docs/console.md); its changes go "
+        "through the admin API's checks.",
+    )
+    console_max_tails: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="Console live tails open at once (each a temporary RabbitMQ queue); more "
+        "get 429. 0 turns the tail off.",
+    )
+    console_tail_rate: float = Field(
+        20.0,
+        gt=0,
+        le=10000,
+        description="Events per second one console tail sends to the browser at most; the "
+        "rest are counted as skipped.",
+    )
     # TLS (docs/security.md).
     tls_cert_file: Path | None = Field(
         None,
@@ -143,6 +162,14 @@ class Settings(BaseSettings):
         "text", description="`json` gives one JSON object per line."
     )
     role: Role = Field("all", description="Which parts this process runs.")
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="Worker processes sharing the HTTP port, each a full replica (Python "
+        "uses one core per process); default: one per CPU core available. 1 runs a single "
+        'process with no supervisor (docs/operations.md, "Workers").',
+    )
 
     # Data plane tuning.
     prefetch: int = Field(
@@ -260,6 +287,40 @@ class Settings(BaseSettings):
         description="kubeconfig ApiServerSources watch with; default $KUBECONFIG, else "
         "~/.kube/config, else the in-cluster service account.",
     )
+    authentication_oidc: bool = Field(
+        False,
+        description="Knative's `authentication-oidc` feature: senders prove who they are with a "
+        "bearer JWT (audience = the target's status.address.audience), EventPolicies decide "
+        "who may send, and rabbitmesh's own deliveries carry tokens it signs itself "
+        "(docs/security.md#sender-identity-oidc-and-eventpolicy).",
+    )
+    oidc_issuer: str | None = Field(
+        None,
+        description="An OIDC issuer whose tokens are trusted (its `iss`, an https URL; its keys "
+        "come from its /.well-known/openid-configuration, or from RABBITMESH_OIDC_JWKS_FILE). "
+        "rabbitmesh's own tokens (issuer RABBITMESH_PUBLIC_URL) are always trusted.",
+    )
+    oidc_jwks_file: Path | None = Field(
+        None,
+        description="The JWKS of RABBITMESH_OIDC_ISSUER as a file, instead of discovery over "
+        "HTTP (re-read when it changes).",
+    )
+    oidc_signing_key_file: Path | None = Field(
+        None,
+        description="PEM private key (EC P-256 or RSA) rabbitmesh signs its own tokens with; "
+        "unset: one is generated once and kept in RabbitMQ, shared by every replica.",
+    )
+    default_authorization_mode: Literal["allow-all", "allow-same-namespace", "deny-all"] = Field(
+        "allow-same-namespace",
+        description="With authentication_oidc, what a target no EventPolicy applies to "
+        "accepts (Knative's `default-authorization-mode`): anyone (no token needed), "
+        "valid tokens of its own namespace's identities, or nothing.",
+    )
+    cross_namespace_event_links: bool = Field(
+        False,
+        description="Knative's `cross-namespace-event-links`: a Trigger's spec.brokerRef and a "
+        "Subscription's spec.channel may name another namespace; refused (not Ready) otherwise.",
+    )
 
     @field_validator("amqp_url")
     @classmethod
@@ -267,6 +328,16 @@ class Settings(BaseSettings):
         url = AnyUrl(v)
         if url.scheme not in ("amqp", "amqps"):
             raise ValueError("must start with amqp:// or amqps://")
+        return v
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        url = AnyUrl(v)
+        if url.scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL (the tokens' `iss`)")
         return v
 
     @field_validator("public_url")

@@ -23,6 +23,7 @@ PATH_FORMS = (
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
+    "GET /console",
 )
 
 

@@ -118,3 +118,17 @@ async def start_tool():
 
     yield start
     await asyncio.gather(*(t.stop() for t in tools))
+
+
+@pytest.fixture
+async def app_prefix(prefix: str) -> AsyncIterator[str]:
+    """A name prefix for queues and exchanges a test declares as "a RabbitMQ application"
+    (bridges may not use rabbitmesh's own `{prefix}.` names); deleted after the test."""
+    from tests.support.rabbit import delete_everything
+
+    name = f"app-{prefix}"
+    yield name
+    try:
+        await delete_everything(name + ".")
+    except Exception:  # cleanup must never change the verdict
+        pass

@@ -19,6 +19,7 @@ import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
+from rabbitmesh.amqp.coalesce import CoalescingRobustConnection
 from rabbitmesh.amqp.limits import (
     DEFAULT_MAX_MESSAGE_SIZE,
     UnpublishableMessage,
@@ -105,6 +106,8 @@ class AmqpClient:
                     ssl_context=self.ssl_context,
                     reconnect_interval=1.0,
                     client_properties={"connection_name": f"rabbitmesh-{self.name}"},
+                    # One socket write per loop iteration (rabbitmesh/amqp/coalesce.py).
+                    connection_class=CoalescingRobustConnection,
                 )
                 break
             except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as e:

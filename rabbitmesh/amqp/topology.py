@@ -68,12 +68,16 @@ class Topology:
         )
 
     def queue_arguments(
-        self, arguments: dict[str, Any] | None = None, delivery: bool = False
+        self,
+        arguments: dict[str, Any] | None = None,
+        delivery: bool = False,
+        queue_type: QueueType | None = None,
     ) -> dict[str, Any]:
-        """`arguments` plus what RABBITMESH_QUEUE_TYPE adds; `delivery` for a queue whose
-        consumer may reject messages into its dead-letter queue."""
+        """`arguments` plus what the queue type (RABBITMESH_QUEUE_TYPE unless given: a
+        broker's RabbitmqBrokerConfig) adds; `delivery` for a queue whose consumer may reject
+        messages into its dead-letter queue."""
         args = dict(arguments or {})
-        if self.queue_type == "quorum":
+        if (queue_type or self.queue_type) == "quorum":
             args["x-queue-type"] = "quorum"
             if delivery:
                 args["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
@@ -86,17 +90,19 @@ class Topology:
     async def declare_exchange(self, name: str, kind: aio_pika.ExchangeType) -> None:
         await self.channel.declare_exchange(name, kind, durable=True, **self._plain)
 
-    async def declare_delivery_queue(self, queue: str) -> None:
+    async def declare_delivery_queue(self, queue: str, queue_type: QueueType | None = None) -> None:
         """A subscriber's queue and the dead-letter queue RabbitMQ moves rejected messages to."""
         dlq = self.names.dead_letter_queue(queue)
         await self.channel.declare_queue(
-            dlq, durable=True, arguments=self.queue_arguments(), **self._plain
+            dlq, durable=True, arguments=self.queue_arguments(queue_type=queue_type), **self._plain
         )
         await self.channel.declare_queue(
             queue,
             durable=True,
             arguments=self.queue_arguments(
-                {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}, delivery=True
+                {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq},
+                delivery=True,
+                queue_type=queue_type,
             ),
             **self._plain,
         )

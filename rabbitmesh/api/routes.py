@@ -46,9 +46,11 @@ from rabbitmesh.api.patch import MAX_PATCH_DEPTH, merge_patch
 from rabbitmesh.api.watch import stream as watch_stream
 from rabbitmesh.api.watch import wants_watch
 from rabbitmesh.cloudevents.jsonformat import too_deep
+from rabbitmesh.config.admission import check_cross_namespace, check_placements
+from rabbitmesh.config.checks import ManifestChecks
 from rabbitmesh.controlplane import ControlPlane
 from rabbitmesh.http_input import BodyError, read_body
-from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.base import FieldError, Resource
 from rabbitmesh.resources.registry import KindInfo
 from rabbitmesh.settings import Settings
 from rabbitmesh.store.manifests import key_of, render, to_manifest
@@ -280,7 +282,7 @@ class AdminApi:
         self, request: web.Request, info: KindInfo, version: str, namespace: str | None
     ) -> tuple[Resource, dict[str, Any]]:
         docs = await self._documents(request, ("one", info.kind, version, namespace))
-        (res,) = await build_resources(docs, self.plane.ctx.names.check_length, single=True)
+        (res,) = await build_resources(docs, ManifestChecks(self.plane.ctx.names), single=True)
         return res, docs[0]
 
     async def _create(
@@ -351,9 +353,10 @@ class AdminApi:
             if not isinstance(doc.get("metadata"), dict):
                 raise ApiError(422, "metadata must stay an object", details=[{"field": "metadata"}])
             docs = prepare([doc], ("one", info.kind, version, namespace))
-            (res,) = await build_resources(docs, plane.ctx.names.check_length, single=True)
+            (res,) = await build_resources(docs, ManifestChecks(plane.ctx.names), single=True)
             check_target(res, info, namespace, key[2])
             res = restore_secret(res, stored)
+            self._admit(res)
             outcome = await plane.store.apply(
                 to_manifest(res), key, origin="api", expect=stored.resource_version
             )
@@ -383,8 +386,24 @@ class AdminApi:
         await plane.wait_reconciled(outcome.offset)
         return web.json_response(render(res))
 
+    def _admit(self, res: Resource, index: int | None = None) -> None:
+        """422 for a write RabbitMQ cannot carry out (a broker with triggers moved:
+        rabbitmesh/config/admission.py)."""
+        plane = self.plane
+        try:
+            check_placements(plane.settings, plane.ctx.resources, plane.ctx.placements, res)
+            check_cross_namespace(plane.settings, plane.ctx.resources, res)
+        except FieldError as e:
+            detail: dict[str, Any] = {"field": e.path, "message": e.message}
+            if index is not None:
+                detail["document"] = index
+            raise ApiError(
+                422, f"invalid {describe(res)}: {e.path}: {e.message}", details=[detail]
+            ) from None
+
     async def _write(self, res: Resource, *, expect: str | int | None) -> Outcome:
         plane = self.plane
+        self._admit(res)
         outcome = await plane.store.apply(
             to_manifest(res), key_of(res), origin="api", expect=expect
         )
@@ -414,7 +433,7 @@ class AdminApi:
         namespace = request.query.get("namespace")
         dry_run = request.query.get("dryRun", "").lower() in ("all", "true", "1")
         docs = await self._documents(request, ("apply", namespace))
-        built = await build_resources(docs, self.plane.ctx.names.check_length)
+        built = await build_resources(docs, ManifestChecks(self.plane.ctx.names))
         # Every step over all resources runs in slices (in_slices): a large /apply must not
         # hold the loop (issue 11).
         resources = await in_slices(built, lambda r: restore_secret(r, plane.store.get(key_of(r))))
@@ -440,6 +459,8 @@ class AdminApi:
 
         decided = await in_slices(resources, decide)
         todo = [i for i, (what, _) in enumerate(decided) if what == "write"]
+        for i in todo:  # an /apply that would move a broker with triggers changes nothing
+            self._admit(resources[i], i + 1)
         written = await asyncio.gather(*(write(resources[i], decided[i][1]) for i in todo))
         results = [what for what, _ in decided]
         for i, (result, _) in zip(todo, written, strict=True):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -69,6 +70,24 @@ async def stream(
     max_watches: int,
     retry_after: int,
 ) -> web.StreamResponse:
+    def wanted(kind: str, ns: str) -> bool:
+        return kind == info.kind and (namespace is None or ns == namespace)
+
+    return await stream_matching(
+        request, plane, wanted, max_watches=max_watches, retry_after=retry_after
+    )
+
+
+async def stream_matching(
+    request: web.Request,
+    plane: ControlPlane,
+    wanted: Callable[[str, str], bool],
+    *,
+    max_watches: int,
+    retry_after: int,
+) -> web.StreamResponse:
+    """The watch of every resource for which `wanted(kind, namespace)` (the console watches
+    all kinds in one stream: browsers open at most six connections to a server)."""
     since = _int_query(request, "resourceVersion")
     timeout = _int_query(request, "timeoutSeconds")
     if plane.watch.watching >= max_watches:
@@ -79,7 +98,7 @@ async def stream(
         )
 
     def matches(e: Event) -> bool:
-        return e.kind == info.kind and (namespace is None or e.namespace == namespace)
+        return wanted(e.kind, e.namespace)
 
     watcher = plane.watch.subscribe()  # before reading the backlog: nothing falls between
     try:
@@ -91,11 +110,7 @@ async def stream(
             seen = max((e.version for e in plane.watch.since(since)), default=since)
         else:
             seen = plane.reconciled_offset
-            items = [
-                r
-                for r in plane.resources()
-                if r.KIND == info.kind and (namespace is None or r.namespace == namespace)
-            ]
+            items = [r for r in plane.resources() if wanted(r.KIND, r.namespace)]
             items.sort(key=lambda r: (r.namespace, r.name))
             backlog = [orjson.dumps({"type": "ADDED", "object": render(r)}) + b"\n" for r in items]
         response = web.StreamResponse(

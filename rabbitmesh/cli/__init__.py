@@ -9,6 +9,7 @@ from rabbitmesh.cli.broker import broker
 from rabbitmesh.cli.channel import channel
 from rabbitmesh.cli.eventtype import eventtype
 from rabbitmesh.cli.manifests import apply, delete, get, patch
+from rabbitmesh.cli.rabbitmqsink import rabbitmqsink
 from rabbitmesh.cli.run import run
 from rabbitmesh.cli.send import send
 from rabbitmesh.cli.sinkbinding import sinkbinding
@@ -44,6 +45,7 @@ _API_COMMANDS = (
     subscription,
     source,
     sinkbinding,
+    rabbitmqsink,
     eventtype,
 )
 for _command in (*_API_COMMANDS, send):

@@ -100,7 +100,16 @@ CONTAINERSOURCE = Kind("sources.knative.dev", "v1", "ContainerSource", "containe
 APISERVERSOURCE = Kind("sources.knative.dev", "v1", "ApiServerSource", "apiserversources")
 GITLABSOURCE = Kind("sources.knative.dev", "v1alpha1", "GitLabSource", "gitlabsources")
 SINKBINDING = Kind("sources.knative.dev", "v1", "SinkBinding", "sinkbindings")
-SOURCE_KINDS = (PINGSOURCE, CONTAINERSOURCE, APISERVERSOURCE, SINKBINDING, GITLABSOURCE)
+RABBITMQSOURCE = Kind("sources.knative.dev", "v1alpha1", "RabbitmqSource", "rabbitmqsources")
+RABBITMQSINK = Kind("sinks.rabbitmesh.dev", "v1alpha1", "RabbitmqSink", "rabbitmqsinks")
+SOURCE_KINDS = (
+    PINGSOURCE,
+    CONTAINERSOURCE,
+    APISERVERSOURCE,
+    SINKBINDING,
+    GITLABSOURCE,
+    RABBITMQSOURCE,
+)
 
 
 class ApiClient:

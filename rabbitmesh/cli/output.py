@@ -128,7 +128,21 @@ def describe(obj: dict[str, Any], fields: Sequence[tuple[str, str]]) -> str:
     for label, value in fields:
         if value:
             lines.append(f"{label + ':':<14}{value}")
-    conditions = (obj.get("status") or {}).get("conditions") or []
+    status = obj.get("status") or {}
+    effective = status.get("effectiveConfig") or {}
+    if effective:  # which value is in force, and where it came from (docs/configuration.md)
+        lines.append("")
+        lines.append("Config in force:")
+        for key, entry in effective.items():
+            if isinstance(entry, dict):
+                raw = entry.get("value")
+                shown: Any = "-" if raw is None else raw
+                if isinstance(raw, dict | list):
+                    shown = json.dumps(raw, separators=(",", ":"))
+                lines.append(f"  {key + ':':<22}{shown}  ({entry.get('source', '')})")
+    for warning in status.get("warnings") or []:
+        lines.append(f"{'Warning:':<14}{warning}")
+    conditions = status.get("conditions") or []
     lines.append("")
     lines.append("Conditions:")
     lines.append("  OK TYPE      AGE REASON")

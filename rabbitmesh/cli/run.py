@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 import typing
 from typing import Any
@@ -43,7 +44,9 @@ def setting_options(func: Any) -> Any:
 @click.command()
 @setting_options
 def run(**flags: Any) -> None:
-    """Run rabbitmesh: ingress, reconciler, dispatchers and sources, in one process.
+    """Run rabbitmesh: ingress, reconciler, dispatchers and sources, on every core.
+
+    One worker process per core (--workers N to choose), all on one HTTP port.
 
     \b
     Examples:
@@ -52,10 +55,10 @@ def run(**flags: Any) -> None:
       rabbitmesh run --role ingress      # split roles across processes
     """
     from rabbitmesh.amqp.names import Names
+    from rabbitmesh.config.checks import ManifestChecks
     from rabbitmesh.listen import ListenError
     from rabbitmesh.logs import setup_logging
     from rabbitmesh.resources.loader import ManifestError, load_path
-    from rabbitmesh.server import Server
 
     try:
         settings = load_settings(**flags)
@@ -66,10 +69,38 @@ def run(**flags: Any) -> None:
     if settings.config_dir.exists():
         try:
             # Fail fast, before waiting on RabbitMQ; names must fit RabbitMQ's limits.
-            load_path(settings.config_dir, Names(settings.topology_prefix).check_length)
+            load_path(settings.config_dir, ManifestChecks(Names(settings.topology_prefix)))
         except ManifestError as e:
             click.echo(f"rabbitmesh: invalid manifest: {e}", err=True)
             sys.exit(1)
+    from rabbitmesh.workers import WorkerInfo, default_workers, supervise
+
+    workers = settings.workers or default_workers()
+    if workers > 1 and WorkerInfo.from_env() is None:
+
+        def work(port: int) -> int:
+            return serve(settings.model_copy(update={"workers": 1, "http_port": port}))
+
+        try:
+            status = supervise(
+                workers,
+                settings.http_host,
+                settings.http_port,
+                work,
+                preload=lambda: importlib.import_module("rabbitmesh.server"),
+            )
+        except ListenError as e:
+            click.echo(f"rabbitmesh: {e}", err=True)
+            sys.exit(1)
+        sys.exit(status)
+    sys.exit(serve(settings))
+
+
+def serve(settings: Settings) -> int:
+    """One process: the event loop with the whole server, until it stops; the exit status."""
+    from rabbitmesh.listen import ListenError
+    from rabbitmesh.server import Server
+
     try:
         import uvloop
 
@@ -80,4 +111,5 @@ def run(**flags: Any) -> None:
         asyncio.run(Server(settings).run_forever())
     except ListenError as e:
         click.echo(f"rabbitmesh: {e}", err=True)
-        sys.exit(1)
+        return 1
+    return 0

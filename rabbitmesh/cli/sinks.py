@@ -25,6 +25,7 @@ PREFIXES: dict[str, tuple[str, str]] = {
     "imcv1": ("messaging.knative.dev/v1", "InMemoryChannel"),
     "sequence": ("flows.knative.dev/v1", "Sequence"),
     "parallel": ("flows.knative.dev/v1", "Parallel"),
+    "rabbitmqsink": ("sinks.rabbitmesh.dev/v1alpha1", "RabbitmqSink"),
 }
 SHORT = {kind: prefix for prefix, (_, kind) in reversed(PREFIXES.items())}
 SHORT["Service"] = "ksvc"

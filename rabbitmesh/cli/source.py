@@ -14,6 +14,7 @@ from rabbitmesh.cli.client import (
     CONTAINERSOURCE,
     GITLABSOURCE,
     PINGSOURCE,
+    RABBITMQSOURCE,
     SOURCE_KINDS,
     ApiClient,
     CliError,
@@ -508,3 +509,78 @@ def gitlab_create(
         **_overrides(ce_overrides),
     }
     _create(client, GITLABSOURCE, name, namespace, spec, sink)
+
+
+# --- rabbitmq -------------------------------------------------------------------------------
+
+rabbitmq = _group(
+    "rabbitmq",
+    RABBITMQSOURCE,
+    "RabbitmqSources (the messages of a RabbitMQ queue)",
+    [
+        ("NAME", out.name),
+        ("QUEUE", lambda o: (out.spec(o, "rabbitmqResourcesConfig") or {}).get("queueName", "")),
+        ("SINK", lambda o: out.sink_of(o, "sink")),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+)
+
+
+@rabbitmq.command(
+    "create",
+    help="Create a RabbitmqSource: each message of a queue becomes a CloudEvent for the sink "
+    "(type dev.knative.rabbitmq.event unless it already is one)."
+    + examples(
+        "rabbitmesh source rabbitmq create orders --queue orders --exchange legacy "
+        "--sink broker:default",
+        "rabbitmesh source rabbitmq create ext --queue q --predeclared "
+        "--connection-secret other-rabbit --parallelism 10 --sink broker:default",
+    ),
+)
+@click.argument("name")
+@namespace_option
+@click.option("--queue", required=True, help="Queue to consume (declared unless --predeclared).")
+@click.option("--exchange", default=None, help="Exchange the queue is bound to (with '#').")
+@click.option("--predeclared", is_flag=True, help="Use the existing queue as is.")
+@click.option(
+    "--parallelism",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Messages in flight at once (1 keeps the queue's order).",
+)
+@click.option("--vhost", default=None, help="Virtual host (default: the URL's).")
+@click.option(
+    "--connection-secret",
+    default=None,
+    help="Secret whose key `uri` is another RabbitMQ's AMQP URL [default: rabbitmesh's].",
+)
+@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@ce_override_option
+@api_command
+def rabbitmq_create(
+    client: ApiClient,
+    name: str,
+    namespace: str,
+    queue: str,
+    exchange: str | None,
+    predeclared: bool,
+    parallelism: int,
+    vhost: str | None,
+    connection_secret: str | None,
+    sink: str,
+    ce_overrides: tuple[str, ...],
+) -> None:
+    config: dict[str, Any] = {"queueName": queue, "parallelism": parallelism}
+    if exchange:
+        config["exchangeName"] = exchange
+    if predeclared:
+        config["predeclared"] = True
+    if vhost:
+        config["vhost"] = vhost
+    spec: dict[str, Any] = {"rabbitmqResourcesConfig": config, **_overrides(ce_overrides)}
+    if connection_secret:
+        spec["rabbitmqClusterReference"] = {"connectionSecret": {"name": connection_secret}}
+    _create(client, RABBITMQSOURCE, name, namespace, spec, sink)

@@ -46,6 +46,7 @@ from rabbitmesh.amqp.publisher import DelayQueues, Publisher
 from rabbitmesh.amqp.topology import DELAY_HEADER
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
 from rabbitmesh.dataplane import TTL, stamp_arrival
+from rabbitmesh.dispatch.acks import AckBatcher
 from rabbitmesh.dispatch.decision import Action, Decision, decide, final
 from rabbitmesh.dispatch.policy import DeliveryPolicy
 from rabbitmesh.dispatch.sender import DEFAULT_MAX_REPLY_BYTES, Outcome, send
@@ -122,6 +123,8 @@ class Subscriber:
     reply_must_be_event: bool = True
     #: not sent to the subscriber: a Trigger's drop the broker TTL (rabbitmesh/dataplane.py)
     drop_attributes: tuple[str, ...] = (TTL,)
+    #: `Authorization` for each request (the sender's OIDC identity), when there is one.
+    auth: Callable[[], dict[str, str] | None] | None = None
 
 
 @dataclass
@@ -189,6 +192,8 @@ class QueueWorker:
         self._stopping = False
         self._last_traceback = -TRACEBACK_INTERVAL
         self._last_transient_warning = -TRANSIENT_LOG_INTERVAL
+        #: Acks of successful deliveries, batched per loop iteration (dispatch/acks.py).
+        self._acks = AckBatcher()
 
     async def start(self) -> None:
         self._channel = await self.consumer.channel(prefetch=self.prefetch)
@@ -229,6 +234,7 @@ class QueueWorker:
             msg = self._buffer.get_nowait()
             with contextlib.suppress(Exception):
                 await msg.nack(requeue=True)
+        await self._acks.drain()  # what finished is acked, not redelivered after a restart
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()
@@ -247,6 +253,7 @@ class QueueWorker:
             except Exception as e:  # a bug must neither kill the worker, lose the message
                 await self._guard(msg, e)  # nor loop on it
             finally:
+                self._acks.settled(msg)
                 self.stats.in_flight -= 1
                 self._busy.discard(task)
 
@@ -263,7 +270,7 @@ class QueueWorker:
         sub = self.subscriber
         if sub.filter is not None and not sub.filter.matches(event.attributes):
             self.stats.filtered += 1
-            await msg.ack()
+            await self._acks.ack(msg)
             return
         if self.mode == "deliver":
             stamp_arrival(event)
@@ -304,6 +311,7 @@ class QueueWorker:
             structured=structured,
             timeout=sub.policy.timeout,
             reply_must_be_event=sub.reply_must_be_event,
+            extra_headers=sub.auth() if sub.auth is not None else None,
             max_reply_bytes=self.max_reply_bytes,
         )
 
@@ -363,7 +371,7 @@ class QueueWorker:
                 outcome.status,
                 extra=log_fields(event, sub, _attempt(msg)),
             )
-        await msg.ack()
+        await self._acks.ack(msg)
 
     async def _retry(
         self, msg: Incoming, event: CloudEvent, outcome: Outcome, retries: int, decision: Decision

@@ -21,14 +21,16 @@ from aiohttp import web
 from rabbitmesh import telemetry
 from rabbitmesh.amqp.client import BLOCKED_MESSAGE, PublishFailed
 from rabbitmesh.amqp.limits import UnpublishableMessage, check_publishable, header_budget
-from rabbitmesh.amqp.messages import Outgoing, to_message
+from rabbitmesh.amqp.messages import Outgoing, raw_message, to_message
 from rabbitmesh.amqp.publisher import IngressPublisher
+from rabbitmesh.auth.gate import Admission
 from rabbitmesh.cloudevents import (
     MAX_JSON_DEPTH,
     CloudEvent,
     InvalidEvent,
     OverLimit,
     decode_request,
+    encode_structured,
 )
 from rabbitmesh.dataplane import Target, stamp_broker_ingress
 from rabbitmesh.filters.bindings import routing_key_for_type
@@ -148,6 +150,12 @@ class Ingress:
             denied = unauthorized(request, target.tokens)
             if denied is not None:
                 return denied, []
+        admission: Admission | None = None
+        if target.authorize is not None:  # also before the body is read
+            decided = await target.authorize(request)
+            if isinstance(decided, web.StreamResponse):
+                return decided, []
+            admission = decided
         too_large = self._attribute_headers_too_large(request)
         if too_large is not None:
             return error(413, too_large), []
@@ -161,33 +169,39 @@ class Ingress:
         except BodyError as e:
             return error(e.status, e.message), []
         ingress_request_bytes.labels(kind).observe(len(body))
+        publisher = target.publisher or self.publisher
         try:
-            prepared = await self._prepare(request.headers, body, target.is_broker)
+            prepared = await self._prepare(request.headers, body, target, publisher.frame_max)
         except OverLimit as e:
             return error(413, str(e)), []
         except InvalidEvent as e:
             return error(400, str(e)), []
         except UnpublishableMessage as e:
             return error(e.status, str(e)), []
-        events = [event for event, _ in prepared]
+        events = [event for event, _, _ in prepared]
+        if admission is not None and admission.policies is not None:
+            for event in events:  # a request is refused as a whole, as for bad input
+                refused = admission.refusal(event.attributes)
+                if refused is not None:
+                    return error(403, refused), events
         if self.inflight + len(events) > self.max_inflight:
             return error(
                 503,
                 f"too many events awaiting RabbitMQ's confirm (limit {self.max_inflight})",
                 **{"Retry-After": self.retry_after},
             ), events
-        if not self.publisher.connected:
+        if not publisher.connected:
             return error(
                 503, "RabbitMQ is unavailable", **{"Retry-After": self.retry_after}
             ), events
-        if self.publisher.blocked:  # a publish would hang until the alarm clears
+        if publisher.blocked:  # a publish would hang until the alarm clears
             return error(503, BLOCKED_MESSAGE, **{"Retry-After": self.retry_after}), events
         self.inflight += len(events)
         try:
             if len(prepared) == 1:
-                await self._publish(target, *prepared[0])
+                await self._publish(publisher, target, *prepared[0])
             elif prepared:
-                await asyncio.gather(*(self._publish(target, ev, msg) for ev, msg in prepared))
+                await asyncio.gather(*(self._publish(publisher, target, *one) for one in prepared))
         except PublishFailed as e:
             log.warning("publish to %s failed: %s", target.exchange, e)
             return error(
@@ -221,49 +235,74 @@ class Ingress:
         )
 
     async def _prepare(
-        self, headers: Mapping[str, str], body: bytes, is_broker: bool
-    ) -> list[tuple[CloudEvent, Outgoing]]:
-        """Decode the request's events and build their messages, off the loop when large.
+        self, headers: Mapping[str, str], body: bytes, target: Target, frame_max: int
+    ) -> list[tuple[CloudEvent, Outgoing, str]]:
+        """Decode the request's events and build their messages and routing keys, off the
+        loop when large.
 
         Raises InvalidEvent (400), OverLimit (413) or UnpublishableMessage (its status).
         """
-        frame_max = self.publisher.frame_max
         if len(body) <= INLINE_DECODE_BYTES:
-            return self._prepare_sync(headers, body, is_broker, frame_max)
+            return self._prepare_sync(headers, body, target, frame_max)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            decode_executor(), self._prepare_sync, headers, body, is_broker, frame_max
+            decode_executor(), self._prepare_sync, headers, body, target, frame_max
         )
 
     def _prepare_sync(
-        self, headers: Mapping[str, str], body: bytes, is_broker: bool, frame_max: int
-    ) -> list[tuple[CloudEvent, Outgoing]]:
+        self, headers: Mapping[str, str], body: bytes, target: Target, frame_max: int
+    ) -> list[tuple[CloudEvent, Outgoing, str]]:
         events = decode_request(
             headers, body, max_events=self.max_batch_events, max_depth=self.max_json_depth
         )
         prepared = []
         for event in events:
-            if is_broker:
+            if target.is_broker:
                 stamp_broker_ingress(event)
-            message = to_message(event)
+            message = message_for(event, target.structured)
+            key = (target.routing_key or _type_key)(event)
             # Every event is checked before any is published: nothing of a request that
             # RabbitMQ would refuse (by closing the shared connection) reaches it.
             check_publishable(message.properties, frame_max)
-            prepared.append((event, message))
+            prepared.append((event, message, key))
         return prepared
 
-    async def _publish(self, target: Target, event: CloudEvent, message: Outgoing) -> None:
+    async def _publish(
+        self,
+        publisher: IngressPublisher,
+        target: Target,
+        event: CloudEvent,
+        message: Outgoing,
+        key: str,
+    ) -> None:
         with telemetry.span(
             event, operation="publish", destination=target.exchange, kind="producer"
         ):
             if telemetry.enabled():  # the span gave the event its own trace context
-                message = to_message(event)
-            routed = await self.publisher.publish(
+                message = message_for(event, target.structured)
+            routed = await publisher.publish(
                 target.exchange,
-                routing_key_for_type(event.type),
+                key,
                 message,
                 mandatory=True,
-                unroutable_ok=True,
+                unroutable_ok=target.unroutable_ok,
             )
         if not routed:
             unrouted.labels(target.exchange).inc()
+
+
+def _type_key(event: CloudEvent) -> str:
+    return routing_key_for_type(event.type)
+
+
+def message_for(event: CloudEvent, structured: bool) -> Outgoing:
+    """The AMQP message of `event`: the binary binding, or the JSON format."""
+    if not structured:
+        return to_message(event)
+    headers, body = encode_structured(event)
+    return raw_message(
+        body,
+        {k: v for k, v in headers.items() if k != "content-type"},
+        content_type=headers["content-type"],
+        message_id=event.id,
+    )

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.clusters import Cluster, Clusters
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
-from rabbitmesh.amqp.topology import Topology
+from rabbitmesh.amqp.remote import Clients
+from rabbitmesh.amqp.topology import QueueType, Topology
+from rabbitmesh.auth.identity import destination_audience, subject
+from rabbitmesh.config.effective import Effective
 from rabbitmesh.dispatch.policy import DeliveryPolicy, seconds
 from rabbitmesh.dispatch.worker import QueueWorker, Subscriber
 from rabbitmesh.reconciler.resolve import resolve
@@ -20,6 +25,9 @@ from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.settings import Settings
 
 if TYPE_CHECKING:
+    from rabbitmesh.auth.gate import Gate
+    from rabbitmesh.auth.issuer import Issuer
+    from rabbitmesh.dataplane import Target
     from rabbitmesh.sources.manager import SourceManager
 
 log = logging.getLogger("rabbitmesh.reconciler")
@@ -47,9 +55,42 @@ class Context:
     history: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
     #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
     sources: SourceManager | None = None
+    #: Connections of the RabbitmqSinks (one per RabbitMQ URL; rabbitmesh/amqp/remote.py).
+    bridge_clients: Clients = field(default_factory=lambda: Clients(10.0, None))
+    #: (kind, namespace, name) -> the ingress target of a RabbitmqSink that is Ready.
+    bridge_targets: dict[tuple[str, str, str], Target] = field(default_factory=dict)
+    #: With authentication_oidc: the ingress' sender check, and rabbitmesh's own issuer.
+    gate: Gate | None = None
+    issuer: Issuer | None = None
+    #: Other RabbitMQs (or vhosts) brokers live on (rabbitmesh/amqp/clusters.py); None: only
+    #: this one.
+    clusters: Clusters | None = None
+    #: queue -> the Cluster it was declared on, when not the main one.
+    queue_clusters: dict[str, Cluster] = field(default_factory=dict)
+    #: Broker key -> the placement its topology has in this process (config/brokers.py).
+    placements: dict[tuple[str, str, str], Any] = field(default_factory=dict)
 
     def get(self, kind: str, namespace: str, name: str) -> Resource | None:
         return self.resources.get((kind, namespace, name))
+
+    def effective(self) -> Effective:
+        """The configuration in force (knative-eventing ConfigMaps, then settings)."""
+        return Effective(self.settings, self.get)
+
+    @property
+    def main_cluster(self) -> Cluster:
+        if self.clusters is not None:
+            return self.clusters.main
+        return Cluster(self.settings.amqp_url, self.publisher, self.consumer, self.topology)
+
+    async def cluster(self, url: str | None) -> Cluster:
+        """The Cluster at `url` (None: RABBITMESH_AMQP_URL), connected."""
+        if url is None or self.clusters is None:
+            return self.main_cluster
+        return await self.clusters.get(url)
+
+    def cluster_of_queue(self, queue: str) -> Cluster:
+        return self.queue_clusters.get(queue) or self.main_cluster
 
     def resolve(self, dest: Destination, namespace: str) -> str:
         return resolve(
@@ -59,58 +100,105 @@ class Context:
             service_url_template=self.settings.service_url_template,
         )
 
+    def sender_auth(
+        self, sender: Resource, dest: Destination, namespace: str
+    ) -> Callable[[], dict[str, str] | None] | None:
+        """`Authorization` headers for what `sender` sends to `dest` (its own identity, the
+        destination's audience); None without authentication_oidc or a known audience."""
+        issuer = self.issuer
+        if issuer is None:
+            return None
+        ref = dest.ref
+        aud = destination_audience(
+            ref.kind if ref else None,
+            ref.name if ref else None,
+            (ref.namespace if ref else None) or namespace,
+            dest.audience,
+        )
+        if aud is None:
+            return None
+        sub = subject(sender.GROUP, sender.KIND, sender.namespace, sender.name)
+        return lambda: issuer.headers(sub, aud)
+
     def policy(self, spec: DeliverySpec, namespace: str) -> DeliveryPolicy:
         """A merged DeliverySpec with the configured defaults filled in."""
         s = self.settings
+        eff = self.effective()
+        # config-features: with delivery-timeout / delivery-retryafter disabled, Knative
+        # does not take the field; here it is ignored.
+        timeout = seconds(spec.timeout) if eff.enabled("delivery-timeout") else None
+        retry_after = seconds(spec.retry_after_max) if eff.enabled("delivery-retryafter") else None
         return DeliveryPolicy(
             retry=s.default_retry if spec.retry is None else spec.retry,
             backoff_policy=spec.backoff_policy or s.default_backoff_policy,
             backoff_delay=seconds(spec.backoff_delay) or s.default_backoff.total_seconds(),
-            timeout=seconds(spec.timeout) or s.default_timeout_seconds,
-            retry_after_max=seconds(spec.retry_after_max),
+            timeout=timeout or s.default_timeout_seconds,
+            retry_after_max=retry_after,
             dead_letter_url=(
                 self.resolve(spec.dead_letter_sink, namespace) if spec.dead_letter_sink else None
             ),
             format=spec.format or "binary",
         )
 
-    async def run_queue(self, queue: str, subscriber: Subscriber) -> None:
+    async def run_queue(
+        self,
+        queue: str,
+        subscriber: Subscriber,
+        *,
+        concurrency: int | None = None,
+        cluster: Cluster | None = None,
+    ) -> None:
         """Start delivering `queue` to `subscriber`, or switch an existing worker to it.
 
-        Switching applies from the next delivery on; nothing queued is lost.
+        Switching applies from the next delivery on; nothing queued is lost. A different
+        `concurrency` (a trigger's parallelism annotation) restarts the worker: its in-flight
+        deliveries finish, the rest stay in RabbitMQ for the new one.
         """
         if not self.run_dispatchers:
             return
+        cluster = cluster or self.cluster_of_queue(queue)
+        concurrency = concurrency or self.settings.concurrency
         worker = self.workers.get(queue)
+        if worker is not None and (
+            worker.concurrency != concurrency or worker.consumer is not cluster.consumers
+        ):
+            await self.stop_queue(queue)
+            worker = None
         if worker is not None:
             worker.subscriber = subscriber
         else:
-            await self._start_worker(queue, subscriber)
-        await self._run_dead_letters(queue, subscriber)
+            await self._start_worker(queue, subscriber, cluster, concurrency)
+        await self._run_dead_letters(queue, subscriber, cluster)
 
     async def _start_worker(
-        self, queue: str, subscriber: Subscriber, dead_letters: bool = False
+        self,
+        queue: str,
+        subscriber: Subscriber,
+        cluster: Cluster,
+        concurrency: int,
+        dead_letters: bool = False,
     ) -> None:
-        """The one place a QueueWorker is built. A `:dlq`'s worker (`dead_letters`) delivers
-        to its dead-letter sink with at most 64 prefetched and 16 in flight."""
+        """The one place a QueueWorker is built, on `cluster` (the RabbitMQ the queue lives
+        on). A `:dlq`'s worker (`dead_letters`) delivers to its dead-letter sink with at most
+        64 prefetched and 16 in flight."""
         s = self.settings
         worker = QueueWorker(
             queue=queue,
             subscriber=subscriber,
-            consumer=self.consumer,
-            publisher=self.publisher,
-            topology=self.topology,
+            consumer=cluster.consumers,
+            publisher=cluster.publisher,
+            topology=cluster.topology,
             names=self.names,
             session=self.session,
             prefetch=min(s.prefetch, 64) if dead_letters else s.prefetch,
-            concurrency=min(s.concurrency, 16) if dead_letters else s.concurrency,
+            concurrency=min(concurrency, 16) if dead_letters else concurrency,
             mode="dead-letter" if dead_letters else "deliver",
             max_reply_bytes=s.max_event_bytes,
         )
         await worker.start()
         self.workers[queue] = worker
 
-    async def _run_dead_letters(self, queue: str, subscriber: Subscriber) -> None:
+    async def _run_dead_letters(self, queue: str, subscriber: Subscriber, cluster: Cluster) -> None:
         dlq = self.names.dead_letter_queue(queue)
         url = subscriber.policy.dead_letter_url
         if url is None:
@@ -134,10 +222,13 @@ class Context:
             reply_must_be_event=False,
         )
         worker = self.workers.get(dlq)
+        if worker is not None and worker.consumer is not cluster.consumers:
+            await self.stop_queue(dlq)
+            worker = None
         if worker is not None:
             worker.subscriber = dl_sub
             return
-        await self._start_worker(dlq, dl_sub, dead_letters=True)
+        await self._start_worker(dlq, dl_sub, cluster, self.settings.concurrency, dead_letters=True)
 
     async def bind_exactly(self, queue: str, wanted: set[tuple[str, str]]) -> None:
         """Bind new keys before unbinding old ones, so no event falls between the two.
@@ -146,10 +237,11 @@ class Context:
         replica may have deleted and re-declared the exchange meanwhile.
         """
         had = self.bindings.get(queue, set())
+        topology = self.cluster_of_queue(queue).topology
         for exchange, key in sorted(wanted):
-            await self.topology.bind(queue, exchange, key)
+            await topology.bind(queue, exchange, key)
         for exchange, key in sorted(had - wanted):
-            await self.topology.unbind(queue, exchange, key)
+            await topology.unbind(queue, exchange, key)
         self.bindings[queue] = set(wanted)
 
     async def stop_queue(self, queue: str) -> None:
@@ -163,5 +255,19 @@ class Context:
         await self.stop_queue(queue)
         await self.stop_queue(dlq)
         self.bindings.pop(queue, None)
-        await self.topology.delete_queue(queue)
-        await self.topology.delete_queue(dlq)
+        topology = self.cluster_of_queue(queue).topology
+        await topology.delete_queue(queue)
+        await topology.delete_queue(dlq)
+        self.queue_clusters.pop(queue, None)
+
+    async def declare_delivery_queue(
+        self, queue: str, cluster: Cluster | None = None, queue_type: QueueType | None = None
+    ) -> None:
+        """Declare a subscriber's queue (and its :dlq) on `cluster` (default: the main one),
+        of `queue_type` (default: RABBITMESH_QUEUE_TYPE), and remember where it is."""
+        cluster = cluster or self.main_cluster
+        await cluster.topology.declare_delivery_queue(queue, queue_type)
+        if cluster.url != self.settings.amqp_url:
+            self.queue_clusters[queue] = cluster
+        else:
+            self.queue_clusters.pop(queue, None)

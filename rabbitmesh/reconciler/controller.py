@@ -9,12 +9,19 @@ from types import ModuleType
 
 from prometheus_client import Counter
 
+from rabbitmesh.amqp.clusters import ClusterUnavailable
+from rabbitmesh.auth.gate import target_audience
+from rabbitmesh.auth.policies import TARGET_KINDS
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler import (
     broker,
+    brokerconfig,
     channel,
+    configmap,
+    eventpolicy,
     eventtype,
     parallel,
+    rabbitmqsink,
     sequence,
     sources,
     subscription,
@@ -27,7 +34,20 @@ log = logging.getLogger("rabbitmesh.reconciler")
 
 #: kind -> its reconciler module (KIND, ORDER, reconcile(ctx, res), finalize(ctx, res)).
 RECONCILERS: dict[str, ModuleType] = {
-    m.KIND: m for m in (broker, trigger, channel, subscription, sequence, parallel, eventtype)
+    m.KIND: m
+    for m in (
+        broker,
+        trigger,
+        channel,
+        subscription,
+        sequence,
+        parallel,
+        eventtype,
+        rabbitmqsink,
+        eventpolicy,
+        configmap,
+        brokerconfig,
+    )
 }
 #: One module reconciles every source kind (their status; they have no topology).
 RECONCILERS.update(dict.fromkeys(sources.KINDS, sources))
@@ -60,6 +80,9 @@ class Controller:
         self.concurrency = concurrency
         #: key -> how often it was reconciled (or finalized) in this process.
         self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        #: Keys failing because another RabbitMQ (a RabbitmqBrokerConfig's) is unreachable:
+        #: retried like any failure, but they do not keep this replica from being ready.
+        self.external_failures: set[tuple[str, str, str]] = set()
 
     async def apply(
         self, present: list[Resource], gone: list[Resource]
@@ -91,17 +114,36 @@ class Controller:
             return True
         try:
             await module.reconcile(self.ctx, res)
+            self._oidc(res)
             res.status.observed_generation = res.metadata.generation
             reconciles_total.labels(res.KIND, "ok").inc()
+            self.external_failures.discard(res.key)
             return True
+        except ClusterUnavailable as e:
+            log.warning("reconciling %s %s/%s failed: %s", res.KIND, res.namespace, res.name, e)
+            res.status.set_ready(False, "RabbitMQUnavailable", str(e))
+            reconciles_total.labels(res.KIND, "failed").inc()
+            self.external_failures.add(res.key)
+            return False
         except Exception as e:  # RabbitMQ refused or went away: report, retry later
             log.warning("reconciling %s %s/%s failed: %s", res.KIND, res.namespace, res.name, e)
             res.status.set_ready(False, "ReconcileFailed", f"{type(e).__name__}: {e}")
             reconciles_total.labels(res.KIND, "failed").inc()
             return False
 
+    def _oidc(self, res: Resource) -> None:
+        """With authentication_oidc: a target's `status.address.audience`, and its policies
+        looked up again (its labels may have changed)."""
+        gate = self.ctx.gate
+        if gate is None or res.KIND not in TARGET_KINDS:
+            return
+        gate.policies.invalidate()
+        if res.status.address is not None:
+            res.status.address.audience = target_audience(res)
+
     async def _finalize(self, res: Resource) -> None:
         self.counts.pop(res.key, None)  # names come and go: keep only the live ones
+        self.external_failures.discard(res.key)
         reconciles_total.labels(res.KIND, "deleted").inc()
         module = RECONCILERS.get(res.KIND)
         if module is None:

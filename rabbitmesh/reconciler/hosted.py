@@ -19,15 +19,33 @@ def ingress_target(ctx: Context, kind: str, namespace: str, name: str) -> Target
     res = ctx.get(canonical_kind(kind), namespace, name)
     if res is None:
         return None
-    if isinstance(res, Broker):
+    if kind == "RabbitmqSink":
+        target = ctx.bridge_targets.get((kind, namespace, name))
+    elif isinstance(res, Broker):
         if res.status.ready != "True":
             return None
         target = hosted_target(ctx.names, res.KIND, namespace, name)
+        if target is None:
+            return None
+        placement = ctx.placements.get(res.key)
+        if placement is not None and placement.url is not None and ctx.clusters is not None:
+            # A broker on another RabbitMQ (RabbitmqBrokerConfig): publish there.
+            cluster = ctx.clusters.connected_cluster(placement.url)
+            if cluster is None:
+                return None
+            target = replace(target, publisher=cluster.publisher)
         accepted = tokens(ctx.get, res)
-        return target if target is None or accepted is None else replace(target, tokens=accepted)
-    if res.status.address is None:
+        if target is not None and accepted is not None:
+            # The per-broker token is the simple alternative to OIDC: it alone decides.
+            return replace(target, tokens=accepted)
+    elif res.status.address is None:
         return None
-    return hosted_target(ctx.names, res.KIND, namespace, name)
+    else:
+        target = hosted_target(ctx.names, res.KIND, namespace, name)
+    gate = ctx.gate
+    if target is None or gate is None:
+        return target
+    return replace(target, authorize=lambda request: gate.admit(request, res))
 
 
 def not_ready_reason(ctx: Context, kind: str, namespace: str, name: str) -> str | None:

@@ -96,6 +96,7 @@ async def _wire_branch(
                 subscriber=branch.filter,
                 reply=InternalReply(names.branch_exchange(i)),
                 delivery=template.delivery or DeliverySpec(),
+                sender=par,
             ),
             "filterSubscriptionStatus",
             Parallel.filter_subscription_name(name, i),
@@ -118,6 +119,7 @@ async def _wire_branch(
             reply=_reply(par, branch),
             delivery=merge_delivery(branch.delivery, template.delivery),
             unbind_from=unbind_from,
+            sender=par,
         ),
         "subscriberSubscriptionStatus",
         Parallel.subscriber_subscription_name(name, i),
@@ -132,7 +134,7 @@ def _reply(par: Parallel, branch: ParallelBranch) -> Destination | None:
 async def reconcile(ctx: Context, par: Parallel) -> None:
     ns, name = par.namespace, par.name
     names = _Names(ctx, par)
-    template = par.spec.channel_template or ChannelTemplate()
+    template = par.spec.channel_template or ctx.effective().channel_template(ns).value
     n = len(par.spec.branches)
     await ctx.topology.declare_exchange(names.ingress, FANOUT)
     await _remove_branches(

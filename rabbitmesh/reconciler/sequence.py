@@ -17,7 +17,6 @@ from rabbitmesh.reconciler.resolve import address_url
 from rabbitmesh.reconciler.subscription import InternalReply, Plan, Unresolved, wire
 from rabbitmesh.resources.base import Address
 from rabbitmesh.resources.flows import Sequence
-from rabbitmesh.resources.messaging import ChannelTemplate
 
 KIND = "Sequence"
 ORDER = 30
@@ -41,7 +40,7 @@ async def _remove_steps(ctx: Context, seq: Sequence, steps: range) -> None:
 async def reconcile(ctx: Context, seq: Sequence) -> None:
     ns, name, spec = seq.namespace, seq.name, seq.spec
     n = len(spec.steps)
-    template = spec.channel_template or ChannelTemplate()
+    template = spec.channel_template or ctx.effective().channel_template(ns).value
     exchanges = [_exchange(ctx, seq, i) for i in range(n)]
     for exchange in exchanges:
         await ctx.topology.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT)
@@ -60,6 +59,7 @@ async def reconcile(ctx: Context, seq: Sequence) -> None:
             subscriber=step,
             reply=InternalReply(exchanges[i + 1]) if i + 1 < n else spec.reply,
             delivery=merge_delivery(step.delivery, template.delivery),
+            sender=seq,
         )
         error = None
         try:

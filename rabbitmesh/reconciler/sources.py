@@ -19,9 +19,12 @@ one replica per source at a time; the others only report status.
 
 from __future__ import annotations
 
+from rabbitmesh.amqp.remote import ClusterNotReady, check_not_ours, cluster_for
 from rabbitmesh.hosted import hosted_kind
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.bridges import RabbitmqSource
+from rabbitmesh.resources.duck import DeliverySpec
 from rabbitmesh.resources.registry import canonical_kind
 from rabbitmesh.resources.sources import (
     ApiServerSource,
@@ -30,11 +33,18 @@ from rabbitmesh.resources.sources import (
     PingSource,
     Source,
 )
-from rabbitmesh.sources import apiserver, container, gitlab, ping
+from rabbitmesh.sources import apiserver, container, gitlab, ping, rabbitmq
 from rabbitmesh.sources.manager import Key, Plan, Problem
 from rabbitmesh.sources.secrets import NotReady, secrets_in
 
-KINDS = ("PingSource", "ContainerSource", "ApiServerSource", "SinkBinding", "GitLabSource")
+KINDS = (
+    "PingSource",
+    "ContainerSource",
+    "ApiServerSource",
+    "SinkBinding",
+    "GitLabSource",
+    "RabbitmqSource",
+)
 KIND = "PingSource"
 ORDER = 80
 
@@ -76,7 +86,7 @@ def make_plan(ctx: Context, source: Source, sink: str) -> Plan | None:
     """What this source runs (None: nothing); NotReady when it cannot run."""
     s = ctx.settings
     if isinstance(source, PingSource):
-        return ping.plan(source, sink)
+        return ping.plan(source, sink, ctx.sender_auth(source, source.spec.sink, source.namespace))
     if isinstance(source, ContainerSource):
         secrets = secrets_in(ctx.get)
         return container.plan(
@@ -94,6 +104,25 @@ def make_plan(ctx: Context, source: Source, sink: str) -> Plan | None:
         if access is None:
             return None  # no accessToken: the user registers the hook
         return gitlab.plan(source, s.base_url, access, secret)
+    if isinstance(source, RabbitmqSource):
+        cfg = source.spec.rabbitmq_resources_config
+        try:
+            cluster = cluster_for(
+                ctx.get, source.namespace, source.connection_secret, cfg.vhost, s.amqp_url
+            )
+            check_not_ours(
+                cluster,
+                s.topology_prefix,
+                {
+                    "spec.rabbitmqResourcesConfig.queueName": cfg.queue_name,
+                    "spec.rabbitmqResourcesConfig.exchangeName": cfg.exchange_name,
+                },
+            )
+        except ClusterNotReady as e:
+            raise NotReady(e.reason, e.message) from None
+        policy = ctx.policy(source.spec.delivery or DeliverySpec(), source.namespace)
+        auth = ctx.sender_auth(source, source.spec.sink, source.namespace)
+        return rabbitmq.plan(source, sink, cluster, policy, auth)
     return None  # SinkBinding: `rabbitmesh sinkbinding exec` runs its subject
 
 
@@ -113,6 +142,13 @@ def refresh(ctx: Context, source: Resource, problem: Problem = None) -> None:
         problem = manager.problem(source.key)
     if problem is not None:
         source.status.set_ready(False, *problem)
+    elif (
+        isinstance(source, RabbitmqSource)
+        and manager is not None
+        and manager.leading(source.key)
+        and "queue" not in runtime
+    ):  # the replica that runs it says Ready once it consumes, not before
+        source.status.set_ready(None, "Starting", "connecting to RabbitMQ, preparing the queue")
     elif manager is None and source.KIND != "SinkBinding":
         source.status.set_ready(
             True,

@@ -7,6 +7,7 @@ a `Plan` wired by `wire`, so retries, backoff, dead letters and replies behave a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,9 @@ from rabbitmesh.dataplane import ExchangeReplier, QueueReplier, Target
 from rabbitmesh.dispatch.policy import DeliveryPolicy, merge_delivery
 from rabbitmesh.dispatch.worker import ReplyHandler, Subscriber
 from rabbitmesh.hosted import HostedKind, hosted_kind
+from rabbitmesh.reconciler.channel import template as channel_template
 from rabbitmesh.reconciler.context import Context
+from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.duck import DeliverySpec, Destination
 from rabbitmesh.resources.messaging import Channel, Subscription
 
@@ -42,6 +45,8 @@ class Plan:
     delivery: DeliverySpec
     #: exchanges the queue may still be bound to from an earlier shape of the resource
     unbind_from: tuple[str, ...] = ()
+    #: Whose identity deliveries carry (authentication_oidc): the Subscription, the flow.
+    sender: Resource | None = None
 
 
 @dataclass
@@ -82,12 +87,15 @@ def hosted_reply(ctx: Context, dest: Destination, namespace: str) -> HostedKind 
         return None
     ns = dest.ref.namespace or namespace
     row = hosted_kind(dest.ref.kind)
-    if row is None:
+    if row is None or row.exchange is None:  # a RabbitmqSink: through its ingress
         return None
     if ctx.get(row.kind, ns, dest.ref.name) is None:
         raise Unresolved(
             "ReplyResolveFailed", f"{dest.ref.kind} {ns}/{dest.ref.name} does not exist"
         )
+    placement = ctx.placements.get(("Broker", ns, dest.ref.name)) if row.broker else None
+    if placement is not None and placement.url is not None:
+        return None  # a broker on another RabbitMQ: through its ingress, like any URL
     return row
 
 
@@ -126,9 +134,19 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
             on_reply=on_reply,
             reply_must_be_event=False,
             drop_attributes=(),
+            auth=_auth(ctx, plan),
         ),
     )
     return wiring
+
+
+def _auth(ctx: Context, plan: Plan) -> Callable[[], dict[str, str] | None] | None:
+    """The sender identity of the plan's deliveries: to its subscriber, or, without one, to
+    the reply it forwards to."""
+    dest = plan.subscriber if plan.subscriber is not None else plan.reply
+    if plan.sender is None or not isinstance(dest, Destination):
+        return None
+    return ctx.sender_auth(plan.sender, dest, plan.namespace)
 
 
 async def _forward_url(ctx: Context, plan: Plan, wiring: Wiring) -> str:
@@ -159,6 +177,7 @@ async def _reply_handler(
     if row is not None:
         assert reply.ref is not None  # hosted_reply found a ref
         target = row.target(ctx.names, reply.ref.namespace or ns, reply.ref.name)
+        assert target is not None and row.exchange_type is not None  # hosted_reply checked
         # Declaring it here too (idempotent) means a reply never meets a missing exchange
         # while the destination's own reconcile has not run yet.
         await ctx.topology.declare_exchange(target.exchange, row.exchange_type)
@@ -175,6 +194,7 @@ async def _reply_handler(
             on_reply=None,
             reply_must_be_event=False,
             drop_attributes=(),
+            auth=ctx.sender_auth(plan.sender, reply, ns) if plan.sender is not None else None,
         ),
     )
     return QueueReplier(ctx.publisher, reply_queue)
@@ -198,21 +218,43 @@ def earlier_channels(ctx: Context, sub: Subscription) -> set[str]:
     for old in ctx.history.get(sub.key, []):
         channel = (old.get("spec") or {}).get("channel")
         if isinstance(channel, dict) and isinstance(channel.get("name"), str):
-            out.add(ctx.names.channel_exchange(sub.namespace, channel["name"]))
+            cns = channel.get("namespace") if isinstance(channel.get("namespace"), str) else None
+            out.add(ctx.names.channel_exchange(cns or sub.namespace, channel["name"]))
     return out
+
+
+def cross_namespace_refused(ctx: Context, sub: Subscription) -> str | None:
+    """Why a Subscription may not use a channel of another namespace: Knative allows it only
+    with config-features' cross-namespace-event-links enabled; None when it may."""
+    cns = sub.spec.channel.namespace
+    if not cns or cns == sub.namespace:
+        return None
+    if ctx.effective().enabled("cross-namespace-event-links"):
+        return None
+    return (
+        f"its channel is in namespace {cns!r}, not {sub.namespace!r}: a subscription must be "
+        "in its channel's namespace unless config-features cross-namespace-event-links is "
+        "enabled (or RABBITMESH_CROSS_NAMESPACE_EVENT_LINKS=true)"
+    )
 
 
 async def reconcile(ctx: Context, sub: Subscription) -> None:
     ns, spec = sub.namespace, sub.spec
-    channel = ctx.get("Channel", ns, spec.channel.name)
+    why = cross_namespace_refused(ctx, sub)
+    if why is not None:  # events wait in its queue, if it had one, until it may again
+        await ctx.stop_queue(ctx.names.subscription_queue(ns, sub.name))
+        sub.status.set_ready(False, "CrossNamespaceRefNotAllowed", why)
+        return
+    cns = spec.channel.namespace or ns
+    channel = ctx.get("Channel", cns, spec.channel.name)
     if not isinstance(channel, Channel):
         sub.status.set_ready(
             False,
             "ChannelDoesNotExist",
-            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {ns!r}",
+            f"{spec.channel.kind} {spec.channel.name!r} does not exist in namespace {cns!r}",
         )
         return
-    exchange = ctx.names.channel_exchange(ns, channel.name)
+    exchange = ctx.names.channel_exchange(cns, channel.name)
     plan = Plan(
         label=f"subscription={ns}/{sub.name}",
         namespace=ns,
@@ -220,8 +262,11 @@ async def reconcile(ctx: Context, sub: Subscription) -> None:
         channel_exchange=exchange,
         subscriber=spec.subscriber,
         reply=spec.reply,
-        delivery=merge_delivery(spec.delivery, channel.spec.delivery, channel.template.delivery),
+        delivery=merge_delivery(
+            spec.delivery, channel.spec.delivery, channel_template(ctx, channel)[0].delivery
+        ),
         unbind_from=tuple(x for x in earlier_channels(ctx, sub) if x != exchange),
+        sender=sub,
     )
     try:
         wiring = await wire(ctx, plan)

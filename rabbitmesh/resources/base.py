@@ -88,7 +88,11 @@ class Condition(BaseModel):
 
 
 class Address(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
     url: str
+    #: The `aud` a sender's token must have (authentication_oidc only).
+    audience: str | None = None
 
 
 class Status(BaseModel):

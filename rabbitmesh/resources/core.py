@@ -12,7 +12,7 @@ import base64
 import binascii
 from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from rabbitmesh.resources.base import FieldError, Resource
 from rabbitmesh.resources.registry import register
@@ -92,3 +92,33 @@ class Namespace(Resource):
         out = super().dump()
         out["metadata"].pop("namespace", None)
         return out
+
+
+@register("", ("v1",), "configmaps")
+class ConfigMap(Resource):
+    """Knative's configuration (config-br-defaults, default-ch-webhook, config-features, ...),
+    as Knative users write it; what each means here: rabbitmesh/config/knative.py."""
+
+    data: dict[str, str] = Field(default_factory=dict)
+    binary_data: dict[str, str] = Field(default_factory=dict, alias="binaryData")
+    immutable: bool | None = None
+    #: rabbitmesh/config/knative.py's parse of it, cached: read at every broker's reconcile.
+    _parsed: Any = PrivateAttr(default=None)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _text_values(cls, v: Any) -> Any:
+        # Kubernetes ConfigMap values are strings; YAML writes `retry: 3` or `on: true` as
+        # numbers and booleans, which kubectl refuses. Take them as the text they stand for
+        # rather than refuse a file a user copied from a blog.
+        if isinstance(v, dict):
+            return {
+                k: (str(x).lower() if isinstance(x, bool) else str(x))
+                if isinstance(x, (int, float, bool))
+                else x
+                for k, x in v.items()
+            }
+        return v
+
+    # What it means here is parsed (and cached on it) by rabbitmesh/config/knative.py, which
+    # also validates it where manifests are checked (rabbitmesh/config/checks.py).

@@ -62,17 +62,30 @@ class ChannelTemplate(Model):
 class ChannelSpec(Model):
     channel_template: ChannelTemplate | None = None
     delivery: DeliverySpec | None = None
+    # KafkaChannel's own fields (messaging.knative.dev/v1beta1): accepted, with the meaning
+    # rabbitmesh/config/knative.py gives them (reported in the channel's status).
+    num_partitions: int | None = None
+    replication_factor: int | None = None
+    retention_duration: str | None = None
+
+
+#: Channel kinds that are a Channel here (one RabbitMQ fanout exchange each).
+CHANNEL_KINDS = ("InMemoryChannel", "KafkaChannel", "NatssChannel")
 
 
 @register(
     "messaging.knative.dev",
-    ("v1",),
+    # v1beta1: KafkaChannel's and NatssChannel's version (the article writes KafkaChannel v1).
+    ("v1", "v1beta1"),
     "channels",
-    aliases=("InMemoryChannel",),
+    aliases=CHANNEL_KINDS,
     addressable=True,
 )
 class Channel(Resource):
     spec: ChannelSpec = Field(default_factory=ChannelSpec)
+
+    # Its spec per channel kind (numPartitions only on a KafkaChannel, ...) is checked by
+    # rabbitmesh/config/knative.py (channel_warnings), where manifests are checked.
 
     @property
     def template(self) -> ChannelTemplate:
@@ -102,9 +115,7 @@ class Subscription(Resource):
                 "spec.channel.kind",
                 f"must be a channel kind (Channel, InMemoryChannel, ...), got {ref.kind!r}",
             )
-        if ref.namespace and ref.namespace != self.namespace:
-            raise FieldError(
-                "spec.channel.namespace", "a subscription must be in its channel's namespace"
-            )
+        # A channel of another namespace needs config-features' cross-namespace-event-links:
+        # checked where the configuration is known (the admin API, the reconciler).
         if self.spec.subscriber is None and self.spec.reply is None:
             raise FieldError("spec.subscriber", "a subscription needs a subscriber or a reply")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
@@ -34,6 +35,8 @@ from rabbitmesh.sources.sender import Retry, deliver, new_event
 from rabbitmesh.timestamps import rfc3339
 
 log = logging.getLogger("rabbitmesh.sources")
+#: `Authorization` headers for each send (the source's OIDC identity).
+Auth = Callable[[], dict[str, str] | None]
 
 #: Ticks missed while leadership moved are fired late if they are at most this old.
 CATCH_UP_SECONDS = 10.0
@@ -46,12 +49,12 @@ PING_RETRY = Retry(retries=6, backoff=0.2, max_backoff=10.0, timeout=30.0)
 STATE_EXPIRES_MS = 7 * 24 * 3600 * 1000
 
 
-def plan(source: PingSource, sink: str) -> Plan:
+def plan(source: PingSource, sink: str, auth: Auth | None = None) -> Plan:
     return Plan(
         key=source.key,
         what=f"PingSource {source.namespace}/{source.name}",
-        fingerprint=(source.spec.dump(), sink),
-        work=lambda rt: run(source, sink, rt),
+        fingerprint=(source.spec.dump(), sink, auth is not None),
+        work=lambda rt: run(source, sink, rt, auth),
         on_delete=delete_state,
     )
 
@@ -130,7 +133,7 @@ def first_start(last: datetime | None, now: datetime) -> datetime:
     return max(last, now - timedelta(seconds=CATCH_UP_SECONDS))
 
 
-async def run(source: PingSource, sink: str, rt: Runtime) -> None:
+async def run(source: PingSource, sink: str, rt: Runtime, auth: Auth | None = None) -> None:
     schedule = Schedule(source.spec.schedule, source.spec.timezone)
     record = TickRecord(rt)
     sending: set[asyncio.Task[None]] = set()
@@ -141,7 +144,7 @@ async def run(source: PingSource, sink: str, rt: Runtime) -> None:
         for tick in schedule.ticks_after(start):
             await sleep_until(tick)
             await record.record(tick)
-            task = asyncio.create_task(_send(source, sink, tick, rt))
+            task = asyncio.create_task(_send(source, sink, tick, rt, auth))
             sending.add(task)
             task.add_done_callback(sending.discard)
     finally:
@@ -161,10 +164,18 @@ async def sleep_until(when: datetime) -> None:
         await asyncio.sleep(min(wait, 30.0))
 
 
-async def _send(source: PingSource, sink: str, tick: datetime, rt: Runtime) -> None:
+async def _send(
+    source: PingSource, sink: str, tick: datetime, rt: Runtime, auth: Auth | None
+) -> None:
     event = make_event(source, tick)
     outcome = await deliver(
-        rt.session, sink, event, namespace=source.namespace, what=rt.what, retry=PING_RETRY
+        rt.session,
+        sink,
+        event,
+        namespace=source.namespace,
+        what=rt.what,
+        retry=PING_RETRY,
+        auth=auth,
     )
     if outcome.ok:
         log.debug("%s: tick %s sent as %s", rt.what, event.attributes["time"], event.id)

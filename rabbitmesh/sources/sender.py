@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -80,6 +81,7 @@ async def deliver(
     namespace: str,
     what: str,
     retry: Retry = Retry(),
+    auth: Callable[[], dict[str, str] | None] | None = None,
 ) -> Outcome:
     """Send until the sink takes it, a final failure, or the retries run out."""
     attempt = 0
@@ -92,6 +94,7 @@ async def deliver(
             structured=False,
             timeout=retry.timeout,
             reply_must_be_event=False,
+            extra_headers=auth() if auth is not None else None,
         )
         if outcome.ok:
             return outcome

@@ -8,6 +8,14 @@ long as it is shaped like Kubernetes' references. Two reads are not in the manif
 a Broker's ingress-token Secret (an annotation) and a ContainerSource's Secrets (any in its
 namespace); those kinds depend on every Secret of their namespace, written `(Secret, ns, *)`.
 
+Configuration is read without a reference too (issue 20): every Broker and Trigger reads
+config-br-defaults, every Channel, Sequence and Parallel default-ch-webhook, everything that
+delivers config-features (all in knative-eventing). A change of configuration reaches further
+than its direct readers (`affected`): a RabbitmqBrokerConfig (or its connection Secret) moves
+a Broker and so its Triggers' queues; a ConfigMap reaches a Broker's Triggers and a Channel's
+Subscriptions, which inherit their delivery. The control plane narrows a defaults ConfigMap's
+change to the namespaces whose defaults it changed (rabbitmesh/config/knative.py).
+
 A missed edge is not a lasting error: the periodic full resync (RABBITMESH_RESYNC_INTERVAL)
 reconciles everything again.
 """
@@ -19,15 +27,44 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+from rabbitmesh.auth.policies import TARGET_KINDS
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.resources.registry import canonical_kind
 from rabbitmesh.store.manifests import to_manifest
 from rabbitmesh.store.state import Key
 
 ANY = "*"
+SYSTEM_NS = "knative-eventing"
+BR_DEFAULTS: Key = ("ConfigMap", SYSTEM_NS, "config-br-defaults")
+CH_DEFAULTS: Key = ("ConfigMap", SYSTEM_NS, "default-ch-webhook")
+FEATURES: Key = ("ConfigMap", SYSTEM_NS, "config-features")
+#: Which ConfigMaps each kind reads without naming them.
+READS_CONFIG: dict[str, tuple[Key, ...]] = {
+    "Broker": (BR_DEFAULTS,),
+    "Trigger": (BR_DEFAULTS, FEATURES),
+    "Channel": (CH_DEFAULTS,),
+    "Subscription": (FEATURES,),
+    "Sequence": (CH_DEFAULTS, FEATURES),
+    "Parallel": (CH_DEFAULTS, FEATURES),
+}
+#: Past a configuration change's direct readers, the edges it follows (reader -> its users).
+FOLLOW = frozenset(
+    {("RabbitmqBrokerConfig", "Broker"), ("Broker", "Trigger"), ("Channel", "Subscription")}
+)
+CONFIG_KINDS = frozenset({"ConfigMap", "RabbitmqBrokerConfig"})
 #: Kinds whose reconcile reads Secrets it does not name in a reference.
 READS_ANY_SECRET = frozenset(
-    {"Broker", "PingSource", "ContainerSource", "ApiServerSource", "SinkBinding", "GitLabSource"}
+    {
+        "Broker",
+        "PingSource",
+        "ContainerSource",
+        "ApiServerSource",
+        "SinkBinding",
+        "GitLabSource",
+        # connectionSecret is a {name} reference, not a secretKeyRef
+        "RabbitmqSource",
+        "RabbitmqSink",
+    }
 )
 
 
@@ -56,13 +93,21 @@ def references(res: Resource) -> set[Key]:
     if res.KIND == "Trigger":
         broker = getattr(getattr(res, "spec", None), "broker", None)
         if isinstance(broker, str):
-            out.add(("Broker", ns, broker))
+            out.add(("Broker", res.broker_namespace(), broker))  # type: ignore[attr-defined]
     if res.KIND == "EventType":  # v1beta2's spec.broker is a name, not a reference
         ref = getattr(res, "ref", None)
         if ref is not None:
             out.add((canonical_kind(ref.kind), ref.namespace or ns, ref.name))
+    if res.KIND == "EventPolicy":  # status.targets: any target of its namespace may match
+        out.update((kind, ns, ANY) for kind in TARGET_KINDS)
     if res.KIND in READS_ANY_SECRET:
         out.add(("Secret", ns, ANY))
+    out.update(READS_CONFIG.get(res.KIND, ()))
+    if res.KIND == "RabbitmqBrokerConfig":
+        cluster = getattr(getattr(res, "spec", None), "rabbitmq_cluster_reference", None)
+        secret = getattr(cluster, "connection_secret", None)
+        if secret is not None:
+            out.add(("Secret", ns, secret.name))
     out.discard(_key(res))
     return out
 
@@ -97,6 +142,20 @@ class DependencyIndex:
         kind, ns, _ = key
         out = set(self._dependents.get(key, ()))
         out |= self._dependents.get((kind, ns, ANY), set())
+        return out
+
+    def affected(self, key: Key) -> builtins.set[Key]:
+        """The keys to reconcile when `key` changed: its dependents, and for configuration
+        the users of those along FOLLOW (a Broker's Triggers, a Channel's Subscriptions)."""
+        direct = self.dependents(key)
+        out = set(direct)
+        frontier = [d for d in direct if key[0] in CONFIG_KINDS or d[0] == "RabbitmqBrokerConfig"]
+        while frontier:
+            k = frontier.pop()
+            for d in self.dependents(k):
+                if (k[0], d[0]) in FOLLOW and d not in out:
+                    out.add(d)
+                    frontier.append(d)
         return out
 
     def __len__(self) -> int:

@@ -355,11 +355,23 @@ def assert_ingress_unaffected(
 
 
 def vm_rss_kib(pid: int) -> int:
-    """Resident set size of a process in KiB, from /proc (no psutil)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """Resident set size of a process and its children (`rabbitmesh run`'s workers) in KiB,
+    from /proc (no psutil)."""
+    total, found, todo = 0, False, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    found = True
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:  # exited meanwhile
+            continue
+    if not found:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return total
 
 
 def markdown_table(path: Path = REPORT_PATH) -> str:

@@ -1,0 +1,122 @@
+"""`rabbitmesh rabbitmqsink create|delete|describe|list`: events out to a RabbitMQ exchange."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from rabbitmesh.cli import output as out
+from rabbitmesh.cli.client import RABBITMQSINK, ApiClient
+from rabbitmesh.cli.common import (
+    CONNECTION_HELP,
+    api_command,
+    echo_done,
+    metadata,
+    namespace_option,
+)
+from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+
+
+@click.group(
+    help="Manage RabbitmqSinks: addressables that publish each event they receive to an "
+    "existing RabbitMQ exchange (confirmed before 202).\n\n" + CONNECTION_HELP
+)
+def rabbitmqsink() -> None:
+    pass
+
+
+@rabbitmqsink.command(
+    "create",
+    help="Create a RabbitmqSink. Use it as a sink with rabbitmqsink:NAME."
+    + examples(
+        "rabbitmesh rabbitmqsink create out --exchange orders --routing-key 'orders.{subject}'",
+        "rabbitmesh trigger create t --broker default --sink rabbitmqsink:out",
+    ),
+)
+@click.argument("name")
+@namespace_option
+@click.option("--exchange", required=True, help="The exchange (it must exist).")
+@click.option(
+    "--routing-key",
+    default="{type}",
+    show_default=True,
+    help="Routing key template: text with {attribute} placeholders.",
+)
+@click.option(
+    "--content-mode",
+    type=click.Choice(["binary", "structured"]),
+    default="binary",
+    show_default=True,
+    help="binary: the AMQP binding (ce- headers); structured: JSON.",
+)
+@click.option("--vhost", default=None, help="Virtual host (default: the URL's).")
+@click.option(
+    "--connection-secret",
+    default=None,
+    help="Secret whose key `uri` is another RabbitMQ's AMQP URL [default: rabbitmesh's].",
+)
+@api_command
+def create(
+    client: ApiClient,
+    name: str,
+    namespace: str,
+    exchange: str,
+    routing_key: str,
+    content_mode: str,
+    vhost: str | None,
+    connection_secret: str | None,
+) -> None:
+    spec: dict[str, Any] = {
+        "exchangeName": exchange,
+        "routingKey": routing_key,
+        "contentMode": content_mode,
+    }
+    if vhost:
+        spec["vhost"] = vhost
+    if connection_secret:
+        spec["connectionSecret"] = {"name": connection_secret}
+    client.create(
+        RABBITMQSINK,
+        namespace,
+        {
+            "apiVersion": "sinks.rabbitmesh.dev/v1alpha1",
+            "kind": "RabbitmqSink",
+            "metadata": metadata(name, namespace),
+            "spec": spec,
+        },
+    )
+    echo_done("RabbitmqSink", name, "created", namespace)
+
+
+rabbitmqsink.add_command(
+    list_command(
+        RABBITMQSINK,
+        [
+            ("NAME", out.name),
+            ("EXCHANGE", lambda o: out.spec(o, "exchangeName") or ""),
+            ("URL", out.url),
+            ("AGE", out.age),
+            ("READY", out.ready),
+            ("REASON", out.reason),
+        ],
+        "List RabbitmqSinks." + examples("rabbitmesh rabbitmqsink list"),
+    )
+)
+rabbitmqsink.add_command(
+    describe_command(
+        RABBITMQSINK,
+        lambda o: [
+            ("Exchange", out.spec(o, "exchangeName") or ""),
+            ("Routing key", out.spec(o, "routingKey") or "{type}"),
+            ("Content mode", out.spec(o, "contentMode") or "binary"),
+            ("URL", out.url(o)),
+        ],
+        "Show a RabbitmqSink." + examples("rabbitmesh rabbitmqsink describe out"),
+    )
+)
+rabbitmqsink.add_command(
+    delete_command(
+        RABBITMQSINK, "Delete a RabbitmqSink." + examples("rabbitmesh rabbitmqsink delete out")
+    )
+)

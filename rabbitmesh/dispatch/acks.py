@@ -1,0 +1,146 @@
+"""Acks of one queue worker, sent once per event-loop iteration with `multiple` where it can.
+
+A delivery is acked only once its outcome is durable (docs/delivery.md); that does not change
+here. What changes is how the acks of deliveries that finished in the same loop iteration
+travel: RabbitMQ numbers a channel's deliveries 1, 2, 3, ..., and `basic.ack` with
+`multiple` settles every unsettled one up to a tag. So when the deliveries up to tag T are all
+settled or finishing now, one frame acks them all; acks of deliveries that finished ahead of
+an earlier one still in flight go one by one (never held back: a slow delivery must not keep
+the others' acks, and with them the prefetch window, waiting).
+
+The worker tells the batcher about every delivery it finished (`settled`), however it ended
+(acked here, nacked, parked, ...): the contiguous run is only known that way. State is per
+AMQP channel: after a reconnect the tags start again at 1 on a new channel, and what was
+unacked on the old one comes back from RabbitMQ by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Protocol
+
+log = logging.getLogger("rabbitmesh.dispatch")
+
+
+class Ackable(Protocol):
+    """What the batcher needs of a message; aio-pika's also have `delivery_tag` and
+    `channel` (the AMQP channel it came on), without which it is acked on its own."""
+
+    async def ack(self, multiple: bool = False) -> None: ...
+
+
+class _ChannelAcks:
+    __slots__ = ("channel", "upto", "settled", "pending")
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        #: Every delivery tag up to this one is settled (acked, nacked or rejected).
+        self.upto = 0
+        #: Settled tags above `upto`.
+        self.settled: set[int] = set()
+        #: Tags to ack in the next flush.
+        self.pending: list[int] = []
+
+
+def _has_channel(msg: Ackable) -> bool:
+    """An open AMQP channel to ack on (aio-pika's `channel` raises once it is closed)."""
+    try:
+        return getattr(msg, "channel", None) is not None
+    except Exception:
+        return False
+
+
+class AckBatcher:
+    def __init__(self) -> None:
+        self._channels: dict[int, _ChannelAcks] = {}
+        self._scheduled = False
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def _state(self, msg: Ackable) -> _ChannelAcks | None:
+        try:
+            channel = msg.channel  # type: ignore[attr-defined]
+        except Exception:  # the channel is closed: RabbitMQ redelivers what was unacked
+            return None
+        state = self._channels.get(id(channel))
+        if state is None or state.channel is not channel:
+            state = self._channels[id(channel)] = _ChannelAcks(channel)
+        return state
+
+    async def ack(self, msg: Ackable) -> None:
+        """Ack `msg` at the end of this loop iteration (its outcome is already durable)."""
+        tag = getattr(msg, "delivery_tag", None)
+        if tag is None or not _has_channel(msg):
+            await msg.ack()  # not an AMQP delivery as aio-pika hands them (or it is closed)
+            return
+        state = self._state(msg)
+        if state is None:
+            return
+        state.pending.append(tag)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+
+    def settled(self, msg: Ackable) -> None:
+        """`msg` is finished, whichever way: its tag no longer holds back `multiple`."""
+        tag = getattr(msg, "delivery_tag", None)
+        if tag is None or not _has_channel(msg):
+            return
+        state = self._state(msg)
+        if state is None or tag is None or tag <= state.upto:
+            return
+        state.settled.add(tag)
+        while state.upto + 1 in state.settled:  # usually a step or two
+            state.upto += 1
+            state.settled.discard(state.upto)
+
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        task = asyncio.create_task(self.flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def flush(self, wait: bool = False) -> None:
+        """Send every pending ack now; with `wait`, return once they are written (not only
+        queued in aiormq, where closing the connection would drop them)."""
+        for key, state in list(self._channels.items()):
+            if state.channel.is_closed:
+                del self._channels[key]
+                continue
+            if not state.pending:
+                continue
+            tags, state.pending = sorted(state.pending), []
+            # `multiple` up to the end of the contiguous settled run, when it covers pending
+            # tags (`settled` has been or is about to be called for every pending tag, so the
+            # pending ones count as settled). Its tag must itself be unacked (RabbitMQ closes
+            # the channel on an "unknown delivery tag"): the highest pending one in the run.
+            top = state.upto
+            pending = set(tags)
+            while top + 1 in state.settled or top + 1 in pending:
+                top += 1
+            covered = [t for t in tags if t <= top]
+            frames: list[tuple[int, bool]] = []
+            if covered:
+                frames.append((covered[-1], True))
+            frames += [(t, False) for t in tags if t > top]
+            for t in tags:
+                if t > state.upto:
+                    state.settled.add(t)
+            while state.upto + 1 in state.settled:
+                state.upto += 1
+                state.settled.discard(state.upto)
+            try:
+                for tag, multiple in frames:
+                    await state.channel.basic_ack(tag, multiple=multiple, wait=wait)
+            except Exception as e:  # the channel went: its unacked deliveries come back
+                log.debug("acks on a closed channel dropped (%s); RabbitMQ redelivers", e)
+                del self._channels[key]
+
+    async def drain(self) -> None:
+        """Send what is pending and wait for flushes under way (before a channel closes)."""
+        self._scheduled = False
+        await self.flush(wait=True)
+        if self._flushing:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*self._flushing, return_exceptions=True)
