@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime
 
 import orjson
+from aiormq.abc import DeliveredMessage
 from aiohttp.http_exceptions import HttpProcessingError
 
 
@@ -25,6 +26,37 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
+
+
+class _Summary:
+    """Stands for a message in a log line: what it was, never its body."""
+
+    def __init__(self, m: DeliveredMessage) -> None:
+        self.m = m
+
+    def __repr__(self) -> str:
+        props = getattr(self.m.header, "properties", None)
+        return (
+            f"DeliveredMessage(delivery={self.m.delivery!r}, "
+            f"message_id={getattr(props, 'message_id', None)!r}, body=<{len(self.m.body)} bytes>)"
+        )
+
+    __str__ = __repr__
+
+
+class DropMessageBodies(logging.Filter):
+    """aiormq logs a whole message (event data included) when a return arrives for a publish
+    that no longer waits (`Unhandled message DeliveredMessage(..., body=b'...')`): event data
+    must not reach the logs, and a 4 MB body per line floods them. The line stays, the body
+    becomes its size."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, DeliveredMessage) for a in args):
+            record.args = tuple(
+                _Summary(a) if isinstance(a, DeliveredMessage) else a for a in args
+            )
+        return True
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -54,6 +86,8 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     # aio-pika/aiormq log every reconnect attempt with tracebacks; ours say it in one line.
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level) + 10)
+    # On the handler: a logger's filter would not see records of its child loggers.
+    handler.addFilter(DropMessageBodies())
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
         server_log.addFilter(MalformedRequestFilter())

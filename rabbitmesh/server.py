@@ -80,17 +80,18 @@ class Server:
         self.settings = settings
         self.names = Names(settings.topology_prefix)
         amqp_tls = settings.amqp_ssl_context()
+        max_msg = settings.max_message_bytes
         self.publisher = AmqpClient(
-            settings.amqp_url, "publisher", settings.publish_timeout, amqp_tls
+            settings.amqp_url, "publisher", settings.publish_timeout, amqp_tls, max_msg
         )
         self.consumer = AmqpClient(
-            settings.amqp_url, "consumer", settings.publish_timeout, amqp_tls
+            settings.amqp_url, "consumer", settings.publish_timeout, amqp_tls, max_msg
         )
         # Queue workers' channels: connections of their own, opened as they fill up (the
         # consumer connection above is the resource store's).
         self.consumers = ConsumerPool(
             lambda i: AmqpClient(
-                settings.amqp_url, f"workers-{i}", settings.publish_timeout, amqp_tls
+                settings.amqp_url, f"workers-{i}", settings.publish_timeout, amqp_tls, max_msg
             ),
             settings.channels_per_connection,
         )

@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
     )
+    max_message_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description="Largest message body rabbitmesh publishes to RabbitMQ; set it to the "
+        "broker's `max_message_size` (RabbitMQ's default is 128 MiB). A larger message is "
+        "refused before it is sent (a reply: a failed delivery, dead-lettered), because "
+        "RabbitMQ would close the publish channel every publisher shares.",
+    )
     max_batch_events: int = Field(
         1000, ge=1, description="Batched requests with more events get 413."
     )

@@ -9,6 +9,7 @@ unreachable RabbitMQ at start is retried, not a crash), a `connected` flag for r
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from typing import Any, Protocol, cast
@@ -19,7 +20,11 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 
 from rabbitmesh.amqp.coalesce import CoalescingRobustConnection
-from rabbitmesh.amqp.limits import UnpublishableMessage, check_publishable
+from rabbitmesh.amqp.limits import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    UnpublishableMessage,
+    check_publishable,
+)
 
 log = logging.getLogger("rabbitmesh.amqp")
 
@@ -42,6 +47,14 @@ class PublishFailed(Exception):
 
 __all__ = ["AmqpClient", "PublishFailed", "UnpublishableMessage", "BLOCKED_MESSAGE"]
 
+
+#: How often the publish channel is checked, and how long it may stay closed before the
+#: connection is reset (a reopen takes milliseconds).
+WATCHDOG_INTERVAL = 1.0
+CHANNEL_LOST_AFTER = 5.0
+#: Publishes given up on (timed out) that RabbitMQ has not answered yet, beyond which new
+#: publishes fail at once instead of queueing behind them.
+MAX_ABANDONED = 10_000
 
 BLOCKED_MESSAGE = "RabbitMQ is blocking publishers (a memory or disk alarm)"
 #: Where aiormq's Connection keeps its "not blocked" event (a name-mangled private field).
@@ -67,14 +80,21 @@ class AmqpClient:
         name: str,
         publish_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         self.url = url
         self.name = name
         self.publish_timeout = publish_timeout
         self.ssl_context = ssl_context  # amqps:// only (Settings.amqp_ssl_context)
+        self.max_message_size = max_message_size  # RabbitMQ's max_message_size
         self.connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._closing = False
+        #: Publishes RabbitMQ has not answered yet, by AMQP message id (see `publish`).
+        self._in_flight: dict[str, asyncio.Future[Any]] = {}
+        #: Publishes whose caller gave up (timed out) while RabbitMQ still owes an answer.
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         """Connect, retrying with capped exponential backoff until it works or we close."""
@@ -106,6 +126,7 @@ class AmqpClient:
         self._publish_channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
+        self._watchdog = asyncio.create_task(self._watch_publish_channel())
         log.info("connected to RabbitMQ at %s (%s)", redact(self.url), self.name)
 
     def _on_close(self, _conn: Any, exc: BaseException | None = None) -> None:
@@ -117,8 +138,48 @@ class AmqpClient:
 
     @property
     def connected(self) -> bool:
+        """The connection is up and, once opened, so is the publish channel: a closed publish
+        channel makes every publish wait for its timeout, so readiness must say so."""
         c = self.connection
-        return c is not None and not c.is_closed and c.connected.is_set()
+        if c is None or c.is_closed or not c.connected.is_set():
+            return False
+        ch = self._publish_channel
+        return ch is None or not ch.is_closed
+
+    async def _watch_publish_channel(self) -> None:
+        """Reset the connection when the publish channel stays closed.
+
+        aio-pika reopens a channel RabbitMQ closed, but when a channel dies on the client side
+        (its aiormq reader failing) the connection's reader can hang on the dead channel's
+        full frame queue: no reconnect ever happens. Closing the underlying aiormq connection
+        lets the robust connection reconnect and reopen everything."""
+        closed_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            await asyncio.sleep(WATCHDOG_INTERVAL)
+            c, ch = self.connection, self._publish_channel
+            if c is None or ch is None or c.is_closed or not ch.is_closed:
+                closed_since = None
+                continue
+            if closed_since is None:
+                closed_since = loop.time()
+                continue
+            if loop.time() - closed_since < CHANNEL_LOST_AFTER:
+                continue
+            closed_since = None
+            underlay = getattr(getattr(c, "transport", None), "connection", None)
+            if underlay is None or getattr(c, "reconnecting", False):
+                continue
+            log.warning(
+                "RabbitMQ publish channel of %s closed for %.0fs; resetting the connection",
+                self.name,
+                CHANNEL_LOST_AFTER,
+            )
+            try:
+                async with asyncio.timeout(30):
+                    await underlay.close(ConnectionResetError("publish channel lost"))
+            except Exception as e:  # reset is best effort; the next round tries again
+                log.warning("resetting RabbitMQ connection %s failed: %r", self.name, e)
 
     @property
     def frame_max(self) -> int:
@@ -162,32 +223,60 @@ class AmqpClient:
         PublishFailed, or, with `unroutable_ok`, returns False (a broker event no trigger
         wants: confirmed, and dropped as Knative drops it). True means a queue has it.
 
-        A message RabbitMQ would refuse by closing the connection (a content header over the
-        negotiated frame size, an over-long short string) raises UnpublishableMessage before
-        anything is sent: no input may close the connection every publisher shares.
+        A message RabbitMQ would refuse by closing the connection or the shared channel (a
+        content header over the negotiated frame size, an over-long short string, a body over
+        `max_message_size`) raises UnpublishableMessage before anything is sent: no input may
+        close what every publisher shares.
         """
-        check_publishable(message.properties, self.frame_max)
+        check_publishable(
+            message.properties, self.frame_max, len(message.body), self.max_message_size
+        )
         ch = self._publish_channel
         if ch is None or not self.connected:
             raise PublishFailed("not connected to RabbitMQ")
         if self.blocked:
             raise PublishFailed(BLOCKED_MESSAGE)
+        if len(self._abandoned) >= MAX_ABANDONED:
+            # RabbitMQ is far behind; queueing more only grows memory. Fail fast (503) until
+            # it catches up: overload recovers by itself.
+            raise PublishFailed("publisher overloaded: RabbitMQ has not confirmed earlier publishes")
+        message_id = message.properties.message_id
+        task: asyncio.Future[Any] | None = None
         try:
-            async with asyncio.timeout(self.publish_timeout):  # no extra task, unlike wait_for
+            async with asyncio.timeout(self.publish_timeout):  # no wait_for task
+                # aiormq matches a returned message to its publish by message id (the event
+                # id, chosen by the sender): two in flight with one id would get each other's
+                # return, and a return for a cancelled one kills the channel's reader. One
+                # publish per id at a time keeps the match right.
+                while (
+                    message_id is not None
+                    and (prev := self._in_flight.get(message_id)) is not None
+                    and not prev.done()
+                ):
+                    await asyncio.wait({prev})
                 # aiormq's Channel: its `basic_publish` takes `wait`, the abstract one not.
                 underlay = cast(aiormq.Channel, await ch.get_underlay_channel())
-                confirm = await underlay.basic_publish(
-                    message.body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=message.properties,
-                    mandatory=mandatory,
-                    # Queue the frames and let go of the channel: waiting for the socket to
-                    # drain holds the channel lock for several loop iterations per publish,
-                    # which serialised every publish when the loop was busy (a backlog
-                    # draining): 503s. Memory stays bounded by the in-flight limits.
-                    wait=False,
+                task = asyncio.ensure_future(
+                    underlay.basic_publish(
+                        message.body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=message.properties,
+                        mandatory=mandatory,
+                        # Queue the frames and let go of the channel: waiting for the socket
+                        # to drain holds the channel lock for several loop iterations per
+                        # publish, which serialised every publish when the loop was busy.
+                        wait=False,
+                    )
                 )
+                if message_id is not None:
+                    self._in_flight[message_id] = task
+                task.add_done_callback(functools.partial(self._publish_done, message_id))
+                # Shielded: cancelling aiormq's publish after its frames were queued cancels
+                # its confirm future, and a Basic.Return arriving for that message then fails
+                # on it (InvalidStateError) and kills the channel. The task ends when RabbitMQ
+                # answers or the channel closes (aiormq rejects every pending confirm).
+                confirm = await asyncio.shield(task)
         except TimeoutError:
             raise PublishFailed("publish not confirmed in time") from None
         except aiormq.exceptions.PublishError as e:
@@ -196,11 +285,23 @@ class AmqpClient:
             raise PublishFailed(f"no queue took the message: {e}") from None
         except Exception as e:  # any channel/connection error means "not accepted"
             raise PublishFailed(f"{type(e).__name__}: {e}") from None
+        finally:
+            if task is not None and not task.done():  # timed out or cancelled: given up on
+                self._abandoned.add(task)
         if not isinstance(confirm, Basic.Ack):
             raise PublishFailed(f"RabbitMQ did not confirm ({type(confirm).__name__})")
         return True
 
+    def _publish_done(self, message_id: str | None, task: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(task)
+        if message_id is not None and self._in_flight.get(message_id) is task:
+            del self._in_flight[message_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned publish's failure is not an error
+
     async def close(self) -> None:
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.connection is not None:
             await self.connection.close()

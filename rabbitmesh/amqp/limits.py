@@ -35,6 +35,10 @@ SHORT_STRING_PROPERTIES = {
     "cluster_id": "cluster_id",
 }
 SHORT_STRING_MAX = 255
+#: RabbitMQ's default `max_message_size` (128 MiB). A larger body makes RabbitMQ close the
+#: channel with PRECONDITION_FAILED: on the shared publish channel that fails every other
+#: publisher's in-flight messages (RABBITMESH_MAX_MESSAGE_BYTES).
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
 
 class UnpublishableMessage(ValueError):
@@ -63,12 +67,24 @@ def _rough_size(value: Any) -> int:
     return 16
 
 
-def check_publishable(properties: Basic.Properties, frame_max: int) -> None:
-    """Raise UnpublishableMessage when RabbitMQ would refuse these properties.
+def check_publishable(
+    properties: Basic.Properties,
+    frame_max: int,
+    body_size: int = 0,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> None:
+    """Raise UnpublishableMessage when RabbitMQ would refuse these properties or this size.
 
     Cheap on the common path: the exact encoding is computed only when a rough estimate says
     the header could be near the limit.
     """
+    if body_size > max_message_size:
+        raise UnpublishableMessage(
+            f"the message is {body_size} bytes; RabbitMQ takes at most {max_message_size} "
+            "(RABBITMESH_MAX_MESSAGE_BYTES)",
+            field="data",
+            status=413,
+        )
     for prop, attribute in SHORT_STRING_PROPERTIES.items():
         value = getattr(properties, prop, None)
         if isinstance(value, str) and len(value) * 4 > SHORT_STRING_MAX:

@@ -27,6 +27,43 @@ UNSENDABLE_CODE = 422
 #: the JSON encoder (RecursionError), values no codec takes (ValueError, TypeError).
 ENCODE_ERRORS = (InvalidEvent, RecursionError, ValueError, TypeError)
 
+#: Largest response body read from a subscriber (RABBITMESH_MAX_EVENT_BYTES passes its own):
+#: a reply is published as an event, and a huge one was read whole at every attempt (GBs of
+#: memory) and then refused by RabbitMQ. Error bodies are cut to it (they are only error data).
+DEFAULT_MAX_REPLY_BYTES = 4 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+class ReplyTooLarge(Exception):
+    """The response body is longer than the limit; nothing past the limit was read."""
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The response body, or ReplyTooLarge as soon as it is known to be over `limit` bytes
+    (from Content-Length, or while reading: decompressed bytes count, so a gzip bomb stops
+    at the limit too)."""
+    declared = resp.content_length
+    if declared is not None and declared > limit and not resp.headers.get("Content-Encoding"):
+        raise ReplyTooLarge(f"reply body is {declared} bytes; at most {limit} are accepted")
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.read(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ReplyTooLarge(f"reply body is over {limit} bytes (RABBITMESH_MAX_EVENT_BYTES)")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _read_error_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most `limit` bytes of an error response: the rest is never read."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := await resp.content.read(min(_CHUNK, limit - size))):
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -68,11 +105,14 @@ async def send(
     timeout: float | None,
     reply_must_be_event: bool,
     extra_headers: dict[str, str] | None = None,
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
 ) -> Outcome:
     """POST `event` to `url` as Knative's dispatcher does, and classify the response.
 
     `reply_must_be_event`: a non-empty 2xx body that is not a CloudEvent is a failure
     (Knative's broker answers 502 for it) rather than a success without reply.
+    A 2xx body over `max_reply_bytes` is a failed delivery (502, retried, then dead-lettered)
+    and is never read whole; an error body is cut to that size.
     """
     try:
         headers, body = encode_structured(event) if structured else encode_binary(event)
@@ -93,9 +133,9 @@ async def send(
             # No datacontenttype means no Content-Type, not aiohttp's application/octet-stream.
             skip_auto_headers=_SKIP_AUTO,
         ) as resp:
-            rbody = await resp.read()
             status = resp.status
             if not 200 <= status < 300:
+                rbody = await _read_error_body(resp, max_reply_bytes)
                 return Outcome(
                     False,
                     status,
@@ -103,6 +143,11 @@ async def send(
                     retry_after=parse_retry_after(resp.headers.get("Retry-After")),
                     error=f"HTTP {status}",
                 )
+            try:
+                rbody = await read_limited(resp, max_reply_bytes)
+            except ReplyTooLarge as e:
+                why = f"reply too large: {e}"
+                return Outcome(False, 502, why.encode(), error=why)
             try:
                 reply = decode_response(status, resp.headers, rbody)
             except ENCODE_ERRORS as e:  # InvalidEvent, or a body no decoder survives

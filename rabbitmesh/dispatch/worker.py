@@ -56,7 +56,7 @@ from rabbitmesh.dispatch.acks import AckBatcher
 from rabbitmesh.dispatch.deadletter_store import KeepDeadLetter, store_entry
 from rabbitmesh.dispatch.decision import Action, Decision, decide, final
 from rabbitmesh.dispatch.policy import DeliveryPolicy
-from rabbitmesh.dispatch.sender import Outcome, send
+from rabbitmesh.dispatch.sender import DEFAULT_MAX_REPLY_BYTES, Outcome, send
 
 log = logging.getLogger("rabbitmesh.dispatch")
 
@@ -179,8 +179,10 @@ class QueueWorker:
         prefetch: int,
         concurrency: int,
         mode: Literal["deliver", "dead-letter"] = "deliver",
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self.queue_name = queue
+        self.max_reply_bytes = max_reply_bytes  # RABBITMESH_MAX_EVENT_BYTES
         self.subscriber = subscriber
         self.consumer = consumer
         self.publisher = publisher
@@ -320,6 +322,7 @@ class QueueWorker:
             timeout=sub.policy.timeout,
             reply_must_be_event=sub.reply_must_be_event,
             extra_headers=sub.auth() if sub.auth is not None else None,
+            max_reply_bytes=self.max_reply_bytes,
         )
 
     async def _carry_out(

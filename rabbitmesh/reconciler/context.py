@@ -219,6 +219,7 @@ class Context:
             prefetch=min(s.prefetch, 64) if dead_letters else s.prefetch,
             concurrency=min(concurrency, 16) if dead_letters else concurrency,
             mode="dead-letter" if dead_letters else "deliver",
+            max_reply_bytes=s.max_event_bytes,
         )
         await worker.start()
         self.workers[queue] = worker

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+import uuid
 
 import aio_pika
 import pytest
 
-from rabbitmesh.amqp.client import _UNBLOCKED_ATTR, AmqpClient
+from rabbitmesh.amqp.client import _UNBLOCKED_ATTR, AmqpClient, PublishFailed
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +82,96 @@ async def test_blocked_reads_aiormq_state(client):
     finally:
         unblocked.set()
     assert client.blocked is False
+
+
+async def test_timed_out_publishes_whose_message_comes_back_keep_the_channel(rabbitmq: str):
+    """Found by the anonymous batch attack (4 x 1000-event batches nobody routes): a publish
+    timed out while RabbitMQ was returning its unroutable message. The timeout cancelled
+    aiormq's confirm future; the return then called set_exception on it: InvalidStateError
+    killed the channel's reader, aiormq sent Channel.Close twice (RabbitMQ closed the whole
+    connection: "expected 'channel.open'") and the connection's reader hung on the dead
+    channel's frame queue, so nobody noticed and every later publish waited 10 s: 503s.
+
+    The trigger: aiormq matches a return to its publish by message id, which is the event id
+    the sender chose; concurrent batches numbered from 0 had several publishes with one id in
+    flight. Many mandatory publishes to nowhere with repeating ids, each with a deadline
+    around the return's round trip, must leave the publisher working and the channel open."""
+    c = AmqpClient(rabbitmq, "test-returns", publish_timeout=10)
+    await asyncio.wait_for(c.connect(), 10)
+    try:
+        ch = await c.channel()
+        body = b"x" * 4000
+        stop = asyncio.Event()
+
+        async def slow_loop() -> None:
+            # Long iterations put many timeouts and returns into one iteration, as a loaded
+            # ingress does; the race needs a timeout and a return in the same one.
+            while not stop.is_set():
+                time.sleep(0.002)  # noqa: ASYNC251 - blocking on purpose
+                await asyncio.sleep(0)
+
+        async def one(event_id: str, deadline: float) -> None:
+            try:
+                async with asyncio.timeout(deadline):
+                    await c.publish(
+                        "amq.direct", "nobody-binds-this", _msg(body, event_id),
+                        mandatory=True, unroutable_ok=True,
+                    )
+            except (PublishFailed, TimeoutError):
+                pass
+
+        hog = asyncio.create_task(slow_loop())
+        try:
+            for _ in range(10):
+                # Event ids repeat, as in concurrent batches of a sender numbering from 0.
+                await asyncio.gather(
+                    *(one(str(i % 50), random.uniform(0, 0.05)) for i in range(400))
+                )
+                if not c.connected:
+                    break
+        finally:
+            stop.set()
+            await hog
+        c.publish_timeout = 10
+        assert c.connected
+        # The channel still confirms: a routable publish goes through within the deadline.
+        queue = await ch.declare_queue("", exclusive=True)
+        async with asyncio.timeout(15):
+            assert await c.publish("", queue.name, _msg(b"after"))
+        assert c.connected
+    finally:
+        await c.close()
+
+
+def _msg(body: bytes, message_id: str | None = None) -> aio_pika.Message:
+    return aio_pika.Message(body, message_id=message_id or uuid.uuid4().hex)
+
+
+async def test_publish_channel_dying_on_the_client_side_is_noticed_and_replaced(rabbitmq: str):
+    """When aiormq's channel reader died (the batch attack), the channel closed on the client
+    side only: aio-pika never reopened it, `connected` stayed True (/readyz "ready") and every
+    publish waited for its timeout. Now readiness drops at once and the watchdog resets the
+    connection, so publishing works again by itself."""
+    c = AmqpClient(rabbitmq, "test-watchdog", publish_timeout=5)
+    await asyncio.wait_for(c.connect(), 10)
+    try:
+        ch = await c.channel()
+        queue = await ch.declare_queue("", exclusive=True)
+        assert await c.publish("", queue.name, _msg(b"before"))
+        assert c._publish_channel is not None
+        underlay = await c._publish_channel.get_underlay_channel()
+        # What the failing reader amounted to: the channel's reader task gone.
+        underlay._Channel__reader_task.cancel()  # type: ignore[attr-defined]
+        async with asyncio.timeout(5):
+            while c.connected:
+                await asyncio.sleep(0.05)
+        # Recovered by itself: a publish is confirmed again (a fresh exclusive queue, as the
+        # old one went with the old connection).
+        async with asyncio.timeout(60):
+            while not c.connected:
+                await asyncio.sleep(0.1)
+            ch2 = await c.channel()
+            q2 = await ch2.declare_queue("", exclusive=True)
+            assert await c.publish("", q2.name, _msg(b"after"))
+    finally:
+        await c.close()
