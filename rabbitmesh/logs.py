@@ -7,8 +7,8 @@ import sys
 from datetime import UTC, datetime
 
 import orjson
-from aiormq.abc import DeliveredMessage
 from aiohttp.http_exceptions import HttpProcessingError
+from aiormq.abc import DeliveredMessage
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,9 +53,7 @@ class DropMessageBodies(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and any(isinstance(a, DeliveredMessage) for a in args):
-            record.args = tuple(
-                _Summary(a) if isinstance(a, DeliveredMessage) else a for a in args
-            )
+            record.args = tuple(_Summary(a) if isinstance(a, DeliveredMessage) else a for a in args)
         return True
 
 

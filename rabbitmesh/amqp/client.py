@@ -239,7 +239,9 @@ class AmqpClient:
         if len(self._abandoned) >= MAX_ABANDONED:
             # RabbitMQ is far behind; queueing more only grows memory. Fail fast (503) until
             # it catches up: overload recovers by itself.
-            raise PublishFailed("publisher overloaded: RabbitMQ has not confirmed earlier publishes")
+            raise PublishFailed(
+                "publisher overloaded: RabbitMQ has not confirmed earlier publishes"
+            )
         message_id = message.properties.message_id
         task: asyncio.Future[Any] | None = None
         try:

@@ -11,6 +11,7 @@ import aio_pika
 import pytest
 
 from rabbitmesh.amqp.client import _UNBLOCKED_ATTR, AmqpClient, PublishFailed
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -114,8 +115,11 @@ async def test_timed_out_publishes_whose_message_comes_back_keep_the_channel(rab
             try:
                 async with asyncio.timeout(deadline):
                     await c.publish(
-                        "amq.direct", "nobody-binds-this", _msg(body, event_id),
-                        mandatory=True, unroutable_ok=True,
+                        "amq.direct",
+                        "nobody-binds-this",
+                        _msg(body, event_id),
+                        mandatory=True,
+                        unroutable_ok=True,
                     )
             except (PublishFailed, TimeoutError):
                 pass
@@ -162,14 +166,11 @@ async def test_publish_channel_dying_on_the_client_side_is_noticed_and_replaced(
         underlay = await c._publish_channel.get_underlay_channel()
         # What the failing reader amounted to: the channel's reader task gone.
         underlay._Channel__reader_task.cancel()  # type: ignore[attr-defined]
-        async with asyncio.timeout(5):
-            while c.connected:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: not c.connected, timeout=5, what="the dead channel noticed")
         # Recovered by itself: a publish is confirmed again (a fresh exclusive queue, as the
         # old one went with the old connection).
+        await eventually(lambda: c.connected, timeout=60, what="the publisher reconnected")
         async with asyncio.timeout(60):
-            while not c.connected:
-                await asyncio.sleep(0.1)
             ch2 = await c.channel()
             q2 = await ch2.declare_queue("", exclusive=True)
             assert await c.publish("", q2.name, _msg(b"after"))

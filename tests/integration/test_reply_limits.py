@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.integration.test_delivery import broker_and_trigger
-from tests.integration.test_poison import REQUEST, ONLY_REQUESTS, delivery
+from tests.integration.test_poison import ONLY_REQUESTS, REQUEST, delivery
 from tests.support.events import post_binary
 
 pytestmark = pytest.mark.integration
