@@ -120,14 +120,7 @@ class AdminApi:
 
     @property
     def plane(self) -> ControlPlane:
-        plane = self._plane()
-        if plane is None or not plane.started:
-            raise ApiError(
-                503,
-                "starting up: the resource store is not read yet",
-                headers={"Retry-After": str(self.settings.retry_after_seconds)},
-            )
-        return plane
+        return started_plane(self._plane(), self.settings.retry_after_seconds)
 
     # --- dispatch by path and method -------------------------------------------------------
 
@@ -489,3 +482,15 @@ class AdminApi:
             "items": items,
         }
         return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def started_plane(plane: ControlPlane | None, retry_after: int) -> ControlPlane:
+    """The control plane once its resource store is read; else 503 with Retry-After (the
+    admin API and the console answer alike while starting up)."""
+    if plane is None or not plane.started:
+        raise ApiError(
+            503,
+            "starting up: the resource store is not read yet",
+            headers={"Retry-After": str(retry_after)},
+        )
+    return plane

@@ -29,6 +29,7 @@ from aiohttp import web
 from rabbitmesh.api.auth import check_mutation
 from rabbitmesh.api.errors import ApiError
 from rabbitmesh.api.objects import discovery
+from rabbitmesh.api.routes import started_plane
 from rabbitmesh.api.watch import stream_matching
 from rabbitmesh.console.rates import snapshot
 from rabbitmesh.console.tail import Tails
@@ -109,14 +110,7 @@ class Console:
 
     @property
     def plane(self) -> ControlPlane:
-        plane = self._plane()
-        if plane is None or not plane.started:
-            raise ApiError(
-                503,
-                "starting up: the resource store is not read yet",
-                headers={"Retry-After": str(self.settings.retry_after_seconds)},
-            )
-        return plane
+        return started_plane(self._plane(), self.settings.retry_after_seconds)
 
     # --- the page ------------------------------------------------------------------------
 
