@@ -5,7 +5,8 @@
 #                   (installs the Compose client the compose-file tests need; the Docker proof:
 #                   ./dev.sh test tests/compose -m compose; the console in Chromium:
 #                   ./dev.sh test tests/browser -m browser). With pytest arguments (one file, -k)
-#                   only pytest runs: mypy is part of the whole run, as CI makes it.
+#                   only pytest runs, in one process: mypy and the parallel run are part of
+#                   the whole run, as CI makes it.
 # Works on a fresh Debian/Ubuntu machine with Python >= 3.11; uses a virtualenv in .venv.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -90,6 +91,17 @@ case "${1:-}" in
       # The package's types ([tool.mypy] in pyproject.toml); incremental, so seconds after
       # the first run. A type error fails the run before any test starts.
       "$VENV/bin/python" -m mypy
+      # The whole suite in two parts. Tests that share the node (each in its own topology
+      # prefix) run in RABBITMESH_TEST_PROCESSES processes, a file's tests in one of them; the
+      # disruptive ones (they stop, restart or alarm the whole node) then run alone, since
+      # they would pull the node from under the others. Both parts always run; either failing
+      # fails the command.
+      default_marks="not slow and not compose and not browser"
+      status=0
+      "$VENV/bin/python" -m pytest -n "${RABBITMESH_TEST_PROCESSES:-3}" --dist loadfile \
+        -m "$default_marks and not disruptive" || status=$?
+      "$VENV/bin/python" -m pytest -m "$default_marks and disruptive" || status=$?
+      exit "$status"
     fi
     case " $* " in *browser*) ensure_browser ;; esac
     exec "$VENV/bin/python" -m pytest "$@"
