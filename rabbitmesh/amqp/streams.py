@@ -22,7 +22,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.client import AmqpClient, PublishFailed
 from rabbitmesh.amqp.messages import raw_message
 
 log = logging.getLogger("rabbitmesh.streams")
@@ -46,7 +46,8 @@ class StreamArgumentsDiffer(Exception):
 
 
 async def declare_stream(client: AmqpClient, name: str, arguments: dict[str, Any]) -> None:
-    """Declare a durable stream; raise StreamArgumentsDiffer if one exists with others."""
+    """Declare a durable stream and return once it takes writes (see wait_writable); raise
+    StreamArgumentsDiffer if one exists with other arguments."""
     ch = await client.channel()
     try:
         await ch.declare_queue(
@@ -57,6 +58,56 @@ async def declare_stream(client: AmqpClient, name: str, arguments: dict[str, Any
     finally:
         with contextlib.suppress(Exception):
             await ch.close()
+    await wait_writable(client, name)
+
+
+#: How long wait_writable tries before it gives up (RabbitMQ away, or the stream gone).
+WRITABLE_TIMEOUT = 30.0
+
+
+class StreamNotWritable(PublishFailed):
+    """A stream just declared did not take a write within WRITABLE_TIMEOUT (a failed
+    publish to its callers: transient, tried again later)."""
+
+
+async def wait_writable(client: AmqpClient, name: str) -> None:
+    """Return once `name`, a stream just declared, took a confirmed write.
+
+    RabbitMQ 3.10 answers a stream's declare before the stream's writer runs. A publish in
+    that moment crashes the publishing channel and, with it, its whole connection
+    (`osiris_writer:write` function_clause, closed with INTERNAL_ERROR 541): on the shared
+    publisher, that is every publish in flight. So the first write, an empty end marker every
+    reader skips (and JobSink's run log, which ignores a body that is not a JSON object), goes
+    over a short connection of its own, again until RabbitMQ confirms it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WRITABLE_TIMEOUT
+    delay = 0.05
+    while True:
+        try:
+            conn = await aio_pika.connect(
+                client.url,
+                ssl_context=client.ssl_context,
+                timeout=5,
+                client_properties={"connection_name": f"rabbitmesh-{client.name}-stream-probe"},
+            )
+            async with conn:
+                ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+                marker = aio_pika.Message(
+                    b"",
+                    headers={MARKER_HEADER: uuid.uuid4().hex},
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                )
+                await ch.default_exchange.publish(marker, routing_key=name, timeout=5)
+            return
+        except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as e:
+            if loop.time() + delay > deadline:
+                raise StreamNotWritable(
+                    f"stream {name} took no write in {WRITABLE_TIMEOUT}s: {e}"
+                ) from e
+            log.debug("stream %s not writable yet (%s); trying again in %.2fs", name, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 async def delete_stream(client: AmqpClient, name: str) -> None:

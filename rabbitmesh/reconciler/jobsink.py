@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import aio_pika
 
+from rabbitmesh.amqp.streams import wait_writable
 from rabbitmesh.ingress.auth import problem as auth_problem
 from rabbitmesh.jobs.runner import stream_arguments
 from rabbitmesh.reconciler.context import Context
@@ -33,6 +34,8 @@ async def reconcile(ctx: Context, job: JobSink) -> None:
     await ctx.topology.channel.declare_queue(
         ctx.names.jobsink_runs(ns, name), durable=True, arguments=stream_arguments()
     )
+    # Its runner appends to it at once, on the shared publisher (see wait_writable).
+    await wait_writable(ctx.publisher, ctx.names.jobsink_runs(ns, name))
     job.status.address = Address(url=address_url(ctx.settings.base_url, KIND, ns, name))
     try:
         runtime_for(job, ctx.settings.container_runtime, ctx.settings.allow_process_runtime)

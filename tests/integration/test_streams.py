@@ -1,0 +1,48 @@
+"""Streams rabbitmesh keeps (archives, dead-letter stores, JobSink run logs): a stream is only
+handed to the shared publisher once it takes writes (rabbitmesh/amqp/streams.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import pytest
+
+from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.amqp.streams import append_marker, declare_stream, is_marker, read_stream
+from tests.support.mesh import AMQP_URL
+
+pytestmark = pytest.mark.integration
+
+
+async def test_declare_returns_once_the_stream_took_a_write_that_readers_skip(prefix):
+    """RabbitMQ 3.10 answers a stream's declare before its writer runs, and a publish in that
+    moment kills the publishing connection (INTERNAL_ERROR): declare_stream returns only after
+    a write was confirmed, over a connection of its own; readers never see that write."""
+    client = AmqpClient(AMQP_URL, "test-streams")
+    await client.connect()
+    closed: list[object] = []
+    assert client.connection is not None
+    client.connection.close_callbacks.add(lambda *args: closed.append(args))
+    try:
+        names = [f"{prefix}.stream.{i}" for i in range(5)]
+        for name in names:
+            await declare_stream(client, name, {"x-max-age": "60s"})
+            # The very next publish goes over the shared connection, at once.
+            await client.publish("", name, aio_pika.Message(b"event"), mandatory=True)
+
+        ch = await client.channel(prefetch=10)
+        inbox: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        queue = await ch.get_queue(names[0])
+        await queue.consume(inbox.put, arguments={"x-stream-offset": "first"})
+        first = await asyncio.wait_for(inbox.get(), 10)
+        second = await asyncio.wait_for(inbox.get(), 10)
+        assert is_marker(first) and first.body == b""
+        assert not is_marker(second) and second.body == b"event"
+
+        until = await append_marker(client, names[0])
+        read = [msg.body async for _, msg in read_stream(client, names[0], "first", until)]
+        assert read == [b"event"]
+        assert closed == [] and client.connected
+    finally:
+        await client.close()
