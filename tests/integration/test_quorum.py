@@ -9,7 +9,6 @@ delivers, retries and dead-letters through quorum queues.
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import aio_pika
@@ -20,6 +19,7 @@ from rabbitmesh.amqp.topology import DELAY_HEADER, QUORUM_DELIVERY_LIMIT, Topolo
 from tests.integration.test_delivery import broker_and_trigger
 from tests.support.events import post_binary
 from tests.support.mesh import AMQP_URL
+from tests.support.rabbit import rabbitmqctl
 from tests.support.sink import Reply
 from tests.support.waiting import eventually
 
@@ -28,13 +28,7 @@ pytestmark = pytest.mark.integration
 
 def queues_with_prefix(prefix: str) -> dict[str, dict[str, Any]]:
     """name -> {"type": ..., "arguments": {name: value}} for queues starting with prefix."""
-    out = subprocess.run(
-        ["rabbitmqctl", "list_queues", "-q", "name", "type", "arguments", "--formatter", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = rabbitmqctl("list_queues", "-q", "name", "type", "arguments", "--formatter", "json")
     found = {}
     for q in json.loads(out or "[]"):
         if q["name"].startswith(prefix + "."):
