@@ -93,14 +93,15 @@ case "${1:-}" in
       "$VENV/bin/python" -m mypy
       # The whole suite in two parts. Tests that share the node (each in its own topology
       # prefix) run in RABBITMESH_TEST_PROCESSES processes, a file's tests in one of them; the
-      # disruptive ones (they stop, restart or alarm the whole node) then run alone, since
-      # they would pull the node from under the others. Both parts always run; either failing
+      # disruptive ones (they stop, restart or alarm the whole node: they would pull it from
+      # under the others) and the fault scenarios (`serial`: they make load and measure what
+      # senders see) then run alone. Both parts always run; either failing
       # fails the command.
       default_marks="not slow and not compose and not browser"
       status=0
       "$VENV/bin/python" -m pytest -n "${RABBITMESH_TEST_PROCESSES:-3}" --dist loadfile \
-        -m "$default_marks and not disruptive" || status=$?
-      "$VENV/bin/python" -m pytest -m "$default_marks and disruptive" || status=$?
+        -m "$default_marks and not disruptive and not serial" || status=$?
+      "$VENV/bin/python" -m pytest -m "$default_marks and (disruptive or serial)" || status=$?
       exit "$status"
     fi
     case " $* " in *browser*) ensure_browser ;; esac

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import aio_pika
 import pytest
@@ -44,6 +45,17 @@ def _restore_node(when: str) -> None:
         return
     for undo in ran:
         print(f"\nrabbitmesh tests ({when}): RabbitMQ left disrupted; ran rabbitmqctl {undo}")
+
+
+_FAULTS_DIR = Path(__file__).parent / "faults"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fault scenarios drive load themselves and measure what a sender sees under it:
+    `serial`, so the default run (dev.sh test) runs them alone, after the parallel part."""
+    for item in items:
+        if _FAULTS_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.serial)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
