@@ -12,11 +12,16 @@ from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
     echo_done,
-    metadata,
     namespace_option,
 )
 from rabbitmesh.cli.sinks import format_destination, parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 CLASS_ANNOTATION = "eventing.knative.dev/broker.class"
 
@@ -82,19 +87,12 @@ def broker() -> None:
 def create(
     client: ApiClient, name: str, namespace: str, broker_class: str | None, **flags: Any
 ) -> None:
-    meta = metadata(name, namespace)
-    if broker_class:
-        meta["annotations"] = {CLASS_ANNOTATION: broker_class}
     spec: dict[str, Any] = {}
     delivery = delivery_from(flags)
     if delivery:
         spec["delivery"] = delivery
-    client.create(
-        BROKER,
-        namespace,
-        {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": meta, "spec": spec},
-    )
-    echo_done("Broker", name, "created", namespace)
+    annotations = {CLASS_ANNOTATION: broker_class} if broker_class else None
+    create_resource(client, BROKER, name, namespace, spec, annotations)
 
 
 @broker.command(

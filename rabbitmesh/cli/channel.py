@@ -11,11 +11,15 @@ from rabbitmesh.cli.client import CHANNEL, ApiClient
 from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
-    echo_done,
-    metadata,
     namespace_option,
 )
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 #: kn's --type aliases -> the channel kind of the template.
 TYPES = {"imcv1": "InMemoryChannel", "imc": "InMemoryChannel", "inmemorychannel": "InMemoryChannel"}
@@ -45,17 +49,7 @@ def create(client: ApiClient, name: str, namespace: str, channel_type: str | Non
     if channel_type:
         kind = TYPES.get(channel_type.lower(), channel_type)
         spec["channelTemplate"] = {"apiVersion": "messaging.knative.dev/v1", "kind": kind}
-    client.create(
-        CHANNEL,
-        namespace,
-        {
-            "apiVersion": "messaging.knative.dev/v1",
-            "kind": "Channel",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Channel", name, "created", namespace)
+    create_resource(client, CHANNEL, name, namespace, spec)
 
 
 def _type(obj: dict[str, Any]) -> str:

@@ -12,12 +12,16 @@ from rabbitmesh.cli.client import EVENTTRANSFORM, ApiClient, CliError
 from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
-    echo_done,
-    metadata,
     namespace_option,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 
 @click.group(
@@ -73,17 +77,7 @@ def create(
     reply = _text(reply_expression, reply_expression_file, "--reply-expression")
     if reply is not None or reply_discard:
         spec["reply"] = {"discard": True} if reply_discard else {"jsonata": {"expression": reply}}
-    client.create(
-        EVENTTRANSFORM,
-        namespace,
-        {
-            "apiVersion": "eventing.knative.dev/v1alpha1",
-            "kind": "EventTransform",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("EventTransform", name, "created", namespace)
+    create_resource(client, EVENTTRANSFORM, name, namespace, spec)
 
 
 def _sink(obj: dict[str, Any]) -> str:

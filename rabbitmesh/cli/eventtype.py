@@ -11,13 +11,17 @@ from rabbitmesh.cli.client import EVENTTYPE, ApiClient
 from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
-    echo_done,
-    metadata,
     namespace_option,
 )
 from rabbitmesh.cli.manifests import event_type_attr
 from rabbitmesh.cli.sinks import format_destination
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 
 @click.group(
@@ -76,17 +80,7 @@ def create(
         }
     if description:
         spec["description"] = description
-    client.create(
-        EVENTTYPE,
-        namespace,
-        {
-            "apiVersion": "eventing.knative.dev/v1beta3",
-            "kind": "EventType",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Eventtype", name, "created", namespace)
+    create_resource(client, EVENTTYPE, name, namespace, spec, shown="Eventtype")
 
 
 eventtype.add_command(

@@ -12,12 +12,16 @@ from rabbitmesh.cli.client import JOBSINK, ApiClient
 from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
-    echo_done,
     key_values,
-    metadata,
     namespace_option,
 )
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 
 @click.group(
@@ -60,25 +64,9 @@ def create(
         container["args"] = list(args)
     if env:
         container["env"] = [{"name": k, "value": v} for k, v in key_values(env, "--env").items()]
-    client.create(
-        JOBSINK,
-        namespace,
-        {
-            "apiVersion": "sinks.knative.dev/v1alpha1",
-            "kind": "JobSink",
-            "metadata": metadata(name, namespace),
-            "spec": {
-                "job": {
-                    "apiVersion": "batch/v1",
-                    "kind": "Job",
-                    "spec": {
-                        "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}
-                    },
-                }
-            },
-        },
-    )
-    echo_done("JobSink", name, "created", namespace)
+    job_spec = {"template": {"spec": {"restartPolicy": "Never", "containers": [container]}}}
+    spec = {"job": {"apiVersion": "batch/v1", "kind": "Job", "spec": job_spec}}
+    create_resource(client, JOBSINK, name, namespace, spec)
 
 
 def _jobs(obj: dict[str, Any]) -> dict[str, Any]:

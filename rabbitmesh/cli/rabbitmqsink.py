@@ -11,11 +11,15 @@ from rabbitmesh.cli.client import RABBITMQSINK, ApiClient
 from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
-    echo_done,
-    metadata,
     namespace_option,
 )
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 
 @click.group(
@@ -76,17 +80,7 @@ def create(
         spec["vhost"] = vhost
     if connection_secret:
         spec["connectionSecret"] = {"name": connection_secret}
-    client.create(
-        RABBITMQSINK,
-        namespace,
-        {
-            "apiVersion": "sinks.rabbitmesh.dev/v1alpha1",
-            "kind": "RabbitmqSink",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("RabbitmqSink", name, "created", namespace)
+    create_resource(client, RABBITMQSINK, name, namespace, spec)
 
 
 rabbitmqsink.add_command(

@@ -11,12 +11,16 @@ from rabbitmesh.cli.client import ApiClient, CliError, Kind
 from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
-    echo_done,
-    metadata,
     namespace_option,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 REPLAY = Kind("rabbitmesh.dev", "v1alpha1", "Replay", "replays")
 
@@ -71,17 +75,7 @@ def create(
         spec["to"] = to
     if filter_ is not None:
         spec["filter"] = filter_
-    client.create(
-        REPLAY,
-        namespace,
-        {
-            "apiVersion": "rabbitmesh.dev/v1alpha1",
-            "kind": "Replay",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Replay", name, "created", namespace)
+    create_resource(client, REPLAY, name, namespace, spec)
 
 
 def _destination(obj: dict[str, Any]) -> str:

@@ -11,11 +11,15 @@ from rabbitmesh.cli.client import REQUESTREPLY, ApiClient
 from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
-    echo_done,
-    metadata,
     namespace_option,
 )
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 
 @click.group(
@@ -60,17 +64,7 @@ def create(
     ):
         if value:
             spec[key] = value
-    client.create(
-        REQUESTREPLY,
-        namespace,
-        {
-            "apiVersion": "eventing.knative.dev/v1alpha1",
-            "kind": "RequestReply",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("RequestReply", name, "created", namespace)
+    create_resource(client, REQUESTREPLY, name, namespace, spec)
 
 
 def _broker(obj: dict[str, Any]) -> str:

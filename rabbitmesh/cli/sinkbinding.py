@@ -18,13 +18,17 @@ from rabbitmesh.cli.client import SINKBINDING, ApiClient, CliError
 from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
-    echo_done,
     key_values,
-    metadata,
     namespace_option,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 from rabbitmesh.sources.sinkbinding import NotBound, env_of
 
 SINK_HELP = "Where events go: ksvc:NAME, svc:NAME, broker:NAME, channel:NAME, NAME or a URL."
@@ -97,17 +101,7 @@ def create(
     ext = key_values(ce_overrides, "--ce-override")
     if ext:
         spec["ceOverrides"] = {"extensions": ext}
-    client.create(
-        SINKBINDING,
-        namespace,
-        {
-            "apiVersion": f"{SINKBINDING.group}/{SINKBINDING.version}",
-            "kind": SINKBINDING.kind,
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("SinkBinding", name, "created", namespace)
+    create_resource(client, SINKBINDING, name, namespace, spec)
 
 
 sinkbinding.add_command(

@@ -26,11 +26,16 @@ from rabbitmesh.cli.common import (
     api_command,
     echo_done,
     key_values,
-    metadata,
     namespace_option,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 from rabbitmesh.resources.sources import RUNTIME_ANNOTATION, RUNTIMES
 
 SINK_HELP = (
@@ -88,21 +93,7 @@ def _create(
     sink: str,
     annotations: dict[str, str] | None = None,
 ) -> None:
-    spec = {**spec, "sink": parse_sink(sink)}
-    meta = metadata(name, namespace)
-    if annotations:
-        meta["annotations"] = annotations
-    client.create(
-        kind,
-        namespace,
-        {
-            "apiVersion": f"{kind.group}/{kind.version}",
-            "kind": kind.kind,
-            "metadata": meta,
-            "spec": spec,
-        },
-    )
-    echo_done(kind.kind, name, "created", namespace)
+    create_resource(client, kind, name, namespace, {**spec, "sink": parse_sink(sink)}, annotations)
 
 
 def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -12,11 +12,16 @@ from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
     echo_done,
-    metadata,
     namespace_option,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 
 def channel_ref(text: str) -> dict[str, Any]:
@@ -71,17 +76,7 @@ def create(
         spec["reply"] = parse_sink(sink_reply, "--sink-reply")
     if sink_dead_letter:
         spec["delivery"] = {"deadLetterSink": parse_sink(sink_dead_letter, "--sink-dead-letter")}
-    client.create(
-        SUBSCRIPTION,
-        namespace,
-        {
-            "apiVersion": "messaging.knative.dev/v1",
-            "kind": "Subscription",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Subscription", name, "created", namespace)
+    create_resource(client, SUBSCRIPTION, name, namespace, spec)
 
 
 @subscription.command(

@@ -17,7 +17,13 @@ from rabbitmesh.cli.common import (
     namespace_option,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import (
+    create_resource,
+    delete_command,
+    describe_command,
+    examples,
+    list_command,
+)
 
 
 @click.group(
@@ -81,17 +87,7 @@ def create(
                     "metadata": metadata("default", namespace),
                 },
             )
-    client.create(
-        TRIGGER,
-        namespace,
-        {
-            "apiVersion": "eventing.knative.dev/v1",
-            "kind": "Trigger",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Trigger", name, "created", namespace)
+    create_resource(client, TRIGGER, name, namespace, spec)
 
 
 @trigger.command(

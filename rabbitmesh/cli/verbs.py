@@ -9,7 +9,40 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import ApiClient, Kind
-from rabbitmesh.cli.common import all_namespaces_option, api_command, echo_done, namespace_option
+from rabbitmesh.cli.common import (
+    all_namespaces_option,
+    api_command,
+    echo_done,
+    metadata,
+    namespace_option,
+)
+
+
+def create_resource(
+    client: ApiClient,
+    kind: Kind,
+    name: str,
+    namespace: str,
+    spec: dict[str, Any],
+    annotations: dict[str, str] | None = None,
+    shown: str | None = None,
+) -> None:
+    """Creates `name` of `kind` with `spec` (and `annotations`) and prints kn's confirmation,
+    naming the kind as `shown` when kn spells it otherwise (Eventtype)."""
+    meta = metadata(name, namespace)
+    if annotations:
+        meta["annotations"] = annotations
+    client.create(
+        kind,
+        namespace,
+        {
+            "apiVersion": f"{kind.group}/{kind.version}",
+            "kind": kind.kind,
+            "metadata": meta,
+            "spec": spec,
+        },
+    )
+    echo_done(shown or kind.kind, name, "created", namespace)
 
 
 def list_command(
