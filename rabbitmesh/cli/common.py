@@ -39,6 +39,16 @@ all_namespaces_option = click.option(
 )
 
 
+def rabbitmq_connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--vhost and --connection-secret: which RabbitMQ a source or sink of that broker uses."""
+    f = click.option(
+        "--connection-secret",
+        default=None,
+        help="Secret whose key `uri` is another RabbitMQ's AMQP URL [default: rabbitmesh's].",
+    )(f)
+    return click.option("--vhost", default=None, help="Virtual host (default: the URL's).")(f)
+
+
 def api_command(f: Callable[..., Any]) -> Callable[..., Any]:
     """Adds --server and --token, passes an ApiClient first, prints CliError in one line."""
 

@@ -12,6 +12,7 @@ from rabbitmesh.cli.common import (
     CONNECTION_HELP,
     api_command,
     namespace_option,
+    rabbitmq_connection_options,
 )
 from rabbitmesh.cli.verbs import (
     create_resource,
@@ -54,12 +55,7 @@ def rabbitmqsink() -> None:
     show_default=True,
     help="binary: the AMQP binding (ce- headers); structured: JSON.",
 )
-@click.option("--vhost", default=None, help="Virtual host (default: the URL's).")
-@click.option(
-    "--connection-secret",
-    default=None,
-    help="Secret whose key `uri` is another RabbitMQ's AMQP URL [default: rabbitmesh's].",
-)
+@rabbitmq_connection_options
 @api_command
 def create(
     client: ApiClient,

@@ -27,6 +27,7 @@ from rabbitmesh.cli.common import (
     echo_done,
     key_values,
     namespace_option,
+    rabbitmq_connection_options,
 )
 from rabbitmesh.cli.sinks import parse_sink
 from rabbitmesh.cli.verbs import (
@@ -131,6 +132,7 @@ def _group(name: str, kind: Kind, what: str, columns: list[out.Column]) -> click
     return group
 
 
+sink_option = click.option("--sink", "-s", required=True, help=SINK_HELP)
 ce_override_option = click.option(
     "--ce-override",
     "ce_overrides",
@@ -198,7 +200,7 @@ def _ping_spec(schedule: str | None, data: str | None, encoding: str) -> dict[st
     help="How --data is given.",
 )
 @click.option("--content-type", default=None, help="datacontenttype of the data.")
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@sink_option
 @ce_override_option
 @api_command
 def ping_create(
@@ -300,7 +302,7 @@ container = _group(
     help="process (command + args) or docker (the image); the server runs only its own "
     "RABBITMESH_CONTAINER_RUNTIME [default: say nothing].",
 )
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@sink_option
 @ce_override_option
 @api_command
 def container_create(
@@ -403,7 +405,7 @@ def _resource(text: str) -> dict[str, Any]:
     metavar="KEY=VALUE",
     help="Watch the namespaces with these labels instead of the source's own. Repeatable.",
 )
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@sink_option
 @ce_override_option
 @api_command
 def apiserver_create(
@@ -476,7 +478,7 @@ def _secret_ref(text: str, flag: str) -> dict[str, Any]:
 @click.option("--access-token", required=True, help="SECRET:KEY of a GitLab API token.")
 @click.option("--secret-token", required=True, help="SECRET:KEY of the webhook secret token.")
 @click.option("--sslverify/--no-sslverify", default=True, help="Verify GitLab's TLS certificate.")
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@sink_option
 @ce_override_option
 @api_command
 def gitlab_create(
@@ -542,13 +544,8 @@ rabbitmq = _group(
     show_default=True,
     help="Messages in flight at once (1 keeps the queue's order).",
 )
-@click.option("--vhost", default=None, help="Virtual host (default: the URL's).")
-@click.option(
-    "--connection-secret",
-    default=None,
-    help="Secret whose key `uri` is another RabbitMQ's AMQP URL [default: rabbitmesh's].",
-)
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@rabbitmq_connection_options
+@sink_option
 @ce_override_option
 @api_command
 def rabbitmq_create(
