@@ -13,6 +13,7 @@ from tests.integration.test_cli import rabbitmesh
 from tests.support.api import call, ready
 from tests.support.config import reapply
 from tests.support.events import post_binary
+from tests.support.manifests import broker_and_trigger, documents
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.rabbit import rabbitmqctl
 from tests.support.sink import Reply
@@ -180,25 +181,19 @@ async def test_config_br_defaults_delivery_is_used_by_triggers(start_mesh, make_
     failing = await make_sink(lambda r, i: Reply(500))
     dls = await make_sink()
     mesh = await start_mesh(
-        f"""
-        apiVersion: v1
-        kind: ConfigMap
-        metadata: {{name: config-br-defaults, namespace: knative-eventing}}
-        data:
-          default-br-config: |
-            namespaceDefaults:
-              default:
-                delivery: {{retry: 0, deadLetterSink: {{uri: "{dls.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec: {{broker: br, subscriber: {{uri: "{failing.url}"}}}}
-        """
+        documents(
+            f"""
+            apiVersion: v1
+            kind: ConfigMap
+            metadata: {{name: config-br-defaults, namespace: knative-eventing}}
+            data:
+              default-br-config: |
+                namespaceDefaults:
+                  default:
+                    delivery: {{retry: 0, deadLetterSink: {{uri: "{dls.url}"}}}}
+            """,
+            broker_and_trigger(failing.url, trigger="tr"),
+        )
     )
     tr = await get(mesh, TRIGGERS, ns="default", name="tr")
     assert tr["status"]["deadLetterSinkUri"] == dls.url
@@ -416,25 +411,19 @@ async def test_parallelism_annotation_one_is_fifo(start_mesh, make_sink):
 async def test_config_features_switch_what_has_an_equivalent(start_mesh, make_sink):
     sink = await make_sink()
     mesh = await start_mesh(
-        f"""
-        apiVersion: v1
-        kind: ConfigMap
-        metadata: {{name: config-features, namespace: knative-eventing}}
-        data:
-          eventtype-auto-create: enabled
-          transport-encryption: strict
-          authentication-oidc: disabled
-          new-trigger-filters: enabled
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec: {{broker: br, subscriber: {{uri: "{sink.url}"}}}}
-        """
+        documents(
+            """
+            apiVersion: v1
+            kind: ConfigMap
+            metadata: {name: config-features, namespace: knative-eventing}
+            data:
+              eventtype-auto-create: enabled
+              transport-encryption: strict
+              authentication-oidc: disabled
+              new-trigger-filters: enabled
+            """,
+            broker_and_trigger(sink.url, trigger="tr"),
+        )
     )
     status, cm = await call("GET", mesh.url + CONFIGMAPS + "/config-features")
     assert status == 200
@@ -699,19 +688,9 @@ async def test_delivery_timeout_and_retryafter_flags(start_mesh):
     """Disabled in config-features, a trigger's delivery.timeout and retryAfterMax are
     ignored (Knative does not take the fields then); enabled (rabbitmesh's default), used."""
     mesh = await start_mesh(
-        """
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: br}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {name: tr}
-        spec:
-          broker: br
-          subscriber: {uri: "http://127.0.0.1:9/"}
-          delivery: {timeout: PT2S, retryAfterMax: PT30S}
-        """
+        broker_and_trigger(
+            "http://127.0.0.1:9/", trigger="tr", delivery="{timeout: PT2S, retryAfterMax: PT30S}"
+        )
     )
     queue = f"{mesh.settings.topology_prefix}.trigger.default.tr"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 
 def request_reply_triggers(replier_url: str, final_url: str) -> str:
     """Broker `br`; trigger `first` sends com.example.request to `replier_url`, trigger
@@ -38,15 +40,20 @@ def broker_and_trigger(
     delivery: str | None = None,
     spec: str = "",
     broker_annotations: str = "",
+    trigger_annotations: str = "",
 ) -> str:
     """Broker `broker` and Trigger `trigger` on it delivering to the URI `subscriber`; only
     events of `filter_type` when given; `delivery` is the Trigger's delivery (YAML flow text,
     `{retry: 0}`); `spec` more lines of the Trigger's spec, indented by two spaces;
-    `broker_annotations` the Broker's annotations (flow mapping entries). The manifests start
-    in column 0, so they can be followed by more documents (`---`)."""
+    `broker_annotations` and `trigger_annotations` the annotations (flow mapping entries). The
+    manifests start in column 0, so they can be followed by more documents (`---`), or joined
+    with others by `documents`."""
     meta = f"name: {broker}"
     if broker_annotations:
         meta += f", annotations: {{{broker_annotations}}}"
+    trigger_meta = f"name: {trigger}"
+    if trigger_annotations:
+        trigger_meta += f", annotations: {{{trigger_annotations}}}"
     lines = [
         "apiVersion: eventing.knative.dev/v1",
         "kind: Broker",
@@ -54,7 +61,7 @@ def broker_and_trigger(
         "---",
         "apiVersion: eventing.knative.dev/v1",
         "kind: Trigger",
-        f"metadata: {{name: {trigger}}}",
+        f"metadata: {{{trigger_meta}}}",
         "spec:",
         f"  broker: {broker}",
     ]
@@ -64,3 +71,9 @@ def broker_and_trigger(
     if delivery is not None:
         lines.append(f"  delivery: {delivery}")
     return "\n".join(lines) + "\n" + spec
+
+
+def documents(*parts: str) -> str:
+    """One YAML stream of `parts` (each dedented, so indented literals mix with the builders
+    above), separated by `---`."""
+    return "---\n".join(textwrap.dedent(p).strip("\n") + "\n" for p in parts)
