@@ -16,11 +16,9 @@ from rabbitmesh.cli.common import (
 )
 from rabbitmesh.cli.sinks import format_destination, parse_sink
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 CLASS_ANNOTATION = "eventing.knative.dev/broker.class"
@@ -128,32 +126,21 @@ def _fields(obj: dict[str, Any]) -> list[tuple[str, str]]:
     return fields
 
 
-broker.add_command(
-    list_command(
-        BROKER,
-        [
-            ("NAME", out.name),
-            ("URL", out.url),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List brokers: name, URL to POST events to, age and readiness."
-        + examples("rabbitmesh broker list", "rabbitmesh broker list -A -o yaml"),
-    )
-)
-broker.add_command(
-    describe_command(
-        BROKER,
-        _fields,
-        "Show a broker: its URL, delivery and conditions."
-        + examples("rabbitmesh broker describe default"),
-    )
-)
-broker.add_command(
-    delete_command(
-        BROKER,
-        "Delete brokers (and their RabbitMQ exchanges); their triggers stay, not Ready."
-        + examples("rabbitmesh broker delete br1"),
-    )
+add_verbs(
+    broker,
+    BROKER,
+    columns=[
+        ("NAME", out.name),
+        ("URL", out.url),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List brokers: name, URL to POST events to, age and readiness."
+    + examples("rabbitmesh broker list", "rabbitmesh broker list -A -o yaml"),
+    fields=_fields,
+    describe_help="Show a broker: its URL, delivery and conditions."
+    + examples("rabbitmesh broker describe default"),
+    delete_help="Delete brokers (and their RabbitMQ exchanges); their triggers stay, not Ready."
+    + examples("rabbitmesh broker delete br1"),
 )

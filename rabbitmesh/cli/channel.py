@@ -14,11 +14,9 @@ from rabbitmesh.cli.common import (
     namespace_option,
 )
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 #: kn's --type aliases -> the channel kind of the template.
@@ -56,27 +54,21 @@ def _type(obj: dict[str, Any]) -> str:
     return (out.spec(obj, "channelTemplate") or {}).get("kind") or "InMemoryChannel"
 
 
-channel.add_command(
-    list_command(
-        CHANNEL,
-        [
-            ("NAME", out.name),
-            ("TYPE", _type),
-            ("URL", out.url),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List channels: name, type, URL, age and readiness." + examples("rabbitmesh channel list"),
-    )
-)
-channel.add_command(
-    describe_command(
-        CHANNEL,
-        lambda o: [("Type", _type(o)), ("URL", out.url(o))],
-        "Show a channel: type, URL and conditions." + examples("rabbitmesh channel describe ch1"),
-    )
-)
-channel.add_command(
-    delete_command(CHANNEL, "Delete channels." + examples("rabbitmesh channel delete ch1"))
+add_verbs(
+    channel,
+    CHANNEL,
+    columns=[
+        ("NAME", out.name),
+        ("TYPE", _type),
+        ("URL", out.url),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List channels: name, type, URL, age and readiness."
+    + examples("rabbitmesh channel list"),
+    fields=lambda o: [("Type", _type(o)), ("URL", out.url(o))],
+    describe_help="Show a channel: type, URL and conditions."
+    + examples("rabbitmesh channel describe ch1"),
+    delete_help="Delete channels." + examples("rabbitmesh channel delete ch1"),
 )

@@ -16,11 +16,9 @@ from rabbitmesh.cli.common import (
 )
 from rabbitmesh.cli.sinks import parse_sink
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 
@@ -84,33 +82,23 @@ def _sink(obj: dict[str, Any]) -> str:
     return ((obj.get("status") or {}).get("sinkUri")) or "(reply)"
 
 
-eventtransform.add_command(
-    list_command(
-        EVENTTRANSFORM,
-        [
-            ("NAME", out.name),
-            ("URL", out.url),
-            ("SINK", _sink),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List EventTransforms." + examples("rabbitmesh eventtransform list"),
-    )
-)
-eventtransform.add_command(
-    describe_command(
-        EVENTTRANSFORM,
-        lambda o: [
-            ("URL", out.url(o)),
-            ("Sink", _sink(o)),
-            ("Expression", (out.spec(o, "jsonata") or {}).get("expression", "").strip()),
-        ],
-        "Show an EventTransform." + examples("rabbitmesh eventtransform describe shape"),
-    )
-)
-eventtransform.add_command(
-    delete_command(
-        EVENTTRANSFORM, "Delete EventTransforms." + examples("rabbitmesh eventtransform delete x")
-    )
+add_verbs(
+    eventtransform,
+    EVENTTRANSFORM,
+    columns=[
+        ("NAME", out.name),
+        ("URL", out.url),
+        ("SINK", _sink),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List EventTransforms." + examples("rabbitmesh eventtransform list"),
+    fields=lambda o: [
+        ("URL", out.url(o)),
+        ("Sink", _sink(o)),
+        ("Expression", (out.spec(o, "jsonata") or {}).get("expression", "").strip()),
+    ],
+    describe_help="Show an EventTransform." + examples("rabbitmesh eventtransform describe shape"),
+    delete_help="Delete EventTransforms." + examples("rabbitmesh eventtransform delete x"),
 )

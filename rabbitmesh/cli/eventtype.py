@@ -16,11 +16,9 @@ from rabbitmesh.cli.common import (
 from rabbitmesh.cli.manifests import event_type_attr
 from rabbitmesh.cli.sinks import format_destination
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 
@@ -83,34 +81,26 @@ def create(
     create_resource(client, EVENTTYPE, name, namespace, spec, shown="Eventtype")
 
 
-eventtype.add_command(
-    list_command(
-        EVENTTYPE,
-        [
-            ("NAME", out.name),
-            ("TYPE", lambda o: event_type_attr(o, "type")),
-            ("SOURCE", lambda o: event_type_attr(o, "source")),
-            ("REFERENCE", _reference),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List event types: type, source, where they are offered, and readiness."
-        + examples("rabbitmesh eventtype list", "rabbitmesh eventtype list -A -o yaml"),
-    )
-)
-eventtype.add_command(
-    describe_command(
-        EVENTTYPE,
-        lambda o: [
-            ("Type", event_type_attr(o, "type")),
-            ("Source", event_type_attr(o, "source")),
-            ("Reference", _reference(o)),
-            ("Description", (o.get("spec") or {}).get("description", "")),
-        ],
-        "Show an event type." + examples("rabbitmesh eventtype describe hello"),
-    )
-)
-eventtype.add_command(
-    delete_command(EVENTTYPE, "Delete event types." + examples("rabbitmesh eventtype delete hello"))
+add_verbs(
+    eventtype,
+    EVENTTYPE,
+    columns=[
+        ("NAME", out.name),
+        ("TYPE", lambda o: event_type_attr(o, "type")),
+        ("SOURCE", lambda o: event_type_attr(o, "source")),
+        ("REFERENCE", _reference),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List event types: type, source, where they are offered, and readiness."
+    + examples("rabbitmesh eventtype list", "rabbitmesh eventtype list -A -o yaml"),
+    fields=lambda o: [
+        ("Type", event_type_attr(o, "type")),
+        ("Source", event_type_attr(o, "source")),
+        ("Reference", _reference(o)),
+        ("Description", (o.get("spec") or {}).get("description", "")),
+    ],
+    describe_help="Show an event type." + examples("rabbitmesh eventtype describe hello"),
+    delete_help="Delete event types." + examples("rabbitmesh eventtype delete hello"),
 )

@@ -16,11 +16,9 @@ from rabbitmesh.cli.common import (
     namespace_option,
 )
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 
@@ -78,29 +76,21 @@ def _counts(obj: dict[str, Any]) -> str:
     return f"{j.get('running', 0)}/{j.get('succeeded', 0)}/{j.get('failed', 0)}"
 
 
-jobsink.add_command(
-    list_command(
-        JOBSINK,
-        [
-            ("NAME", out.name),
-            ("URL", out.url),
-            ("RUNNING/SUCCEEDED/FAILED", _counts),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List JobSinks." + examples("rabbitmesh jobsink list"),
-    )
-)
-jobsink.add_command(
-    describe_command(
-        JOBSINK,
-        lambda o: [("URL", out.url(o)), ("Runs (running/succeeded/failed)", _counts(o))],
-        "Show a JobSink." + examples("rabbitmesh jobsink describe resize"),
-    )
-)
-jobsink.add_command(
-    delete_command(JOBSINK, "Delete JobSinks." + examples("rabbitmesh jobsink delete resize"))
+add_verbs(
+    jobsink,
+    JOBSINK,
+    columns=[
+        ("NAME", out.name),
+        ("URL", out.url),
+        ("RUNNING/SUCCEEDED/FAILED", _counts),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List JobSinks." + examples("rabbitmesh jobsink list"),
+    fields=lambda o: [("URL", out.url(o)), ("Runs (running/succeeded/failed)", _counts(o))],
+    describe_help="Show a JobSink." + examples("rabbitmesh jobsink describe resize"),
+    delete_help="Delete JobSinks." + examples("rabbitmesh jobsink delete resize"),
 )
 
 

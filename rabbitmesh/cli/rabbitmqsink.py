@@ -15,11 +15,9 @@ from rabbitmesh.cli.common import (
     rabbitmq_connection_options,
 )
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 
@@ -79,34 +77,24 @@ def create(
     create_resource(client, RABBITMQSINK, name, namespace, spec)
 
 
-rabbitmqsink.add_command(
-    list_command(
-        RABBITMQSINK,
-        [
-            ("NAME", out.name),
-            ("EXCHANGE", lambda o: out.spec(o, "exchangeName") or ""),
-            ("URL", out.url),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List RabbitmqSinks." + examples("rabbitmesh rabbitmqsink list"),
-    )
-)
-rabbitmqsink.add_command(
-    describe_command(
-        RABBITMQSINK,
-        lambda o: [
-            ("Exchange", out.spec(o, "exchangeName") or ""),
-            ("Routing key", out.spec(o, "routingKey") or "{type}"),
-            ("Content mode", out.spec(o, "contentMode") or "binary"),
-            ("URL", out.url(o)),
-        ],
-        "Show a RabbitmqSink." + examples("rabbitmesh rabbitmqsink describe out"),
-    )
-)
-rabbitmqsink.add_command(
-    delete_command(
-        RABBITMQSINK, "Delete a RabbitmqSink." + examples("rabbitmesh rabbitmqsink delete out")
-    )
+add_verbs(
+    rabbitmqsink,
+    RABBITMQSINK,
+    columns=[
+        ("NAME", out.name),
+        ("EXCHANGE", lambda o: out.spec(o, "exchangeName") or ""),
+        ("URL", out.url),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List RabbitmqSinks." + examples("rabbitmesh rabbitmqsink list"),
+    fields=lambda o: [
+        ("Exchange", out.spec(o, "exchangeName") or ""),
+        ("Routing key", out.spec(o, "routingKey") or "{type}"),
+        ("Content mode", out.spec(o, "contentMode") or "binary"),
+        ("URL", out.url(o)),
+    ],
+    describe_help="Show a RabbitmqSink." + examples("rabbitmesh rabbitmqsink describe out"),
+    delete_help="Delete a RabbitmqSink." + examples("rabbitmesh rabbitmqsink delete out"),
 )

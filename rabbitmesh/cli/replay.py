@@ -15,11 +15,9 @@ from rabbitmesh.cli.common import (
 )
 from rabbitmesh.cli.sinks import parse_sink
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 REPLAY = Kind("rabbitmesh.dev", "v1alpha1", "Replay", "replays")
@@ -111,34 +109,23 @@ def _fields(obj: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-replay.add_command(
-    list_command(
-        REPLAY,
-        [
-            ("NAME", out.name),
-            ("BROKER", lambda o: out.spec(o, "broker") or ""),
-            ("DESTINATION", _destination),
-            ("REPLAYED", _progress),
-            ("SUCCEEDED", _succeeded),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List replays: broker, destination, progress and state."
-        + examples("rabbitmesh replay list"),
-    )
-)
-replay.add_command(
-    describe_command(
-        REPLAY,
-        _fields,
-        "Show a replay: its window, filter, destination, progress and conditions."
-        + examples("rabbitmesh replay describe again"),
-    )
-)
-replay.add_command(
-    delete_command(
-        REPLAY,
-        "Delete replays; a running one stops." + examples("rabbitmesh replay delete again"),
-    )
+add_verbs(
+    replay,
+    REPLAY,
+    columns=[
+        ("NAME", out.name),
+        ("BROKER", lambda o: out.spec(o, "broker") or ""),
+        ("DESTINATION", _destination),
+        ("REPLAYED", _progress),
+        ("SUCCEEDED", _succeeded),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List replays: broker, destination, progress and state."
+    + examples("rabbitmesh replay list"),
+    fields=_fields,
+    describe_help="Show a replay: its window, filter, destination, progress and conditions."
+    + examples("rabbitmesh replay describe again"),
+    delete_help="Delete replays; a running one stops." + examples("rabbitmesh replay delete again"),
 )

@@ -14,11 +14,9 @@ from rabbitmesh.cli.common import (
     namespace_option,
 )
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 
@@ -71,36 +69,26 @@ def _broker(obj: dict[str, Any]) -> str:
     return (out.spec(obj, "brokerRef") or {}).get("name", "")
 
 
-requestreply.add_command(
-    list_command(
-        REQUESTREPLY,
-        [
-            ("NAME", out.name),
-            ("BROKER", _broker),
-            ("URL", out.url),
-            ("TIMEOUT", lambda o: out.spec(o, "timeout") or ""),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List RequestReplies." + examples("rabbitmesh requestreply list"),
-    )
-)
-requestreply.add_command(
-    describe_command(
-        REQUESTREPLY,
-        lambda o: [
-            ("Broker", _broker(o)),
-            ("URL", out.url(o)),
-            ("Correlation attribute", out.spec(o, "correlationAttribute") or ""),
-            ("Reply attribute", out.spec(o, "replyAttribute") or ""),
-            ("Timeout", out.spec(o, "timeout") or ""),
-        ],
-        "Show a RequestReply." + examples("rabbitmesh requestreply describe ask"),
-    )
-)
-requestreply.add_command(
-    delete_command(
-        REQUESTREPLY, "Delete RequestReplies." + examples("rabbitmesh requestreply delete ask")
-    )
+add_verbs(
+    requestreply,
+    REQUESTREPLY,
+    columns=[
+        ("NAME", out.name),
+        ("BROKER", _broker),
+        ("URL", out.url),
+        ("TIMEOUT", lambda o: out.spec(o, "timeout") or ""),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List RequestReplies." + examples("rabbitmesh requestreply list"),
+    fields=lambda o: [
+        ("Broker", _broker(o)),
+        ("URL", out.url(o)),
+        ("Correlation attribute", out.spec(o, "correlationAttribute") or ""),
+        ("Reply attribute", out.spec(o, "replyAttribute") or ""),
+        ("Timeout", out.spec(o, "timeout") or ""),
+    ],
+    describe_help="Show a RequestReply." + examples("rabbitmesh requestreply describe ask"),
+    delete_help="Delete RequestReplies." + examples("rabbitmesh requestreply delete ask"),
 )

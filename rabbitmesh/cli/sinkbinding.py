@@ -23,11 +23,9 @@ from rabbitmesh.cli.common import (
 )
 from rabbitmesh.cli.sinks import parse_sink
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 from rabbitmesh.sources.sinkbinding import NotBound, env_of
 
@@ -104,35 +102,25 @@ def create(
     create_resource(client, SINKBINDING, name, namespace, spec)
 
 
-sinkbinding.add_command(
-    list_command(
-        SINKBINDING,
-        [
-            ("NAME", out.name),
-            ("SUBJECT", _subject_text),
-            ("SINK", lambda o: out.sink_of(o, "sink")),
-            ("URI", lambda o: (o.get("status") or {}).get("sinkUri", "")),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List SinkBindings." + examples("rabbitmesh sinkbinding list"),
-    )
-)
-sinkbinding.add_command(
-    describe_command(
-        SINKBINDING,
-        lambda o: [
-            ("Sink", out.sink_of(o, "sink")),
-            ("Sink URI", (o.get("status") or {}).get("sinkUri", "")),
-        ],
-        "Show a SinkBinding." + examples("rabbitmesh sinkbinding describe bind"),
-    )
-)
-sinkbinding.add_command(
-    delete_command(
-        SINKBINDING, "Delete SinkBindings." + examples("rabbitmesh sinkbinding delete b")
-    )
+add_verbs(
+    sinkbinding,
+    SINKBINDING,
+    columns=[
+        ("NAME", out.name),
+        ("SUBJECT", _subject_text),
+        ("SINK", lambda o: out.sink_of(o, "sink")),
+        ("URI", lambda o: (o.get("status") or {}).get("sinkUri", "")),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List SinkBindings." + examples("rabbitmesh sinkbinding list"),
+    fields=lambda o: [
+        ("Sink", out.sink_of(o, "sink")),
+        ("Sink URI", (o.get("status") or {}).get("sinkUri", "")),
+    ],
+    describe_help="Show a SinkBinding." + examples("rabbitmesh sinkbinding describe bind"),
+    delete_help="Delete SinkBindings." + examples("rabbitmesh sinkbinding delete b"),
 )
 
 

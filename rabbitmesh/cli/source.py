@@ -31,11 +31,9 @@ from rabbitmesh.cli.common import (
 )
 from rabbitmesh.cli.sinks import parse_sink
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 from rabbitmesh.resources.sources import RUNTIME_ANNOTATION, RUNTIMES
 
@@ -104,29 +102,22 @@ def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def _group(name: str, kind: Kind, what: str, columns: list[out.Column]) -> click.Group:
     group = click.Group(name, help=f"Manage {what}.\n\n" + CONNECTION_HELP)
-    group.add_command(
-        list_command(
-            kind,
-            columns,
-            f"List {what}." + examples(f"rabbitmesh source {name} list"),
-        )
-    )
-    group.add_command(
-        describe_command(
-            kind,
-            lambda o: (
-                [("Sink", out.sink_of(o, "sink"))]
-                + [
-                    (k[0].upper() + k[1:], v if isinstance(v, str) else json.dumps(v))
-                    for k, v in (o.get("spec") or {}).items()
-                    if k != "sink"
-                ]
-            ),
-            f"Show one of the {what}." + examples(f"rabbitmesh source {name} describe NAME"),
-        )
-    )
-    group.add_command(
-        delete_command(kind, f"Delete {what}." + examples(f"rabbitmesh source {name} delete NAME"))
+    add_verbs(
+        group,
+        kind,
+        columns=columns,
+        list_help=f"List {what}." + examples(f"rabbitmesh source {name} list"),
+        fields=lambda o: (
+            [("Sink", out.sink_of(o, "sink"))]
+            + [
+                (k[0].upper() + k[1:], v if isinstance(v, str) else json.dumps(v))
+                for k, v in (o.get("spec") or {}).items()
+                if k != "sink"
+            ]
+        ),
+        describe_help=f"Show one of the {what}."
+        + examples(f"rabbitmesh source {name} describe NAME"),
+        delete_help=f"Delete {what}." + examples(f"rabbitmesh source {name} delete NAME"),
     )
     source.add_command(group)
     return group

@@ -16,11 +16,9 @@ from rabbitmesh.cli.common import (
 )
 from rabbitmesh.cli.sinks import parse_sink
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 
@@ -119,37 +117,27 @@ def _dls(obj: dict[str, Any]) -> str:
     return out.sink_of(obj, "delivery", "deadLetterSink")
 
 
-subscription.add_command(
-    list_command(
-        SUBSCRIPTION,
-        [
-            ("NAME", out.name),
-            ("CHANNEL", lambda o: out.spec(o, "channel", "name") or ""),
-            ("SUBSCRIBER", lambda o: out.sink_of(o, "subscriber")),
-            ("REPLY", lambda o: out.sink_of(o, "reply")),
-            ("DEAD LETTER SINK", _dls),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List subscriptions: channel, subscriber, reply, dead-letter sink and readiness."
-        + examples("rabbitmesh subscription list"),
-    )
-)
-subscription.add_command(
-    describe_command(
-        SUBSCRIPTION,
-        lambda o: [
-            ("Channel", out.spec(o, "channel", "name") or ""),
-            ("Subscriber", out.sink_of(o, "subscriber")),
-            ("Reply", out.sink_of(o, "reply")),
-            ("DeadLetterSink", _dls(o)),
-        ],
-        "Show a subscription and its conditions."
-        + examples("rabbitmesh subscription describe sub1"),
-    )
-)
-subscription.add_command(
-    delete_command(
-        SUBSCRIPTION, "Delete subscriptions." + examples("rabbitmesh subscription delete sub1")
-    )
+add_verbs(
+    subscription,
+    SUBSCRIPTION,
+    columns=[
+        ("NAME", out.name),
+        ("CHANNEL", lambda o: out.spec(o, "channel", "name") or ""),
+        ("SUBSCRIBER", lambda o: out.sink_of(o, "subscriber")),
+        ("REPLY", lambda o: out.sink_of(o, "reply")),
+        ("DEAD LETTER SINK", _dls),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List subscriptions: channel, subscriber, reply, dead-letter sink and readiness."
+    + examples("rabbitmesh subscription list"),
+    fields=lambda o: [
+        ("Channel", out.spec(o, "channel", "name") or ""),
+        ("Subscriber", out.sink_of(o, "subscriber")),
+        ("Reply", out.sink_of(o, "reply")),
+        ("DeadLetterSink", _dls(o)),
+    ],
+    describe_help="Show a subscription and its conditions."
+    + examples("rabbitmesh subscription describe sub1"),
+    delete_help="Delete subscriptions." + examples("rabbitmesh subscription delete sub1"),
 )

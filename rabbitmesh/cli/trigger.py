@@ -18,11 +18,9 @@ from rabbitmesh.cli.common import (
 )
 from rabbitmesh.cli.sinks import parse_sink
 from rabbitmesh.cli.verbs import (
+    add_verbs,
     create_resource,
-    delete_command,
-    describe_command,
     examples,
-    list_command,
 )
 
 
@@ -154,32 +152,22 @@ def _fields(obj: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-trigger.add_command(
-    list_command(
-        TRIGGER,
-        [
-            ("NAME", out.name),
-            ("BROKER", lambda o: out.spec(o, "broker") or ""),
-            ("SINK", lambda o: out.sink_of(o, "subscriber")),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List triggers: name, broker, sink, age and readiness."
-        + examples("rabbitmesh trigger list", "rabbitmesh trigger list -n team-a -o json"),
-    )
-)
-trigger.add_command(
-    describe_command(
-        TRIGGER,
-        _fields,
-        "Show a trigger: broker, filter, sink and conditions."
-        + examples("rabbitmesh trigger describe hi"),
-    )
-)
-trigger.add_command(
-    delete_command(
-        TRIGGER,
-        "Delete triggers, with their RabbitMQ queues." + examples("rabbitmesh trigger delete hi"),
-    )
+add_verbs(
+    trigger,
+    TRIGGER,
+    columns=[
+        ("NAME", out.name),
+        ("BROKER", lambda o: out.spec(o, "broker") or ""),
+        ("SINK", lambda o: out.sink_of(o, "subscriber")),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List triggers: name, broker, sink, age and readiness."
+    + examples("rabbitmesh trigger list", "rabbitmesh trigger list -n team-a -o json"),
+    fields=_fields,
+    describe_help="Show a trigger: broker, filter, sink and conditions."
+    + examples("rabbitmesh trigger describe hi"),
+    delete_help="Delete triggers, with their RabbitMQ queues."
+    + examples("rabbitmesh trigger delete hi"),
 )

@@ -100,6 +100,22 @@ def delete_command(kind: Kind, help_text: str) -> click.Command:
     return cmd
 
 
+def add_verbs(
+    group: click.Group,
+    kind: Kind,
+    *,
+    columns: Sequence[out.Column],
+    list_help: str,
+    fields: Callable[[dict[str, Any]], Sequence[tuple[str, str]]],
+    describe_help: str,
+    delete_help: str,
+) -> None:
+    """Gives `group` kn's list, describe and delete of `kind`."""
+    group.add_command(list_command(kind, columns, list_help))
+    group.add_command(describe_command(kind, fields, describe_help))
+    group.add_command(delete_command(kind, delete_help))
+
+
 def examples(*lines: str) -> str:
     """A help epilog click prints as written (\\b keeps the lines apart)."""
     return "\n\n\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
