@@ -8,18 +8,9 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import BROKER, ApiClient, CliError
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, echo_done, namespace_option
 from rabbitmesh.cli.sinks import format_destination, parse_sink
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
 CLASS_ANNOTATION = "eventing.knative.dev/broker.class"
 
@@ -62,11 +53,10 @@ def delivery_from(flags: dict[str, Any], current: dict[str, Any] | None = None) 
     return delivery
 
 
-@click.group(
-    help="Manage brokers: where events are sent, and triggers pick them up.\n\n" + CONNECTION_HELP
+broker = api_group(
+    "broker",
+    "Manage brokers: where events are sent, and triggers pick them up.",
 )
-def broker() -> None:
-    pass
 
 
 @broker.command(

@@ -8,24 +8,17 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import CHANNEL, ApiClient
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    namespace_option,
-)
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
 #: kn's --type aliases -> the channel kind of the template.
 TYPES = {"imcv1": "InMemoryChannel", "imc": "InMemoryChannel", "inmemorychannel": "InMemoryChannel"}
 
 
-@click.group(help="Manage channels: every subscription gets every event.\n\n" + CONNECTION_HELP)
-def channel() -> None:
-    pass
+channel = api_group(
+    "channel",
+    "Manage channels: every subscription gets every event.",
+)
 
 
 @channel.command(

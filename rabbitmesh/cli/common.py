@@ -24,6 +24,12 @@ CONNECTION_HELP = (
     "RABBITMESH_ADMIN_TOKEN, --token (env RABBITMESH_ADMIN_TOKEN)."
 )
 
+
+def api_group(name: str, help_text: str) -> click.Group:
+    """A command group of API-talking commands: its help ends with CONNECTION_HELP."""
+    return click.Group(name, help=help_text + "\n\n" + CONNECTION_HELP)
+
+
 namespace_option = click.option(
     "-n",
     "--namespace",

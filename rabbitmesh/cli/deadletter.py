@@ -8,19 +8,17 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import SUBSCRIPTION, TRIGGER, ApiClient, CliError
-from rabbitmesh.cli.common import CONNECTION_HELP, api_command, namespace_option
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
 from rabbitmesh.cli.verbs import examples
 
-
-@click.group(
-    help="See the events that failed for good and send them again.\n\n"
+deadletter = api_group(
+    "deadletter",
+    "See the events that failed for good and send them again.\n\n"
     "Events a trigger or subscription could not deliver, with no dead-letter sink (or that "
     "the sink refused), are kept for RABBITMESH_DEAD_LETTER_RETENTION (default 7 days). "
     "Listing changes nothing; redrive puts them back through delivery with a fresh retry "
-    "budget; purge forgets them.\n\n" + CONNECTION_HELP
+    "budget; purge forgets them.",
 )
-def deadletter() -> None:
-    pass
 
 
 def owner_options(f: Any) -> Any:

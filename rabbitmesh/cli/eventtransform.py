@@ -9,25 +9,14 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import EVENTTRANSFORM, ApiClient, CliError
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage EventTransforms: JSONata over whole events, the result the reply or sent "
-    "to a sink.\n\n" + CONNECTION_HELP
+eventtransform = api_group(
+    "eventtransform",
+    "Manage EventTransforms: JSONata over whole events, the result the reply or sent to a sink.",
 )
-def eventtransform() -> None:
-    pass
 
 
 def _text(value: str | None, path: Path | None, flag: str) -> str | None:

@@ -8,27 +8,17 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import EVENTTYPE, ApiClient
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
 from rabbitmesh.cli.manifests import event_type_attr
 from rabbitmesh.cli.sinks import format_destination
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage the EventType registry: which events are on offer, and where.\n\n"
+eventtype = api_group(
+    "eventtype",
+    "Manage the EventType registry: which events are on offer, and where.\n\n"
     "Sources register the types they emit; with RABBITMESH_EVENTTYPE_AUTO_CREATE the types "
-    "seen at broker and channel ingress are registered too.\n\n" + CONNECTION_HELP
+    "seen at broker and channel ingress are registered too.",
 )
-def eventtype() -> None:
-    pass
 
 
 def _reference(obj: dict[str, Any]) -> str:

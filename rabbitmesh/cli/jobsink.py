@@ -9,24 +9,13 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import JOBSINK, ApiClient
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    key_values,
-    namespace_option,
-)
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.common import api_command, api_group, key_values, namespace_option
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage JobSinks: each event received starts one run of a job.\n\n" + CONNECTION_HELP
+jobsink = api_group(
+    "jobsink",
+    "Manage JobSinks: each event received starts one run of a job.",
 )
-def jobsink() -> None:
-    pass
 
 
 @jobsink.command(

@@ -9,24 +9,18 @@ import click
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import RABBITMQSINK, ApiClient
 from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
     api_command,
+    api_group,
     namespace_option,
     rabbitmq_connection_options,
 )
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage RabbitmqSinks: addressables that publish each event they receive to an "
-    "existing RabbitMQ exchange (confirmed before 202).\n\n" + CONNECTION_HELP
+rabbitmqsink = api_group(
+    "rabbitmqsink",
+    "Manage RabbitmqSinks: addressables that publish each event they receive to an "
+    "existing RabbitMQ exchange (confirmed before 202).",
 )
-def rabbitmqsink() -> None:
-    pass
 
 
 @rabbitmqsink.command(

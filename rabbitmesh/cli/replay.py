@@ -8,30 +8,21 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import ApiClient, CliError, Kind
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
 REPLAY = Kind("rabbitmesh.dev", "v1alpha1", "Replay", "replays")
 
 
-@click.group(
-    help="Send a broker's archived events again, to a trigger or a sink.\n\n"
+replay = api_group(
+    "replay",
+    "Send a broker's archived events again, to a trigger or a sink.\n\n"
     "The broker needs the annotation rabbitmesh.dev/archive-retention. Each replayed event is "
     "the archived one plus the extension rabbitmeshreplay=<replay name>; a Replay sends each "
     "event of its window that passes its filters exactly once, paced by "
-    "RABBITMESH_REPLAY_RATE.\n\n" + CONNECTION_HELP
+    "RABBITMESH_REPLAY_RATE.",
 )
-def replay() -> None:
-    pass
 
 
 @replay.command(

@@ -8,24 +8,13 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import REQUESTREPLY, ApiClient
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    namespace_option,
-)
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage RequestReplies: POST an event, get the broker's reply to it as the "
-    "response.\n\n" + CONNECTION_HELP
+requestreply = api_group(
+    "requestreply",
+    "Manage RequestReplies: POST an event, get the broker's reply to it as the response.",
 )
-def requestreply() -> None:
-    pass
 
 
 @requestreply.command(

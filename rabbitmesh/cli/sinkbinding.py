@@ -15,29 +15,19 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import SINKBINDING, ApiClient, CliError
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    key_values,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, key_values, namespace_option
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 from rabbitmesh.sources.sinkbinding import NotBound, env_of
 
 SINK_HELP = "Where events go: ksvc:NAME, svc:NAME, broker:NAME, channel:NAME, NAME or a URL."
 
 
-@click.group(
-    help="Manage SinkBindings: a sink (and CloudEvent overrides) for a program you run with "
-    "`rabbitmesh sinkbinding exec`.\n\n" + CONNECTION_HELP
+sinkbinding = api_group(
+    "sinkbinding",
+    "Manage SinkBindings: a sink (and CloudEvent overrides) for a program you run with "
+    "`rabbitmesh sinkbinding exec`.",
 )
-def sinkbinding() -> None:
-    pass
 
 
 def _subject(text: str) -> dict[str, Any]:

@@ -21,20 +21,16 @@ from rabbitmesh.cli.client import (
     Kind,
 )
 from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
     all_namespaces_option,
     api_command,
+    api_group,
     echo_done,
     key_values,
     namespace_option,
     rabbitmq_connection_options,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 from rabbitmesh.resources.sources import RUNTIME_ANNOTATION, RUNTIMES
 
 SINK_HELP = (
@@ -42,9 +38,10 @@ SINK_HELP = (
 )
 
 
-@click.group(help="Manage event sources.\n\n" + CONNECTION_HELP)
-def source() -> None:
-    pass
+source = api_group(
+    "source",
+    "Manage event sources.",
+)
 
 
 @source.command(
@@ -101,7 +98,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _group(name: str, kind: Kind, what: str, columns: list[out.Column]) -> click.Group:
-    group = click.Group(name, help=f"Manage {what}.\n\n" + CONNECTION_HELP)
+    group = api_group(name, f"Manage {what}.")
     add_verbs(
         group,
         kind,

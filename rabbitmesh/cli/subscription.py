@@ -8,18 +8,9 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import SUBSCRIPTION, ApiClient, CliError
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, echo_done, namespace_option
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
 
 def channel_ref(text: str) -> dict[str, Any]:
@@ -33,9 +24,10 @@ def channel_ref(text: str) -> dict[str, Any]:
     return {"apiVersion": "messaging.knative.dev/v1", "kind": kinds[prefix], "name": name}
 
 
-@click.group(help="Manage subscriptions: a channel's events to a subscriber.\n\n" + CONNECTION_HELP)
-def subscription() -> None:
-    pass
+subscription = api_group(
+    "subscription",
+    "Manage subscriptions: a channel's events to a subscriber.",
+)
 
 
 def _sink_options(f: Any) -> Any:

@@ -9,26 +9,20 @@ import click
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import BROKER, TRIGGER, ApiClient, CliError
 from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
     api_command,
+    api_group,
     echo_done,
     key_values,
     metadata,
     namespace_option,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import (
-    add_verbs,
-    create_resource,
-    examples,
-)
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage triggers: which events of a broker go to which subscriber.\n\n" + CONNECTION_HELP
+trigger = api_group(
+    "trigger",
+    "Manage triggers: which events of a broker go to which subscriber.",
 )
-def trigger() -> None:
-    pass
 
 
 @trigger.command(
