@@ -13,7 +13,7 @@ from tests.integration.test_cli import rabbitmesh
 from tests.support.api import call, ready
 from tests.support.config import reapply
 from tests.support.events import post_binary
-from tests.support.manifests import broker_and_trigger, documents
+from tests.support.manifests import broker_and_trigger, broker_manifest, documents
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.rabbit import rabbitmqctl
 from tests.support.sink import Reply
@@ -325,30 +325,19 @@ async def test_broker_on_a_second_vhost_and_one_with_classic_queues(vhost, start
 
 async def test_missing_broker_config_or_secret_is_not_ready(start_mesh):
     mesh = await start_mesh(
-        """
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: b1}
-        spec:
-          config: {apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: nope}
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {name: cfg}
-        spec:
-          rabbitmqClusterReference: {connectionSecret: {name: missing}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: b2}
-        spec:
-          config: {apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: cfg}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {name: t}
-        spec: {broker: b2, subscriber: {uri: "http://127.0.0.1:9/"}}
-        """
+        documents(
+            broker_manifest("b1", config="nope"),
+            """
+            apiVersion: eventing.knative.dev/v1alpha1
+            kind: RabbitmqBrokerConfig
+            metadata: {name: cfg}
+            spec:
+              rabbitmqClusterReference: {connectionSecret: {name: missing}}
+            """,
+            broker_and_trigger(
+                "http://127.0.0.1:9/", broker="b2", trigger="t", broker_config="cfg"
+            ),
+        )
     )
     assert ready(await get(mesh, BROKERS, ns="default", name="b1")) == (
         "False",
@@ -531,37 +520,31 @@ async def test_a_connection_secret_never_leaks_and_only_amqp_is_dialled(start_me
     password) appears in no status and no log line, only its redacted form."""
     password = "s3cret-pass-word"
     mesh = await start_mesh(
-        f"""
-        apiVersion: v1
-        kind: Secret
-        metadata: {{name: web}}
-        stringData: {{uri: "http://admin:{password}@127.0.0.1:15672/"}}
-        ---
-        apiVersion: v1
-        kind: Secret
-        metadata: {{name: closed}}
-        stringData: {{uri: "amqp://admin:{password}@127.0.0.1:9/"}}
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {{name: web}}
-        spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: web}}}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {{name: closed}}
-        spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: closed}}}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: web}}
-        spec: {{config: {{apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: web}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: closed}}
-        spec: {{config: {{apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: closed}}}}
-        """
+        documents(
+            f"""
+            apiVersion: v1
+            kind: Secret
+            metadata: {{name: web}}
+            stringData: {{uri: "http://admin:{password}@127.0.0.1:15672/"}}
+            ---
+            apiVersion: v1
+            kind: Secret
+            metadata: {{name: closed}}
+            stringData: {{uri: "amqp://admin:{password}@127.0.0.1:9/"}}
+            ---
+            apiVersion: eventing.knative.dev/v1alpha1
+            kind: RabbitmqBrokerConfig
+            metadata: {{name: web}}
+            spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: web}}}}}}
+            ---
+            apiVersion: eventing.knative.dev/v1alpha1
+            kind: RabbitmqBrokerConfig
+            metadata: {{name: closed}}
+            spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: closed}}}}}}
+            """,
+            broker_manifest("web", config="web"),
+            broker_manifest("closed", config="closed"),
+        )
     )
     web = await get(mesh, BROKERS, ns="default", name="web")
     assert ready(web) == ("False", "InvalidConnectionSecret")
@@ -577,15 +560,7 @@ async def test_moving_a_broker_with_triggers_is_refused_at_write_time(vhost, sta
     """As eventing-rabbitmq's webhook: a RabbitmqBrokerConfig change that would retype or move
     the queues of a broker's triggers gets 422 naming the field; once the broker has no
     triggers, the same change applies."""
-    mesh = await start_mesh(
-        """
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: br}
-        spec:
-          config: {apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: cfg}
-        """
-    )
+    mesh = await start_mesh(broker_manifest("br", config="cfg"))
     cfgs = mesh.url + "/apis/eventing.knative.dev/v1alpha1/namespaces/default/rabbitmqbrokerconfigs"
     cfg = {
         "apiVersion": "eventing.knative.dev/v1alpha1",

@@ -31,6 +31,21 @@ def request_reply_triggers(replier_url: str, final_url: str) -> str:
         """
 
 
+def broker_manifest(name: str = "br", *, config: str | None = None, annotations: str = "") -> str:
+    """Broker `name`, its queues placed by the RabbitmqBrokerConfig `config` when given;
+    `annotations` flow mapping entries. In column 0, as broker_and_trigger."""
+    meta = f"name: {name}"
+    if annotations:
+        meta += f", annotations: {{{annotations}}}"
+    text = f"apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{{meta}}}\n"
+    if config is not None:
+        ref = (
+            f"apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: {config}"
+        )
+        text += f"spec: {{config: {{{ref}}}}}\n"
+    return text
+
+
 def broker_and_trigger(
     subscriber: str,
     *,
@@ -41,24 +56,20 @@ def broker_and_trigger(
     spec: str = "",
     broker_annotations: str = "",
     trigger_annotations: str = "",
+    broker_config: str | None = None,
 ) -> str:
     """Broker `broker` and Trigger `trigger` on it delivering to the URI `subscriber`; only
     events of `filter_type` when given; `delivery` is the Trigger's delivery (YAML flow text,
     `{retry: 0}`); `spec` more lines of the Trigger's spec, indented by two spaces;
-    `broker_annotations` and `trigger_annotations` the annotations (flow mapping entries). The
+    `broker_annotations` and `trigger_annotations` the annotations (flow mapping entries);
+    `broker_config` the Broker's RabbitmqBrokerConfig (see `broker_manifest`). The
     manifests start in column 0, so they can be followed by more documents (`---`), or joined
     with others by `documents`."""
-    meta = f"name: {broker}"
-    if broker_annotations:
-        meta += f", annotations: {{{broker_annotations}}}"
     trigger_meta = f"name: {trigger}"
     if trigger_annotations:
         trigger_meta += f", annotations: {{{trigger_annotations}}}"
     lines = [
-        "apiVersion: eventing.knative.dev/v1",
-        "kind: Broker",
-        f"metadata: {{{meta}}}",
-        "---",
+        broker_manifest(broker, config=broker_config, annotations=broker_annotations) + "---",
         "apiVersion: eventing.knative.dev/v1",
         "kind: Trigger",
         f"metadata: {{{trigger_meta}}}",
