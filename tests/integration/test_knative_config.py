@@ -13,7 +13,12 @@ from tests.integration.test_cli import rabbitmesh
 from tests.support.api import call, ready
 from tests.support.config import reapply
 from tests.support.events import post_binary
-from tests.support.manifests import broker_and_trigger, broker_manifest, documents
+from tests.support.manifests import (
+    broker_and_trigger,
+    broker_manifest,
+    documents,
+    trigger_manifest,
+)
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.rabbit import rabbitmqctl
 from tests.support.sink import Reply
@@ -358,23 +363,16 @@ async def test_parallelism_annotation_one_is_fifo(start_mesh, make_sink):
         await make_sink(lambda r, i: Reply(200, delay=delay)),
     )
     mesh = await start_mesh(
-        f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata:
-          name: fifo
-          annotations: {{rabbitmq.eventing.knative.dev/parallelism: "1"}}
-        spec: {{broker: br, filter: {{attributes: {{type: fifo}}}}, subscriber: {{uri: "{fifo.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: wide}}
-        spec: {{broker: br, filter: {{attributes: {{type: wide}}}}, subscriber: {{uri: "{wide.url}"}}}}
-        """
+        documents(
+            broker_manifest(),
+            trigger_manifest(
+                "fifo",
+                fifo.url,
+                filter_type="fifo",
+                annotations='rabbitmq.eventing.knative.dev/parallelism: "1"',
+            ),
+            trigger_manifest("wide", wide.url, filter_type="wide"),
+        )
     )
     tr = await get(mesh, TRIGGERS, ns="default", name="fifo")
     assert tr["status"]["effectiveConfig"]["parallelism"] == {

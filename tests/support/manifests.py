@@ -46,6 +46,38 @@ def broker_manifest(name: str = "br", *, config: str | None = None, annotations:
     return text
 
 
+def trigger_manifest(
+    name: str,
+    subscriber: str,
+    *,
+    broker: str = "br",
+    filter_type: str | None = None,
+    delivery: str | None = None,
+    annotations: str = "",
+    spec: str = "",
+) -> str:
+    """Trigger `name` on `broker` delivering to the URI `subscriber`; only events of
+    `filter_type` when given; `delivery` the Trigger's delivery (YAML flow text, `{retry: 0}`);
+    `annotations` flow mapping entries; `spec` more lines of the spec, indented by two spaces.
+    In column 0, as broker_manifest."""
+    meta = f"name: {name}"
+    if annotations:
+        meta += f", annotations: {{{annotations}}}"
+    lines = [
+        "apiVersion: eventing.knative.dev/v1",
+        "kind: Trigger",
+        f"metadata: {{{meta}}}",
+        "spec:",
+        f"  broker: {broker}",
+    ]
+    if filter_type is not None:
+        lines.append(f"  filter: {{attributes: {{type: {filter_type}}}}}")
+    lines.append(f'  subscriber: {{uri: "{subscriber}"}}')
+    if delivery is not None:
+        lines.append(f"  delivery: {delivery}")
+    return "\n".join(lines) + "\n" + spec
+
+
 def broker_and_trigger(
     subscriber: str,
     *,
@@ -58,30 +90,22 @@ def broker_and_trigger(
     trigger_annotations: str = "",
     broker_config: str | None = None,
 ) -> str:
-    """Broker `broker` and Trigger `trigger` on it delivering to the URI `subscriber`; only
-    events of `filter_type` when given; `delivery` is the Trigger's delivery (YAML flow text,
-    `{retry: 0}`); `spec` more lines of the Trigger's spec, indented by two spaces;
-    `broker_annotations` and `trigger_annotations` the annotations (flow mapping entries);
-    `broker_config` the Broker's RabbitmqBrokerConfig (see `broker_manifest`). The
-    manifests start in column 0, so they can be followed by more documents (`---`), or joined
-    with others by `documents`."""
-    trigger_meta = f"name: {trigger}"
-    if trigger_annotations:
-        trigger_meta += f", annotations: {{{trigger_annotations}}}"
-    lines = [
-        broker_manifest(broker, config=broker_config, annotations=broker_annotations) + "---",
-        "apiVersion: eventing.knative.dev/v1",
-        "kind: Trigger",
-        f"metadata: {{{trigger_meta}}}",
-        "spec:",
-        f"  broker: {broker}",
-    ]
-    if filter_type is not None:
-        lines.append(f"  filter: {{attributes: {{type: {filter_type}}}}}")
-    lines.append(f'  subscriber: {{uri: "{subscriber}"}}')
-    if delivery is not None:
-        lines.append(f"  delivery: {delivery}")
-    return "\n".join(lines) + "\n" + spec
+    """Broker `broker` (see broker_manifest) and Trigger `trigger` on it (see
+    trigger_manifest). The manifests start in column 0, so they can be followed by more
+    documents (`---`), or joined with others by `documents`."""
+    return (
+        broker_manifest(broker, config=broker_config, annotations=broker_annotations)
+        + "---\n"
+        + trigger_manifest(
+            trigger,
+            subscriber,
+            broker=broker,
+            filter_type=filter_type,
+            delivery=delivery,
+            annotations=trigger_annotations,
+            spec=spec,
+        )
+    )
 
 
 def documents(*parts: str) -> str:
