@@ -235,64 +235,44 @@ async def test_broker_on_a_second_vhost_and_one_with_classic_queues(vhost, start
     sink = await make_sink()
     uri = f"amqp://guest:guest@127.0.0.1:{_port()}/{vhost}"
     mesh = await start_mesh(
-        f"""
-        apiVersion: v1
-        kind: Secret
-        metadata: {{name: other-rabbit, namespace: knative-eventing}}
-        stringData: {{uri: "{uri}"}}
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {{name: elsewhere, namespace: knative-eventing}}
-        spec:
-          rabbitmqClusterReference:
-            connectionSecret: {{name: other-rabbit}}
-          queueType: quorum
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {{name: classic}}
-        spec:
-          rabbitmqClusterReference: {{name: rabbitmq}}
-          queueType: classic
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata:
-          name: far
-          annotations: {{eventing.knative.dev/broker.class: RabbitMQBroker}}
-        spec:
-          config:
+        documents(
+            f"""
+            apiVersion: v1
+            kind: Secret
+            metadata: {{name: other-rabbit, namespace: knative-eventing}}
+            stringData: {{uri: "{uri}"}}
+            ---
             apiVersion: eventing.knative.dev/v1alpha1
             kind: RabbitmqBrokerConfig
-            name: elsewhere
-            namespace: knative-eventing
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: near}}
-        spec:
-          config: {{apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: classic}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: far-tr}}
-        spec: {{broker: far, subscriber: {{uri: "{sink.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: near-tr}}
-        spec: {{broker: near, subscriber: {{uri: "{sink.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: plain-tr}}
-        spec: {{broker: plain, subscriber: {{uri: "{sink.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: plain}}
-        """,
+            metadata: {{name: elsewhere, namespace: knative-eventing}}
+            spec:
+              rabbitmqClusterReference:
+                connectionSecret: {{name: other-rabbit}}
+              queueType: quorum
+            ---
+            apiVersion: eventing.knative.dev/v1alpha1
+            kind: RabbitmqBrokerConfig
+            metadata: {{name: classic}}
+            spec:
+              rabbitmqClusterReference: {{name: rabbitmq}}
+              queueType: classic
+            ---
+            apiVersion: eventing.knative.dev/v1
+            kind: Broker
+            metadata:
+              name: far
+              annotations: {{eventing.knative.dev/broker.class: RabbitMQBroker}}
+            spec:
+              config:
+                apiVersion: eventing.knative.dev/v1alpha1
+                kind: RabbitmqBrokerConfig
+                name: elsewhere
+                namespace: knative-eventing
+            """,
+            broker_manifest("near", config="classic"),
+            broker_manifest("plain"),
+            *(trigger_manifest(f"{b}-tr", sink.url, broker=b) for b in ("far", "near", "plain")),
+        ),
         queue_type="quorum",
     )
     far = await get(mesh, BROKERS, ns="default", name="far")
