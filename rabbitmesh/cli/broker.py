@@ -8,15 +8,9 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import BROKER, ApiClient, CliError
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    metadata,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, echo_done, namespace_option
 from rabbitmesh.cli.sinks import format_destination, parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
 CLASS_ANNOTATION = "eventing.knative.dev/broker.class"
 
@@ -59,11 +53,10 @@ def delivery_from(flags: dict[str, Any], current: dict[str, Any] | None = None) 
     return delivery
 
 
-@click.group(
-    help="Manage brokers: where events are sent, and triggers pick them up.\n\n" + CONNECTION_HELP
+broker = api_group(
+    "broker",
+    "Manage brokers: where events are sent, and triggers pick them up.",
 )
-def broker() -> None:
-    pass
 
 
 @broker.command(
@@ -82,19 +75,12 @@ def broker() -> None:
 def create(
     client: ApiClient, name: str, namespace: str, broker_class: str | None, **flags: Any
 ) -> None:
-    meta = metadata(name, namespace)
-    if broker_class:
-        meta["annotations"] = {CLASS_ANNOTATION: broker_class}
     spec: dict[str, Any] = {}
     delivery = delivery_from(flags)
     if delivery:
         spec["delivery"] = delivery
-    client.create(
-        BROKER,
-        namespace,
-        {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": meta, "spec": spec},
-    )
-    echo_done("Broker", name, "created", namespace)
+    annotations = {CLASS_ANNOTATION: broker_class} if broker_class else None
+    create_resource(client, BROKER, name, namespace, spec, annotations)
 
 
 @broker.command(
@@ -130,32 +116,21 @@ def _fields(obj: dict[str, Any]) -> list[tuple[str, str]]:
     return fields
 
 
-broker.add_command(
-    list_command(
-        BROKER,
-        [
-            ("NAME", out.name),
-            ("URL", out.url),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List brokers: name, URL to POST events to, age and readiness."
-        + examples("rabbitmesh broker list", "rabbitmesh broker list -A -o yaml"),
-    )
-)
-broker.add_command(
-    describe_command(
-        BROKER,
-        _fields,
-        "Show a broker: its URL, delivery and conditions."
-        + examples("rabbitmesh broker describe default"),
-    )
-)
-broker.add_command(
-    delete_command(
-        BROKER,
-        "Delete brokers (and their RabbitMQ exchanges); their triggers stay, not Ready."
-        + examples("rabbitmesh broker delete br1"),
-    )
+add_verbs(
+    broker,
+    BROKER,
+    columns=[
+        ("NAME", out.name),
+        ("URL", out.url),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List brokers: name, URL to POST events to, age and readiness."
+    + examples("rabbitmesh broker list", "rabbitmesh broker list -A -o yaml"),
+    fields=_fields,
+    describe_help="Show a broker: its URL, delivery and conditions."
+    + examples("rabbitmesh broker describe default"),
+    delete_help="Delete brokers (and their RabbitMQ exchanges); their triggers stay, not Ready."
+    + examples("rabbitmesh broker delete br1"),
 )

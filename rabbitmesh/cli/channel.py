@@ -8,22 +8,17 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import CHANNEL, ApiClient
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    metadata,
-    namespace_option,
-)
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
 #: kn's --type aliases -> the channel kind of the template.
 TYPES = {"imcv1": "InMemoryChannel", "imc": "InMemoryChannel", "inmemorychannel": "InMemoryChannel"}
 
 
-@click.group(help="Manage channels: every subscription gets every event.\n\n" + CONNECTION_HELP)
-def channel() -> None:
-    pass
+channel = api_group(
+    "channel",
+    "Manage channels: every subscription gets every event.",
+)
 
 
 @channel.command(
@@ -45,44 +40,28 @@ def create(client: ApiClient, name: str, namespace: str, channel_type: str | Non
     if channel_type:
         kind = TYPES.get(channel_type.lower(), channel_type)
         spec["channelTemplate"] = {"apiVersion": "messaging.knative.dev/v1", "kind": kind}
-    client.create(
-        CHANNEL,
-        namespace,
-        {
-            "apiVersion": "messaging.knative.dev/v1",
-            "kind": "Channel",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Channel", name, "created", namespace)
+    create_resource(client, CHANNEL, name, namespace, spec)
 
 
 def _type(obj: dict[str, Any]) -> str:
     return (out.spec(obj, "channelTemplate") or {}).get("kind") or "InMemoryChannel"
 
 
-channel.add_command(
-    list_command(
-        CHANNEL,
-        [
-            ("NAME", out.name),
-            ("TYPE", _type),
-            ("URL", out.url),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List channels: name, type, URL, age and readiness." + examples("rabbitmesh channel list"),
-    )
-)
-channel.add_command(
-    describe_command(
-        CHANNEL,
-        lambda o: [("Type", _type(o)), ("URL", out.url(o))],
-        "Show a channel: type, URL and conditions." + examples("rabbitmesh channel describe ch1"),
-    )
-)
-channel.add_command(
-    delete_command(CHANNEL, "Delete channels." + examples("rabbitmesh channel delete ch1"))
+add_verbs(
+    channel,
+    CHANNEL,
+    columns=[
+        ("NAME", out.name),
+        ("TYPE", _type),
+        ("URL", out.url),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List channels: name, type, URL, age and readiness."
+    + examples("rabbitmesh channel list"),
+    fields=lambda o: [("Type", _type(o)), ("URL", out.url(o))],
+    describe_help="Show a channel: type, URL and conditions."
+    + examples("rabbitmesh channel describe ch1"),
+    delete_help="Delete channels." + examples("rabbitmesh channel delete ch1"),
 )

@@ -24,6 +24,12 @@ CONNECTION_HELP = (
     "RABBITMESH_ADMIN_TOKEN, --token (env RABBITMESH_ADMIN_TOKEN)."
 )
 
+
+def api_group(name: str, help_text: str) -> click.Group:
+    """A command group of API-talking commands: its help ends with CONNECTION_HELP."""
+    return click.Group(name, help=help_text + "\n\n" + CONNECTION_HELP)
+
+
 namespace_option = click.option(
     "-n",
     "--namespace",
@@ -37,6 +43,16 @@ all_namespaces_option = click.option(
     is_flag=True,
     help="List across every namespace (ignores -n).",
 )
+
+
+def rabbitmq_connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--vhost and --connection-secret: which RabbitMQ a source or sink of that broker uses."""
+    f = click.option(
+        "--connection-secret",
+        default=None,
+        help="Secret whose key `uri` is another RabbitMQ's AMQP URL [default: rabbitmesh's].",
+    )(f)
+    return click.option("--vhost", default=None, help="Virtual host (default: the URL's).")(f)
 
 
 def api_command(f: Callable[..., Any]) -> Callable[..., Any]:

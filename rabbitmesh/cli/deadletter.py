@@ -8,19 +8,17 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import SUBSCRIPTION, TRIGGER, ApiClient, CliError
-from rabbitmesh.cli.common import CONNECTION_HELP, api_command, namespace_option
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
 from rabbitmesh.cli.verbs import examples
 
-
-@click.group(
-    help="See the events that failed for good and send them again.\n\n"
+deadletter = api_group(
+    "deadletter",
+    "See the events that failed for good and send them again.\n\n"
     "Events a trigger or subscription could not deliver, with no dead-letter sink (or that "
     "the sink refused), are kept for RABBITMESH_DEAD_LETTER_RETENTION (default 7 days). "
     "Listing changes nothing; redrive puts them back through delivery with a fresh retry "
-    "budget; purge forgets them.\n\n" + CONNECTION_HELP
+    "budget; purge forgets them.",
 )
-def deadletter() -> None:
-    pass
 
 
 def owner_options(f: Any) -> Any:
@@ -81,65 +79,47 @@ def list_(
         click.echo(out.table(items, COLUMNS, all_ns=False))
 
 
-def _act(
-    action: str,
-    client: ApiClient,
-    namespace: str,
-    trigger: str | None,
-    subscription: str | None,
-    ids: tuple[str, ...],
-    everything: bool,
-) -> None:
-    if bool(ids) == everything:
-        raise CliError("give --id (repeatable) or --all")
-    body: dict[str, Any] = {"all": True} if everything else {"ids": list(ids)}
-    path = subresource(namespace, trigger, subscription) + "/" + action
-    result = client.request("POST", path, body)
-    verb = "redriven" if action == "redrive" else "purged"
-    click.echo(f"{result['count']} dead letter(s) {verb}.")
-
-
 def action_options(f: Any) -> Any:
     f = click.option("--all", "everything", is_flag=True, help="Every dead letter listed now.")(f)
     f = click.option("--id", "ids", multiple=True, help="Event id to act on. Repeatable.")(f)
     return owner_options(f)
 
 
-@deadletter.command(
+def _action(action: str, done: str, help_text: str) -> None:
+    """`deadletter redrive|purge`: POST the chosen dead letters to the owner's `action`."""
+
+    @deadletter.command(action, help=help_text)
+    @action_options
+    @api_command
+    def cmd(
+        client: ApiClient,
+        namespace: str,
+        trigger: str | None,
+        subscription: str | None,
+        ids: tuple[str, ...],
+        everything: bool,
+    ) -> None:
+        if bool(ids) == everything:
+            raise CliError("give --id (repeatable) or --all")
+        body: dict[str, Any] = {"all": True} if everything else {"ids": list(ids)}
+        path = subresource(namespace, trigger, subscription) + "/" + action
+        result = client.request("POST", path, body)
+        click.echo(f"{result['count']} dead letter(s) {done}.")
+
+
+_action(
     "redrive",
-    help="Send dead letters back through delivery (the trigger's filter, ordering, retries "
+    "redriven",
+    "Send dead letters back through delivery (the trigger's filter, ordering, retries "
     "and dead letters apply again), with a fresh retry budget."
     + examples(
         "rabbitmesh deadletter redrive --trigger orders --id 1234 --id 1235",
         "rabbitmesh deadletter redrive --subscription audit --all",
     ),
 )
-@action_options
-@api_command
-def redrive(
-    client: ApiClient,
-    namespace: str,
-    trigger: str | None,
-    subscription: str | None,
-    ids: tuple[str, ...],
-    everything: bool,
-) -> None:
-    _act("redrive", client, namespace, trigger, subscription, ids, everything)
-
-
-@deadletter.command(
+_action(
     "purge",
-    help="Forget dead letters without sending them."
+    "purged",
+    "Forget dead letters without sending them."
     + examples("rabbitmesh deadletter purge --trigger orders --all"),
 )
-@action_options
-@api_command
-def purge(
-    client: ApiClient,
-    namespace: str,
-    trigger: str | None,
-    subscription: str | None,
-    ids: tuple[str, ...],
-    everything: bool,
-) -> None:
-    _act("purge", client, namespace, trigger, subscription, ids, everything)

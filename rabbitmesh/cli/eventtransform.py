@@ -9,23 +9,14 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import EVENTTRANSFORM, ApiClient, CliError
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    metadata,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage EventTransforms: JSONata over whole events, the result the reply or sent "
-    "to a sink.\n\n" + CONNECTION_HELP
+eventtransform = api_group(
+    "eventtransform",
+    "Manage EventTransforms: JSONata over whole events, the result the reply or sent to a sink.",
 )
-def eventtransform() -> None:
-    pass
 
 
 def _text(value: str | None, path: Path | None, flag: str) -> str | None:
@@ -73,50 +64,30 @@ def create(
     reply = _text(reply_expression, reply_expression_file, "--reply-expression")
     if reply is not None or reply_discard:
         spec["reply"] = {"discard": True} if reply_discard else {"jsonata": {"expression": reply}}
-    client.create(
-        EVENTTRANSFORM,
-        namespace,
-        {
-            "apiVersion": "eventing.knative.dev/v1alpha1",
-            "kind": "EventTransform",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("EventTransform", name, "created", namespace)
+    create_resource(client, EVENTTRANSFORM, name, namespace, spec)
 
 
 def _sink(obj: dict[str, Any]) -> str:
     return ((obj.get("status") or {}).get("sinkUri")) or "(reply)"
 
 
-eventtransform.add_command(
-    list_command(
-        EVENTTRANSFORM,
-        [
-            ("NAME", out.name),
-            ("URL", out.url),
-            ("SINK", _sink),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List EventTransforms." + examples("rabbitmesh eventtransform list"),
-    )
-)
-eventtransform.add_command(
-    describe_command(
-        EVENTTRANSFORM,
-        lambda o: [
-            ("URL", out.url(o)),
-            ("Sink", _sink(o)),
-            ("Expression", (out.spec(o, "jsonata") or {}).get("expression", "").strip()),
-        ],
-        "Show an EventTransform." + examples("rabbitmesh eventtransform describe shape"),
-    )
-)
-eventtransform.add_command(
-    delete_command(
-        EVENTTRANSFORM, "Delete EventTransforms." + examples("rabbitmesh eventtransform delete x")
-    )
+add_verbs(
+    eventtransform,
+    EVENTTRANSFORM,
+    columns=[
+        ("NAME", out.name),
+        ("URL", out.url),
+        ("SINK", _sink),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List EventTransforms." + examples("rabbitmesh eventtransform list"),
+    fields=lambda o: [
+        ("URL", out.url(o)),
+        ("Sink", _sink(o)),
+        ("Expression", (out.spec(o, "jsonata") or {}).get("expression", "").strip()),
+    ],
+    describe_help="Show an EventTransform." + examples("rabbitmesh eventtransform describe shape"),
+    delete_help="Delete EventTransforms." + examples("rabbitmesh eventtransform delete x"),
 )

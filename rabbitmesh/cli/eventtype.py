@@ -8,25 +8,17 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import EVENTTYPE, ApiClient
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    metadata,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
 from rabbitmesh.cli.manifests import event_type_attr
 from rabbitmesh.cli.sinks import format_destination
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage the EventType registry: which events are on offer, and where.\n\n"
+eventtype = api_group(
+    "eventtype",
+    "Manage the EventType registry: which events are on offer, and where.\n\n"
     "Sources register the types they emit; with RABBITMESH_EVENTTYPE_AUTO_CREATE the types "
-    "seen at broker and channel ingress are registered too.\n\n" + CONNECTION_HELP
+    "seen at broker and channel ingress are registered too.",
 )
-def eventtype() -> None:
-    pass
 
 
 def _reference(obj: dict[str, Any]) -> str:
@@ -76,47 +68,29 @@ def create(
         }
     if description:
         spec["description"] = description
-    client.create(
-        EVENTTYPE,
-        namespace,
-        {
-            "apiVersion": "eventing.knative.dev/v1beta3",
-            "kind": "EventType",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Eventtype", name, "created", namespace)
+    create_resource(client, EVENTTYPE, name, namespace, spec, shown="Eventtype")
 
 
-eventtype.add_command(
-    list_command(
-        EVENTTYPE,
-        [
-            ("NAME", out.name),
-            ("TYPE", lambda o: event_type_attr(o, "type")),
-            ("SOURCE", lambda o: event_type_attr(o, "source")),
-            ("REFERENCE", _reference),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List event types: type, source, where they are offered, and readiness."
-        + examples("rabbitmesh eventtype list", "rabbitmesh eventtype list -A -o yaml"),
-    )
-)
-eventtype.add_command(
-    describe_command(
-        EVENTTYPE,
-        lambda o: [
-            ("Type", event_type_attr(o, "type")),
-            ("Source", event_type_attr(o, "source")),
-            ("Reference", _reference(o)),
-            ("Description", (o.get("spec") or {}).get("description", "")),
-        ],
-        "Show an event type." + examples("rabbitmesh eventtype describe hello"),
-    )
-)
-eventtype.add_command(
-    delete_command(EVENTTYPE, "Delete event types." + examples("rabbitmesh eventtype delete hello"))
+add_verbs(
+    eventtype,
+    EVENTTYPE,
+    columns=[
+        ("NAME", out.name),
+        ("TYPE", lambda o: event_type_attr(o, "type")),
+        ("SOURCE", lambda o: event_type_attr(o, "source")),
+        ("REFERENCE", _reference),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List event types: type, source, where they are offered, and readiness."
+    + examples("rabbitmesh eventtype list", "rabbitmesh eventtype list -A -o yaml"),
+    fields=lambda o: [
+        ("Type", event_type_attr(o, "type")),
+        ("Source", event_type_attr(o, "source")),
+        ("Reference", _reference(o)),
+        ("Description", (o.get("spec") or {}).get("description", "")),
+    ],
+    describe_help="Show an event type." + examples("rabbitmesh eventtype describe hello"),
+    delete_help="Delete event types." + examples("rabbitmesh eventtype delete hello"),
 )

@@ -9,22 +9,13 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import JOBSINK, ApiClient
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    key_values,
-    metadata,
-    namespace_option,
-)
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.common import api_command, api_group, key_values, namespace_option
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage JobSinks: each event received starts one run of a job.\n\n" + CONNECTION_HELP
+jobsink = api_group(
+    "jobsink",
+    "Manage JobSinks: each event received starts one run of a job.",
 )
-def jobsink() -> None:
-    pass
 
 
 @jobsink.command(
@@ -60,25 +51,9 @@ def create(
         container["args"] = list(args)
     if env:
         container["env"] = [{"name": k, "value": v} for k, v in key_values(env, "--env").items()]
-    client.create(
-        JOBSINK,
-        namespace,
-        {
-            "apiVersion": "sinks.knative.dev/v1alpha1",
-            "kind": "JobSink",
-            "metadata": metadata(name, namespace),
-            "spec": {
-                "job": {
-                    "apiVersion": "batch/v1",
-                    "kind": "Job",
-                    "spec": {
-                        "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}
-                    },
-                }
-            },
-        },
-    )
-    echo_done("JobSink", name, "created", namespace)
+    job_spec = {"template": {"spec": {"restartPolicy": "Never", "containers": [container]}}}
+    spec = {"job": {"apiVersion": "batch/v1", "kind": "Job", "spec": job_spec}}
+    create_resource(client, JOBSINK, name, namespace, spec)
 
 
 def _jobs(obj: dict[str, Any]) -> dict[str, Any]:
@@ -90,29 +65,21 @@ def _counts(obj: dict[str, Any]) -> str:
     return f"{j.get('running', 0)}/{j.get('succeeded', 0)}/{j.get('failed', 0)}"
 
 
-jobsink.add_command(
-    list_command(
-        JOBSINK,
-        [
-            ("NAME", out.name),
-            ("URL", out.url),
-            ("RUNNING/SUCCEEDED/FAILED", _counts),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List JobSinks." + examples("rabbitmesh jobsink list"),
-    )
-)
-jobsink.add_command(
-    describe_command(
-        JOBSINK,
-        lambda o: [("URL", out.url(o)), ("Runs (running/succeeded/failed)", _counts(o))],
-        "Show a JobSink." + examples("rabbitmesh jobsink describe resize"),
-    )
-)
-jobsink.add_command(
-    delete_command(JOBSINK, "Delete JobSinks." + examples("rabbitmesh jobsink delete resize"))
+add_verbs(
+    jobsink,
+    JOBSINK,
+    columns=[
+        ("NAME", out.name),
+        ("URL", out.url),
+        ("RUNNING/SUCCEEDED/FAILED", _counts),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List JobSinks." + examples("rabbitmesh jobsink list"),
+    fields=lambda o: [("URL", out.url(o)), ("Runs (running/succeeded/failed)", _counts(o))],
+    describe_help="Show a JobSink." + examples("rabbitmesh jobsink describe resize"),
+    delete_help="Delete JobSinks." + examples("rabbitmesh jobsink delete resize"),
 )
 
 

@@ -9,21 +9,18 @@ import click
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import RABBITMQSINK, ApiClient
 from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
     api_command,
-    echo_done,
-    metadata,
+    api_group,
     namespace_option,
+    rabbitmq_connection_options,
 )
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage RabbitmqSinks: addressables that publish each event they receive to an "
-    "existing RabbitMQ exchange (confirmed before 202).\n\n" + CONNECTION_HELP
+rabbitmqsink = api_group(
+    "rabbitmqsink",
+    "Manage RabbitmqSinks: addressables that publish each event they receive to an "
+    "existing RabbitMQ exchange (confirmed before 202).",
 )
-def rabbitmqsink() -> None:
-    pass
 
 
 @rabbitmqsink.command(
@@ -50,12 +47,7 @@ def rabbitmqsink() -> None:
     show_default=True,
     help="binary: the AMQP binding (ce- headers); structured: JSON.",
 )
-@click.option("--vhost", default=None, help="Virtual host (default: the URL's).")
-@click.option(
-    "--connection-secret",
-    default=None,
-    help="Secret whose key `uri` is another RabbitMQ's AMQP URL [default: rabbitmesh's].",
-)
+@rabbitmq_connection_options
 @api_command
 def create(
     client: ApiClient,
@@ -76,47 +68,27 @@ def create(
         spec["vhost"] = vhost
     if connection_secret:
         spec["connectionSecret"] = {"name": connection_secret}
-    client.create(
-        RABBITMQSINK,
-        namespace,
-        {
-            "apiVersion": "sinks.rabbitmesh.dev/v1alpha1",
-            "kind": "RabbitmqSink",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("RabbitmqSink", name, "created", namespace)
+    create_resource(client, RABBITMQSINK, name, namespace, spec)
 
 
-rabbitmqsink.add_command(
-    list_command(
-        RABBITMQSINK,
-        [
-            ("NAME", out.name),
-            ("EXCHANGE", lambda o: out.spec(o, "exchangeName") or ""),
-            ("URL", out.url),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List RabbitmqSinks." + examples("rabbitmesh rabbitmqsink list"),
-    )
-)
-rabbitmqsink.add_command(
-    describe_command(
-        RABBITMQSINK,
-        lambda o: [
-            ("Exchange", out.spec(o, "exchangeName") or ""),
-            ("Routing key", out.spec(o, "routingKey") or "{type}"),
-            ("Content mode", out.spec(o, "contentMode") or "binary"),
-            ("URL", out.url(o)),
-        ],
-        "Show a RabbitmqSink." + examples("rabbitmesh rabbitmqsink describe out"),
-    )
-)
-rabbitmqsink.add_command(
-    delete_command(
-        RABBITMQSINK, "Delete a RabbitmqSink." + examples("rabbitmesh rabbitmqsink delete out")
-    )
+add_verbs(
+    rabbitmqsink,
+    RABBITMQSINK,
+    columns=[
+        ("NAME", out.name),
+        ("EXCHANGE", lambda o: out.spec(o, "exchangeName") or ""),
+        ("URL", out.url),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List RabbitmqSinks." + examples("rabbitmesh rabbitmqsink list"),
+    fields=lambda o: [
+        ("Exchange", out.spec(o, "exchangeName") or ""),
+        ("Routing key", out.spec(o, "routingKey") or "{type}"),
+        ("Content mode", out.spec(o, "contentMode") or "binary"),
+        ("URL", out.url(o)),
+    ],
+    describe_help="Show a RabbitmqSink." + examples("rabbitmesh rabbitmqsink describe out"),
+    delete_help="Delete a RabbitmqSink." + examples("rabbitmesh rabbitmqsink delete out"),
 )

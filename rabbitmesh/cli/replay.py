@@ -8,28 +8,21 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import ApiClient, CliError, Kind
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    metadata,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
 REPLAY = Kind("rabbitmesh.dev", "v1alpha1", "Replay", "replays")
 
 
-@click.group(
-    help="Send a broker's archived events again, to a trigger or a sink.\n\n"
+replay = api_group(
+    "replay",
+    "Send a broker's archived events again, to a trigger or a sink.\n\n"
     "The broker needs the annotation rabbitmesh.dev/archive-retention. Each replayed event is "
     "the archived one plus the extension rabbitmeshreplay=<replay name>; a Replay sends each "
     "event of its window that passes its filters exactly once, paced by "
-    "RABBITMESH_REPLAY_RATE.\n\n" + CONNECTION_HELP
+    "RABBITMESH_REPLAY_RATE.",
 )
-def replay() -> None:
-    pass
 
 
 @replay.command(
@@ -71,17 +64,7 @@ def create(
         spec["to"] = to
     if filter_ is not None:
         spec["filter"] = filter_
-    client.create(
-        REPLAY,
-        namespace,
-        {
-            "apiVersion": "rabbitmesh.dev/v1alpha1",
-            "kind": "Replay",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Replay", name, "created", namespace)
+    create_resource(client, REPLAY, name, namespace, spec)
 
 
 def _destination(obj: dict[str, Any]) -> str:
@@ -117,34 +100,23 @@ def _fields(obj: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-replay.add_command(
-    list_command(
-        REPLAY,
-        [
-            ("NAME", out.name),
-            ("BROKER", lambda o: out.spec(o, "broker") or ""),
-            ("DESTINATION", _destination),
-            ("REPLAYED", _progress),
-            ("SUCCEEDED", _succeeded),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List replays: broker, destination, progress and state."
-        + examples("rabbitmesh replay list"),
-    )
-)
-replay.add_command(
-    describe_command(
-        REPLAY,
-        _fields,
-        "Show a replay: its window, filter, destination, progress and conditions."
-        + examples("rabbitmesh replay describe again"),
-    )
-)
-replay.add_command(
-    delete_command(
-        REPLAY,
-        "Delete replays; a running one stops." + examples("rabbitmesh replay delete again"),
-    )
+add_verbs(
+    replay,
+    REPLAY,
+    columns=[
+        ("NAME", out.name),
+        ("BROKER", lambda o: out.spec(o, "broker") or ""),
+        ("DESTINATION", _destination),
+        ("REPLAYED", _progress),
+        ("SUCCEEDED", _succeeded),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List replays: broker, destination, progress and state."
+    + examples("rabbitmesh replay list"),
+    fields=_fields,
+    describe_help="Show a replay: its window, filter, destination, progress and conditions."
+    + examples("rabbitmesh replay describe again"),
+    delete_help="Delete replays; a running one stops." + examples("rabbitmesh replay delete again"),
 )

@@ -8,22 +8,13 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import REQUESTREPLY, ApiClient
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    metadata,
-    namespace_option,
-)
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.common import api_command, api_group, namespace_option
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage RequestReplies: POST an event, get the broker's reply to it as the "
-    "response.\n\n" + CONNECTION_HELP
+requestreply = api_group(
+    "requestreply",
+    "Manage RequestReplies: POST an event, get the broker's reply to it as the response.",
 )
-def requestreply() -> None:
-    pass
 
 
 @requestreply.command(
@@ -60,53 +51,33 @@ def create(
     ):
         if value:
             spec[key] = value
-    client.create(
-        REQUESTREPLY,
-        namespace,
-        {
-            "apiVersion": "eventing.knative.dev/v1alpha1",
-            "kind": "RequestReply",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("RequestReply", name, "created", namespace)
+    create_resource(client, REQUESTREPLY, name, namespace, spec)
 
 
 def _broker(obj: dict[str, Any]) -> str:
     return (out.spec(obj, "brokerRef") or {}).get("name", "")
 
 
-requestreply.add_command(
-    list_command(
-        REQUESTREPLY,
-        [
-            ("NAME", out.name),
-            ("BROKER", _broker),
-            ("URL", out.url),
-            ("TIMEOUT", lambda o: out.spec(o, "timeout") or ""),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List RequestReplies." + examples("rabbitmesh requestreply list"),
-    )
-)
-requestreply.add_command(
-    describe_command(
-        REQUESTREPLY,
-        lambda o: [
-            ("Broker", _broker(o)),
-            ("URL", out.url(o)),
-            ("Correlation attribute", out.spec(o, "correlationAttribute") or ""),
-            ("Reply attribute", out.spec(o, "replyAttribute") or ""),
-            ("Timeout", out.spec(o, "timeout") or ""),
-        ],
-        "Show a RequestReply." + examples("rabbitmesh requestreply describe ask"),
-    )
-)
-requestreply.add_command(
-    delete_command(
-        REQUESTREPLY, "Delete RequestReplies." + examples("rabbitmesh requestreply delete ask")
-    )
+add_verbs(
+    requestreply,
+    REQUESTREPLY,
+    columns=[
+        ("NAME", out.name),
+        ("BROKER", _broker),
+        ("URL", out.url),
+        ("TIMEOUT", lambda o: out.spec(o, "timeout") or ""),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List RequestReplies." + examples("rabbitmesh requestreply list"),
+    fields=lambda o: [
+        ("Broker", _broker(o)),
+        ("URL", out.url(o)),
+        ("Correlation attribute", out.spec(o, "correlationAttribute") or ""),
+        ("Reply attribute", out.spec(o, "replyAttribute") or ""),
+        ("Timeout", out.spec(o, "timeout") or ""),
+    ],
+    describe_help="Show a RequestReply." + examples("rabbitmesh requestreply describe ask"),
+    delete_help="Delete RequestReplies." + examples("rabbitmesh requestreply delete ask"),
 )

@@ -15,27 +15,19 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import SINKBINDING, ApiClient, CliError
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    key_values,
-    metadata,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, key_values, namespace_option
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 from rabbitmesh.sources.sinkbinding import NotBound, env_of
 
 SINK_HELP = "Where events go: ksvc:NAME, svc:NAME, broker:NAME, channel:NAME, NAME or a URL."
 
 
-@click.group(
-    help="Manage SinkBindings: a sink (and CloudEvent overrides) for a program you run with "
-    "`rabbitmesh sinkbinding exec`.\n\n" + CONNECTION_HELP
+sinkbinding = api_group(
+    "sinkbinding",
+    "Manage SinkBindings: a sink (and CloudEvent overrides) for a program you run with "
+    "`rabbitmesh sinkbinding exec`.",
 )
-def sinkbinding() -> None:
-    pass
 
 
 def _subject(text: str) -> dict[str, Any]:
@@ -97,48 +89,28 @@ def create(
     ext = key_values(ce_overrides, "--ce-override")
     if ext:
         spec["ceOverrides"] = {"extensions": ext}
-    client.create(
-        SINKBINDING,
-        namespace,
-        {
-            "apiVersion": f"{SINKBINDING.group}/{SINKBINDING.version}",
-            "kind": SINKBINDING.kind,
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("SinkBinding", name, "created", namespace)
+    create_resource(client, SINKBINDING, name, namespace, spec)
 
 
-sinkbinding.add_command(
-    list_command(
-        SINKBINDING,
-        [
-            ("NAME", out.name),
-            ("SUBJECT", _subject_text),
-            ("SINK", lambda o: out.sink_of(o, "sink")),
-            ("URI", lambda o: (o.get("status") or {}).get("sinkUri", "")),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List SinkBindings." + examples("rabbitmesh sinkbinding list"),
-    )
-)
-sinkbinding.add_command(
-    describe_command(
-        SINKBINDING,
-        lambda o: [
-            ("Sink", out.sink_of(o, "sink")),
-            ("Sink URI", (o.get("status") or {}).get("sinkUri", "")),
-        ],
-        "Show a SinkBinding." + examples("rabbitmesh sinkbinding describe bind"),
-    )
-)
-sinkbinding.add_command(
-    delete_command(
-        SINKBINDING, "Delete SinkBindings." + examples("rabbitmesh sinkbinding delete b")
-    )
+add_verbs(
+    sinkbinding,
+    SINKBINDING,
+    columns=[
+        ("NAME", out.name),
+        ("SUBJECT", _subject_text),
+        ("SINK", lambda o: out.sink_of(o, "sink")),
+        ("URI", lambda o: (o.get("status") or {}).get("sinkUri", "")),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List SinkBindings." + examples("rabbitmesh sinkbinding list"),
+    fields=lambda o: [
+        ("Sink", out.sink_of(o, "sink")),
+        ("Sink URI", (o.get("status") or {}).get("sinkUri", "")),
+    ],
+    describe_help="Show a SinkBinding." + examples("rabbitmesh sinkbinding describe bind"),
+    delete_help="Delete SinkBindings." + examples("rabbitmesh sinkbinding delete b"),
 )
 
 

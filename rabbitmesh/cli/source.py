@@ -21,16 +21,16 @@ from rabbitmesh.cli.client import (
     Kind,
 )
 from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
     all_namespaces_option,
     api_command,
+    api_group,
     echo_done,
     key_values,
-    metadata,
     namespace_option,
+    rabbitmq_connection_options,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 from rabbitmesh.resources.sources import RUNTIME_ANNOTATION, RUNTIMES
 
 SINK_HELP = (
@@ -38,9 +38,10 @@ SINK_HELP = (
 )
 
 
-@click.group(help="Manage event sources.\n\n" + CONNECTION_HELP)
-def source() -> None:
-    pass
+source = api_group(
+    "source",
+    "Manage event sources.",
+)
 
 
 @source.command(
@@ -88,21 +89,7 @@ def _create(
     sink: str,
     annotations: dict[str, str] | None = None,
 ) -> None:
-    spec = {**spec, "sink": parse_sink(sink)}
-    meta = metadata(name, namespace)
-    if annotations:
-        meta["annotations"] = annotations
-    client.create(
-        kind,
-        namespace,
-        {
-            "apiVersion": f"{kind.group}/{kind.version}",
-            "kind": kind.kind,
-            "metadata": meta,
-            "spec": spec,
-        },
-    )
-    echo_done(kind.kind, name, "created", namespace)
+    create_resource(client, kind, name, namespace, {**spec, "sink": parse_sink(sink)}, annotations)
 
 
 def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -111,35 +98,29 @@ def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _group(name: str, kind: Kind, what: str, columns: list[out.Column]) -> click.Group:
-    group = click.Group(name, help=f"Manage {what}.\n\n" + CONNECTION_HELP)
-    group.add_command(
-        list_command(
-            kind,
-            columns,
-            f"List {what}." + examples(f"rabbitmesh source {name} list"),
-        )
-    )
-    group.add_command(
-        describe_command(
-            kind,
-            lambda o: (
-                [("Sink", out.sink_of(o, "sink"))]
-                + [
-                    (k[0].upper() + k[1:], v if isinstance(v, str) else json.dumps(v))
-                    for k, v in (o.get("spec") or {}).items()
-                    if k != "sink"
-                ]
-            ),
-            f"Show one of the {what}." + examples(f"rabbitmesh source {name} describe NAME"),
-        )
-    )
-    group.add_command(
-        delete_command(kind, f"Delete {what}." + examples(f"rabbitmesh source {name} delete NAME"))
+    group = api_group(name, f"Manage {what}.")
+    add_verbs(
+        group,
+        kind,
+        columns=columns,
+        list_help=f"List {what}." + examples(f"rabbitmesh source {name} list"),
+        fields=lambda o: (
+            [("Sink", out.sink_of(o, "sink"))]
+            + [
+                (k[0].upper() + k[1:], v if isinstance(v, str) else json.dumps(v))
+                for k, v in (o.get("spec") or {}).items()
+                if k != "sink"
+            ]
+        ),
+        describe_help=f"Show one of the {what}."
+        + examples(f"rabbitmesh source {name} describe NAME"),
+        delete_help=f"Delete {what}." + examples(f"rabbitmesh source {name} delete NAME"),
     )
     source.add_command(group)
     return group
 
 
+sink_option = click.option("--sink", "-s", required=True, help=SINK_HELP)
 ce_override_option = click.option(
     "--ce-override",
     "ce_overrides",
@@ -207,7 +188,7 @@ def _ping_spec(schedule: str | None, data: str | None, encoding: str) -> dict[st
     help="How --data is given.",
 )
 @click.option("--content-type", default=None, help="datacontenttype of the data.")
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@sink_option
 @ce_override_option
 @api_command
 def ping_create(
@@ -309,7 +290,7 @@ container = _group(
     help="process (command + args) or docker (the image); the server runs only its own "
     "RABBITMESH_CONTAINER_RUNTIME [default: say nothing].",
 )
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@sink_option
 @ce_override_option
 @api_command
 def container_create(
@@ -412,7 +393,7 @@ def _resource(text: str) -> dict[str, Any]:
     metavar="KEY=VALUE",
     help="Watch the namespaces with these labels instead of the source's own. Repeatable.",
 )
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@sink_option
 @ce_override_option
 @api_command
 def apiserver_create(
@@ -485,7 +466,7 @@ def _secret_ref(text: str, flag: str) -> dict[str, Any]:
 @click.option("--access-token", required=True, help="SECRET:KEY of a GitLab API token.")
 @click.option("--secret-token", required=True, help="SECRET:KEY of the webhook secret token.")
 @click.option("--sslverify/--no-sslverify", default=True, help="Verify GitLab's TLS certificate.")
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@sink_option
 @ce_override_option
 @api_command
 def gitlab_create(
@@ -551,13 +532,8 @@ rabbitmq = _group(
     show_default=True,
     help="Messages in flight at once (1 keeps the queue's order).",
 )
-@click.option("--vhost", default=None, help="Virtual host (default: the URL's).")
-@click.option(
-    "--connection-secret",
-    default=None,
-    help="Secret whose key `uri` is another RabbitMQ's AMQP URL [default: rabbitmesh's].",
-)
-@click.option("--sink", "-s", required=True, help=SINK_HELP)
+@rabbitmq_connection_options
+@sink_option
 @ce_override_option
 @api_command
 def rabbitmq_create(

@@ -8,15 +8,9 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import SUBSCRIPTION, ApiClient, CliError
-from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
-    api_command,
-    echo_done,
-    metadata,
-    namespace_option,
-)
+from rabbitmesh.cli.common import api_command, api_group, echo_done, namespace_option
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
 
 def channel_ref(text: str) -> dict[str, Any]:
@@ -30,9 +24,10 @@ def channel_ref(text: str) -> dict[str, Any]:
     return {"apiVersion": "messaging.knative.dev/v1", "kind": kinds[prefix], "name": name}
 
 
-@click.group(help="Manage subscriptions: a channel's events to a subscriber.\n\n" + CONNECTION_HELP)
-def subscription() -> None:
-    pass
+subscription = api_group(
+    "subscription",
+    "Manage subscriptions: a channel's events to a subscriber.",
+)
 
 
 def _sink_options(f: Any) -> Any:
@@ -71,17 +66,7 @@ def create(
         spec["reply"] = parse_sink(sink_reply, "--sink-reply")
     if sink_dead_letter:
         spec["delivery"] = {"deadLetterSink": parse_sink(sink_dead_letter, "--sink-dead-letter")}
-    client.create(
-        SUBSCRIPTION,
-        namespace,
-        {
-            "apiVersion": "messaging.knative.dev/v1",
-            "kind": "Subscription",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Subscription", name, "created", namespace)
+    create_resource(client, SUBSCRIPTION, name, namespace, spec)
 
 
 @subscription.command(
@@ -124,37 +109,27 @@ def _dls(obj: dict[str, Any]) -> str:
     return out.sink_of(obj, "delivery", "deadLetterSink")
 
 
-subscription.add_command(
-    list_command(
-        SUBSCRIPTION,
-        [
-            ("NAME", out.name),
-            ("CHANNEL", lambda o: out.spec(o, "channel", "name") or ""),
-            ("SUBSCRIBER", lambda o: out.sink_of(o, "subscriber")),
-            ("REPLY", lambda o: out.sink_of(o, "reply")),
-            ("DEAD LETTER SINK", _dls),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List subscriptions: channel, subscriber, reply, dead-letter sink and readiness."
-        + examples("rabbitmesh subscription list"),
-    )
-)
-subscription.add_command(
-    describe_command(
-        SUBSCRIPTION,
-        lambda o: [
-            ("Channel", out.spec(o, "channel", "name") or ""),
-            ("Subscriber", out.sink_of(o, "subscriber")),
-            ("Reply", out.sink_of(o, "reply")),
-            ("DeadLetterSink", _dls(o)),
-        ],
-        "Show a subscription and its conditions."
-        + examples("rabbitmesh subscription describe sub1"),
-    )
-)
-subscription.add_command(
-    delete_command(
-        SUBSCRIPTION, "Delete subscriptions." + examples("rabbitmesh subscription delete sub1")
-    )
+add_verbs(
+    subscription,
+    SUBSCRIPTION,
+    columns=[
+        ("NAME", out.name),
+        ("CHANNEL", lambda o: out.spec(o, "channel", "name") or ""),
+        ("SUBSCRIBER", lambda o: out.sink_of(o, "subscriber")),
+        ("REPLY", lambda o: out.sink_of(o, "reply")),
+        ("DEAD LETTER SINK", _dls),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List subscriptions: channel, subscriber, reply, dead-letter sink and readiness."
+    + examples("rabbitmesh subscription list"),
+    fields=lambda o: [
+        ("Channel", out.spec(o, "channel", "name") or ""),
+        ("Subscriber", out.sink_of(o, "subscriber")),
+        ("Reply", out.sink_of(o, "reply")),
+        ("DeadLetterSink", _dls(o)),
+    ],
+    describe_help="Show a subscription and its conditions."
+    + examples("rabbitmesh subscription describe sub1"),
+    delete_help="Delete subscriptions." + examples("rabbitmesh subscription delete sub1"),
 )

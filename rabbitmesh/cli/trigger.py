@@ -9,22 +9,20 @@ import click
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import BROKER, TRIGGER, ApiClient, CliError
 from rabbitmesh.cli.common import (
-    CONNECTION_HELP,
     api_command,
+    api_group,
     echo_done,
     key_values,
     metadata,
     namespace_option,
 )
 from rabbitmesh.cli.sinks import parse_sink
-from rabbitmesh.cli.verbs import delete_command, describe_command, examples, list_command
+from rabbitmesh.cli.verbs import add_verbs, create_resource, examples
 
-
-@click.group(
-    help="Manage triggers: which events of a broker go to which subscriber.\n\n" + CONNECTION_HELP
+trigger = api_group(
+    "trigger",
+    "Manage triggers: which events of a broker go to which subscriber.",
 )
-def trigger() -> None:
-    pass
 
 
 @trigger.command(
@@ -81,17 +79,7 @@ def create(
                     "metadata": metadata("default", namespace),
                 },
             )
-    client.create(
-        TRIGGER,
-        namespace,
-        {
-            "apiVersion": "eventing.knative.dev/v1",
-            "kind": "Trigger",
-            "metadata": metadata(name, namespace),
-            "spec": spec,
-        },
-    )
-    echo_done("Trigger", name, "created", namespace)
+    create_resource(client, TRIGGER, name, namespace, spec)
 
 
 @trigger.command(
@@ -158,32 +146,22 @@ def _fields(obj: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-trigger.add_command(
-    list_command(
-        TRIGGER,
-        [
-            ("NAME", out.name),
-            ("BROKER", lambda o: out.spec(o, "broker") or ""),
-            ("SINK", lambda o: out.sink_of(o, "subscriber")),
-            ("AGE", out.age),
-            ("READY", out.ready),
-            ("REASON", out.reason),
-        ],
-        "List triggers: name, broker, sink, age and readiness."
-        + examples("rabbitmesh trigger list", "rabbitmesh trigger list -n team-a -o json"),
-    )
-)
-trigger.add_command(
-    describe_command(
-        TRIGGER,
-        _fields,
-        "Show a trigger: broker, filter, sink and conditions."
-        + examples("rabbitmesh trigger describe hi"),
-    )
-)
-trigger.add_command(
-    delete_command(
-        TRIGGER,
-        "Delete triggers, with their RabbitMQ queues." + examples("rabbitmesh trigger delete hi"),
-    )
+add_verbs(
+    trigger,
+    TRIGGER,
+    columns=[
+        ("NAME", out.name),
+        ("BROKER", lambda o: out.spec(o, "broker") or ""),
+        ("SINK", lambda o: out.sink_of(o, "subscriber")),
+        ("AGE", out.age),
+        ("READY", out.ready),
+        ("REASON", out.reason),
+    ],
+    list_help="List triggers: name, broker, sink, age and readiness."
+    + examples("rabbitmesh trigger list", "rabbitmesh trigger list -n team-a -o json"),
+    fields=_fields,
+    describe_help="Show a trigger: broker, filter, sink and conditions."
+    + examples("rabbitmesh trigger describe hi"),
+    delete_help="Delete triggers, with their RabbitMQ queues."
+    + examples("rabbitmesh trigger delete hi"),
 )

@@ -9,7 +9,40 @@ import click
 
 from rabbitmesh.cli import output as out
 from rabbitmesh.cli.client import ApiClient, Kind
-from rabbitmesh.cli.common import all_namespaces_option, api_command, echo_done, namespace_option
+from rabbitmesh.cli.common import (
+    all_namespaces_option,
+    api_command,
+    echo_done,
+    metadata,
+    namespace_option,
+)
+
+
+def create_resource(
+    client: ApiClient,
+    kind: Kind,
+    name: str,
+    namespace: str,
+    spec: dict[str, Any],
+    annotations: dict[str, str] | None = None,
+    shown: str | None = None,
+) -> None:
+    """Creates `name` of `kind` with `spec` (and `annotations`) and prints kn's confirmation,
+    naming the kind as `shown` when kn spells it otherwise (Eventtype)."""
+    meta = metadata(name, namespace)
+    if annotations:
+        meta["annotations"] = annotations
+    client.create(
+        kind,
+        namespace,
+        {
+            "apiVersion": f"{kind.group}/{kind.version}",
+            "kind": kind.kind,
+            "metadata": meta,
+            "spec": spec,
+        },
+    )
+    echo_done(shown or kind.kind, name, "created", namespace)
 
 
 def list_command(
@@ -65,6 +98,22 @@ def delete_command(kind: Kind, help_text: str) -> click.Command:
             echo_done(kind.kind, name, "deleted", namespace)
 
     return cmd
+
+
+def add_verbs(
+    group: click.Group,
+    kind: Kind,
+    *,
+    columns: Sequence[out.Column],
+    list_help: str,
+    fields: Callable[[dict[str, Any]], Sequence[tuple[str, str]]],
+    describe_help: str,
+    delete_help: str,
+) -> None:
+    """Gives `group` kn's list, describe and delete of `kind`."""
+    group.add_command(list_command(kind, columns, list_help))
+    group.add_command(describe_command(kind, fields, describe_help))
+    group.add_command(delete_command(kind, delete_help))
 
 
 def examples(*lines: str) -> str:

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from rabbitmesh.resources.base import FieldError, Model, Resource
 from rabbitmesh.resources.registry import register
-from rabbitmesh.resources.sources import LabelSelectorRequirement
+from rabbitmesh.resources.sources import LabelSelector
 
 
 class PolicyRef(Model):
@@ -19,28 +19,11 @@ class PolicyRef(Model):
     namespace: str | None = None
 
 
-class PolicySelector(Model):
-    """Knative's EventPolicySelector: a kind and a label selector."""
+class PolicySelector(LabelSelector):
+    """Knative's EventPolicySelector: a kind and (inline, as in Knative) a label selector."""
 
     api_version: str | None = None
     kind: str | None = None
-    match_labels: dict[str, str] | None = None
-    match_expressions: list[LabelSelectorRequirement] | None = None
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        if any(labels.get(k) != v for k, v in (self.match_labels or {}).items()):
-            return False
-        for r in self.match_expressions or []:
-            present = r.key in labels
-            if r.operator == "Exists" and not present:
-                return False
-            if r.operator == "DoesNotExist" and present:
-                return False
-            if r.operator == "In" and labels.get(r.key) not in (r.values or []):
-                return False
-            if r.operator == "NotIn" and present and labels[r.key] in (r.values or []):
-                return False
-        return True
 
 
 class PolicyTo(Model):

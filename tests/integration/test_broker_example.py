@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.events import post
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import MeshProcess, free_port, write_manifests
 
 pytestmark = pytest.mark.integration
@@ -100,18 +101,7 @@ async def test_binary_event_behaves_the_same(example):
 async def test_invalid_manifest_stops_startup_with_one_line(tmp_path, prefix):
     write_manifests(
         tmp_path / "bad",
-        """
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: br1}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {name: tr1}
-        spec:
-          broker: br1
-          subscriber: {uri: not-a-url}
-        """,
+        broker_and_trigger("not-a-url", broker="br1", trigger="tr1"),
         "bad.yaml",
     )
     mesh = MeshProcess(tmp_path / "bad", prefix, port=free_port())

@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.config import reapply
 from tests.support.events import post, post_binary
+from tests.support.manifests import broker_and_trigger, documents
 from tests.support.rabbit import list_names, rabbitmqctl
 from tests.support.responders import appending, message
 from tests.support.sink import Reply
@@ -208,25 +209,15 @@ async def test_reply_into_a_broker_is_routed_by_its_triggers(start_mesh, make_si
     app = await make_sink(appending("+"))
     sink = await make_sink()
     mesh = await start_mesh(
-        f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec:
-          broker: br
-          filter: {{attributes: {{type: com.example.test}}}}
-          subscriber: {uri(sink.url)}
-        ---
-        """
-        + channel()
-        + subscription(
-            "s",
-            f"subscriber: {uri(app.url)}\n"
-            "          reply: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: br}}",
+        documents(
+            broker_and_trigger(sink.url, trigger="tr", filter_type="com.example.test"),
+            channel()
+            + subscription(
+                "s",
+                f"subscriber: {uri(app.url)}\n"
+                "          reply: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, "
+                "name: br}}",
+            ),
         )
     )
     await post_binary(mesh.url + "/channels/default/ch", data={"message": "x"})

@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.api import call
 from tests.support.events import post, post_binary
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import InProcessMesh, MeshProcess, write_manifests
 from tests.support.rabbit import list_names
 from tests.support.waiting import eventually
@@ -25,19 +26,7 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.integration
 
 TOKEN = "console-test-token-3f9a"
-SEED = """
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: br1}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: tr1}
-spec:
-  broker: br1
-  filter: {attributes: {type: com.hj.hi}}
-  subscriber: {uri: SINK}
-"""
+SEED = broker_and_trigger("SINK", broker="br1", trigger="tr1", filter_type="com.hj.hi")
 
 
 def seed(tmp_path, sink_url: str) -> Any:

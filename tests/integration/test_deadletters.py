@@ -11,6 +11,7 @@ import pytest
 from tests.integration.test_cli import rabbitmesh
 from tests.support.api import call
 from tests.support.events import post_binary
+from tests.support.manifests import broker_and_trigger
 from tests.support.sink import Received, Reply
 from tests.support.waiting import eventually
 
@@ -20,19 +21,7 @@ TRIGGER_PATH = "/apis/eventing.knative.dev/v1/namespaces/default/triggers/tr/dea
 
 
 def manifests(sub_url: str, delivery: str = "retry: 1, backoffDelay: PT0.05S") -> str:
-    return f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec:
-          broker: br
-          subscriber: {{uri: "{sub_url}"}}
-          delivery: {{{delivery}}}
-        """
+    return broker_and_trigger(sub_url, trigger="tr", delivery=f"{{{delivery}}}")
 
 
 def fails_twice_then_ok() -> tuple[Counter[str], object]:

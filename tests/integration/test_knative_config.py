@@ -13,6 +13,12 @@ from tests.integration.test_cli import rabbitmesh
 from tests.support.api import call, ready
 from tests.support.config import reapply
 from tests.support.events import post_binary
+from tests.support.manifests import (
+    broker_and_trigger,
+    broker_manifest,
+    documents,
+    trigger_manifest,
+)
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.rabbit import rabbitmqctl
 from tests.support.sink import Reply
@@ -180,25 +186,19 @@ async def test_config_br_defaults_delivery_is_used_by_triggers(start_mesh, make_
     failing = await make_sink(lambda r, i: Reply(500))
     dls = await make_sink()
     mesh = await start_mesh(
-        f"""
-        apiVersion: v1
-        kind: ConfigMap
-        metadata: {{name: config-br-defaults, namespace: knative-eventing}}
-        data:
-          default-br-config: |
-            namespaceDefaults:
-              default:
-                delivery: {{retry: 0, deadLetterSink: {{uri: "{dls.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec: {{broker: br, subscriber: {{uri: "{failing.url}"}}}}
-        """
+        documents(
+            f"""
+            apiVersion: v1
+            kind: ConfigMap
+            metadata: {{name: config-br-defaults, namespace: knative-eventing}}
+            data:
+              default-br-config: |
+                namespaceDefaults:
+                  default:
+                    delivery: {{retry: 0, deadLetterSink: {{uri: "{dls.url}"}}}}
+            """,
+            broker_and_trigger(failing.url, trigger="tr"),
+        )
     )
     tr = await get(mesh, TRIGGERS, ns="default", name="tr")
     assert tr["status"]["deadLetterSinkUri"] == dls.url
@@ -235,64 +235,44 @@ async def test_broker_on_a_second_vhost_and_one_with_classic_queues(vhost, start
     sink = await make_sink()
     uri = f"amqp://guest:guest@127.0.0.1:{_port()}/{vhost}"
     mesh = await start_mesh(
-        f"""
-        apiVersion: v1
-        kind: Secret
-        metadata: {{name: other-rabbit, namespace: knative-eventing}}
-        stringData: {{uri: "{uri}"}}
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {{name: elsewhere, namespace: knative-eventing}}
-        spec:
-          rabbitmqClusterReference:
-            connectionSecret: {{name: other-rabbit}}
-          queueType: quorum
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {{name: classic}}
-        spec:
-          rabbitmqClusterReference: {{name: rabbitmq}}
-          queueType: classic
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata:
-          name: far
-          annotations: {{eventing.knative.dev/broker.class: RabbitMQBroker}}
-        spec:
-          config:
+        documents(
+            f"""
+            apiVersion: v1
+            kind: Secret
+            metadata: {{name: other-rabbit, namespace: knative-eventing}}
+            stringData: {{uri: "{uri}"}}
+            ---
             apiVersion: eventing.knative.dev/v1alpha1
             kind: RabbitmqBrokerConfig
-            name: elsewhere
-            namespace: knative-eventing
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: near}}
-        spec:
-          config: {{apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: classic}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: far-tr}}
-        spec: {{broker: far, subscriber: {{uri: "{sink.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: near-tr}}
-        spec: {{broker: near, subscriber: {{uri: "{sink.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: plain-tr}}
-        spec: {{broker: plain, subscriber: {{uri: "{sink.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: plain}}
-        """,
+            metadata: {{name: elsewhere, namespace: knative-eventing}}
+            spec:
+              rabbitmqClusterReference:
+                connectionSecret: {{name: other-rabbit}}
+              queueType: quorum
+            ---
+            apiVersion: eventing.knative.dev/v1alpha1
+            kind: RabbitmqBrokerConfig
+            metadata: {{name: classic}}
+            spec:
+              rabbitmqClusterReference: {{name: rabbitmq}}
+              queueType: classic
+            ---
+            apiVersion: eventing.knative.dev/v1
+            kind: Broker
+            metadata:
+              name: far
+              annotations: {{eventing.knative.dev/broker.class: RabbitMQBroker}}
+            spec:
+              config:
+                apiVersion: eventing.knative.dev/v1alpha1
+                kind: RabbitmqBrokerConfig
+                name: elsewhere
+                namespace: knative-eventing
+            """,
+            broker_manifest("near", config="classic"),
+            broker_manifest("plain"),
+            *(trigger_manifest(f"{b}-tr", sink.url, broker=b) for b in ("far", "near", "plain")),
+        ),
         queue_type="quorum",
     )
     far = await get(mesh, BROKERS, ns="default", name="far")
@@ -330,30 +310,19 @@ async def test_broker_on_a_second_vhost_and_one_with_classic_queues(vhost, start
 
 async def test_missing_broker_config_or_secret_is_not_ready(start_mesh):
     mesh = await start_mesh(
-        """
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: b1}
-        spec:
-          config: {apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: nope}
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {name: cfg}
-        spec:
-          rabbitmqClusterReference: {connectionSecret: {name: missing}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: b2}
-        spec:
-          config: {apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: cfg}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {name: t}
-        spec: {broker: b2, subscriber: {uri: "http://127.0.0.1:9/"}}
-        """
+        documents(
+            broker_manifest("b1", config="nope"),
+            """
+            apiVersion: eventing.knative.dev/v1alpha1
+            kind: RabbitmqBrokerConfig
+            metadata: {name: cfg}
+            spec:
+              rabbitmqClusterReference: {connectionSecret: {name: missing}}
+            """,
+            broker_and_trigger(
+                "http://127.0.0.1:9/", broker="b2", trigger="t", broker_config="cfg"
+            ),
+        )
     )
     assert ready(await get(mesh, BROKERS, ns="default", name="b1")) == (
         "False",
@@ -374,23 +343,16 @@ async def test_parallelism_annotation_one_is_fifo(start_mesh, make_sink):
         await make_sink(lambda r, i: Reply(200, delay=delay)),
     )
     mesh = await start_mesh(
-        f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata:
-          name: fifo
-          annotations: {{rabbitmq.eventing.knative.dev/parallelism: "1"}}
-        spec: {{broker: br, filter: {{attributes: {{type: fifo}}}}, subscriber: {{uri: "{fifo.url}"}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: wide}}
-        spec: {{broker: br, filter: {{attributes: {{type: wide}}}}, subscriber: {{uri: "{wide.url}"}}}}
-        """
+        documents(
+            broker_manifest(),
+            trigger_manifest(
+                "fifo",
+                fifo.url,
+                filter_type="fifo",
+                annotations='rabbitmq.eventing.knative.dev/parallelism: "1"',
+            ),
+            trigger_manifest("wide", wide.url, filter_type="wide"),
+        )
     )
     tr = await get(mesh, TRIGGERS, ns="default", name="fifo")
     assert tr["status"]["effectiveConfig"]["parallelism"] == {
@@ -416,25 +378,19 @@ async def test_parallelism_annotation_one_is_fifo(start_mesh, make_sink):
 async def test_config_features_switch_what_has_an_equivalent(start_mesh, make_sink):
     sink = await make_sink()
     mesh = await start_mesh(
-        f"""
-        apiVersion: v1
-        kind: ConfigMap
-        metadata: {{name: config-features, namespace: knative-eventing}}
-        data:
-          eventtype-auto-create: enabled
-          transport-encryption: strict
-          authentication-oidc: disabled
-          new-trigger-filters: enabled
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {{name: tr}}
-        spec: {{broker: br, subscriber: {{uri: "{sink.url}"}}}}
-        """
+        documents(
+            """
+            apiVersion: v1
+            kind: ConfigMap
+            metadata: {name: config-features, namespace: knative-eventing}
+            data:
+              eventtype-auto-create: enabled
+              transport-encryption: strict
+              authentication-oidc: disabled
+              new-trigger-filters: enabled
+            """,
+            broker_and_trigger(sink.url, trigger="tr"),
+        )
     )
     status, cm = await call("GET", mesh.url + CONFIGMAPS + "/config-features")
     assert status == 200
@@ -542,37 +498,31 @@ async def test_a_connection_secret_never_leaks_and_only_amqp_is_dialled(start_me
     password) appears in no status and no log line, only its redacted form."""
     password = "s3cret-pass-word"
     mesh = await start_mesh(
-        f"""
-        apiVersion: v1
-        kind: Secret
-        metadata: {{name: web}}
-        stringData: {{uri: "http://admin:{password}@127.0.0.1:15672/"}}
-        ---
-        apiVersion: v1
-        kind: Secret
-        metadata: {{name: closed}}
-        stringData: {{uri: "amqp://admin:{password}@127.0.0.1:9/"}}
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {{name: web}}
-        spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: web}}}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1alpha1
-        kind: RabbitmqBrokerConfig
-        metadata: {{name: closed}}
-        spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: closed}}}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: web}}
-        spec: {{config: {{apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: web}}}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: closed}}
-        spec: {{config: {{apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: closed}}}}
-        """
+        documents(
+            f"""
+            apiVersion: v1
+            kind: Secret
+            metadata: {{name: web}}
+            stringData: {{uri: "http://admin:{password}@127.0.0.1:15672/"}}
+            ---
+            apiVersion: v1
+            kind: Secret
+            metadata: {{name: closed}}
+            stringData: {{uri: "amqp://admin:{password}@127.0.0.1:9/"}}
+            ---
+            apiVersion: eventing.knative.dev/v1alpha1
+            kind: RabbitmqBrokerConfig
+            metadata: {{name: web}}
+            spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: web}}}}}}
+            ---
+            apiVersion: eventing.knative.dev/v1alpha1
+            kind: RabbitmqBrokerConfig
+            metadata: {{name: closed}}
+            spec: {{rabbitmqClusterReference: {{connectionSecret: {{name: closed}}}}}}
+            """,
+            broker_manifest("web", config="web"),
+            broker_manifest("closed", config="closed"),
+        )
     )
     web = await get(mesh, BROKERS, ns="default", name="web")
     assert ready(web) == ("False", "InvalidConnectionSecret")
@@ -588,15 +538,7 @@ async def test_moving_a_broker_with_triggers_is_refused_at_write_time(vhost, sta
     """As eventing-rabbitmq's webhook: a RabbitmqBrokerConfig change that would retype or move
     the queues of a broker's triggers gets 422 naming the field; once the broker has no
     triggers, the same change applies."""
-    mesh = await start_mesh(
-        """
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: br}
-        spec:
-          config: {apiVersion: eventing.knative.dev/v1alpha1, kind: RabbitmqBrokerConfig, name: cfg}
-        """
-    )
+    mesh = await start_mesh(broker_manifest("br", config="cfg"))
     cfgs = mesh.url + "/apis/eventing.knative.dev/v1alpha1/namespaces/default/rabbitmqbrokerconfigs"
     cfg = {
         "apiVersion": "eventing.knative.dev/v1alpha1",
@@ -699,19 +641,9 @@ async def test_delivery_timeout_and_retryafter_flags(start_mesh):
     """Disabled in config-features, a trigger's delivery.timeout and retryAfterMax are
     ignored (Knative does not take the fields then); enabled (rabbitmesh's default), used."""
     mesh = await start_mesh(
-        """
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: br}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {name: tr}
-        spec:
-          broker: br
-          subscriber: {uri: "http://127.0.0.1:9/"}
-          delivery: {timeout: PT2S, retryAfterMax: PT30S}
-        """
+        broker_and_trigger(
+            "http://127.0.0.1:9/", trigger="tr", delivery="{timeout: PT2S, retryAfterMax: PT30S}"
+        )
     )
     queue = f"{mesh.settings.topology_prefix}.trigger.default.tr"
 

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.support.events import binary_headers
+from tests.support.manifests import broker_and_trigger
 from tests.support.mesh import MeshProcess, write_manifests
 from tests.support.sink import Received, Reply
 from tests.support.waiting import eventually
@@ -27,21 +28,12 @@ PER_KEY = 50
 
 
 def manifests(sub_url: str, annotations: str = "", retry: int = 5) -> str:
-    return f"""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {{name: br}}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata:
-          name: tr
-          annotations: {{{annotations}}}
-        spec:
-          broker: br
-          subscriber: {{uri: "{sub_url}"}}
-          delivery: {{retry: {retry}, backoffPolicy: linear, backoffDelay: PT0.05S}}
-        """
+    return broker_and_trigger(
+        sub_url,
+        trigger="tr",
+        trigger_annotations=annotations,
+        delivery=f"{{retry: {retry}, backoffPolicy: linear, backoffDelay: PT0.05S}}",
+    )
 
 
 ORDERED = '"rabbitmesh.dev/delivery-order": ordered, "rabbitmesh.dev/partitions": "8"'

@@ -10,6 +10,7 @@ from rabbitmesh.reconciler.resolve import resolve
 from rabbitmesh.resources.duck import Destination
 from rabbitmesh.resources.eventing import Broker, Trigger
 from rabbitmesh.resources.loader import ManifestError, load_path, load_text
+from tests.support.manifests import broker_and_trigger
 
 
 def load(text: str):
@@ -23,19 +24,11 @@ def error(text: str) -> str:
 
 
 def test_seed_example_loads():
-    res = load("""
-        apiVersion: eventing.knative.dev/v1
-        kind: Broker
-        metadata: {name: br1}
-        ---
-        apiVersion: eventing.knative.dev/v1
-        kind: Trigger
-        metadata: {name: tr1}
-        spec:
-          broker: br1
-          filter: {attributes: {type: com.hj.hi}}
-          subscriber: {uri: http://127.0.0.1:9001/}
-        """)
+    res = load(
+        broker_and_trigger(
+            "http://127.0.0.1:9001/", broker="br1", trigger="tr1", filter_type="com.hj.hi"
+        )
+    )
     broker, trigger = res
     assert isinstance(broker, Broker) and isinstance(trigger, Trigger)
     assert broker.namespace == "default"
