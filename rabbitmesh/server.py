@@ -125,7 +125,12 @@ class Server:
         self._site: web.TCPSite | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.requestreplies = RequestReplies(
-            self.publisher, self.consumer, self.names, settings, self._resources
+            self.publisher,
+            self.consumer,
+            self.names,
+            settings,
+            self._resources,
+            lambda: self.session,
         )
         self.transforms = EventTransforms(settings, self._resources, lambda: self.session)
 
