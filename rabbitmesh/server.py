@@ -131,8 +131,11 @@ class Server:
             settings,
             self._resources,
             lambda: self.session,
+            self._gate,
         )
-        self.transforms = EventTransforms(settings, self._resources, lambda: self.session)
+        self.transforms = EventTransforms(
+            settings, self._resources, lambda: self.session, self._gate
+        )
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -201,6 +204,10 @@ class Server:
             request_timeout=s.request_timeout,
         )
         return Console(lambda: self.plane, s, tails)
+
+    def _gate(self) -> Gate | None:
+        """The ingress' sender check, for the endpoint kinds (None: authentication-oidc off)."""
+        return self.ctx.gate if self.ctx is not None else None
 
     def _dispatches(self) -> bool:
         """FIFO (concurrency 1) needs one consumer per queue: only the first worker then."""

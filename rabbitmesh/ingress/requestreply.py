@@ -52,7 +52,15 @@ from rabbitmesh.dispatch.sender import send
 from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.ingress.auth import tokens, unauthorized
 from rabbitmesh.ingress.handlers import error
-from rabbitmesh.ingress.single import Refused, Resources, read_one_event, ready_resource
+from rabbitmesh.ingress.single import (
+    Gates,
+    Refused,
+    Resources,
+    admitted,
+    check_event,
+    read_one_event,
+    ready_resource,
+)
 from rabbitmesh.metrics import requestreply_total
 from rabbitmesh.resources.eventing import Broker
 from rabbitmesh.resources.eventing_v1alpha1 import RequestReply
@@ -123,9 +131,11 @@ class RequestReplies:
         settings: Settings,
         resources: Resources,
         session: Callable[[], aiohttp.ClientSession | None] = lambda: None,
+        gate: Gates = lambda: None,
     ) -> None:
         self.publisher = publisher
         self.session = session
+        self.gate = gate
         #: (namespace, name) -> its `spec.delivery` (absent: publish once, no dead letter).
         self.deliveries: dict[tuple[str, str], RequestDelivery] = {}
         self.consumer = consumer
@@ -231,10 +241,16 @@ class RequestReplies:
                     )
                 )
             # The request goes into the broker: it takes only what the broker's own ingress
-            # would take (its ingress tokens, when it has some).
+            # would take (its ingress tokens, when it has some: they alone decide, as at the
+            # broker's ingress). Otherwise, with authentication-oidc, the EventPolicies of
+            # the RequestReply itself (and the default authorization mode) decide.
             accepted = tokens(get, broker)
-            if accepted is not None and (denied := unauthorized(request, accepted)) is not None:
-                raise Refused(denied)
+            admission = None
+            if accepted is not None:
+                if (denied := unauthorized(request, accepted)) is not None:
+                    raise Refused(denied)
+            else:
+                admission = await admitted(self.gate(), request, rr)
             if len(self.waiters) >= self.max_pending:
                 raise Refused(
                     error(
@@ -245,6 +261,7 @@ class RequestReplies:
                     )
                 )
             event = await read_one_event(request, self.settings)
+            check_event(admission, event)
         except Refused as r:
             if rr is not None:  # labels only for RequestReplies that exist
                 requestreply_total.labels(rr.namespace, rr.name, "refused").inc()
