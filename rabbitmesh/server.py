@@ -51,6 +51,7 @@ from rabbitmesh.reconciler.hosted import ingress_target, not_ready_reason
 from rabbitmesh.reconciler.jobsink import show_runs as job_status
 from rabbitmesh.reconciler.sources import on_runtime_change as source_status
 from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.sources import GitLabSource
 from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
@@ -182,6 +183,7 @@ class Server:
                 lambda: self.session,
                 max_body_bytes=self.settings.max_event_bytes,
                 request_timeout=self.settings.request_timeout,
+                auth=self._source_auth,
             )
             app.add_routes(webhooks.routes())
         if self.settings.role in ("all", "ingress"):
@@ -206,6 +208,13 @@ class Server:
             request_timeout=s.request_timeout,
         )
         return Console(lambda: self.plane, s, tails)
+
+    def _source_auth(self, source: GitLabSource) -> Callable[[], dict[str, str] | None] | None:
+        """A webhook-driven source's identity for its sink (authentication-oidc), else None."""
+        ctx = self.ctx
+        if ctx is None:
+            return None
+        return ctx.sender_auth(source, source.spec.sink, source.namespace)
 
     def _gate(self) -> Gate | None:
         """The ingress' sender check, for the endpoint kinds (None: authentication-oidc off)."""

@@ -397,3 +397,101 @@ async def test_eventtransform_and_requestreply_are_behind_the_gate(start_mesh, m
     assert status == 202
     (got,) = await sink.wait_for(1)
     assert got.ce_id == "via-trigger" and got.headers["ce-type"] == "done.com.example.order.created"
+
+
+async def test_dead_letter_deliveries_carry_the_senders_identity(start_mesh, make_sink, issuer):
+    """A Trigger's dead letters reach its dead-letter sink with a token of the Trigger's own
+    identity, for the sink's audience, verifiable with rabbitmesh's published JWKS."""
+    failing = await make_sink(lambda _r, _i: Reply(500))
+    dls = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: orders}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: fails}}
+        spec:
+          broker: orders
+          subscriber: {{uri: "{failing.url}"}}
+          delivery:
+            retry: 0
+            deadLetterSink: {{uri: "{dls.url}", audience: "my-dead-letters"}}
+        """,
+        authentication_oidc=True,
+        oidc_issuer=issuer.url,
+    )
+    status, _, _ = await post(
+        f"{mesh.url}/default/orders", event("doomed"), issuer.token(PRODUCER, AUD)
+    )
+    assert status == 202
+    (dead,) = await dls.wait_for(1)
+    assert dead.ce_id == "doomed" and dead.headers["ce-knativeerrorcode"] == "500"
+    base = mesh.server.settings.base_url
+    async with aiohttp.ClientSession() as s, s.get(f"{mesh.url}/.well-known/jwks.json") as r:
+        keys = jwt.PyJWKSet.from_dict(await r.json())
+    token = dead.headers["Authorization"].removeprefix("Bearer ")
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = next(k for k in keys.keys if k.key_id == kid)
+    claims = jwt.decode(
+        token, key.key, algorithms=["ES256"], audience="my-dead-letters", issuer=base
+    )
+    assert claims["sub"] == "system:serviceaccount:default:fails-oidc-eventing.knative.dev-trigger"
+
+
+async def test_gitlab_source_events_carry_the_sources_identity(start_mesh, make_sink, issuer):
+    """A GitLabSource's webhook events reach a Broker whose only policy allows that source
+    (`from: ref GitLabSource`): rabbitmesh signs them with the source's identity."""
+    sink = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: orders}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: EventPolicy
+        metadata: {{name: only-the-repo}}
+        spec:
+          to: [{{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}}}]
+          from:
+            - ref: {{apiVersion: sources.knative.dev/v1alpha1, kind: GitLabSource, name: repo}}
+        ---
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: gitlab}}
+        stringData: {{secretToken: hook-secret}}
+        ---
+        apiVersion: sources.knative.dev/v1alpha1
+        kind: GitLabSource
+        metadata: {{name: repo}}
+        spec:
+          projectUrl: https://gitlab.example.com/group/app
+          eventTypes: [push_events]
+          secretToken: {{secretKeyRef: {{name: gitlab, key: secretToken}}}}
+          sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: all}}
+        spec:
+          broker: orders
+          subscriber: {{uri: "{sink.url}"}}
+        """,
+        authentication_oidc=True,
+        oidc_issuer=issuer.url,
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "X-Gitlab-Event": "Push Hook",
+        "X-Gitlab-Token": "hook-secret",
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{mesh.url}/sources/gitlab/default/repo", data=b"{}", headers=headers) as r,
+    ):
+        assert r.status == 202, await r.text()
+    (got,) = await sink.wait_for(1)
+    assert got.headers["ce-type"] == "dev.knative.sources.gitlab.push"
