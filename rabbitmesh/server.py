@@ -51,6 +51,7 @@ from rabbitmesh.reconciler.hosted import ingress_target, not_ready_reason
 from rabbitmesh.reconciler.jobsink import show_runs as job_status
 from rabbitmesh.reconciler.sources import on_runtime_change as source_status
 from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.eventing_v1alpha1 import EventTransform
 from rabbitmesh.resources.sources import GitLabSource
 from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
@@ -136,7 +137,7 @@ class Server:
             self._gate,
         )
         self.transforms = EventTransforms(
-            settings, self._resources, lambda: self.session, self._gate
+            settings, self._resources, lambda: self.session, self._gate, self._transform_auth
         )
 
     # --- HTTP -----------------------------------------------------------------------------
@@ -215,6 +216,13 @@ class Server:
         if ctx is None:
             return None
         return ctx.sender_auth(source, source.spec.sink, source.namespace)
+
+    def _transform_auth(self, res: EventTransform) -> Callable[[], dict[str, str] | None] | None:
+        """An EventTransform's identity for its sink (authentication-oidc), else None."""
+        ctx = self.ctx
+        if ctx is None or res.spec.sink is None:
+            return None
+        return ctx.sender_auth(res, res.spec.sink, res.namespace)
 
     def _gate(self) -> Gate | None:
         """The ingress' sender check, for the endpoint kinds (None: authentication-oidc off)."""

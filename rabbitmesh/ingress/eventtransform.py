@@ -55,7 +55,12 @@ class EventTransforms:
         resources: Resources,
         session: Callable[[], aiohttp.ClientSession | None],
         gate: Gates = lambda: None,
+        auth: Callable[[EventTransform], Callable[[], dict[str, str] | None] | None] = (
+            lambda _res: None
+        ),
     ) -> None:
+        #: The EventTransform's own identity for its sink (authentication-oidc), else None.
+        self.auth = auth
         self.settings = settings
         self.resources = resources
         self.session = session
@@ -94,6 +99,9 @@ class EventTransforms:
             return error(503, "starting up", **{"Retry-After": "2"})
         headers, body = encode_binary(event)
         headers["Kn-Namespace"] = res.namespace
+        auth = self.auth(res)
+        if auth is not None and (token := auth()) is not None:
+            headers.update(token)
         timeout = self.settings.request_timeout
         try:
             async with session.post(

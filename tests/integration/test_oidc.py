@@ -495,3 +495,48 @@ async def test_gitlab_source_events_carry_the_sources_identity(start_mesh, make_
         assert r.status == 202, await r.text()
     (got,) = await sink.wait_for(1)
     assert got.headers["ce-type"] == "dev.knative.sources.gitlab.push"
+
+
+async def test_eventtransform_posts_to_its_sink_with_its_identity(start_mesh, make_sink, issuer):
+    """An EventTransform forwarding to a Broker whose only policy allows that EventTransform
+    (`from: ref EventTransform`): its POST carries the EventTransform's own identity."""
+    sink = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: orders}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: EventPolicy
+        metadata: {{name: only-the-transform}}
+        spec:
+          to: [{{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}}}]
+          from:
+            - ref: {{apiVersion: eventing.knative.dev/v1alpha1, kind: EventTransform, name: t}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: EventTransform
+        metadata: {{name: t}}
+        spec:
+          sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}}}
+          jsonata:
+            expression: '{{"specversion": "1.0", "id": id, "source": source, "type": "done"}}'
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: all}}
+        spec:
+          broker: orders
+          subscriber: {{uri: "{sink.url}"}}
+        """,
+        authentication_oidc=True,
+        oidc_issuer=issuer.url,
+    )
+    t_aud = "eventing.knative.dev/eventtransform/default/t"
+    status, text, _ = await post(
+        f"{mesh.url}/eventtransforms/default/t", event("e1"), issuer.token(PRODUCER, t_aud)
+    )
+    assert status == 202, text  # the broker's answer, passed back
+    (got,) = await sink.wait_for(1)
+    assert got.ce_id == "e1" and got.headers["ce-type"] == "done"
