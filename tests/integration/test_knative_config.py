@@ -777,6 +777,8 @@ async def test_config_features_authentication_oidc_switches_oidc(start_mesh):
     assert await flag() == {"value": "enabled", "source": source}
     status, _ = await post_binary(url, "com.example.x")
     assert status == 401  # a policy applies: a token is needed
+    broker = await get(mesh, BROKERS, ns="default", name="br")
+    assert broker["status"]["address"]["audience"] == "eventing.knative.dev/broker/default/br"
     policy_path = "/apis/eventing.knative.dev/v1alpha1/namespaces/default/eventpolicies/nobody"
 
     async def policy_ready() -> tuple[str, str | None]:
@@ -796,6 +798,13 @@ async def test_config_features_authentication_oidc_switches_oidc(start_mesh):
         timeout=10,
         what="policy not Ready: OIDC off",
     )
+
+    async def audience() -> str | None:
+        return (await get(mesh, BROKERS, ns="default", name="br"))["status"]["address"].get(
+            "audience"
+        )
+
+    await eventually(lambda: _none(audience()), timeout=10, what="no audience while off")
 
     # The environment says on, the ConfigMap off: the ConfigMap wins ...
     on = await start_mesh(OIDC_FEATURE.replace("FLAG", "disabled"), authentication_oidc=True)
@@ -834,6 +843,10 @@ async def test_config_features_authentication_oidc_switches_oidc(start_mesh):
         what="the open broker takes events without a token",
     )
     assert (await post_binary(on.url + "/default/br", "com.example.x"))[0] == 401
+
+
+async def _none(got) -> bool:  # noqa: ANN001
+    return (await got) is None
 
 
 async def _status(got, want: int) -> bool:  # noqa: ANN001
