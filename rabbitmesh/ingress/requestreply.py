@@ -391,7 +391,7 @@ class RequestReplies:
             dead,
             namespace=rr.namespace,
             structured=delivery.policy.format == "json",  # type: ignore[union-attr]
-            timeout=delivery.policy.timeout,  # type: ignore[union-attr]
+            timeout=delivery.policy.timeout or self.settings.request_timeout,  # type: ignore[union-attr]
             reply_must_be_event=False,
             extra_headers=auth,
         )
