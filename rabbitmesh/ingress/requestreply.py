@@ -328,7 +328,10 @@ class RequestReplies:
                     raise PublishFailed("RabbitMQ is unavailable")
                 if self.publisher.blocked:
                     raise PublishFailed(BLOCKED_MESSAGE)
-                attempt_timeout = policy.timeout if policy is not None else None
+                attempt_timeout = None  # without spec.delivery: the publisher's own
+                if policy is not None:  # delivery.timeout, never past spec.timeout
+                    left = max(0.0, deadline - time.monotonic())
+                    attempt_timeout = min(policy.timeout or left, left)
                 async with asyncio.timeout(attempt_timeout):
                     await self.publisher.publish(
                         exchange,
