@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from rabbitmesh import metrics
 from rabbitmesh.amqp.client import AmqpClient
@@ -66,8 +66,13 @@ class ControlPlane:
         controller: Controller,
         on_ready: Callable[[], None],
         siblings: Siblings | None = None,
+        on_features: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.settings = settings
+        #: After every batch: apply the config-features flags that switch a whole subsystem
+        #: (authentication-oidc); True when one changed, and every resource is reconciled
+        #: again (what they send, their audiences, the policies' status).
+        self.on_features = on_features
         self.publisher = publisher
         self.consumer = consumer
         self.ctx = ctx
@@ -242,6 +247,8 @@ class ControlPlane:
                 res = self.ctx.resources.get(key)
                 self.watch.record(offset, key, render(res) if res is not None else None)
             self.autotypes_enabled = self.ctx.effective().enabled("eventtype-auto-create")
+            if self.on_features is not None and await self.on_features():
+                self.resync()
             # A broker whose own RabbitMQ (RabbitmqBrokerConfig) is away is not Ready and
             # retried; it does not keep this replica, and every other resource, unready.
             ok = not (self._failures.keys() - self.controller.external_failures)

@@ -120,7 +120,8 @@ transforms_total = Counter(
 )
 requestreply_total = Counter(
     "rabbitmesh_requestreply_requests_total",
-    "RequestReply requests (result: replied, timeout, refused).",
+    "RequestReply requests (result: replied, timeout, refused, dead_lettered) and publish "
+    "retries of spec.delivery (publish_retried).",
     ["namespace", "name", "result"],
     registry=REGISTRY,
 )

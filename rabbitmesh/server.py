@@ -15,6 +15,7 @@ import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +30,7 @@ from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.remote import Clients
 from rabbitmesh.amqp.topology import Topology
 from rabbitmesh.api.routes import AdminApi
-from rabbitmesh.auth.gate import Gate
+from rabbitmesh.auth.gate import Gate, Mode
 from rabbitmesh.auth.issuer import DISCOVERY_PATH, JWKS_PATH, Issuer, load_key_file, shared_key
 from rabbitmesh.auth.policies import PolicyIndex
 from rabbitmesh.auth.verify import DiscoveredKeys, FileKeys, KeySource, StaticKeys, Verifier
@@ -50,6 +51,8 @@ from rabbitmesh.reconciler.hosted import ingress_target, not_ready_reason
 from rabbitmesh.reconciler.jobsink import show_runs as job_status
 from rabbitmesh.reconciler.sources import on_runtime_change as source_status
 from rabbitmesh.resources.base import Resource
+from rabbitmesh.resources.eventing_v1alpha1 import EventTransform
+from rabbitmesh.resources.sources import GitLabSource
 from rabbitmesh.settings import Settings
 from rabbitmesh.sources.gitlab import GitLabWebhooks
 from rabbitmesh.sources.manager import SourceManager
@@ -125,9 +128,17 @@ class Server:
         self._site: web.TCPSite | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.requestreplies = RequestReplies(
-            self.publisher, self.consumer, self.names, settings, self._resources
+            self.publisher,
+            self.consumer,
+            self.names,
+            settings,
+            self._resources,
+            lambda: self.session,
+            self._gate,
         )
-        self.transforms = EventTransforms(settings, self._resources, lambda: self.session)
+        self.transforms = EventTransforms(
+            settings, self._resources, lambda: self.session, self._gate, self._transform_auth
+        )
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -161,9 +172,10 @@ class Server:
         )
         # The admin API first: the ingress' `/{namespace}/{name}` must not catch its paths.
         app.add_routes(self.admin.routes())
-        if self.settings.authentication_oidc:  # rabbitmesh's issuer documents, also first
-            app.router.add_get(DISCOVERY_PATH, self._oidc_document)
-            app.router.add_get(JWKS_PATH, self._oidc_document)
+        # rabbitmesh's issuer documents, also first; always routed (404 while
+        # authentication-oidc is off): config-features can switch it on while running.
+        app.router.add_get(DISCOVERY_PATH, self._oidc_document)
+        app.router.add_get(JWKS_PATH, self._oidc_document)
         if self.settings.console:
             app.add_routes(self.console().routes())
         if self.settings.role in ("all", "ingress", "sources"):
@@ -172,6 +184,7 @@ class Server:
                 lambda: self.session,
                 max_body_bytes=self.settings.max_event_bytes,
                 request_timeout=self.settings.request_timeout,
+                auth=self._source_auth,
             )
             app.add_routes(webhooks.routes())
         if self.settings.role in ("all", "ingress"):
@@ -197,6 +210,24 @@ class Server:
         )
         return Console(lambda: self.plane, s, tails)
 
+    def _source_auth(self, source: GitLabSource) -> Callable[[], dict[str, str] | None] | None:
+        """A webhook-driven source's identity for its sink (authentication-oidc), else None."""
+        ctx = self.ctx
+        if ctx is None:
+            return None
+        return ctx.sender_auth(source, source.spec.sink, source.namespace)
+
+    def _transform_auth(self, res: EventTransform) -> Callable[[], dict[str, str] | None] | None:
+        """An EventTransform's identity for its sink (authentication-oidc), else None."""
+        ctx = self.ctx
+        if ctx is None or res.spec.sink is None:
+            return None
+        return ctx.sender_auth(res, res.spec.sink, res.namespace)
+
+    def _gate(self) -> Gate | None:
+        """The ingress' sender check, for the endpoint kinds (None: authentication-oidc off)."""
+        return self.ctx.gate if self.ctx is not None else None
+
     def _dispatches(self) -> bool:
         """FIFO (concurrency 1) needs one consumer per queue: only the first worker then."""
         return self.worker is None or self.worker.index == 0 or self.settings.concurrency > 1
@@ -217,6 +248,11 @@ class Server:
     async def _oidc_document(self, request: web.Request) -> web.Response:
         issuer = self.ctx.issuer if self.ctx is not None else None
         if issuer is None:
+            if self.reconciled:
+                return web.json_response(
+                    {"error": "authentication-oidc is disabled: rabbitmesh issues no tokens"},
+                    status=404,
+                )
             return web.json_response({"error": "starting up"}, status=503)
         if request.path == JWKS_PATH:
             return web.json_response(issuer.jwks)
@@ -332,9 +368,42 @@ class Server:
             self.controller,
             on_ready=self._on_ready,
             siblings=self.siblings,
+            on_features=self._apply_features,
         )
         clusters.on_reconnect = self._other_rabbitmq_back
         await self.plane.start()
+
+    async def _apply_features(self) -> bool:
+        """config-features' authentication-oidc (then RABBITMESH_AUTHENTICATION_OIDC, as
+        rabbitmesh/config/effective.py orders them) switches the sender check and
+        rabbitmesh's issuer on or off while running; True when it changed."""
+        ctx = self.ctx
+        if ctx is None:
+            return False
+        eff = ctx.effective()
+        flag = eff.feature("authentication-oidc")
+        wanted = flag.value == "enabled"
+        mode = cast(Mode, eff.feature("default-authorization-mode").value)
+        if ctx.gate is not None:
+            ctx.gate.mode = mode  # read per request: no resync needed
+        if wanted == (ctx.gate is not None):
+            return False
+        if wanted:
+            try:
+                await self._start_oidc(ctx)
+            except Exception as e:  # RabbitMQ away (the shared key): the next batch retries
+                log.warning("authentication-oidc could not be switched on: %s", e)
+                return False
+        else:
+            ctx.gate = None
+            ctx.issuer = None
+        log.warning(
+            "authentication-oidc is now %s (%s): sender checks %s",
+            flag.value,
+            flag.source,
+            "enforced" if wanted else "off, EventPolicies enforce nothing",
+        )
+        return True
 
     async def _start_oidc(self, ctx: Context) -> None:
         """rabbitmesh's issuer (its key from the file, or the install's key in RabbitMQ), and
@@ -355,11 +424,8 @@ class Server:
             )
             verifier.trust(s.oidc_issuer, external)
         ctx.issuer = issuer
-        ctx.gate = Gate(
-            verifier,
-            PolicyIndex(lambda: ctx.resources.values()),
-            s.default_authorization_mode,
-        )
+        mode = cast(Mode, ctx.effective().feature("default-authorization-mode").value)
+        ctx.gate = Gate(verifier, PolicyIndex(lambda: ctx.resources.values()), mode)
 
     async def _listen(self) -> None:
         s = self.settings

@@ -337,7 +337,9 @@ class Settings(BaseSettings):
         description="Knative's `authentication-oidc` feature: senders prove who they are with a "
         "bearer JWT (audience = the target's status.address.audience), EventPolicies decide "
         "who may send, and rabbitmesh's own deliveries carry tokens it signs itself "
-        "(docs/security.md#sender-identity-oidc-and-eventpolicy).",
+        "(docs/security.md#sender-identity-oidc-and-eventpolicy). The `authentication-oidc` "
+        "flag of the knative-eventing/config-features ConfigMap, when set, wins over this "
+        "and switches it while running.",
     )
     oidc_issuer: str | None = Field(
         None,
@@ -359,7 +361,8 @@ class Settings(BaseSettings):
         "allow-same-namespace",
         description="With authentication_oidc, what a target no EventPolicy applies to "
         "accepts (Knative's `default-authorization-mode`): anyone (no token needed), "
-        "valid tokens of its own namespace's identities, or nothing.",
+        "valid tokens of its own namespace's identities, or nothing. The "
+        "`default-authorization-mode` flag of config-features, when set, wins over this.",
     )
     cross_namespace_event_links: bool = Field(
         False,

@@ -40,7 +40,10 @@ process's start-up fallback (replicas started differently would disagree). A res
 `status.effectiveConfig` (shown by `rabbitmesh describe` and `rabbitmesh get -o yaml`) lists
 each value in force with where it came from: `annotation ...`, `spec.config`,
 `ConfigMap knative-eventing/config-br-defaults (namespaceDefaults.ns1)`,
-`RABBITMESH_QUEUE_TYPE`, `built-in default`.
+`RABBITMESH_QUEUE_TYPE`, `built-in default`. The `config-features` flags that switch something
+here (the table below; `authentication-oidc` and `default-authorization-mode` included, both
+switched while running) are listed in that ConfigMap's own `status.effectiveConfig`
+(`rabbitmesh get configmap config-features -n knative-eventing -o yaml`), with the same sources.
 
 **Errors and warnings:** an invalid value or an unknown key of a ConfigMap rabbitmesh reads
 is refused like any invalid manifest (422 from the API, one line naming file and field at

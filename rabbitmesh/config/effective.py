@@ -53,6 +53,9 @@ FEATURE_FALLBACKS: dict[str, tuple[str | None, str]] = {
     # The setting of the same meaning where the installed version has one
     # (RABBITMESH_CROSS_NAMESPACE_EVENT_LINKS is being added with the bridges, issue 16).
     "cross-namespace-event-links": ("cross_namespace_event_links", "disabled"),
+    # Switched while running (rabbitmesh/server.py `_apply_features`).
+    "authentication-oidc": ("authentication_oidc", "disabled"),
+    "default-authorization-mode": ("default_authorization_mode", "allow-same-namespace"),
 }
 
 
@@ -156,7 +159,8 @@ class Effective:
         setting, built_in = FEATURE_FALLBACKS.get(name, (None, "disabled"))
         if setting is None or setting not in type(self.settings).model_fields:
             return Value(built_in, BUILT_IN)
-        on = "enabled" if getattr(self.settings, setting) else "disabled"
+        current = getattr(self.settings, setting)
+        on = current if isinstance(current, str) else "enabled" if current else "disabled"
         if setting in self.settings.model_fields_set:
             return Value(on, env_name(setting))
         return Value(on, BUILT_IN)

@@ -261,9 +261,9 @@ FLAGS: dict[str, Flag] = {
     ),
     "authentication-oidc": Flag(
         ON_OFF,
-        None,
-        "rabbitmesh has no OIDC; a broker's ingress takes bearer tokens from "
-        "the Secret its rabbitmesh.dev/ingress-token-secret annotation names",
+        "senders prove who they are with OIDC tokens, EventPolicies are enforced and "
+        "rabbitmesh's own senders present tokens (RABBITMESH_AUTHENTICATION_OIDC); switched "
+        "while running",
     ),
     "cross-namespace-event-links": Flag(
         ON_OFF,
@@ -281,8 +281,8 @@ FLAGS: dict[str, Flag] = {
     ),
     "default-authorization-mode": Flag(
         ("allow-all", "allow-same-namespace", "deny-all"),
-        None,
-        "no EventPolicies; admin API changes need RABBITMESH_ADMIN_TOKEN",
+        "with authentication-oidc, what a target no EventPolicy applies to accepts "
+        "(RABBITMESH_DEFAULT_AUTHORIZATION_MODE); switched while running",
     ),
     "sinkbinding-selection-mode": Flag(
         ("exclusion", "inclusion", "all"), None, "SinkBindings here name their subject"

@@ -135,6 +135,9 @@ class Subscriber:
     keep_dead_letter: KeepDeadLetter | None = None
     #: `Authorization` for each request (the sender's OIDC identity), when there is one.
     auth: Callable[[], dict[str, str] | None] | None = None
+    #: `Authorization` for its dead-letter sink's deliveries (the same sender, the sink's
+    #: audience), when there is one.
+    dead_letter_auth: Callable[[], dict[str, str] | None] | None = None
 
 
 @dataclass

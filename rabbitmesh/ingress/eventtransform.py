@@ -28,7 +28,15 @@ from rabbitmesh.cloudevents import (
 )
 from rabbitmesh.cloudevents.jsonformat import dumps, loads
 from rabbitmesh.ingress.handlers import error
-from rabbitmesh.ingress.single import Refused, Resources, read_one_event, ready_resource
+from rabbitmesh.ingress.single import (
+    Gates,
+    Refused,
+    Resources,
+    admitted,
+    check_event,
+    read_one_event,
+    ready_resource,
+)
 from rabbitmesh.metrics import transforms_total
 from rabbitmesh.resources.eventing_v1alpha1 import EventTransform
 from rabbitmesh.settings import Settings
@@ -46,10 +54,17 @@ class EventTransforms:
         settings: Settings,
         resources: Resources,
         session: Callable[[], aiohttp.ClientSession | None],
+        gate: Gates = lambda: None,
+        auth: Callable[[EventTransform], Callable[[], dict[str, str] | None] | None] = (
+            lambda _res: None
+        ),
     ) -> None:
+        #: The EventTransform's own identity for its sink (authentication-oidc), else None.
+        self.auth = auth
         self.settings = settings
         self.resources = resources
         self.session = session
+        self.gate = gate
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", PATH, self.handle)]
@@ -58,7 +73,10 @@ class EventTransforms:
         try:
             res = ready_resource(self.resources(), KIND, request)
             assert isinstance(res, EventTransform)
+            # The ingress' sender check (EventPolicy, authentication-oidc), before the body.
+            admission = await admitted(self.gate(), request, res)
             event = await read_one_event(request, self.settings)
+            check_event(admission, event)
         except Refused as r:
             return r.response
         timeout_ms = self.settings.jsonata_timeout_ms
@@ -81,6 +99,9 @@ class EventTransforms:
             return error(503, "starting up", **{"Retry-After": "2"})
         headers, body = encode_binary(event)
         headers["Kn-Namespace"] = res.namespace
+        auth = self.auth(res)
+        if auth is not None and (token := auth()) is not None:
+            headers.update(token)
         timeout = self.settings.request_timeout
         try:
             async with session.post(

@@ -8,6 +8,7 @@ none, 413/408 for bodies over the limits, 400 for what is not one valid CloudEve
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -16,6 +17,9 @@ from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.ingress.handlers import ALLOW, error
 from rabbitmesh.resources.base import Resource
 from rabbitmesh.settings import Settings
+
+if TYPE_CHECKING:
+    from rabbitmesh.auth.gate import Admission, Gate
 
 
 class Refused(Exception):
@@ -30,6 +34,30 @@ class Refused(Exception):
 Lookup = Callable[[str, str, str], Resource | None]
 #: The reconciled resources, or None while they are not loaded yet (503 meanwhile).
 Resources = Callable[[], Lookup | None]
+#: The sender check (rabbitmesh/auth/gate.py) while authentication-oidc is on, else None.
+Gates = Callable[[], "Gate | None"]
+
+
+async def admitted(gate: Gate | None, request: web.Request, res: Resource) -> Admission | None:
+    """The sender check of the Broker/Channel ingress, for a hosted endpoint: None without
+    authentication-oidc, else who was let in; Refused (401/403) otherwise. Before the body
+    is read."""
+    if gate is None:
+        return None
+    decided = await gate.admit(request, res)
+    if isinstance(decided, web.Response):
+        raise Refused(decided)
+    return decided
+
+
+def check_event(admission: Admission | None, event: CloudEvent) -> None:
+    """Refused (403) when the policies that let the sender in do not take this event
+    (their `spec.filters`)."""
+    if admission is None:
+        return
+    refused = admission.refusal(event.attributes)
+    if refused is not None:
+        raise Refused(error(403, refused))
 
 
 def not_ready_message(res: Resource) -> str:

@@ -253,6 +253,7 @@ class Context:
                 max_backoff=DEAD_LETTER_MAX_BACKOFF,
             ),
             reply_must_be_event=False,
+            auth=subscriber.dead_letter_auth,
         )
         retention = self.settings.dead_letter_retention_seconds
         kind = SinkWorker if retention > 0 else QueueWorker

@@ -143,7 +143,11 @@ class Controller:
         """With authentication_oidc: a target's `status.address.audience`, and its policies
         looked up again (its labels may have changed)."""
         gate = self.ctx.gate
-        if gate is None or res.KIND not in TARGET_KINDS:
+        if res.KIND not in TARGET_KINDS:
+            return
+        if gate is None:  # off (config-features can switch it off while running): no audience
+            if res.status.address is not None:
+                res.status.address.audience = None
             return
         gate.policies.invalidate()
         if res.status.address is not None:

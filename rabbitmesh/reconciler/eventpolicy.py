@@ -1,7 +1,8 @@
 """EventPolicy -> its status: `from` (the subjects it allows, refs resolved, as Knative's
 `status.from`), `targets` (the resources it applies to now), and Ready.
 
-Enforcement is at ingress (rabbitmesh/auth/gate.py). Without RABBITMESH_AUTHENTICATION_OIDC
+Enforcement is at ingress (rabbitmesh/auth/gate.py). Without authentication-oidc (config-features,
+else RABBITMESH_AUTHENTICATION_OIDC)
 nothing is enforced, so a policy is not Ready then (reason `OIDCAuthenticationDisabled`, as
 Knative reports it), which says plainly that it protects nothing.
 """
@@ -31,7 +32,8 @@ async def reconcile(ctx: Context, policy: EventPolicy) -> None:
         policy.status.set_ready(
             False,
             "OIDCAuthenticationDisabled",
-            "EventPolicies are enforced only with RABBITMESH_AUTHENTICATION_OIDC=true",
+            "EventPolicies are enforced only with authentication-oidc enabled (config-features "
+            "in knative-eventing, else RABBITMESH_AUTHENTICATION_OIDC=true)",
         )
 
 

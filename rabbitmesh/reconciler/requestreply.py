@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import aio_pika
 
+from rabbitmesh.ingress.requestreply import RequestDelivery
 from rabbitmesh.reconciler.context import Context
 from rabbitmesh.reconciler.resolve import address_url
 from rabbitmesh.resources.base import Address
@@ -34,10 +35,29 @@ async def reconcile(ctx: Context, rr: RequestReply) -> None:
     # Re-bound every time: a broker deleted and made again lost the binding.
     headers_exchange = await ctx.topology.channel.get_exchange(exchange, ensure=False)
     await headers_exchange.bind(ctx.names.broker_exchange(ns, broker.name), "#")
+    delivery = request_delivery(ctx, rr)
     if ctx.requestreplies is not None:
         await ctx.requestreplies.listen(rr)
+        ctx.requestreplies.set_delivery(rr, delivery)
     extra["brokerAddress"] = broker.status.address.url if broker.status.address else None
     rr.status.set_ready(True, "RequestReplyReady", "")
+
+
+def request_delivery(ctx: Context, rr: RequestReply) -> RequestDelivery | None:
+    """`spec.delivery` for the publish of each request into the broker (docs/requestreply.md):
+    the configured defaults fill what it leaves out, as for a Trigger. None: none given."""
+    spec = rr.spec.delivery
+    extra = rr.status.model_extra
+    assert extra is not None
+    extra.pop("deadLetterSinkUri", None)
+    if spec is None:
+        return None
+    policy = ctx.policy(spec, rr.namespace)
+    dls = spec.dead_letter_sink
+    auth = ctx.sender_auth(rr, dls, rr.namespace) if dls is not None else None
+    if policy.dead_letter_url:
+        extra["deadLetterSinkUri"] = policy.dead_letter_url
+    return RequestDelivery(policy, auth)
 
 
 async def finalize(ctx: Context, rr: RequestReply) -> None:

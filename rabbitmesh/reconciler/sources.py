@@ -98,7 +98,8 @@ def make_plan(ctx: Context, source: Source, sink: str) -> Plan | None:
             allow_process=s.allow_process_runtime,
         )
     if isinstance(source, ApiServerSource):
-        return apiserver.plan(source, sink, s.kubeconfig)
+        auth = ctx.sender_auth(source, source.spec.sink, source.namespace)
+        return apiserver.plan(source, sink, s.kubeconfig, auth)
     if isinstance(source, GitLabSource):
         access, secret = gitlab.tokens(source, ctx.get)
         if access is None:

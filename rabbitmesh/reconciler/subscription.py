@@ -144,6 +144,11 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
             reply_must_be_event=False,
             drop_attributes=(),
             auth=_auth(ctx, plan),
+            dead_letter_auth=(
+                ctx.sender_auth(plan.sender, plan.delivery.dead_letter_sink, plan.namespace)
+                if plan.sender is not None and plan.delivery.dead_letter_sink is not None
+                else None
+            ),
         ),
         plan.partitions,
         plan.key,

@@ -131,9 +131,8 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
     await ctx.bind_exactly(queue, {(exchange, k) for k in binding_keys(attrs, spec.filters)})
 
     url = ctx.resolve(spec.subscriber, ns)
-    policy = ctx.policy(
-        merge_delivery(spec.delivery, broker.spec.delivery, *defaults(ctx, broker)), ns
-    )
+    delivery = merge_delivery(spec.delivery, broker.spec.delivery, *defaults(ctx, broker))
+    policy = ctx.policy(delivery, ns)
     insecure = insecure_urls(ctx, url, policy.dead_letter_url)
     if insecure:
         await ctx.stop_queue(queue)  # events wait in RabbitMQ until it may deliver
@@ -161,6 +160,11 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
             on_reply=broker_replier(ctx, broker, exchange, f"trigger={ns}/{trigger.name}", cluster),
             reply_must_be_event=True,
             auth=ctx.sender_auth(trigger, spec.subscriber, ns),
+            dead_letter_auth=(
+                ctx.sender_auth(trigger, delivery.dead_letter_sink, ns)
+                if delivery.dead_letter_sink is not None
+                else None
+            ),
         ),
         partitions(trigger),
         trigger.key,

@@ -255,12 +255,18 @@ class Watcher:
         self.version = version or self.version
 
 
-def plan(source: ApiServerSource, sink: str, kubeconfig: Path | None) -> Plan:
+def plan(
+    source: ApiServerSource,
+    sink: str,
+    kubeconfig: Path | None,
+    auth: Callable[[], dict[str, str] | None] | None = None,
+) -> Plan:
+    """`auth`: the source's own identity for its sink (authentication-oidc), else None."""
     return Plan(
         key=source.key,
         what=f"ApiServerSource {source.namespace}/{source.name}",
-        fingerprint=(source.spec.dump(), sink, str(kubeconfig)),
-        work=lambda rt: ApiServerRun(source, sink, kubeconfig, rt).run(),
+        fingerprint=(source.spec.dump(), sink, str(kubeconfig), auth is not None),
+        work=lambda rt: ApiServerRun(source, sink, kubeconfig, rt, auth).run(),
     )
 
 
@@ -268,8 +274,14 @@ class ApiServerRun:
     """One leader's run of an ApiServerSource: discovery, then one watcher per collection."""
 
     def __init__(
-        self, source: ApiServerSource, sink: str, kubeconfig: Path | None, rt: Runtime
+        self,
+        source: ApiServerSource,
+        sink: str,
+        kubeconfig: Path | None,
+        rt: Runtime,
+        auth: Callable[[], dict[str, str] | None] | None = None,
     ) -> None:
+        self.auth = auth
         self.source = source
         self.sink = sink
         self.kubeconfig = kubeconfig
@@ -406,4 +418,5 @@ class ApiServerRun:
             namespace=self.source.namespace,
             what=self.rt.what,
             retry=APISERVER_RETRY,
+            auth=self.auth,
         )

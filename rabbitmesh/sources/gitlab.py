@@ -135,9 +135,14 @@ class GitLabWebhooks:
         *,
         max_body_bytes: int,
         request_timeout: float,
+        auth: Callable[[GitLabSource], Callable[[], dict[str, str] | None] | None] = (
+            lambda _source: None
+        ),
     ) -> None:
         self.lookup = lookup
         self.session = session
+        #: The source's own identity for its sink (authentication-oidc), else None.
+        self.auth = auth
         self.max_body_bytes = max_body_bytes  # RABBITMESH_MAX_EVENT_BYTES, as ingress
         self.request_timeout = request_timeout
 
@@ -193,6 +198,7 @@ class GitLabWebhooks:
             namespace=ns,
             what=f"GitLabSource {ns}/{name}",
             retry=WEBHOOK_RETRY,
+            auth=self.auth(source),
         )
         if not outcome.ok:
             return _error(502, f"the sink did not take the event: {outcome.error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import jwt
 import pytest
 
 from tests.support.api import call, ready
@@ -236,3 +237,25 @@ async def test_resumes_from_the_last_version_and_relists_on_410_without_gaps_or_
         ]
     finally:
         await kube.stop()
+
+
+async def test_events_carry_the_sources_identity_with_oidc(start_mesh, make_sink, kube, tmp_path):
+    """With authentication-oidc, an ApiServerSource's events carry a token of its own
+    identity for the sink's audience, as Knative gives each source one."""
+    sink = await make_sink()
+    mesh = await start_mesh(
+        "", kubeconfig=kube.kubeconfig(tmp_path / "kubeconfig"), authentication_oidc=True
+    )
+    body = source("pods", sink.url, [{"apiVersion": "v1", "kind": "Pod"}])
+    body["spec"]["sink"]["audience"] = "my-sink"
+    status, created = await call("POST", mesh.url + APISERVERSOURCES.format(ns="default"), body)
+    assert status == 201, created
+    await eventually(lambda: kube.watch_requests(), what="the watch")
+    kube.create("Pod", "web-1")
+    (got,) = await sink.wait_for(1)
+    token = got.headers["Authorization"].removeprefix("Bearer ")
+    claims = jwt.decode(token, options={"verify_signature": False})  # signature: test_oidc.py
+    assert claims["aud"] == "my-sink"
+    assert claims["sub"] == (
+        "system:serviceaccount:default:pods-oidc-sources.knative.dev-apiserversource"
+    )

@@ -398,7 +398,12 @@ async def test_config_features_switch_what_has_an_equivalent(start_mesh, make_si
         "value": "enabled",
         "source": "ConfigMap knative-eventing/config-features",
     }
-    assert any("authentication-oidc" in w for w in cm["status"]["warnings"])
+    assert cm["status"]["effectiveConfig"]["authentication-oidc"] == {
+        "value": "disabled",
+        "source": "ConfigMap knative-eventing/config-features",
+    }
+    assert any("new-trigger-filters" in w for w in cm["status"]["warnings"])
+    assert not any("authentication-oidc" in w for w in cm["status"]["warnings"])
     tr = await get(mesh, TRIGGERS, ns="default", name="tr")
     assert ready(tr) == ("False", "TransportEncryptionStrict")  # an http:// subscriber
 
@@ -665,3 +670,121 @@ async def test_delivery_timeout_and_retryafter_flags(start_mesh):
     # The trigger's timeout is ignored; the operator's RABBITMESH_DEFAULT_DELIVERY_TIMEOUT still
     # bounds every attempt (a subscriber that never answers must not hold an event for ever).
     assert (policy().timeout, policy().retry_after_max) == (300.0, None)
+
+
+OIDC_FEATURE = """
+    apiVersion: v1
+    kind: ConfigMap
+    metadata: {name: config-features, namespace: knative-eventing}
+    data:
+      authentication-oidc: FLAG
+    ---
+    apiVersion: eventing.knative.dev/v1
+    kind: Broker
+    metadata: {name: br}
+    ---
+    apiVersion: eventing.knative.dev/v1alpha1
+    kind: EventPolicy
+    metadata: {name: nobody}
+    spec:
+      to: [{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: br}}]
+      from: [{sub: "system:serviceaccount:default:someone-else"}]
+    """
+
+
+async def test_config_features_authentication_oidc_switches_oidc(start_mesh):
+    """config-features' authentication-oidc switches the sender check on and off while
+    running, over RABBITMESH_AUTHENTICATION_OIDC (the ConfigMap wins; without it the
+    environment decides); the value and its source are in the ConfigMap's status."""
+    mesh = await start_mesh(OIDC_FEATURE.replace("FLAG", "enabled"))  # environment: off
+    assert not mesh.settings.authentication_oidc
+    url = mesh.url + "/default/br"
+
+    async def flag() -> dict:
+        status, cm = await call("GET", mesh.url + CONFIGMAPS + "/config-features")
+        assert status == 200, cm
+        return cm["status"]["effectiveConfig"]["authentication-oidc"]
+
+    source = "ConfigMap knative-eventing/config-features"
+    assert await flag() == {"value": "enabled", "source": source}
+    status, _ = await post_binary(url, "com.example.x")
+    assert status == 401  # a policy applies: a token is needed
+    broker = await get(mesh, BROKERS, ns="default", name="br")
+    assert broker["status"]["address"]["audience"] == "eventing.knative.dev/broker/default/br"
+    policy_path = "/apis/eventing.knative.dev/v1alpha1/namespaces/default/eventpolicies/nobody"
+
+    async def policy_ready() -> tuple[str, str | None]:
+        return ready(await get(mesh, policy_path))
+
+    await eventually(lambda: _is(policy_ready(), "True"), timeout=10, what="policy Ready")
+    status, discovery = await call("GET", mesh.url + "/.well-known/openid-configuration")
+    assert status == 200 and discovery["issuer"] == mesh.settings.base_url
+
+    await reapply(mesh, OIDC_FEATURE.replace("FLAG", "disabled"))
+    assert await flag() == {"value": "disabled", "source": source}
+    assert (await post_binary(url, "com.example.x"))[0] == 202
+    status, _ = await call("GET", mesh.url + "/.well-known/openid-configuration")
+    assert status == 404
+    await eventually(
+        lambda: _is(policy_ready(), "False", "OIDCAuthenticationDisabled"),
+        timeout=10,
+        what="policy not Ready: OIDC off",
+    )
+
+    async def audience() -> str | None:
+        return (await get(mesh, BROKERS, ns="default", name="br"))["status"]["address"].get(
+            "audience"
+        )
+
+    await eventually(lambda: _none(audience()), timeout=10, what="no audience while off")
+
+    # The environment says on, the ConfigMap off: the ConfigMap wins ...
+    on = await start_mesh(OIDC_FEATURE.replace("FLAG", "disabled"), authentication_oidc=True)
+    assert (await post_binary(on.url + "/default/br", "com.example.x"))[0] == 202
+    # ... and without the flag in it, the environment decides.
+    await reapply(
+        on,
+        OIDC_FEATURE.replace(
+            "      authentication-oidc: FLAG\n", "      new-trigger-filters: enabled\n"
+        ),
+    )
+    status, cm = await call("GET", on.url + CONFIGMAPS + "/config-features")
+    assert cm["status"]["effectiveConfig"]["authentication-oidc"] == {
+        "value": "enabled",
+        "source": "RABBITMESH_AUTHENTICATION_OIDC",
+    }
+    assert (await post_binary(on.url + "/default/br", "com.example.x"))[0] == 401
+    # default-authorization-mode too: a broker no policy applies to, open to anyone.
+    assert (await post_binary(on.url + "/default/open", "com.example.x"))[0] == 404
+    await reapply(
+        on,
+        OIDC_FEATURE.replace(
+            "      authentication-oidc: FLAG\n", "      default-authorization-mode: allow-all\n"
+        ).rstrip()
+        + "\n    ---\n    apiVersion: eventing.knative.dev/v1\n    kind: Broker\n"
+        + "    metadata: {name: open}\n",
+    )
+    status, cm = await call("GET", on.url + CONFIGMAPS + "/config-features")
+    assert cm["status"]["effectiveConfig"]["default-authorization-mode"] == {
+        "value": "allow-all",
+        "source": "ConfigMap knative-eventing/config-features",
+    }
+    await eventually(
+        lambda: _status(post_binary(on.url + "/default/open", "com.example.x"), 202),
+        timeout=10,
+        what="the open broker takes events without a token",
+    )
+    assert (await post_binary(on.url + "/default/br", "com.example.x"))[0] == 401
+
+
+async def _none(got) -> bool:  # noqa: ANN001
+    return (await got) is None
+
+
+async def _status(got, want: int) -> bool:  # noqa: ANN001
+    return (await got)[0] == want
+
+
+async def _is(got, status: str, reason: str | None = None) -> bool:  # noqa: ANN001
+    s, r = await got
+    return s == status and (reason is None or r == reason)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.oidc import TestIssuer
+from tests.support.sink import Reply
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -265,3 +266,277 @@ async def test_rabbitmeshs_own_senders_carry_their_identity(start_mesh, make_sin
     assert all(
         r.headers["ce-source"].endswith("/ticker") for r in sink.received
     )  # the intruder is refused every second
+
+
+ENDPOINTS = """
+    apiVersion: eventing.knative.dev/v1
+    kind: Broker
+    metadata: {name: default}
+    ---
+    apiVersion: eventing.knative.dev/v1alpha1
+    kind: EventTransform
+    metadata: {name: t}
+    spec:
+      jsonata:
+        expression: '{"specversion": "1.0", "id": id, "source": source, "type": "done." & type}'
+    ---
+    apiVersion: eventing.knative.dev/v1alpha1
+    kind: RequestReply
+    metadata: {name: rr}
+    spec:
+      brokerRef: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
+      timeout: PT10S
+    ---
+    apiVersion: eventing.knative.dev/v1alpha1
+    kind: EventPolicy
+    metadata: {name: endpoints}
+    spec:
+      to:
+        - ref: {apiVersion: eventing.knative.dev/v1alpha1, kind: EventTransform, name: t}
+        - ref: {apiVersion: eventing.knative.dev/v1alpha1, kind: RequestReply, name: rr}
+      from:
+        - sub: "system:serviceaccount:default:producer-*"
+        - ref: {apiVersion: eventing.knative.dev/v1, kind: Trigger, name: to-transform}
+      filters:
+        - prefix: {type: com.example.order.}
+    ---
+    apiVersion: eventing.knative.dev/v1alpha1
+    kind: EventPolicy
+    metadata: {name: broker-only}
+    spec:
+      to: [{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}]
+      from: [{sub: "system:serviceaccount:default:intruder"}, {sub: "PRODUCER"}]
+    ---
+    apiVersion: eventing.knative.dev/v1
+    kind: Trigger
+    metadata: {name: to-transform}
+    spec:
+      broker: default
+      filter: {attributes: {type: com.example.order.created}}
+      subscriber: {ref: {apiVersion: eventing.knative.dev/v1alpha1, kind: EventTransform, name: t}}
+    ---
+    apiVersion: eventing.knative.dev/v1
+    kind: Trigger
+    metadata: {name: responder}
+    spec:
+      broker: default
+      filter: {attributes: {type: com.example.order.asked}}
+      subscriber: {uri: "RESPONDER"}
+    ---
+    apiVersion: eventing.knative.dev/v1
+    kind: Trigger
+    metadata: {name: out}
+    spec:
+      broker: default
+      filter: {attributes: {type: done.com.example.order.created}}
+      subscriber: {uri: "SINK"}
+    """
+
+
+async def test_eventtransform_and_requestreply_are_behind_the_gate(start_mesh, make_sink, issuer):
+    """EventPolicies name an EventTransform and a RequestReply in `spec.to`: without a token
+    401, with a token for another target 401, with the token of a sender only another policy
+    allows 403, an event the filters do not take 403; the allowed sender and the Trigger the
+    policy names (rabbitmesh's own identity) get through."""
+    sink = await make_sink()
+
+    def answer(r, _i):
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": "answer-" + r.ce_id,
+            "ce-type": "com.example.order.answered",
+            "ce-source": "responder",
+            "ce-replyid": r.headers["ce-correlationid"],
+        }
+        return Reply(200, headers, b"")
+
+    responder = await make_sink(answer)
+    mesh = await start_mesh(
+        ENDPOINTS.replace("SINK", sink.url)
+        .replace("RESPONDER", responder.url)
+        .replace("PRODUCER", PRODUCER),
+        authentication_oidc=True,
+        oidc_issuer=issuer.url,
+    )
+    ctx = mesh.server.ctx
+    t_aud = "eventing.knative.dev/eventtransform/default/t"
+    rr_aud = "eventing.knative.dev/requestreply/default/rr"
+    assert ctx.get("EventTransform", "default", "t").status.address.audience == t_aud
+    assert ctx.get("RequestReply", "default", "rr").status.address.audience == rr_aud
+    policy = ctx.get("EventPolicy", "default", "endpoints")
+    assert {t["kind"] for t in policy.status.model_extra["targets"]} == {
+        "EventTransform",
+        "RequestReply",
+    }
+    intruder = "system:serviceaccount:default:intruder"
+    for path, aud, ok in (
+        ("/eventtransforms/default/t", t_aud, 200),
+        ("/requestreplies/default/rr", rr_aud, 200),
+    ):
+        url = mesh.url + path
+        kind = "com.example.order.asked"
+        status, _, challenge = await post(url, event("no-token", kind))
+        assert status == 401 and challenge == 'Bearer realm="rabbitmesh"', path
+        # a valid token, but for the broker: not for this target
+        status, text, _ = await post(url, event("other-aud", kind), issuer.token(PRODUCER, AUD))
+        assert status == 401 and "not for this target" in text, (path, text)
+        # the broker's policy allows the intruder; this target's does not
+        status, text, _ = await post(url, event("intruder", kind), issuer.token(intruder, aud))
+        assert status == 403 and "intruder" in text, (path, text)
+        status, text, _ = await post(
+            url, event("filtered", "com.example.invoice"), issuer.token(PRODUCER, aud)
+        )
+        assert status == 403 and "filters" in text, (path, text)
+        status, text, _ = await post(url, event("ok", kind), issuer.token(PRODUCER, aud))
+        assert status == ok, (path, status, text)
+    assert [r.ce_id for r in responder.received] == ["ok"]  # nothing refused reached it
+    # A Trigger's delivery to the EventTransform carries the Trigger's identity: allowed.
+    broker_url = f"{mesh.url}/default/default"
+    broker_aud = "eventing.knative.dev/broker/default/default"
+    status, _, _ = await post(broker_url, event("via-trigger"), issuer.token(PRODUCER, broker_aud))
+    assert status == 202
+    (got,) = await sink.wait_for(1)
+    assert got.ce_id == "via-trigger" and got.headers["ce-type"] == "done.com.example.order.created"
+
+
+async def test_dead_letter_deliveries_carry_the_senders_identity(start_mesh, make_sink, issuer):
+    """A Trigger's dead letters reach its dead-letter sink with a token of the Trigger's own
+    identity, for the sink's audience, verifiable with rabbitmesh's published JWKS."""
+    failing = await make_sink(lambda _r, _i: Reply(500))
+    dls = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: orders}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: fails}}
+        spec:
+          broker: orders
+          subscriber: {{uri: "{failing.url}"}}
+          delivery:
+            retry: 0
+            deadLetterSink: {{uri: "{dls.url}", audience: "my-dead-letters"}}
+        """,
+        authentication_oidc=True,
+        oidc_issuer=issuer.url,
+    )
+    status, _, _ = await post(
+        f"{mesh.url}/default/orders", event("doomed"), issuer.token(PRODUCER, AUD)
+    )
+    assert status == 202
+    (dead,) = await dls.wait_for(1)
+    assert dead.ce_id == "doomed" and dead.headers["ce-knativeerrorcode"] == "500"
+    base = mesh.server.settings.base_url
+    async with aiohttp.ClientSession() as s, s.get(f"{mesh.url}/.well-known/jwks.json") as r:
+        keys = jwt.PyJWKSet.from_dict(await r.json())
+    token = dead.headers["Authorization"].removeprefix("Bearer ")
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = next(k for k in keys.keys if k.key_id == kid)
+    claims = jwt.decode(
+        token, key.key, algorithms=["ES256"], audience="my-dead-letters", issuer=base
+    )
+    assert claims["sub"] == "system:serviceaccount:default:fails-oidc-eventing.knative.dev-trigger"
+
+
+async def test_gitlab_source_events_carry_the_sources_identity(start_mesh, make_sink, issuer):
+    """A GitLabSource's webhook events reach a Broker whose only policy allows that source
+    (`from: ref GitLabSource`): rabbitmesh signs them with the source's identity."""
+    sink = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: orders}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: EventPolicy
+        metadata: {{name: only-the-repo}}
+        spec:
+          to: [{{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}}}]
+          from:
+            - ref: {{apiVersion: sources.knative.dev/v1alpha1, kind: GitLabSource, name: repo}}
+        ---
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: gitlab}}
+        stringData: {{secretToken: hook-secret}}
+        ---
+        apiVersion: sources.knative.dev/v1alpha1
+        kind: GitLabSource
+        metadata: {{name: repo}}
+        spec:
+          projectUrl: https://gitlab.example.com/group/app
+          eventTypes: [push_events]
+          secretToken: {{secretKeyRef: {{name: gitlab, key: secretToken}}}}
+          sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: all}}
+        spec:
+          broker: orders
+          subscriber: {{uri: "{sink.url}"}}
+        """,
+        authentication_oidc=True,
+        oidc_issuer=issuer.url,
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "X-Gitlab-Event": "Push Hook",
+        "X-Gitlab-Token": "hook-secret",
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{mesh.url}/sources/gitlab/default/repo", data=b"{}", headers=headers) as r,
+    ):
+        assert r.status == 202, await r.text()
+    (got,) = await sink.wait_for(1)
+    assert got.headers["ce-type"] == "dev.knative.sources.gitlab.push"
+
+
+async def test_eventtransform_posts_to_its_sink_with_its_identity(start_mesh, make_sink, issuer):
+    """An EventTransform forwarding to a Broker whose only policy allows that EventTransform
+    (`from: ref EventTransform`): its POST carries the EventTransform's own identity."""
+    sink = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: orders}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: EventPolicy
+        metadata: {{name: only-the-transform}}
+        spec:
+          to: [{{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}}}]
+          from:
+            - ref: {{apiVersion: eventing.knative.dev/v1alpha1, kind: EventTransform, name: t}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: EventTransform
+        metadata: {{name: t}}
+        spec:
+          sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}}}
+          jsonata:
+            expression: '{{"specversion": "1.0", "id": id, "source": source, "type": "done"}}'
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: all}}
+        spec:
+          broker: orders
+          subscriber: {{uri: "{sink.url}"}}
+        """,
+        authentication_oidc=True,
+        oidc_issuer=issuer.url,
+    )
+    t_aud = "eventing.knative.dev/eventtransform/default/t"
+    status, text, _ = await post(
+        f"{mesh.url}/eventtransforms/default/t", event("e1"), issuer.token(PRODUCER, t_aud)
+    )
+    assert status == 202, text  # the broker's answer, passed back
+    (got,) = await sink.wait_for(1)
+    assert got.ce_id == "e1" and got.headers["ce-type"] == "done"

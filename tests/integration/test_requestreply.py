@@ -5,14 +5,20 @@ triggers, real responders, two replicas; forged ids match nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import uuid
 
 import orjson
 import pytest
 
+from rabbitmesh.metrics import requestreply_total
+from tests.support.disruption import disrupt
 from tests.support.events import binary_headers, post
+from tests.support.rabbit import rabbitmqctl
 from tests.support.responders import data
 from tests.support.sink import Received, Reply
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +178,77 @@ async def test_broker_tokens_guard_the_requestreply_too(start_mesh, make_sink):
     assert status == 401 and responder.received == []
     status, _, _ = await ask(mesh.url, Authorization="Bearer s3cret")
     assert status == 200
+
+
+@contextlib.contextmanager
+def memory_alarm():
+    """A memory alarm on the test node (it blocks every publisher), always cleared."""
+    value = rabbitmqctl("-q", "eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    previous = value if re.fullmatch(r"[0-9.]+", value) else "0.4"
+    command = "set_vm_memory_high_watermark"
+    disruption = disrupt([command, "0.0001"], [command, previous])
+    try:
+        yield disruption.undo
+    finally:
+        disruption.undo()
+
+
+def metric(ns: str, name: str, result: str) -> float:
+    return requestreply_total.labels(ns, name, result)._value.get()
+
+
+@pytest.mark.disruptive
+async def test_spec_delivery_retries_the_publish_and_dead_letters_it(start_mesh, make_sink):
+    """RabbitMQ blocks publishers (a memory alarm). `rr` (retry 1) dead-letters the request,
+    with its correlation id and the error attributes, and answers 503; `patient` (many
+    retries) gets its request in once the alarm clears, and its reply."""
+    responder = await make_sink(lambda r, _i: reply_to(r))
+    dls = await make_sink()
+    delivery = f"delivery: {{retry: 1, backoffDelay: PT0.1S, deadLetterSink: {{uri: '{dls.url}'}}}}"
+    text = (
+        manifests(responder.url, extra=delivery)
+        + """
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: RequestReply
+        metadata: {name: patient}
+        spec:
+          brokerRef: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}
+          timeout: PT60S
+          delivery: {retry: 200, backoffDelay: PT0.1S, backoffPolicy: linear}
+        """
+    )
+    mesh = await start_mesh(text, publish_timeout=2.0)
+    rr = mesh.server.ctx.get("RequestReply", "default", "rr")
+    assert rr.status.model_extra["deadLetterSinkUri"] == dls.url
+    with memory_alarm() as clear:
+        # RabbitMQ says connection.blocked once the connection publishes: a probe does.
+        status, _, _ = await post(
+            mesh.url + "/default/default", headers=binary_headers("probe"), body=b"{}"
+        )
+        assert status == 503
+        await eventually(lambda: mesh.server.publisher.blocked, timeout=20, what="blocked")
+        status, _, body = await ask(mesh.url)
+        assert status == 503 and b"dead-letter sink" in body, body
+        (dead,) = await dls.wait_for(1)
+        assert dead.headers["ce-type"] == "request.made"
+        assert dead.headers["ce-correlationid"].count(":") == 2
+        assert dead.headers["ce-knativeerrorcode"] == "503"
+        assert dead.headers["ce-knativeerrordest"] == mesh.settings.base_url + "/default/default"
+        assert metric("default", "rr", "publish_retried") >= 1
+        before = metric("default", "patient", "publish_retried")
+        request = asyncio.create_task(
+            post(
+                mesh.url + "/requestreplies/default/patient",
+                headers=binary_headers("request.made"),
+                body=orjson.dumps({"q": 5}),
+            )
+        )
+        await eventually(
+            lambda: metric("default", "patient", "publish_retried") > before,
+            timeout=20,
+            what="a publish retried",
+        )
+        clear()
+        status, _, body = await asyncio.wait_for(request, 30)
+    assert status == 200 and orjson.loads(body) == {"answer": 10}, body
+    assert responder.received and len(dls.received) == 1
