@@ -37,7 +37,7 @@ hot-reloaded like every resource, and gives each setting the closest meaning on 
 built-in default. ConfigMaps live in the resource store: every replica reads the same value
 and a change applies to running replicas within a second; an environment variable is one
 process's start-up fallback (replicas started differently would disagree). A resource's
-`status.effectiveConfig` (shown by `rabbitmesh describe` and `rabbitmesh get -o yaml`) lists
+`status.effectiveConfig` (shown by `rabbitmesh get KIND NAME -o yaml`, and by `rabbitmesh broker describe NAME` for a Broker) lists
 each value in force with where it came from: `annotation ...`, `spec.config`,
 `ConfigMap knative-eventing/config-br-defaults (namespaceDefaults.ns1)`,
 `RABBITMESH_QUEUE_TYPE`, `built-in default`. The `config-features` flags that switch something

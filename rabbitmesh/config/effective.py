@@ -9,7 +9,7 @@ is what they get, and RABBITMESH_* keeps meaning what it did for installs withou
 
 Reconcilers build an `Effective` for each reconcile (a few dictionary lookups: the ConfigMaps
 are parsed once per version, rabbitmesh/resources/core.py) and report each value with its
-source in the resource's `status.effectiveConfig`, which `rabbitmesh describe` prints.
+source in the resource's `status.effectiveConfig`, which `rabbitmesh get KIND NAME -o yaml` prints.
 """
 
 from __future__ import annotations
