@@ -181,6 +181,14 @@ class RequestReplies:
 
     # --- the endpoint ----------------------------------------------------------------------
 
+    def _too_many(self) -> web.Response:
+        return error(
+            503,
+            f"too many requests waiting for replies (limit "
+            f"{self.max_pending}, RABBITMESH_REQUESTREPLY_MAX_PENDING)",
+            **{"Retry-After": "2"},
+        )
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         get = self.resources()
         rr: RequestReply | None = None
@@ -203,14 +211,7 @@ class RequestReplies:
             if accepted is not None and (denied := unauthorized(request, accepted)) is not None:
                 raise Refused(denied)
             if len(self.waiters) >= self.max_pending:
-                raise Refused(
-                    error(
-                        503,
-                        f"too many requests waiting for replies (limit "
-                        f"{self.max_pending}, RABBITMESH_REQUESTREPLY_MAX_PENDING)",
-                        **{"Retry-After": "2"},
-                    )
-                )
+                raise Refused(self._too_many())
             event = await read_one_event(request, self.settings)
         except Refused as r:
             if rr is not None:  # labels only for RequestReplies that exist
@@ -232,6 +233,12 @@ class RequestReplies:
         if self.publisher.blocked:
             return error(503, BLOCKED_MESSAGE, **{"Retry-After": "2"})
         await self.listen(rr)  # normally there already (the reconciler made it)
+        # Checked again here, with no await until the waiter is registered: the check in
+        # handle() comes before the body is read, and any number of requests sending their
+        # bodies slowly all passed it together.
+        if len(self.waiters) >= self.max_pending:
+            requestreply_total.labels(ns, name, "refused").inc()
+            return self._too_many()
         correlation = self.ids.new(ns, name)
         event.attributes[corr_attr] = correlation
         try:
