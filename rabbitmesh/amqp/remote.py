@@ -92,14 +92,18 @@ def cluster_for(
 
 
 def check_not_ours(cluster: Cluster, prefix: str, names: dict[str, str | None]) -> None:
-    """On rabbitmesh's own RabbitMQ, a bridge may not name rabbitmesh's own queues and
-    exchanges (`{prefix}.*`): a RabbitmqSource on the resource store's queue would read every
-    Secret, one bound to another namespace's broker exchange would read its events, and a
-    RabbitmqSink publishing there would bypass that broker's ingress checks.
+    """A bridge may not name rabbitmesh's own queues and exchanges (`{prefix}.*`): a
+    RabbitmqSource on the resource store's queue would read every Secret, one bound to
+    another namespace's broker exchange would read its events, and a RabbitmqSink publishing
+    there would bypass that broker's ingress checks.
+
+    On every RabbitMQ, not only when the bridge has no connection Secret: a Secret whose URL
+    names rabbitmesh's own RabbitMQ (`localhost` for `127.0.0.1`, another DNS name, guest's
+    well-known password) is no other RabbitMQ, and brokers of a RabbitmqBrokerConfig put
+    rabbitmesh's names on other RabbitMQs too.
 
     `names`: field path -> the name it gives. Raises ClusterNotReady (`ReservedName`)."""
-    if not cluster.own:
-        return
+    del cluster  # which RabbitMQ does not matter (above)
     for path, name in names.items():
         if name is not None and (name == prefix or name.startswith(prefix + ".")):
             raise ClusterNotReady(

@@ -149,6 +149,7 @@ async def read_stream(
     name: str,
     start: str | int | datetime,
     until_marker: str,
+    prefetch: int = READ_PREFETCH,
 ) -> AsyncIterator[tuple[int, AbstractIncomingMessage]]:
     """(offset, message) from `start`, in stream order, until the marker `until_marker`
     (not yielded; other markers are skipped).
@@ -156,7 +157,7 @@ async def read_stream(
     A timestamp start begins at the chunk that holds it: messages a little older may come
     first, and callers that need exact times check each message's own.
     """
-    ch = await client.channel(prefetch=READ_PREFETCH)
+    ch = await client.channel(prefetch=prefetch)
     inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     try:
         q = await ch.get_queue(name, ensure=True)
@@ -168,7 +169,7 @@ async def read_stream(
             except TimeoutError:
                 raise StreamReadTimeout(f"{name}: no message for {READ_IDLE_TIMEOUT}s") from None
             seen += 1
-            if seen % (READ_PREFETCH // 2) == 0:
+            if seen % max(prefetch // 2, 1) == 0:
                 await msg.ack(multiple=True)
             headers = msg.headers or {}
             marker = headers.get(MARKER_HEADER)

@@ -11,6 +11,7 @@ The POSTs are changes: the admin API's token and cross-site rules apply (api/aut
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -80,6 +81,9 @@ async def selection(request: web.Request, timeout: float) -> list[str] | None:
 class DeadLetterApi:
     def __init__(self, api: Any) -> None:
         self.api = api  # the AdminApi: its plane, settings and wrapper
+        # One store read at a time per process: a listing is an open GET, and each read
+        # holds up to deadletter_store.READ_PREFETCH events in memory.
+        self._reads = asyncio.Semaphore(1)
 
     def routes(self) -> list[web.RouteDef]:
         base = "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}/deadletters"
@@ -93,7 +97,8 @@ class DeadLetterApi:
         queue = queue_of(plane, request)
         store = plane.ctx.names.dead_letter_store(queue)
         try:
-            entries = await list_dead_letters(plane.publisher, store)
+            async with self._reads:
+                entries = await list_dead_letters(plane.publisher, store)
         except Exception as e:  # RabbitMQ went away mid-read
             raise ApiError(503, f"dead-letter store {store} cannot be read now: {e}") from None
         return web.json_response({"items": [e.summary() for e in entries]})
@@ -107,11 +112,12 @@ class DeadLetterApi:
         ids = await selection(request, self.api.settings.request_timeout)
         store = plane.ctx.names.dead_letter_store(queue)
         try:
-            if action == "redrive":
-                to = plane.ctx.cluster_of_queue(queue).publisher  # its broker's RabbitMQ
-                done = await redrive(plane.publisher, store, queue, ids, to)
-            else:
-                done = await purge(plane.publisher, store, ids)
+            async with self._reads:
+                if action == "redrive":
+                    to = plane.ctx.cluster_of_queue(queue).publisher  # its broker's RabbitMQ
+                    done = await redrive(plane.publisher, store, queue, ids, to)
+                else:
+                    done = await purge(plane.publisher, store, ids)
         except PublishFailed as e:
             raise ApiError(503, f"RabbitMQ did not take the {action}: {e}") from None
         return web.json_response({action: done, "count": len(done)})

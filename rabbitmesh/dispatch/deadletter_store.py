@@ -23,7 +23,7 @@ import binascii
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -50,6 +50,11 @@ from rabbitmesh.amqp.streams import (
 from rabbitmesh.cloudevents import CloudEvent
 
 log = logging.getLogger("rabbitmesh.deadletters")
+
+#: Messages a listing or redrive holds unread: dead letters may be as large as any event
+#: (RABBITMESH_MAX_MESSAGE_BYTES), and the general stream prefetch (500) of 4 MB events was
+#: 2 GB held by one listing.
+READ_PREFETCH = 8
 
 #: When the event failed for good (milliseconds since the epoch), on every store entry.
 DEAD_AT_HEADER = "x-rabbitmesh-dead-at"
@@ -169,9 +174,6 @@ class DeadLetter:
     error_data: str | None
     attempts: int | None
     reason: str | None
-    headers: dict[str, Any] = field(repr=False)
-    body: bytes = field(repr=False)
-    content_type: str | None = field(repr=False)
 
     def summary(self) -> dict[str, Any]:
         """What `rabbitmesh deadletter list -o json` shows of it."""
@@ -205,6 +207,8 @@ def _decoded(data: str | None) -> str | None:
 
 
 def _entry(offset: int, msg: AbstractIncomingMessage) -> DeadLetter:
+    """What a listing keeps of a store entry: its summary, never its body or headers (a
+    listing holds every unsettled entry at once; with bodies that was the store's size)."""
     h = dict(msg.headers or {})
     dead_at = h.get(DEAD_AT_HEADER)
     failed = (
@@ -223,9 +227,6 @@ def _entry(offset: int, msg: AbstractIncomingMessage) -> DeadLetter:
         error_data=_decoded(_text(h.get("ce-knativeerrordata"))),
         attempts=attempts if isinstance(attempts, int) and attempts > 0 else None,
         reason=_text(h.get(REASON_HEADER)),
-        headers=h,
-        body=msg.body,
-        content_type=msg.content_type,
     )
 
 
@@ -235,7 +236,7 @@ async def list_dead_letters(client: AmqpClient, store: str) -> list[DeadLetter]:
         return []
     entries: list[DeadLetter] = []
     marker = await append_marker(client, store)
-    async for offset, msg in read_stream(client, store, "first", marker):
+    async for offset, msg in read_stream(client, store, "first", marker, READ_PREFETCH):
         settled = (msg.headers or {}).get(TOMBSTONE_HEADER)
         if settled is not None:
             try:
@@ -252,15 +253,15 @@ async def list_dead_letters(client: AmqpClient, store: str) -> list[DeadLetter]:
     return entries
 
 
-def _redrive_message(entry: DeadLetter) -> Any:
+def _redrive_message(msg: AbstractIncomingMessage, event_id: str) -> Any:
     """The event as it was before it failed: no error extensions, no retry count (a fresh
     retry budget), no bookkeeping headers."""
     headers = {
         k: v
-        for k, v in entry.headers.items()
+        for k, v in (msg.headers or {}).items()
         if k not in _BOOKKEEPING and k[3:].lower() not in _ERROR_ATTRIBUTES
     }
-    return raw_message(entry.body, headers, entry.content_type, entry.id)
+    return raw_message(msg.body, headers, msg.content_type, event_id)
 
 
 async def _settle(client: AmqpClient, store: str, how: str, chosen: list[DeadLetter]) -> None:
@@ -284,9 +285,18 @@ async def redrive(
     event twice, never zero times. Returns the ids redriven. `to`: the client of the
     RabbitMQ `queue` is on, when that is not the store's (a broker on another cluster)."""
     entries = await list_dead_letters(client, store)
-    chosen = entries if ids is None else [e for e in entries if e.id in set(ids)]
-    for entry in chosen:
-        await (to or client).publish("", queue, _redrive_message(entry), mandatory=True)
+    wanted = None if ids is None else set(ids)
+    chosen = entries if wanted is None else [e for e in entries if e.id in wanted]
+    if chosen:
+        # A second read publishes each chosen entry as it comes by, so at most one body is
+        # held at a time (the listing keeps none).
+        by_offset = {e.offset: e for e in chosen}
+        marker = await append_marker(client, store)
+        async for offset, msg in read_stream(client, store, min(by_offset), marker, READ_PREFETCH):
+            entry = by_offset.get(offset)
+            if entry is not None:
+                message = _redrive_message(msg, entry.id)
+                await (to or client).publish("", queue, message, mandatory=True)
     done = [e.id for e in chosen]
     if done:
         await _settle(client, store, "redriven", chosen)
@@ -296,7 +306,8 @@ async def redrive(
 async def purge(client: AmqpClient, store: str, ids: list[str] | None) -> list[str]:
     """Settle the selected entries (every one with `ids` None) without sending them."""
     entries = await list_dead_letters(client, store)
-    chosen = entries if ids is None else [e for e in entries if e.id in set(ids)]
+    wanted = None if ids is None else set(ids)
+    chosen = entries if wanted is None else [e for e in entries if e.id in wanted]
     done = [e.id for e in chosen]
     if done:
         await _settle(client, store, "purged", chosen)

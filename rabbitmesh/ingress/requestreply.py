@@ -224,6 +224,14 @@ class RequestReplies:
 
     # --- the endpoint ----------------------------------------------------------------------
 
+    def _too_many(self) -> web.Response:
+        return error(
+            503,
+            f"too many requests waiting for replies (limit "
+            f"{self.max_pending}, RABBITMESH_REQUESTREPLY_MAX_PENDING)",
+            **{"Retry-After": "2"},
+        )
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         get = self.resources()
         rr: RequestReply | None = None
@@ -252,14 +260,7 @@ class RequestReplies:
             else:
                 admission = await admitted(self.gate(), request, rr)
             if len(self.waiters) >= self.max_pending:
-                raise Refused(
-                    error(
-                        503,
-                        f"too many requests waiting for replies (limit "
-                        f"{self.max_pending}, RABBITMESH_REQUESTREPLY_MAX_PENDING)",
-                        **{"Retry-After": "2"},
-                    )
-                )
+                raise Refused(self._too_many())
             event = await read_one_event(request, self.settings)
             check_event(admission, event)
         except Refused as r:
@@ -282,6 +283,12 @@ class RequestReplies:
             await self.listen(rr)  # normally there already (the reconciler made it)
         except Exception as e:  # RabbitMQ away: the reply queue cannot be made
             return error(503, f"RabbitMQ is unavailable: {e}", **{"Retry-After": "2"})
+        # Checked again here, with no await until the waiter is registered: the check in
+        # handle() comes before the body is read, and any number of requests sending their
+        # bodies slowly all passed it together.
+        if len(self.waiters) >= self.max_pending:
+            requestreply_total.labels(ns, name, "refused").inc()
+            return self._too_many()
         correlation = self.ids.new(ns, name)
         event.attributes[corr_attr] = correlation
         try:

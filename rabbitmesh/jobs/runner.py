@@ -252,7 +252,9 @@ class JobSinkRunner:
         run = run_id(event.source, event.id)
         base = {"run": run, "source": event.source, "id": event.id, "type": event.type}
         if run in self._running or run in self.log.started:
-            if run in self._running or self.log.runs.get(run, {}).get("state") == "finished":
+            # A run older than the history is in `started` but no longer in `runs`: it
+            # finished (a duplicate), it was not interrupted.
+            if run in self._running or self.log.runs.get(run, {}).get("state") != "started":
                 jobsink_runs_total.labels(job.namespace, job.name, "duplicate").inc()
                 log.info(
                     "jobsink=%s: event %s from %s ran already; not run again",

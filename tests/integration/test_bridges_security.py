@@ -81,6 +81,72 @@ async def test_bridges_cannot_use_rabbitmeshs_own_queues_and_exchanges(
     assert sink.received == []
 
 
+async def test_a_connection_secret_naming_rabbitmeshs_own_rabbitmq_does_not_lift_the_rule(
+    start_mesh, make_sink, prefix
+):
+    """The reserved-name check applied only to bridges without a connection Secret: a Secret
+    holding rabbitmesh's own URL (guest's well-known password on localhost) read another
+    namespace's broker and could read the resource store."""
+    sink = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: own}}
+        stringData: {{uri: "{AMQP_URL.replace("127.0.0.1", "localhost")}"}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: private, namespace: team-b}}
+        ---
+        apiVersion: sources.knative.dev/v1alpha1
+        kind: RabbitmqSource
+        metadata: {{name: store-reader}}
+        spec:
+          rabbitmqClusterReference: {{connectionSecret: {{name: own}}}}
+          rabbitmqResourcesConfig: {{queueName: {prefix}.store, predeclared: true}}
+          sink: {{uri: "{sink.url}"}}
+        ---
+        apiVersion: sources.knative.dev/v1alpha1
+        kind: RabbitmqSource
+        metadata: {{name: eavesdropper}}
+        spec:
+          rabbitmqClusterReference: {{connectionSecret: {{name: own}}}}
+          rabbitmqResourcesConfig:
+            queueName: {prefix}-spy
+            exchangeName: {prefix}.broker.team-b.private
+          sink: {{uri: "{sink.url}"}}
+        ---
+        apiVersion: sinks.rabbitmesh.dev/v1alpha1
+        kind: RabbitmqSink
+        metadata: {{name: injector}}
+        spec:
+          exchangeName: {prefix}.broker.team-b.private
+          connectionSecret: {{name: own}}
+        """
+    )
+    for kind, name in (
+        ("RabbitmqSource", "store-reader"),
+        ("RabbitmqSource", "eavesdropper"),
+        ("RabbitmqSink", "injector"),
+    ):
+        cond = ready(mesh, kind, name)
+        assert (cond.status, cond.reason) == ("False", "ReservedName"), (name, cond)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            f"{mesh.url}/team-b/private",
+            json={"secret": 1},
+            headers={"ce-specversion": "1.0", "ce-id": "p1", "ce-type": "t", "ce-source": "/"},
+        ) as r:
+            assert r.status == 202
+    conn = await aio_pika.connect(AMQP_URL)
+    async with conn:
+        ch = await conn.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelClosed):  # never declared, never bound
+            await ch.declare_queue(f"{prefix}-spy", passive=True)
+    assert sink.received == []
+
+
 async def test_a_connection_secret_that_is_not_an_amqp_url_is_refused_without_showing_it(
     start_mesh,
 ):

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from rabbitmesh.metrics import jobsink_runs_total
 from tests.support.events import binary_headers, post
 from tests.support.mesh import InProcessMesh, write_manifests
 from tests.support.waiting import eventually
@@ -119,6 +120,32 @@ async def test_the_same_source_and_id_never_runs_twice(start_mesh, tmp_path):
     await send(mesh.url, id_="c")
     await eventually(lambda: finished(mesh, 3), 20, what="three runs")
     assert sorted(s["id"] for s in lines(out)) == ["a", "b", "c"]
+
+
+async def test_a_repeat_of_a_run_older_than_the_history_is_a_duplicate(start_mesh, tmp_path):
+    """Finished runs beyond `jobsink_history` leave `runs` but stay known as started: a repeat
+    of one was taken for a run interrupted by a dead replica and recorded as a failed,
+    Interrupted run, although it had succeeded."""
+    out = tmp_path / "out.jsonl"
+    mesh = await start_mesh(jobsink(out), jobsink_parallelism=1, jobsink_history=1)
+    for id_ in ("old", "new"):
+        await send(mesh.url, id_=id_)
+        await eventually(
+            lambda id_=id_: [r for r in finished(mesh, 1) if r["id"] == id_], 20, what=id_
+        )
+
+    def count(result: str) -> float:
+        return jobsink_runs_total.labels("default", "job", result)._value.get()
+
+    before = {r: count(r) for r in ("duplicate", "interrupted")}
+    await send(mesh.url, id_="old")  # a repeat of a run no longer in the history
+    await eventually(
+        lambda: any(count(r) > before[r] for r in before), 20, what="the repeat handled"
+    )
+    assert count("interrupted") == before["interrupted"]
+    assert count("duplicate") == before["duplicate"] + 1
+    assert [r["id"] for r in runs(mesh)] == ["new"]  # no Interrupted record for "old"
+    assert sorted(s["id"] for s in lines(out)) == ["new", "old"]  # "old" ran once
 
 
 async def test_a_failed_run_shows_its_exit_code_and_last_lines(start_mesh, tmp_path):

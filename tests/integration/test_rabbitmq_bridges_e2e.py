@@ -91,8 +91,10 @@ def manifests(other: str, queue: str, exchange: str, out: str) -> str:
 async def test_amqp_to_amqp_through_a_broker_loses_nothing_across_sigkill(
     tmp_path, prefix, other_rabbitmq
 ):
-    queue, exchange = f"{prefix}.legacy-in", f"{prefix}.legacy"
-    out, out_queue = f"{prefix}.out", f"{prefix}.out-q"
+    # The application's names, not under rabbitmesh's prefix (refused on any RabbitMQ);
+    # still starting with it, for the clean-up.
+    queue, exchange = f"{prefix}-app.legacy-in", f"{prefix}-app.legacy"
+    out, out_queue = f"{prefix}-app.out", f"{prefix}-app.out-q"
     conn = await aio_pika.connect(other_rabbitmq)
     async with conn:
         ch = await conn.channel(publisher_confirms=True)

@@ -252,3 +252,33 @@ async def test_spec_delivery_retries_the_publish_and_dead_letters_it(start_mesh,
         status, _, body = await asyncio.wait_for(request, 30)
     assert status == 200 and orjson.loads(body) == {"answer": 10}, body
     assert responder.received and len(dls.received) == 1
+
+
+async def test_slow_bodies_cannot_hold_more_requests_than_the_limit(start_mesh, make_sink):
+    """The pending limit was checked before the body was read: 40 requests whose bodies came
+    a little late all passed it together and were all held (40 504s with a limit of 5), each
+    with its event in memory for the RequestReply's timeout."""
+    responder = await make_sink(lambda _r, _i: Reply(200))  # never replies
+    mesh = await start_mesh(manifests(responder.url, timeout="PT2S"), requestreply_max_pending=5)
+    port = int(mesh.url.rsplit(":", 1)[1])
+    body = b'{"q": 1}'
+
+    async def slow_request(i: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /requestreplies/default/rr HTTP/1.1\r\nHost: localhost\r\n"
+            b"ce-id: slow%d\r\nce-specversion: 1.0\r\nce-type: request.made\r\n"
+            b"ce-source: attacker\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (i, len(body))
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)  # the attack: the body comes late (not a synchronisation)
+        writer.write(body)
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        writer.close()
+        return status
+
+    statuses = await asyncio.gather(*(slow_request(i) for i in range(40)))
+    assert statuses.count(504) <= 5, statuses  # held until the timeout: at most the limit
+    assert statuses.count(503) >= 35, statuses  # the rest refused at once
