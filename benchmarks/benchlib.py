@@ -217,15 +217,18 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def rss_kib_one(pid: int) -> int:
+    """Resident set size of one process, in KiB (0 once it is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process and its children (the workers), in KiB."""
-    total = 0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
+    return sum(rss_kib_one(p) for p in process_tree(pid))
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:

@@ -12,8 +12,8 @@ prefix (deleted at the end). It measures, in order:
    last 10% ("at the end"), and the total time;
 2. meanwhile, a steady `--rate` events/s to a Trigger that exists throughout: accepted,
    delivered, lost, and p99 of publish -> delivery;
-3. RSS of the process with them all, then across `--further-writes` writes (create, update,
-   delete in turn): first, last, min, max (flat = max/min);
+3. RSS of the process and its workers (summed, each, and PSS) with them all, then across
+   `--further-writes` writes (create, update, delete in turn): samples (flat = max/min);
 4. the same number of Triggers in one file with `rabbitmesh apply -f`: total time;
 5. a cold start of a fresh process (fresh prefix) with that file in its config dir: time
    until /readyz answers 200;
@@ -44,6 +44,9 @@ import aio_pika
 import aiohttp
 from aiohttp import web
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 AMQP_URL = os.environ.get("RABBITMESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 TRIGGERS = "/apis/eventing.knative.dev/v1/namespaces/default/triggers"
@@ -57,10 +60,25 @@ def free_port() -> int:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """RSS of `rabbitmesh run` and its workers (one per core by default), summed."""
+    return benchlib.rss_kib(pid) / 1024
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size of the process tree: pages the forked workers still share with
+    the supervisor are counted once, where summed RSS counts them in every process."""
+    total = 0
+    for p in benchlib.process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return round(total / 1024, 1)
+
+
+def rss_each_mib(pid: int) -> list[float]:
+    """RSS of the supervisor and of each worker, in that order."""
+    return [round(benchlib.rss_kib_one(p) / 1024, 1) for p in benchlib.process_tree(pid)]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -307,12 +325,7 @@ async def watch_latency(
 
 def names_of(what: str, prefixes: list[str]) -> list[str]:
     """Queues or exchanges of these prefixes (rabbitmqctl: no management plugin needed)."""
-    out = subprocess.run(
-        ["rabbitmqctl", f"list_{what}", "-q", "--no-table-headers", "name"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
+    out = benchlib.rabbitmqctl(f"list_{what}", "-q", "--no-table-headers", "name").split()
     return [n for n in out if n.startswith(tuple(p + "." for p in prefixes))]
 
 
@@ -373,6 +386,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 steady_p99_ms=round(percentile(sink.latencies, 0.99) * 1000, 1),
                 steady_p50_ms=round(percentile(sink.latencies, 0.5) * 1000, 1),
                 rss_with_triggers_mib=round(rss_mib(mesh.pid), 1),
+                rss_with_triggers_each_mib=rss_each_mib(mesh.pid),
+                pss_with_triggers_mib=pss_mib(mesh.pid),
             )
             print(json.dumps(results), file=sys.stderr)
             if args.further_writes:
@@ -380,6 +395,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     session, mesh.url, mesh.pid, args.further_writes, sink.url + "w"
                 )
                 results.update(
+                    pss_after_writes_mib=pss_mib(mesh.pid),
                     further_writes=args.further_writes,
                     rss_samples_mib=[round(x, 1) for x in samples],
                     rss_flatness=round(max(samples) / min(samples), 3),
@@ -425,6 +441,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             meshes.append(mesh)
             results["cold_start_ready_s"] = round(await mesh.start(), 1)
             results["rss_cold_mib"] = round(rss_mib(mesh.pid), 1)
+            results["rss_cold_each_mib"] = rss_each_mib(mesh.pid)
+            results["pss_cold_mib"] = pss_mib(mesh.pid)
     finally:
         for m in meshes:
             m.stop()
