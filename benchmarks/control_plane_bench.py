@@ -2,6 +2,7 @@
 
     python benchmarks/control_plane_bench.py [--triggers 5000] [--further-writes 10000]
         [--rate 200] [--skip-apply] [--skip-cold-start] [--skip-replicas]
+        [--preload [--creates 300]]
 
 Against the RabbitMQ at RABBITMESH_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/),
 with real `rabbitmesh run` processes and a real HTTP sink, each run under its own topology
@@ -128,7 +129,7 @@ class Mesh:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self, timeout: float = 600.0) -> float:
+    async def start(self, timeout: float = 1800.0) -> float:
         """Start; the seconds until /readyz answered 200."""
         started = time.perf_counter()
         with self.log.open("ab") as log:
@@ -359,20 +360,33 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         config.mkdir()
         steady = trigger_yaml("steady", sink.url, "steady")
         (config / "base.yaml").write_text(BROKER_DOC + "---\n" + steady)
+        creates = n
+        if args.preload:
+            # The N Triggers come from the config dir (a cold start with them), and the
+            # one-at-a-time writes are `--creates` more on top: the write latency and the
+            # events during writes at that size, without N sequential writes first.
+            (config / "preload.yaml").write_text(
+                "---\n".join(trigger_yaml(f"p{i}", sink.url + "p", f"p{i}") for i in range(n))
+            )
+            creates = args.creates
+            results.update(preloaded=n, creates=creates)
         mesh = Mesh(config, prefix, work / "mesh.log")
         meshes.append(mesh)
-        await mesh.start()
+        ready_s = await mesh.start()
+        if args.preload:
+            results["cold_start_ready_s"] = round(ready_s, 1)
+            results["rss_cold_each_mib"] = rss_each_mib(mesh.pid)
         results["rss_start_mib"] = round(rss_mib(mesh.pid), 1)
         async with aiohttp.ClientSession() as session:
             stop = asyncio.Event()
             flow = asyncio.create_task(
                 steady_flow(session, f"{mesh.url}/default/b", args.rate, stop)
             )
-            latencies, total = await create_one_by_one(session, mesh.url, n, sink.url + "t")
+            latencies, total = await create_one_by_one(session, mesh.url, creates, sink.url + "t")
             stop.set()
             accepted, refused = await flow
             await sink.wait_for(accepted, 60)
-            tail = latencies[-max(1, n // 10) :]
+            tail = latencies[-max(1, creates // 10) :]
             results.update(
                 create_total_s=round(total, 1),
                 create_median_ms=round(statistics.median(latencies) * 1000, 1),
@@ -428,7 +442,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for m in meshes:
             m.stop()
         meshes.clear()
-        if not args.skip_cold_start:
+        if not args.skip_cold_start and not args.preload:
             cold = f"cpbench-{uuid.uuid4().hex[:8]}"
             prefixes.append(cold)
             cold_config = work / "cold"
@@ -456,6 +470,13 @@ if __name__ == "__main__":
     parser.add_argument("--triggers", type=int, default=5000)
     parser.add_argument("--further-writes", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="start with the --triggers in the config dir (that start is the cold start), "
+        "then create --creates more one at a time",
+    )
+    parser.add_argument("--creates", type=int, default=300, help="with --preload")
     parser.add_argument("--skip-apply", action="store_true")
     parser.add_argument("--skip-cold-start", action="store_true")
     parser.add_argument("--skip-replicas", action="store_true")
