@@ -405,10 +405,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             print(json.dumps(results), file=sys.stderr)
             if args.further_writes:
+                writes_t0 = time.perf_counter()
                 samples = await further_writes(
                     session, mesh.url, mesh.pid, args.further_writes, sink.url + "w"
                 )
+                write_s = round(time.perf_counter() - writes_t0, 1)
                 results.update(
+                    further_writes_s=write_s,
                     pss_after_writes_mib=pss_mib(mesh.pid),
                     further_writes=args.further_writes,
                     rss_samples_mib=[round(x, 1) for x in samples],
@@ -458,6 +461,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             results["rss_cold_each_mib"] = rss_each_mib(mesh.pid)
             results["pss_cold_mib"] = pss_mib(mesh.pid)
     finally:
+        # What was measured before a failure is still worth having (a part that fails late,
+        # such as the second replica's start, would otherwise lose every earlier figure).
+        print("figures so far: " + json.dumps(results), file=sys.stderr)
         for m in meshes:
             m.stop()
         await sink.stop()
