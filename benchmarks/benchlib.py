@@ -117,8 +117,12 @@ def start_rabbitmesh(
     workers: int | None = None,
     extra_env: dict[str, str] | None = None,
     prefix: str | None = None,
+    ready_timeout: float = 90,
 ) -> subprocess.Popen:
-    """`rabbitmesh run` with these manifests in a fresh config dir and topology prefix."""
+    """`rabbitmesh run` with these manifests in a fresh config dir and topology prefix.
+
+    Stopped again when it does not get ready in `ready_timeout` seconds: left running, it
+    would outlive the benchmark and fight the cleanup that deletes its queues."""
     config = Path(tempfile.mkdtemp(prefix="rmbench-config-"))
     (config / "bench.yaml").write_text(manifests)
     env = {
@@ -140,7 +144,11 @@ def start_rabbitmesh(
         stdout=subprocess.DEVNULL,
         stderr=sys.stderr,
     )
-    wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", ready_timeout, proc=p)
+    except BaseException:
+        stop(p)
+        raise
     return p
 
 
