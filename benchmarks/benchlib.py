@@ -183,23 +183,32 @@ def rabbitmqctl(*args: str) -> str:
 
 def cleanup(amqp: str, prefixes: tuple[str, ...] = (PREFIX_ROOT, "thin.")) -> None:
     """Delete the queues and exchanges benchmark runs declared (and thin's own)."""
-    import aio_pika
 
     def names(what: str) -> list[str]:
         out = rabbitmqctl(f"list_{what}", "-q", "--no-table-headers", "name")
         return [n.strip() for n in out.splitlines() if n.strip().startswith(prefixes)]
 
-    async def delete() -> None:
-        conn = await aio_pika.connect(amqp)
-        async with conn:
-            for q in names("queues"):
-                with contextlib.suppress(Exception):
-                    await (await conn.channel()).queue_delete(q)
-            for x in names("exchanges"):
-                with contextlib.suppress(Exception):
-                    await (await conn.channel()).exchange_delete(x)
+    asyncio.run(delete_all(amqp, names("queues"), names("exchanges")))
 
-    asyncio.run(delete())
+
+async def delete_all(amqp: str, queues: list[str], exchanges: list[str]) -> None:
+    """Delete these queues and exchanges on one channel, opening a new one only after an
+    error closed it (a channel per delete, never closed, hit RabbitMQ's channel_max of 2,047
+    after a 5,000-Trigger run and broke the connection)."""
+    import aio_pika
+
+    conn = await aio_pika.connect(amqp)
+    async with conn:
+        ch = await conn.channel()
+        for kind, names in (("queue", queues), ("exchange", exchanges)):
+            for name in names:
+                if ch.is_closed:
+                    ch = await conn.channel()
+                with contextlib.suppress(Exception):
+                    if kind == "queue":
+                        await ch.queue_delete(name)
+                    else:
+                        await ch.exchange_delete(name)
 
 
 def cpu_seconds(pid: int) -> float:

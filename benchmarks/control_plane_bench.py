@@ -41,7 +41,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiohttp
 from aiohttp import web
 
@@ -333,16 +332,7 @@ def names_of(what: str, prefixes: list[str]) -> list[str]:
 async def cleanup(prefixes: list[str]) -> None:
     queues = await asyncio.to_thread(names_of, "queues", prefixes)
     exchanges = await asyncio.to_thread(names_of, "exchanges", prefixes)
-    conn = await aio_pika.connect(AMQP_URL)
-    async with conn:
-        for name in queues:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.queue_delete(name)
-        for name in exchanges:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.exchange_delete(name)
+    await benchlib.delete_all(AMQP_URL, queues, exchanges)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
