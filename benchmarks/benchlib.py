@@ -117,8 +117,12 @@ def start_rabbitmesh(
     workers: int | None = None,
     extra_env: dict[str, str] | None = None,
     prefix: str | None = None,
+    ready_timeout: float = 90,
 ) -> subprocess.Popen:
-    """`rabbitmesh run` with these manifests in a fresh config dir and topology prefix."""
+    """`rabbitmesh run` with these manifests in a fresh config dir and topology prefix.
+
+    Stopped again when it does not get ready in `ready_timeout` seconds: left running, it
+    would outlive the benchmark and fight the cleanup that deletes its queues."""
     config = Path(tempfile.mkdtemp(prefix="rmbench-config-"))
     (config / "bench.yaml").write_text(manifests)
     env = {
@@ -140,7 +144,11 @@ def start_rabbitmesh(
         stdout=subprocess.DEVNULL,
         stderr=sys.stderr,
     )
-    wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", ready_timeout, proc=p)
+    except BaseException:
+        stop(p)
+        raise
     return p
 
 
@@ -175,23 +183,32 @@ def rabbitmqctl(*args: str) -> str:
 
 def cleanup(amqp: str, prefixes: tuple[str, ...] = (PREFIX_ROOT, "thin.")) -> None:
     """Delete the queues and exchanges benchmark runs declared (and thin's own)."""
-    import aio_pika
 
     def names(what: str) -> list[str]:
         out = rabbitmqctl(f"list_{what}", "-q", "--no-table-headers", "name")
         return [n.strip() for n in out.splitlines() if n.strip().startswith(prefixes)]
 
-    async def delete() -> None:
-        conn = await aio_pika.connect(amqp)
-        async with conn:
-            for q in names("queues"):
-                with contextlib.suppress(Exception):
-                    await (await conn.channel()).queue_delete(q)
-            for x in names("exchanges"):
-                with contextlib.suppress(Exception):
-                    await (await conn.channel()).exchange_delete(x)
+    asyncio.run(delete_all(amqp, names("queues"), names("exchanges")))
 
-    asyncio.run(delete())
+
+async def delete_all(amqp: str, queues: list[str], exchanges: list[str]) -> None:
+    """Delete these queues and exchanges on one channel, opening a new one only after an
+    error closed it (a channel per delete, never closed, hit RabbitMQ's channel_max of 2,047
+    after a 5,000-Trigger run and broke the connection)."""
+    import aio_pika
+
+    conn = await aio_pika.connect(amqp)
+    async with conn:
+        ch = await conn.channel()
+        for kind, names in (("queue", queues), ("exchange", exchanges)):
+            for name in names:
+                if ch.is_closed:
+                    ch = await conn.channel()
+                with contextlib.suppress(Exception):
+                    if kind == "queue":
+                        await ch.queue_delete(name)
+                    else:
+                        await ch.exchange_delete(name)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -217,15 +234,18 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def rss_kib_one(pid: int) -> int:
+    """Resident set size of one process, in KiB (0 once it is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process and its children (the workers), in KiB."""
-    total = 0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
+    return sum(rss_kib_one(p) for p in process_tree(pid))
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:

@@ -2,6 +2,7 @@
 
     python benchmarks/control_plane_bench.py [--triggers 5000] [--further-writes 10000]
         [--rate 200] [--skip-apply] [--skip-cold-start] [--skip-replicas]
+        [--preload [--creates 300]]
 
 Against the RabbitMQ at RABBITMESH_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/),
 with real `rabbitmesh run` processes and a real HTTP sink, each run under its own topology
@@ -12,8 +13,8 @@ prefix (deleted at the end). It measures, in order:
    last 10% ("at the end"), and the total time;
 2. meanwhile, a steady `--rate` events/s to a Trigger that exists throughout: accepted,
    delivered, lost, and p99 of publish -> delivery;
-3. RSS of the process with them all, then across `--further-writes` writes (create, update,
-   delete in turn): first, last, min, max (flat = max/min);
+3. RSS of the process and its workers (summed, each, and PSS) with them all, then across
+   `--further-writes` writes (create, update, delete in turn): samples (flat = max/min);
 4. the same number of Triggers in one file with `rabbitmesh apply -f`: total time;
 5. a cold start of a fresh process (fresh prefix) with that file in its config dir: time
    until /readyz answers 200;
@@ -40,9 +41,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiohttp
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP_URL = os.environ.get("RABBITMESH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -57,10 +60,25 @@ def free_port() -> int:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """RSS of `rabbitmesh run` and its workers (one per core by default), summed."""
+    return benchlib.rss_kib(pid) / 1024
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size of the process tree: pages the forked workers still share with
+    the supervisor are counted once, where summed RSS counts them in every process."""
+    total = 0
+    for p in benchlib.process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return round(total / 1024, 1)
+
+
+def rss_each_mib(pid: int) -> list[float]:
+    """RSS of the supervisor and of each worker, in that order."""
+    return [round(benchlib.rss_kib_one(p) / 1024, 1) for p in benchlib.process_tree(pid)]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -110,7 +128,7 @@ class Mesh:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self, timeout: float = 600.0) -> float:
+    async def start(self, timeout: float = 1800.0) -> float:
         """Start; the seconds until /readyz answered 200."""
         started = time.perf_counter()
         with self.log.open("ab") as log:
@@ -307,28 +325,14 @@ async def watch_latency(
 
 def names_of(what: str, prefixes: list[str]) -> list[str]:
     """Queues or exchanges of these prefixes (rabbitmqctl: no management plugin needed)."""
-    out = subprocess.run(
-        ["rabbitmqctl", f"list_{what}", "-q", "--no-table-headers", "name"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
+    out = benchlib.rabbitmqctl(f"list_{what}", "-q", "--no-table-headers", "name").split()
     return [n for n in out if n.startswith(tuple(p + "." for p in prefixes))]
 
 
 async def cleanup(prefixes: list[str]) -> None:
     queues = await asyncio.to_thread(names_of, "queues", prefixes)
     exchanges = await asyncio.to_thread(names_of, "exchanges", prefixes)
-    conn = await aio_pika.connect(AMQP_URL)
-    async with conn:
-        for name in queues:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.queue_delete(name)
-        for name in exchanges:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.exchange_delete(name)
+    await benchlib.delete_all(AMQP_URL, queues, exchanges)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -346,20 +350,33 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         config.mkdir()
         steady = trigger_yaml("steady", sink.url, "steady")
         (config / "base.yaml").write_text(BROKER_DOC + "---\n" + steady)
+        creates = n
+        if args.preload:
+            # The N Triggers come from the config dir (a cold start with them), and the
+            # one-at-a-time writes are `--creates` more on top: the write latency and the
+            # events during writes at that size, without N sequential writes first.
+            (config / "preload.yaml").write_text(
+                "---\n".join(trigger_yaml(f"p{i}", sink.url + "p", f"p{i}") for i in range(n))
+            )
+            creates = args.creates
+            results.update(preloaded=n, creates=creates)
         mesh = Mesh(config, prefix, work / "mesh.log")
         meshes.append(mesh)
-        await mesh.start()
+        ready_s = await mesh.start()
+        if args.preload:
+            results["cold_start_ready_s"] = round(ready_s, 1)
+            results["rss_cold_each_mib"] = rss_each_mib(mesh.pid)
         results["rss_start_mib"] = round(rss_mib(mesh.pid), 1)
         async with aiohttp.ClientSession() as session:
             stop = asyncio.Event()
             flow = asyncio.create_task(
                 steady_flow(session, f"{mesh.url}/default/b", args.rate, stop)
             )
-            latencies, total = await create_one_by_one(session, mesh.url, n, sink.url + "t")
+            latencies, total = await create_one_by_one(session, mesh.url, creates, sink.url + "t")
             stop.set()
             accepted, refused = await flow
             await sink.wait_for(accepted, 60)
-            tail = latencies[-max(1, n // 10) :]
+            tail = latencies[-max(1, creates // 10) :]
             results.update(
                 create_total_s=round(total, 1),
                 create_median_ms=round(statistics.median(latencies) * 1000, 1),
@@ -373,13 +390,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 steady_p99_ms=round(percentile(sink.latencies, 0.99) * 1000, 1),
                 steady_p50_ms=round(percentile(sink.latencies, 0.5) * 1000, 1),
                 rss_with_triggers_mib=round(rss_mib(mesh.pid), 1),
+                rss_with_triggers_each_mib=rss_each_mib(mesh.pid),
+                pss_with_triggers_mib=pss_mib(mesh.pid),
             )
             print(json.dumps(results), file=sys.stderr)
             if args.further_writes:
+                writes_t0 = time.perf_counter()
                 samples = await further_writes(
                     session, mesh.url, mesh.pid, args.further_writes, sink.url + "w"
                 )
+                write_s = round(time.perf_counter() - writes_t0, 1)
                 results.update(
+                    further_writes_s=write_s,
+                    pss_after_writes_mib=pss_mib(mesh.pid),
                     further_writes=args.further_writes,
                     rss_samples_mib=[round(x, 1) for x in samples],
                     rss_flatness=round(max(samples) / min(samples), 3),
@@ -412,7 +435,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for m in meshes:
             m.stop()
         meshes.clear()
-        if not args.skip_cold_start:
+        if not args.skip_cold_start and not args.preload:
             cold = f"cpbench-{uuid.uuid4().hex[:8]}"
             prefixes.append(cold)
             cold_config = work / "cold"
@@ -425,7 +448,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             meshes.append(mesh)
             results["cold_start_ready_s"] = round(await mesh.start(), 1)
             results["rss_cold_mib"] = round(rss_mib(mesh.pid), 1)
+            results["rss_cold_each_mib"] = rss_each_mib(mesh.pid)
+            results["pss_cold_mib"] = pss_mib(mesh.pid)
     finally:
+        # What was measured before a failure is still worth having (a part that fails late,
+        # such as the second replica's start, would otherwise lose every earlier figure).
+        print("figures so far: " + json.dumps(results), file=sys.stderr)
         for m in meshes:
             m.stop()
         await sink.stop()
@@ -438,6 +466,13 @@ if __name__ == "__main__":
     parser.add_argument("--triggers", type=int, default=5000)
     parser.add_argument("--further-writes", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="start with the --triggers in the config dir (that start is the cold start), "
+        "then create --creates more one at a time",
+    )
+    parser.add_argument("--creates", type=int, default=300, help="with --preload")
     parser.add_argument("--skip-apply", action="store_true")
     parser.add_argument("--skip-cold-start", action="store_true")
     parser.add_argument("--skip-replicas", action="store_true")

@@ -73,6 +73,7 @@ class Run:
             self.a.workers,
             {"RABBITMESH_PREFETCH": "256"},
             prefix,
+            self.a.startup_timeout,
         )
         started = time.monotonic() - t0
         try:
@@ -292,6 +293,12 @@ def main() -> None:
     ap.add_argument("--batch-concurrency", type=int, default=8)
     ap.add_argument("--amqp-window", type=int, default=1000, help="AMQP publishes in flight")
     ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for deliveries")
+    ap.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=600,
+        help="seconds for rabbitmesh to get ready (1,000 triggers take minutes on a busy machine)",
+    )
     a = ap.parse_args()
     try:
         import uvloop
