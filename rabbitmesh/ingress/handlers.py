@@ -32,11 +32,13 @@ from rabbitmesh.cloudevents import (
     decode_request,
     encode_structured,
 )
+from rabbitmesh.cloudevents.contenttype import event_format
 from rabbitmesh.dataplane import Target, stamp_broker_ingress
 from rabbitmesh.filters.bindings import routing_key_for_type
 from rabbitmesh.hosted import exchange_kinds
 from rabbitmesh.http_input import BodyError, read_body
 from rabbitmesh.ingress.auth import unauthorized
+from rabbitmesh.ingress.batchcount import BatchCounter, BatchTooLong
 from rabbitmesh.metrics import (
     bounded_type,
     code_class,
@@ -161,19 +163,27 @@ class Ingress:
         too_large = self._attribute_headers_too_large(request)
         if too_large is not None:
             return error(413, too_large), []
+        counter = self._batch_counter(request)
         try:
             body = await read_body(
                 request,
                 self.max_event_bytes,
                 self.request_timeout,
                 limit_name="RABBITMESH_MAX_EVENT_BYTES",
+                scan=counter.feed if counter is not None else None,
             )
         except BodyError as e:
             return error(e.status, e.message), []
+        except BatchTooLong as e:
+            # Only the prefix was read: decoding it refuses the batch as the whole body would
+            # (413 at item max_batch_events + 1, or 400 for a broken item before it).
+            body = e.prefix
         ingress_request_bytes.labels(kind).observe(len(body))
         publisher = target.publisher or self.publisher
         try:
             prepared = await self._prepare(request.headers, body, target, publisher.frame_max)
+            if counter is not None and counter.stopped:  # cannot happen with valid JSON
+                raise OverLimit(f"batch exceeds the limit of {self.max_batch_events} events")
         except OverLimit as e:
             return error(413, str(e)), []
         except InvalidEvent as e:
@@ -214,6 +224,16 @@ class Ingress:
         finally:
             self.inflight -= len(events)
         return web.Response(status=202), events
+
+    def _batch_counter(self, request: web.Request) -> BatchCounter | None:
+        """A counter for a batch's events while it is read (None for other requests): an
+        over-long batch is refused after its first max_batch_events + 1 items, instead of
+        after megabytes were received."""
+        try:
+            batch = event_format(request.headers.get("Content-Type")) == "batch"
+        except InvalidEvent:  # refused with its reason once the body is read
+            return None
+        return BatchCounter(self.max_batch_events) if batch else None
 
     def _attribute_headers_too_large(self, request: web.Request) -> str | None:
         """Binary-mode attributes that can never fit RabbitMQ's frame, refused before the

@@ -374,3 +374,67 @@ async def test_an_answered_request_keeps_its_connection(mesh):
     lines = await response_head(mesh.url, head)
     assert lines[0].startswith(b"http/1.1 202"), lines
     assert b"connection: close" not in lines, lines
+
+
+async def test_an_over_long_batch_is_refused_before_the_rest_of_it_arrives(mesh):
+    """A batch is counted as it is read: the 413 for event 1,001 comes once its bytes came,
+    not after the whole body (here the rest is never sent: without the count the server would
+    wait for it, and answer 408 after RABBITMESH_REQUEST_TIMEOUT)."""
+    one = {"specversion": "1.0", "id": "", "type": "t", "source": 's,]"[{'}
+    whole = orjson.dumps([{**one, "id": str(i)} for i in range(60_000)])
+    assert len(whole) < 4 * 1024 * 1024  # under RABBITMESH_MAX_EVENT_BYTES
+    head = (
+        "POST /default/br HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/cloudevents-batch+json\r\n"
+        f"Content-Length: {len(whole)}\r\n\r\n"
+    ).encode()
+    host, port = mesh.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head + whole[:200_000])  # about 2,500 events of 60,000
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        lines = raw.lower().split(b"\r\n")
+        assert lines[0].startswith(b"http/1.1 413"), lines
+        assert b"connection: close" in lines, lines
+        length = next(int(x.split(b":")[1]) for x in lines if x.startswith(b"content-length:"))
+        assert error_of(await reader.readexactly(length)) == (
+            "batch exceeds the limit of 1000 events"
+        )
+    finally:
+        writer.close()
+
+
+async def test_the_rest_of_a_refused_body_is_dropped_and_the_connection_closed(mesh):
+    """After a 413 from Content-Length, what the client keeps sending is dropped unread and the
+    server closes the connection within about a second, instead of reading (and parsing) the
+    body for up to 10 s (aiohttp's lingering read)."""
+    head = (
+        b"POST /apply HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/yaml\r\n"
+        b"Content-Length: 100000000\r\n\r\n"
+    )
+    host, port = mesh.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
+        assert raw.lower().startswith(b"http/1.1 413"), raw
+        started = time.monotonic()
+        closed = False
+        chunk = b"x" * 65536
+        while time.monotonic() - started < 8:  # a client that does not stop sending
+            try:
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), timeout=1)
+            except (ConnectionError, TimeoutError):
+                closed = True  # reset by the server, or no longer read at all
+                break
+            if reader.at_eof():
+                closed = True
+                break
+            await asyncio.sleep(0.01)  # the client's pace, not synchronisation
+        assert closed, "the server still read the refused body after 8 s"
+        assert time.monotonic() - started < 5
+    finally:
+        writer.close()
