@@ -135,7 +135,13 @@ class MeshProcess:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 (a start, not a wait)
             self.command(), env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
-        await wait_ready(self.url, timeout, proc=self.proc)
+        try:
+            await wait_ready(self.url, timeout, proc=self.proc)
+        except BaseException:
+            # Callers stop only what started: one that never got ready must not outlive its
+            # test (one did, for 37 minutes, after a start-up timeout on a loaded machine).
+            await self.stop()
+            raise
         return self
 
     def signal(self, sig: int) -> None:
