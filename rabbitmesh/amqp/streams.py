@@ -23,7 +23,6 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed
-from rabbitmesh.amqp.messages import raw_message
 
 log = logging.getLogger("rabbitmesh.streams")
 
@@ -70,8 +69,9 @@ class StreamNotWritable(PublishFailed):
     publish to its callers: transient, tried again later)."""
 
 
-async def wait_writable(client: AmqpClient, name: str) -> None:
-    """Return once `name`, a stream just declared, took a confirmed write.
+async def wait_writable(client: AmqpClient, name: str) -> str:
+    """Return once `name`, a stream just declared, took a confirmed write: an end marker,
+    whose id is returned.
 
     RabbitMQ 3.10 answers a stream's declare before the stream's writer runs. A publish in
     that moment crashes the publishing channel and, with it, its whole connection
@@ -93,13 +93,16 @@ async def wait_writable(client: AmqpClient, name: str) -> None:
             )
             async with conn:
                 ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+                marker_id = uuid.uuid4().hex
                 marker = aio_pika.Message(
                     b"",
-                    headers={MARKER_HEADER: uuid.uuid4().hex},
+                    headers={MARKER_HEADER: marker_id},
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 )
                 await ch.default_exchange.publish(marker, routing_key=name, timeout=5)
-            return
+            return marker_id
+        except aio_pika.exceptions.DeliveryError as e:  # returned: the stream is not there
+            raise PublishFailed(f"stream {name} is gone: {e}") from e
         except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as e:
             if loop.time() + delay > deadline:
                 raise StreamNotWritable(
@@ -134,10 +137,13 @@ async def exists(client: AmqpClient, name: str) -> bool:
 async def append_marker(client: AmqpClient, name: str) -> str:
     """Append an end marker (confirmed) and return its id. RabbitMQ offers no exact "last
     offset now" over AMQP (a stream's message count lags behind), so a reader that must read
-    *everything up to now* appends a marker and reads until it comes by; readers skip them."""
-    marker = uuid.uuid4().hex
-    await client.publish("", name, raw_message(b"", {MARKER_HEADER: marker}), mandatory=True)
-    return marker
+    *everything up to now* appends a marker and reads until it comes by; readers skip them.
+
+    Over a connection of its own (wait_writable), never the shared publisher: the stream may
+    have been declared a moment ago by another process (a dead-letter store listed while its
+    first dead letter is being kept), and a write in that moment would take down the
+    connection that carries it."""
+    return await wait_writable(client, name)
 
 
 def is_marker(msg: AbstractIncomingMessage) -> bool:

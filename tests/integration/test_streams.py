@@ -46,3 +46,30 @@ async def test_declare_returns_once_the_stream_took_a_write_that_readers_skip(pr
         assert closed == [] and client.connected
     finally:
         await client.close()
+
+
+async def test_a_marker_on_a_stream_another_process_just_declared_spares_the_shared_publisher(
+    prefix,
+):
+    """A dead-letter store listed while another process keeps its first dead letter: the
+    listing's end marker may meet the stream before its writer runs. It goes over a
+    connection of its own, so the shared publisher (every publish in flight) never dies."""
+    other = await aio_pika.connect(AMQP_URL)
+    client = AmqpClient(AMQP_URL, "test-streams-markers")
+    await client.connect()
+    closed: list[object] = []
+    assert client.connection is not None
+    client.connection.close_callbacks.add(lambda *args: closed.append(args))
+    try:
+        ch = await other.channel()
+        for i in range(20):
+            name = f"{prefix}.raced.{i}"
+            # "Another process": a bare declare, no wait for the writer.
+            await ch.declare_queue(name, durable=True, arguments={"x-queue-type": "stream"})
+            marker = await append_marker(client, name)
+            assert marker
+            await client.publish("", name, aio_pika.Message(b"after"), mandatory=True)
+        assert closed == [] and client.connected
+    finally:
+        await client.close()
+        await other.close()
