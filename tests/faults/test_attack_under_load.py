@@ -75,7 +75,8 @@ async def legit_load(url: str, start: float) -> dict[str, tuple[str, bool]]:
     reason="issue 11's target not met in 5 consecutive runs yet: after the refused bodies stopped "
     "being read (batch counted while read, the rest of a refused body dropped unparsed), "
     "2026-12-03 on the shared 2-core machine: 30, 53, 66, 80, 73, 96, 78, 58, 76, 87% at load "
-    "4.7-8, then 96, 79.x, 74, 72, 78% at load 3.5-4.3 (15-21% before the change at load "
+    "4.7-8, then 96, 79.x, 74, 72, 78% at load 3.5-4.3, then 81, 73, 72, 83, 72% with "
+    "nothing else running (15-21% before the change at load "
     "12-16); what remains is the attacker's own CPU "
     "and the kernel's copying on the same cores (docs/security.md, Attack under load)",
 )
