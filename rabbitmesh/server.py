@@ -34,6 +34,7 @@ from rabbitmesh.auth.gate import Gate, Mode
 from rabbitmesh.auth.issuer import DISCOVERY_PATH, JWKS_PATH, Issuer, load_key_file, shared_key
 from rabbitmesh.auth.policies import PolicyIndex
 from rabbitmesh.auth.verify import DiscoveredKeys, FileKeys, KeySource, StaticKeys, Verifier
+from rabbitmesh.config.effective import Effective, Value
 from rabbitmesh.console.routes import Console
 from rabbitmesh.console.tail import Tails
 from rabbitmesh.controlplane import ControlPlane
@@ -61,6 +62,13 @@ from rabbitmesh.tls import server_context
 from rabbitmesh.workers import EARLY, READY, STOPPING, Siblings, WorkerInfo
 
 log = logging.getLogger("rabbitmesh")
+#: config-features flags whose change is logged as a WARNING (see _log_security_flags).
+SECURITY_FLAGS = (
+    "authentication-oidc",
+    "default-authorization-mode",
+    "cross-namespace-event-links",
+    "transport-encryption",
+)
 
 #: Allocations between two young-generation collections (CPython's default is 700). At
 #: thousands of events a second the default ran a collection every few requests, and the
@@ -81,6 +89,8 @@ def tune_gc() -> None:
 class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: The SECURITY_FLAGS in force at the last reconcile (None: none yet).
+        self._security_flags: dict[str, Value[str]] | None = None
         self.names = Names(settings.topology_prefix)
         amqp_tls = settings.amqp_ssl_context()
         max_msg = settings.max_message_bytes
@@ -381,6 +391,7 @@ class Server:
         if ctx is None:
             return False
         eff = ctx.effective()
+        self._log_security_flags(eff)
         flag = eff.feature("authentication-oidc")
         wanted = flag.value == "enabled"
         mode = cast(Mode, eff.feature("default-authorization-mode").value)
@@ -404,6 +415,28 @@ class Server:
             "enforced" if wanted else "off, EventPolicies enforce nothing",
         )
         return True
+
+    def _log_security_flags(self, eff: Effective) -> None:
+        """One WARNING line for each change of a flag that loosens or tightens who may send
+        what where (a ConfigMap applied through the API wins over the operator's settings):
+        before, only authentication-oidc itself was logged, and a switch of
+        default-authorization-mode from deny-all to allow-all left no trace but
+        `ConfigMap ... configured`."""
+        now = {name: eff.feature(name) for name in SECURITY_FLAGS}
+        before, self._security_flags = self._security_flags, now
+        if before is None:
+            return
+        for name, value in now.items():
+            old = before[name]
+            if old.value != value.value:
+                log.warning(
+                    "%s is now %s (%s; was %s from %s)",
+                    name,
+                    value.value,
+                    value.source,
+                    old.value,
+                    old.source,
+                )
 
     async def _start_oidc(self, ctx: Context) -> None:
         """rabbitmesh's issuer (its key from the file, or the install's key in RabbitMQ), and

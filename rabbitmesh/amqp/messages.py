@@ -42,17 +42,34 @@ def to_message(event: CloudEvent, extra_headers: dict[str, Any] | None = None) -
     )
 
 
+def sendable_headers(value: Any) -> Any:
+    """Headers received from RabbitMQ, made sendable again: pamqp hands an AMQP long string
+    that is not UTF-8 over as `bytes`, which it cannot encode (TypeError). Such a value is
+    sent as a byte array of the same bytes. Without this, a copy of a message from a
+    producer that sent one (a Java or Go client) failed every time it was tried: an ordered
+    trigger's splitter handed it back to the head of its queue, for ever."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {k: sendable_headers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [sendable_headers(v) for v in value]
+    return value
+
+
 def raw_message(
     body: bytes,
     headers: dict[str, Any],
     content_type: str | None = None,
     message_id: str | None = None,
 ) -> Outgoing:
-    """A persistent message that is not (or may not be) a CloudEvent."""
+    """A persistent message that is not (or may not be) a CloudEvent.
+
+    `headers` may come from a message received as it was (a copy): see sendable_headers."""
     return Outgoing(
         body,
         Basic.Properties(
-            headers=headers,
+            headers=sendable_headers(headers),
             content_type=content_type,
             message_id=message_id,
             delivery_mode=PERSISTENT,

@@ -55,10 +55,14 @@ SPLIT_REQUEUE_PAUSE = 1.0
 
 
 def partition_of(key: str | None, partitions: int, fallback: int) -> int:
-    """The partition of a key: stable across processes and versions (crc32, not hash())."""
+    """The partition of a key: stable across processes and versions (crc32, not hash()).
+
+    Never raises: a key with lone surrogates (from JSON escapes, or bytes that were not
+    UTF-8, see key_of) is hashed with them encoded as they are (`surrogatepass`); a valid
+    key hashes as its UTF-8 bytes, as always."""
     if key is None:
         return fallback % partitions
-    return zlib.crc32(key.encode()) % partitions
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions
 
 
 def key_of(headers: Mapping[str, Any], body: bytes, content_type: str | None) -> str | None:
@@ -67,7 +71,11 @@ def key_of(headers: Mapping[str, Any], body: bytes, content_type: str | None) ->
     for name in _KEY_HEADERS:
         value = headers.get(name)
         if value is not None:
-            return value.decode() if isinstance(value, bytes) else str(value)
+            # An AMQP long string that is not UTF-8 arrives as bytes: any bytes are a key
+            # (surrogateescape keeps them distinct); raising here wedged the whole trigger.
+            if isinstance(value, bytes | bytearray):
+                return bytes(value).decode("utf-8", "surrogateescape")
+            return str(value)
     if content_type and content_type.startswith("application/cloudevents"):
         try:
             value = decode_amqp(dict(headers), body, content_type).attributes.get(KEY_ATTRIBUTE)
@@ -162,9 +170,13 @@ class Splitter:
             lanes: dict[int, list[AbstractIncomingMessage]] = {}
             for msg in batch:
                 headers = msg.headers or {}
-                key = key_of(headers, msg.body, msg.content_type)
                 self._round_robin += 1
-                p = partition_of(key, len(self.partitions), self._round_robin)
+                try:
+                    key = key_of(headers, msg.body, msg.content_type)
+                    p = partition_of(key, len(self.partitions), self._round_robin)
+                except Exception as e:  # never let one message stop the splitter for ever
+                    log.warning("splitter for %s: unusable partitionkey (%s)", self.queue, e)
+                    p = partition_of(None, len(self.partitions), self._round_robin)
                 lanes.setdefault(p, []).append(msg)
             results = await asyncio.gather(
                 *(self._publish_lane(self.partitions[p], msgs) for p, msgs in lanes.items()),

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -48,6 +48,8 @@ STANDBY_RETRY = 2.0
 #: The archive is read from this much before `from` (a timestamp start lands on a chunk,
 #: and each event's own knativearrivaltime decides).
 START_SLACK = timedelta(seconds=2)
+#: A `from` before this reads the archive from its first message.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -172,6 +174,11 @@ class ReplayRunner:
                 progress = Progress(marker=marker)
                 await self._commit(ch, tx, inbox, held, progress)
             self.started.set()
+            if progress.total is None and self._window_after_marker():
+                # The window starts after the end marker: nothing can be in it, and a read
+                # from there would wait for a marker already behind it, for ever.
+                progress.total, progress.done = 0, True
+                await self._commit(ch, tx, inbox, held, progress)
             if progress.total is None:
                 progress.total = await self._count(progress.marker)
                 await self._commit(ch, tx, inbox, held, progress)
@@ -194,8 +201,26 @@ class ReplayRunner:
             return False
         return all(f.matches(event.attributes) for f in self.plan.filters)
 
+    def _window_after_marker(self) -> bool:
+        """True when `from` is later than now, so later than the end marker (appended before
+        this is asked): every archived event arrived before the marker, none is in the window.
+        (A `from` after the Replay's creation used to make its reader wait for the marker from
+        a point past it: StreamReadTimeout, then again every 7 s, for ever.)"""
+        return self.plan.start > datetime.now(UTC)
+
     def _events(self, marker: str, after: int | None) -> Any:
-        start: int | datetime = after + 1 if after is not None else self.plan.start - START_SLACK
+        start: str | int | datetime
+        if after is not None:
+            start = after + 1
+        else:
+            try:
+                start = self.plan.start - START_SLACK
+                if start < EPOCH:  # AMQP timestamps are unsigned seconds since 1970
+                    start = "first"
+            except OverflowError:
+                # `from` near year 1 (OverflowError, then again every 2 s, for ever); nothing
+                # is older than the archive's first message anyway.
+                start = "first"
         return read_stream(self.publisher, self.plan.archive, start, marker)
 
     async def _count(self, marker: str) -> int:

@@ -788,3 +788,53 @@ async def _status(got, want: int) -> bool:  # noqa: ANN001
 async def _is(got, status: str, reason: str | None = None) -> bool:  # noqa: ANN001
     s, r = await got
     return s == status and (reason is None or r == reason)
+
+
+async def test_loosening_security_flags_is_logged(start_mesh, caplog):
+    """A ConfigMap applied through the API wins over the operator's settings: switching
+    default-authorization-mode from deny-all to allow-all (anyone may send, no token) left
+    no trace in the log but `ConfigMap ... configured`. Now each change of a
+    security-relevant flag is one WARNING naming the value, its source and what it was."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="rabbitmesh")
+    mesh = await start_mesh(
+        broker_manifest("br"), authentication_oidc=True, default_authorization_mode="deny-all"
+    )
+    assert (await post_binary(mesh.url + "/default/br", "com.example.x"))[0] == 403
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "config-features", "namespace": "knative-eventing"},
+        "data": {
+            "default-authorization-mode": "allow-all",
+            "cross-namespace-event-links": "enabled",
+        },
+    }
+    status, cm = await call("POST", mesh.url + CONFIGMAPS, body)
+    assert status == 201, cm
+    await eventually(
+        lambda: _is_status(post_binary(mesh.url + "/default/br", "com.example.x"), 202),
+        timeout=10,
+        what="allow-all in force",
+    )
+
+    def warned() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and " is now " in r.getMessage()
+        ]
+
+    await eventually(lambda: len(warned()) >= 2, timeout=10, what="the changes logged")
+    lines = warned()
+    assert any(
+        "default-authorization-mode is now allow-all (ConfigMap knative-eventing/config-features; was deny-all from RABBITMESH_DEFAULT_AUTHORIZATION_MODE)"
+        in line
+        for line in lines
+    ), lines
+    assert any("cross-namespace-event-links is now enabled" in line for line in lines), lines
+
+
+async def _is_status(posting, status: int) -> bool:  # noqa: ANN001
+    return (await posting)[0] == status

@@ -237,3 +237,85 @@ async def test_ordered_subscription_keeps_per_key_order_and_keeps_dead_letters(
 
     items = await eventually(listed, timeout=30, what="the dead letters listed")
     assert {i["attempts"] for i in items} == {2}
+
+
+class LongStringBytes(bytes):
+    """A header value sent as an AMQP long string (`S`) of these exact bytes, UTF-8 or not
+    (as a Java or Go client can send it; pamqp, like RabbitMQ, passes it through as bytes)."""
+
+
+def publish_raw_long_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pamqp.common
+    import pamqp.encode
+
+    plain = pamqp.encode.encode_table_value
+
+    def encode(value: object) -> bytes:
+        if isinstance(value, LongStringBytes):
+            return b"S" + pamqp.common.Struct.integer.pack(len(value)) + bytes(value)
+        return plain(value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pamqp.encode, "encode_table_value", encode)
+
+
+async def test_a_key_that_is_not_utf8_wedges_nothing(start_mesh, make_sink, monkeypatch):
+    """An AMQP producer's `ce-partitionkey` whose bytes are not UTF-8 (pamqp hands such a
+    long string over as bytes) raised UnicodeDecodeError in the splitter, outside any
+    handler: the splitter closed its channel, the message went back to the head of the
+    trigger's queue, and the next consume met it again, every 2 s, for ever. The whole
+    ordered trigger was wedged: no event of any key was delivered again. Now such a key is
+    hashed as the bytes it is."""
+    import aio_pika
+
+    from rabbitmesh.amqp.names import Names
+    from rabbitmesh.filters.bindings import routing_key_for_type
+    from tests.support.events import post_binary
+    from tests.support.mesh import AMQP_URL
+
+    sink = await make_sink()
+    mesh = await start_mesh(manifests(sink.url, ORDERED))
+    names = Names(mesh.settings.topology_prefix)
+    kind = "com.example.ordered"
+    publish_raw_long_strings(monkeypatch)
+    hostile = [b"\xff\xfe-not-utf8", "\ud800-lone".encode("utf-8", "surrogatepass")]
+    async with await aio_pika.connect(AMQP_URL) as conn:
+        ch = await conn.channel()
+        x = await ch.get_exchange(names.broker_exchange("default", "br"))
+        for i, key in enumerate(hostile):
+            await x.publish(
+                aio_pika.Message(
+                    b"{}",
+                    headers={
+                        "ce-specversion": "1.0",
+                        "ce-id": f"hostile-{i}",
+                        "ce-source": "native",
+                        "ce-type": kind,
+                        "ce-partitionkey": LongStringBytes(key),
+                    },
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=routing_key_for_type(kind),
+            )
+    monkeypatch.undo()
+    # Events of ordinary keys, sent after the hostile ones, all arrive.
+    ids = []
+    for k in range(8):
+        status, eid = await post_binary(mesh.url + "/default/br", kind, partitionkey=f"k{k}")
+        assert status == 202
+        ids.append(eid)
+
+    def arrived() -> bool:
+        return set(ids) <= {r.ce_id for r in sink.received}
+
+    await eventually(arrived, timeout=20, what="the ordinary keys' events delivered")
+    # The hostile events are no CloudEvents (an attribute is a string): parked once each,
+    # as an unordered trigger parks them, not lost and not retried.
+    queue = names.trigger_queue("default", "tr")
+    workers = mesh.server.ctx.workers
+
+    def parked() -> int:
+        return sum(w.stats.parked for q, w in workers.items() if q.startswith(queue + ":p"))
+
+    await eventually(lambda: parked() == 2, timeout=20, what="both hostile events parked")
+    assert not {"hostile-0", "hostile-1"} & {r.ce_id for r in sink.received}

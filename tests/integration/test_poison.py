@@ -406,3 +406,46 @@ async def test_real_process_logs_a_poison_message_once(tmp_path, prefix, make_si
     out = mesh.output()
     assert "Traceback" not in out and "RecursionError" not in out, out[-3000:]
     assert sum(1 for line in out.splitlines() if "deep-2" in line) == 1, out[-3000:]
+
+
+async def test_a_header_that_is_not_utf8_is_parked_once(start_mesh, make_sink, monkeypatch):
+    """An AMQP producer's `ce-` header whose long string is not UTF-8 arrives as bytes (no
+    CloudEvent: parked). Its parked copy could not be published (pamqp cannot encode bytes:
+    TypeError), nor the redelivery guard's copy: the message came back and was "parked"
+    again about once a second, for ever (21 ERROR lines in 20 s, never parked). Now headers
+    received as bytes are sent on as byte arrays, and it is parked once, headers intact."""
+    from tests.integration.test_ordering import LongStringBytes, publish_raw_long_strings
+
+    sub = await make_sink()
+    mesh = await start_mesh(broker_and_trigger(sub.url, "", ONLY_REQUESTS))
+    names = Names(mesh.settings.topology_prefix)
+    queue = names.trigger_queue("default", "tr")
+    publish_raw_long_strings(monkeypatch)
+    async with await aio_pika.connect(AMQP_URL) as conn:
+        ch = await conn.channel()
+        x = await ch.get_exchange(names.broker_exchange("default", "br"))
+        await x.publish(
+            aio_pika.Message(
+                b"{}",
+                headers={
+                    "ce-specversion": "1.0",
+                    "ce-id": "latin1",
+                    "ce-source": "native",
+                    "ce-type": REQUEST,
+                    "ce-subject": LongStringBytes("caf\xe9".encode("latin-1")),
+                },
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=routing_key_for_type(REQUEST),
+        )
+    monkeypatch.undo()
+    worker = worker_of(mesh, queue)
+    await eventually(lambda: worker.stats.parked == 1, timeout=20, what="the event parked")
+    async with await aio_pika.connect(AMQP_URL) as conn:
+        ch = await conn.channel()
+        parked = await ch.declare_queue(names.parked_queue, passive=True)
+        msg = await parked.get(fail=False)
+        assert msg is not None and msg.headers["ce-id"] == "latin1"
+        assert bytes(msg.headers["ce-subject"]) == "caf\xe9".encode("latin-1")
+        await msg.nack(requeue=True)

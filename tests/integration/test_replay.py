@@ -251,3 +251,44 @@ async def test_two_replicas_replay_each_event_once(start_mesh, make_sink):
     await eventually(done_somewhere, timeout=60, what="replay succeeded on one replica")
     await sink.wait_for(len(expected), timeout=30)
     assert [r.ce_id for r in sink.received] == expected
+
+
+async def test_replays_with_extreme_times_finish(start_mesh, make_sink):
+    """A `from` after the Replay's creation made its reader wait for the end marker from a
+    point past it (StreamReadTimeout, again every 7 s, for ever); a `from` in year 1 made
+    the start overflow (OverflowError, again every 2 s, for ever). Neither ever finished.
+    Now the first is an empty window, done at once; the second reads the whole archive."""
+    sink = await make_sink()
+    mesh = await start_mesh(ARCHIVED_BROKER)
+    status, body = await call(
+        "POST", mesh.url + TRIGGERS.format(ns="default"), trigger("t", "br", sink.url)
+    )
+    assert status == 201, body
+    ids = await send(mesh.url + "/default/br", 3, "x")
+    await sink.wait_for(3, timeout=30)
+    for name, start in [
+        ("future", "9999-12-31T23:59:59Z"),
+        ("ancient", "0001-01-01T00:00:00-23:59"),
+        ("old", "1900-01-01T00:00:00Z"),
+    ]:
+        replay = {
+            "apiVersion": "rabbitmesh.dev/v1alpha1",
+            "kind": "Replay",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"broker": "br", "from": start, "destination": {"trigger": "t"}},
+        }
+        status, body = await call("POST", mesh.url + REPLAYS, replay)
+        assert status == 201, body
+
+    async def done(name: str) -> dict | None:
+        status, obj = await call("GET", mesh.url + REPLAYS + "/" + name)
+        return obj["status"] if status == 200 and succeeded(obj) == "True" else None
+
+    future = await eventually(lambda: done("future"), timeout=20, what="future replay done")
+    assert future["totalCount"] == future["replayedCount"] == 0
+    for name in ("ancient", "old"):
+        st = await eventually(lambda n=name: done(n), timeout=20, what=f"{name} replay done")
+        assert st["totalCount"] == st["replayedCount"] == 3
+    await sink.wait_for(9, timeout=30)
+    replayed = Counter(r.ce_id for r in sink.received if "ce-rabbitmeshreplay" in r.headers)
+    assert replayed == Counter({i: 2 for i in ids})
