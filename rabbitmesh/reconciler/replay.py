@@ -97,6 +97,8 @@ async def reconcile(ctx: Context, replay: Replay) -> None:
                 namespace=ns,
                 url=url,
                 policy=ctx.policy(DeliverySpec(), ns),
+                # With authentication-oidc, the Replay sends as itself, as a Trigger does.
+                auth=ctx.sender_auth(replay, Destination(ref=dest.ref, uri=dest.uri), ns),
             ),
         )
         extra = replay.status.model_extra

@@ -540,3 +540,73 @@ async def test_eventtransform_posts_to_its_sink_with_its_identity(start_mesh, ma
     assert status == 202, text  # the broker's answer, passed back
     (got,) = await sink.wait_for(1)
     assert got.ce_id == "e1" and got.headers["ce-type"] == "done"
+
+
+async def test_a_replay_into_a_protected_broker_sends_as_itself(start_mesh, make_sink, issuer):
+    """A Replay whose destination is a Broker that takes only signed senders: the replayed
+    events carry the Replay's own token (without it they were refused with 401, retried and
+    dead-lettered or dropped)."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.support.api import call
+
+    sink = await make_sink()
+    mesh = await start_mesh(
+        f"""
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata:
+          name: src
+          annotations: {{"rabbitmesh.dev/archive-retention": "P1D"}}
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Broker
+        metadata: {{name: orders}}
+        ---
+        apiVersion: eventing.knative.dev/v1alpha1
+        kind: EventPolicy
+        metadata: {{name: signed-only}}
+        spec:
+          to: [{{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: orders}}}}]
+          from: [{{sub: "system:*"}}]
+        ---
+        apiVersion: eventing.knative.dev/v1
+        kind: Trigger
+        metadata: {{name: all}}
+        spec:
+          broker: orders
+          subscriber: {{uri: "{sink.url}"}}
+        """,
+        authentication_oidc=True,
+        oidc_issuer=issuer.url,
+    )
+    src = f"{mesh.url}/default/src"
+    status, _, _ = await post(src, event("old-1"), issuer.token(PRODUCER, AUD[:-6] + "src"))
+    assert status == 202
+    # Tokenless into the protected broker: refused (what the Replay's posts met before).
+    status, _, _ = await post(f"{mesh.url}/default/orders", event("direct"))
+    assert status == 401
+    start = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    status, body = await call(
+        "POST",
+        f"{mesh.url}/apis/rabbitmesh.dev/v1alpha1/namespaces/default/replays",
+        {
+            "apiVersion": "rabbitmesh.dev/v1alpha1",
+            "kind": "Replay",
+            "metadata": {"name": "again", "namespace": "default"},
+            "spec": {
+                "broker": "src",
+                "from": start,
+                "destination": {
+                    "ref": {
+                        "apiVersion": "eventing.knative.dev/v1",
+                        "kind": "Broker",
+                        "name": "orders",
+                    }
+                },
+            },
+        },
+    )
+    assert status == 201, body
+    (got,) = await sink.wait_for(1, timeout=30)
+    assert got.ce_id == "old-1"
