@@ -679,8 +679,11 @@
     if (!all && !ids.length) { $("#dl-status").textContent = "Select dead letters first."; return; }
     if (action === "purge" && !(await confirmDialog(`Purge ${all ? "all" : ids.length} dead letter(s) of ${kind} ${name}? They are gone for good.`))) return;
     const r = await api("POST", `${deadLetterPath(kind, name)}/${action}`, all ? { all: true } : { ids });
-    $("#dl-status").textContent = r.ok ? `${action}: done (${JSON.stringify(r.data)})` : `${action} failed: ${(r.data && r.data.error) || r.status}`;
-    if (r.ok) await loadDeadLetters();
+    if (!r.ok) { $("#dl-status").textContent = `${action} failed: ${(r.data && r.data.error) || r.status}`; return; }
+    // The list is loaded again first, then the result is shown before its count: the
+    // reload must not overwrite what the action did.
+    await loadDeadLetters();
+    $("#dl-status").textContent = `${action}: done (${JSON.stringify(r.data)}). ${$("#dl-status").textContent}`;
   }
 
   function renderReplays() {
