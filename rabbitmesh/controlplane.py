@@ -107,6 +107,7 @@ class ControlPlane:
         self._types: dict[Key, tuple[int, list[str]]] = {}
         #: What `?watch=true` streams (rabbitmesh/watch.py).
         self.watch = WatchLog()
+        ctx.on_status = self.status_changed
         #: Store keys changed since the desired set last took them in.
         self._changed: set[Key] = set()
         #: Keys to reconcile in the next batch.
@@ -182,6 +183,13 @@ class ControlPlane:
         # Topology is declared without aio-pika's robust re-declaration (it grew memory): a
         # reconnect reconciles everything again instead.
         self.resync()
+
+    def status_changed(self, key: Key) -> None:
+        """A status changed outside a reconcile (a Replay's progress): watchers get it as a
+        MODIFIED event at the version reconciled so far (no store write happened)."""
+        res = self.ctx.resources.get(key)
+        if res is not None:
+            self.watch.record(self.reconciled_offset, key, render(res))
 
     def resync(self) -> None:
         """Queue every resource again (a slice per batch)."""

@@ -65,6 +65,9 @@ class Context:
     partitions: dict[str, int] = field(default_factory=dict)
     #: Replays running (or standing by) on this replica, by resource key (docs/replay.md).
     replays: dict[tuple[str, str, str], ReplayRunner] = field(default_factory=dict)
+    #: Called with a resource's key when something other than a reconcile changed its status
+    #: (a Replay's progress): the control plane passes it on to `?watch=true` and the console.
+    on_status: Callable[[tuple[str, str, str]], None] | None = None
     #: The sources this replica runs (roles `all` and `sources`); None elsewhere.
     sources: SourceManager | None = None
     #: This replica's RequestReply reply queues and waiters (roles `all` and `ingress`).

@@ -149,6 +149,8 @@ def _reporter(ctx: Context, replay: Replay):  # type: ignore[no-untyped-def]
             set_condition(current, "Succeeded", "Unknown", "ReplayingElsewhere", message)
         else:
             set_condition(current, "Succeeded", "Unknown", "Replaying", "")
+        if ctx.on_status is not None:  # watchers (the console) see the progress too
+            ctx.on_status(key)
 
     return report
 

@@ -469,12 +469,6 @@ spec:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (2026-12-03): a Replay's progress is written into its status by the "
-    "runner, outside a reconcile, and the watch the page follows records changes only after "
-    "reconciles, so the page keeps showing 0 / ? (the API's GET shows 3 / 3)",
-)
 async def test_a_replay_is_started_from_the_page_and_its_progress_shown(
     browser, tmp_path, prefix, make_sink
 ):

@@ -292,3 +292,27 @@ async def test_replays_with_extreme_times_finish(start_mesh, make_sink):
     await sink.wait_for(9, timeout=30)
     replayed = Counter(r.ce_id for r in sink.received if "ce-rabbitmeshreplay" in r.headers)
     assert replayed == Counter({i: 2 for i in ids})
+
+
+async def test_watchers_see_a_replays_progress(start_mesh, make_sink):
+    """The runner writes a Replay's progress outside any reconcile; `?watch=true` (and the
+    console, which follows it) still gets it: a MODIFIED event with the final counts."""
+    sink = await make_sink()
+    mesh = await start_mesh(ARCHIVED_BROKER)
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    await send(mesh.url + "/default/br", 6, "w")
+    async with aiohttp.ClientSession() as s, s.get(mesh.url + REPLAYS + "?watch=true") as watch:
+        status, body = await call(
+            "POST", mesh.url + REPLAYS, replay_manifest("watched", before, uri=sink.url)
+        )
+        assert status == 201, body
+
+        async def counts_done() -> bool:
+            while True:
+                line = await watch.content.readline()
+                assert line, "the watch stream ended"
+                status = json.loads(line)["object"].get("status") or {}
+                if status.get("replayedCount") == status.get("totalCount") == 3:
+                    return True
+
+        assert await asyncio.wait_for(counts_done(), 30)
