@@ -44,6 +44,18 @@ class StreamArgumentsDiffer(Exception):
     """The stream exists with other arguments; it is used as it is."""
 
 
+def not_consumable_yet(exc: BaseException) -> bool:
+    """RabbitMQ refused a consume on a stream that is still starting: 404 while a cluster
+    forms (`stream_not_found`), or 406 "does not have a replica on the local node" when the
+    stream was declared a moment ago and its local member is not running yet (3.10 answers
+    the declare first). Both pass within a second or two; every other refusal is final."""
+    if isinstance(exc, aio_pika.exceptions.ChannelNotFoundEntity):
+        return True
+    return isinstance(
+        exc, aio_pika.exceptions.ChannelPreconditionFailed
+    ) and "does not have a replica" in str(exc)
+
+
 async def declare_stream(client: AmqpClient, name: str, arguments: dict[str, Any]) -> None:
     """Declare a durable stream and return once it takes writes (see wait_writable); raise
     StreamArgumentsDiffer if one exists with other arguments."""

@@ -402,6 +402,10 @@ class AdminApi:
         outcome = await plane.store.apply(
             to_manifest(res), key_of(res), origin="api", expect=expect
         )
+        if outcome.result == "conflict" and outcome.entry is not None:
+            # What this write lost to is in the store before it: a GET here right after the
+            # 409 must show the winner (as after a 201), so wait for the winner's reconcile.
+            await plane.wait_reconciled(outcome.entry.resource_version)
         self._check(outcome, res)
         if outcome.result in ("created", "configured"):
             log.info("api: %s %s", describe(res), outcome.result)

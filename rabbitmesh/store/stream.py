@@ -28,6 +28,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed
+from rabbitmesh.amqp.streams import not_consumable_yet
 from rabbitmesh.store.state import Entry, Key, Outcome, StoreState
 from rabbitmesh.timestamps import now_rfc3339
 
@@ -114,7 +115,7 @@ class Store:
 
     async def _follow(self) -> None:
         """Consume the stream from its first offset; retried while RabbitMQ says it is not
-        there (404: `stream_not_found` while a cluster forms), for STREAM_READY_SECONDS."""
+        consumable yet (streams.not_consumable_yet), for STREAM_READY_SECONDS."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STREAM_READY_SECONDS
         delay = 0.2
@@ -126,10 +127,10 @@ class Store:
                 # After a reconnect the consumer starts again from the first offset: records
                 # already applied are skipped by offset.
                 await queue.consume(self._on_message, arguments={"x-stream-offset": "first"})
-            except aio_pika.exceptions.ChannelNotFoundEntity as e:
+            except aio_pika.exceptions.AMQPError as e:
                 with contextlib.suppress(Exception):
                     await channel.close()
-                if loop.time() + delay > deadline:
+                if not not_consumable_yet(e) or loop.time() + delay > deadline:
                     raise
                 log.info("resource store %s not consumable yet (%s); retrying", self.queue, e)
                 await asyncio.sleep(delay)

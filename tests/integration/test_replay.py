@@ -218,7 +218,10 @@ async def test_replay_resumes_without_duplicates_after_a_restart(tmp_path, prefi
             firsts = list(dict.fromkeys(got))
             assert firsts == expected
             repeated = [e for e, n in Counter(got).items() if n > 1]
-            assert all(got.index(e) < at_stop for e in repeated), repeated
+            # One lane: at most one delivery is in flight at the kill, and the sink (in this
+            # process) may count it just after `at_stop` was taken; so a repeat's first
+            # delivery is before the stop or exactly that one.
+            assert all(got.index(e) <= at_stop for e in repeated), (repeated, at_stop, got)
             assert len(repeated) <= 2, repeated  # one lane, prefetch 1: the one in flight
     finally:
         await asyncio.gather(a.stop(), *([b.stop()] if b else []))

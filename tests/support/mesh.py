@@ -137,6 +137,12 @@ class MeshProcess:
         )
         try:
             await wait_ready(self.url, timeout, proc=self.proc)
+        except AssertionError as e:
+            await self.stop()
+            # The reason is in rabbitmesh's log, which pytest does not show: its end goes
+            # into the failure.
+            tail = "\n".join(self.output().splitlines()[-25:])
+            raise AssertionError(f"{e}\n--- end of {self.log.name} ---\n{tail}") from e
         except BaseException:
             # Callers stop only what started: one that never got ready must not outlive its
             # test (one did, for 37 minutes, after a start-up timeout on a loaded machine).
