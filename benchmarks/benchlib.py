@@ -181,6 +181,13 @@ def rabbitmqctl(*args: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True).stdout
 
 
+def rabbitmq_pid() -> int | None:
+    """The OS pid of the RabbitMQ node the benchmarks use (its Erlang VM), if it answers:
+    its CPU is part of what an event costs the machine."""
+    out = rabbitmqctl("eval", "list_to_integer(os:getpid()).").strip()
+    return int(out) if out.isdigit() else None
+
+
 def cleanup(amqp: str, prefixes: tuple[str, ...] = (PREFIX_ROOT, "thin.")) -> None:
     """Delete the queues and exchanges benchmark runs declared (and thin's own)."""
 
@@ -281,6 +288,43 @@ def ce_headers(type_: str, i: int) -> dict[str, str]:
         "ce-source": "bench",
         "content-type": "application/json",
     }
+
+
+class QueueCount:
+    """Counts what reached a durable queue the benchmark binds itself to a broker's exchange
+    (nothing consumes it): "accepted" measured at the producer, "safely in RabbitMQ" checked
+    here, with no delivery cost competing for the cores. Same interface as CountingSink."""
+
+    def __init__(self, amqp: str, exchange: str, queue: str) -> None:
+        self.amqp, self.exchange, self.queue = amqp, exchange, queue
+        self.count = 0
+        self.last = 0.0
+
+    async def start(self) -> QueueCount:
+        import aio_pika
+
+        self.conn = await aio_pika.connect(self.amqp)
+        ch = await self.conn.channel()
+        q = await ch.declare_queue(self.queue, durable=True)
+        await q.bind(self.exchange, routing_key="#")
+        self.ch = ch
+        return self
+
+    async def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            q = await self.ch.declare_queue(self.queue, passive=True)
+            depth = q.declaration_result.message_count or 0
+            if depth != self.count:
+                self.count, self.last = depth, time.perf_counter()
+            if self.count >= count or time.monotonic() > deadline:
+                return self.count >= count
+            await asyncio.sleep(0.2)  # polling a counter RabbitMQ keeps, until the deadline
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ch.queue_delete(self.queue)
+        await self.conn.close()
 
 
 class CountingSink:

@@ -9,6 +9,11 @@ started, loaded saturated (--n events, --concurrency in flight) and then paced a
 Load and sink are ../shared/bench/loadgen.py. Prints one JSON line per run, then a table of
 medians over the rounds with each pipeline's throughput as a share of plain thin's.
 
+It also measures what the rest of the machine spends per event while a pipeline runs
+saturated: RabbitMQ's own CPU (its Erlang VM) and the load generator's with its sink. On a
+machine where they share the cores with the pipeline, `cores / (RabbitMQ + load) ms per event`
+is the ceiling no pipeline can pass, however little CPU it uses itself: the table prints it.
+
     python benchmarks/pipeline_bench.py                    # 2 rounds, 5000 events
     python benchmarks/pipeline_bench.py --rounds 3 --n 10000 --rate 500 --rate 1000
 """
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +41,7 @@ from benchlib import (  # noqa: E402
     cleanup,
     cpu_seconds,
     emit,
+    rabbitmq_pid,
     start_rabbitmesh,
     start_thin,
     stop,
@@ -62,12 +70,19 @@ def loadgen(
     return json.loads(out.strip().splitlines()[-1])
 
 
+def children_cpu() -> float:
+    """CPU of this script's finished children (the load generator, once it has exited)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_one(
     name: str,
     start: Callable[[int, int], subprocess.Popen],
     bench: Path,
     a: argparse.Namespace,
     ports: Ports,
+    rabbit: int | None,
 ) -> list[dict]:
     results = []
     port, sink = ports(), ports()
@@ -77,14 +92,22 @@ def run_one(
         for rate in (0.0, *a.rate):
             n = a.n if not rate else int(rate * a.paced_seconds)
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            load0 = children_cpu()
+            rabbit0 = cpu_seconds(rabbit) if rabbit else 0.0
             r = loadgen(bench, ingress, sink, n, a.concurrency, rate)
             cpu = cpu_seconds(proc.pid) - cpu0
+            per_event = 1000 / max(1, r["delivered"])
             r.update(
                 pipeline=name,
                 mode="saturated" if not rate else f"paced@{rate:g}",
-                cpu_ms_per_event=round(1000 * cpu / max(1, r["delivered"]), 3),
+                cpu_ms_per_event=round(cpu * per_event, 3),
+                load_cpu_ms_per_event=round((children_cpu() - load0) * per_event, 3),
                 seconds=round(time.monotonic() - t0, 1),
             )
+            if rabbit:
+                r["rabbitmq_cpu_ms_per_event"] = round(
+                    (cpu_seconds(rabbit) - rabbit0) * per_event, 3
+                )
             emit(r)
             results.append(r)
     finally:
@@ -137,12 +160,15 @@ def main() -> None:
     if a.only:
         pipelines = {k: v for k, v in pipelines.items() if k.split()[0] in a.only or k in a.only}
     results: list[dict] = []
+    rabbit = rabbitmq_pid()
+    if rabbit is None:
+        print("RabbitMQ's pid not found (rabbitmqctl): its CPU is not measured", file=sys.stderr)
     try:
         order = list(pipelines.items())
         for round_no in range(a.rounds):
             # Alternate the order so drift on a shared machine does not favour one pipeline.
             for name, start in order if round_no % 2 == 0 else reversed(order):
-                results += run_one(name, start, a.bench_dir, a, ports)
+                results += run_one(name, start, a.bench_dir, a, ports, rabbit)
     finally:
         cleanup(amqp)
 
@@ -159,6 +185,8 @@ def main() -> None:
     for rate in a.rate:
         headers += [f"p50 ms @{rate:g}/s", f"p99 ms @{rate:g}/s (each round)"]
     headers += [f"CPU ms/event @{a.rate[0]:g}/s", "lost"]
+    headers += ["RabbitMQ + load ms/event saturated", "machine ceiling /s"]
+    cores = os.cpu_count() or 1
     rows = []
     for name in pipelines:
         sat = med(name, "saturated", "delivered_per_s")
@@ -171,6 +199,12 @@ def main() -> None:
             r["codes"].get("202", 0) - r["delivered"] for r in results if r["pipeline"] == name
         )
         row += [f"{med(name, f'paced@{a.rate[0]:g}', 'cpu_ms_per_event'):.2f}", lost]
+        # What the rest of the machine spent per event: with it, no pipeline on these cores
+        # can pass cores / that, even at no CPU of its own.
+        rest = med(name, "saturated", "load_cpu_ms_per_event")
+        if rabbit:
+            rest += med(name, "saturated", "rabbitmq_cpu_ms_per_event")
+        row += [f"{rest:.2f}", f"{cores * 1000 / rest:.0f}" if rest > 0 else "-"]
         rows.append(row)
     print(f"\nmedians over {a.rounds} rounds, {a.n} events saturated at {a.concurrency} in flight")
     print(table(headers, rows))

@@ -15,6 +15,17 @@ its ratio to the baseline, and the issue's target. `lost` is accepted minus deli
 been partly delivered (the producer is told to send it again: at-least-once), so deliveries
 can exceed what was accepted.
 
+Besides the figures, each run measures the CPU every party spent per event: this script
+(load generator and sink), rabbitmesh (all its processes) and RabbitMQ (its Erlang VM). They
+share the same cores, so `cores / (all of them)` is what the machine can carry and
+`cores / (script + RabbitMQ)` the ceiling no broker layer could pass even at no cost of its
+own: the table prints both beside each figure.
+
+`producers` also runs each producer against the broker with no trigger and a durable queue
+the script binds itself to the broker's exchange ("ingress only"): what producers get
+accepted when no delivery competes for the cores (the queue depth is checked against what
+was accepted: `lost` counts the difference).
+
 RabbitMQ: --amqp-url, else $RABBITMESH_TEST_AMQP_URL, else $RABBITMESH_AMQP_URL.
 """
 
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -36,13 +48,16 @@ from benchlib import (  # noqa: E402
     BODY,
     CountingSink,
     Ports,
+    QueueCount,
     amqp_url,
     broker_manifests,
     ce_headers,
     cleanup,
+    cpu_seconds,
     emit,
     new_prefix,
     post_saturated,
+    rabbitmq_pid,
     start_rabbitmesh,
     stop,
     table,
@@ -56,14 +71,20 @@ class Run:
         self.a = a
         self.ports = ports
         self.amqp = amqp_url(a.amqp_url)
+        self.rabbit = rabbitmq_pid()
 
     async def mesh(
-        self, triggers: list[tuple[str, str | None]], body: Callable[..., Awaitable[dict]]
+        self,
+        triggers: list[tuple[str, str | None]],
+        body: Callable[..., Awaitable[dict]],
+        capture: bool = False,
     ) -> dict:
-        """Start rabbitmesh with these triggers (subscriber: a CountingSink), run `body`."""
+        """Start rabbitmesh with these triggers (subscriber: a CountingSink), run `body`
+        and measure the CPU each party spent. `capture`: count what reaches a queue of the
+        script's own bound to the broker's exchange instead (ingress only)."""
         port, sink_port = self.ports(), self.ports()
-        sink = await CountingSink(sink_port).start()
         prefix = new_prefix()
+        sink: CountingSink | QueueCount = await CountingSink(sink_port).start()
         t0 = time.monotonic()
         proc = await asyncio.to_thread(
             start_rabbitmesh,
@@ -77,8 +98,23 @@ class Run:
         )
         started = time.monotonic() - t0
         try:
+            if capture:
+                await sink.stop()
+                sink = await QueueCount(
+                    self.amqp, f"{prefix}.broker.default.bench", f"{prefix}.capture"
+                ).start()
+            own0, mesh0 = time.process_time(), cpu_seconds(proc.pid)
+            rabbit0 = cpu_seconds(self.rabbit) if self.rabbit else 0.0
             result = await body(f"http://127.0.0.1:{port}/default/bench", sink, prefix)
             result["startup_s"] = round(started, 1)
+            per = 1000 / max(1, result["deliveries"])
+            cpu = {
+                "bench": (time.process_time() - own0) * per,
+                "rabbitmesh": (cpu_seconds(proc.pid) - mesh0) * per,
+            }
+            if self.rabbit:
+                cpu["rabbitmq"] = (cpu_seconds(self.rabbit) - rabbit0) * per
+            result["cpu_ms_per_event"] = {k: round(v, 3) for k, v in cpu.items()}
             return result
         finally:
             await asyncio.to_thread(stop, proc)
@@ -101,7 +137,7 @@ class Run:
             "lost": max(0, accepted * fanout - sink.count),
         }
 
-    async def http_batches(self, url: str, sink: CountingSink, size: int) -> dict:
+    async def http_batches(self, url: str, sink: CountingSink | QueueCount, size: int) -> dict:
         def batch(i: int) -> tuple[dict[str, str], bytes]:
             events = [
                 {
@@ -131,7 +167,7 @@ class Run:
             "lost": max(0, accepted - sink.count),
         }
 
-    async def amqp_native(self, sink: CountingSink, prefix: str) -> dict:
+    async def amqp_native(self, sink: CountingSink | QueueCount, prefix: str) -> dict:
         """Publish straight to the broker's exchange in the AMQP binding, with confirms
         (docs/contract.md §3): `window` publishes in flight, each awaited for its confirm."""
         import aio_pika
@@ -201,6 +237,14 @@ class Run:
             [("sink", TYPE)], lambda _url, sink, prefix: self.amqp_native(sink, prefix)
         )
 
+    def batch_ingress(self) -> Awaitable[dict]:
+        return self.mesh([], lambda url, sink, _p: self.http_batches(url, sink, 100), capture=True)
+
+    def amqp_ingress(self) -> Awaitable[dict]:
+        return self.mesh(
+            [], lambda _url, sink, prefix: self.amqp_native(sink, prefix), capture=True
+        )
+
 
 #: scenario -> the runs it needs besides the baseline, with the figure that counts, the
 #: target as a ratio to the baseline (or an absolute figure) and how it is described.
@@ -210,6 +254,8 @@ SCENARIOS: dict[str, list[tuple[str, str, str, float]]] = {
     "producers": [
         ("batch", "accepted_per_s", "absolute", 5000.0),
         ("amqp_direct", "accepted_per_s", "absolute", 5000.0),
+        ("batch_ingress", "accepted_per_s", "absolute", 5000.0),
+        ("amqp_ingress", "accepted_per_s", "absolute", 5000.0),
     ],
 }
 
@@ -219,6 +265,8 @@ LABELS = {
     "many_triggers": "1,000 triggers, one type each: events of one",
     "batch": "HTTP batches of 100 (cloudevents-batch+json): accepted ev/s",
     "amqp_direct": "AMQP straight to the broker exchange: confirmed ev/s",
+    "batch_ingress": "HTTP batches of 100, ingress only (no delivery): accepted ev/s",
+    "amqp_ingress": "AMQP straight to the exchange, ingress only: confirmed ev/s",
 }
 
 
@@ -242,6 +290,23 @@ async def main_async(a: argparse.Namespace) -> None:
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
+    cores = os.cpu_count() or 1
+
+    def cpu_cells(name: str) -> list[object]:
+        """ms of CPU per event: bench / rabbitmesh / RabbitMQ; what the machine carries;
+        the ceiling at no rabbitmesh CPU."""
+        parts = {
+            k: statistics.median(r["cpu_ms_per_event"].get(k, 0.0) for r in results[name])
+            for k in ("bench", "rabbitmesh", "rabbitmq")
+        }
+        total = sum(parts.values())
+        others = parts["bench"] + parts["rabbitmq"]
+        return [
+            " / ".join(f"{v:.2f}" for v in parts.values()),
+            f"{cores * 1000 / total:.0f}" if total else "-",
+            f"{cores * 1000 / others:.0f}" if others else "-",
+        ]
+
     base = med("baseline", "delivered_per_s")
     rows: list[list[object]] = [
         [
@@ -250,7 +315,8 @@ async def main_async(a: argparse.Namespace) -> None:
             "1.00",
             "",
             sum(r["lost"] for r in results["baseline"]),
-            med("baseline", "startup_s"),
+            f"{med('baseline', 'startup_s'):.1f}",
+            *cpu_cells("baseline"),
         ]
     ]
     for s in wanted:
@@ -266,14 +332,21 @@ async def main_async(a: argparse.Namespace) -> None:
                     f"{ratio:.2f}",
                     f"{goal} ({'met' if met else 'NOT met'})",
                     sum(r["lost"] for r in results[name]),
-                    med(name, "startup_s"),
+                    f"{med(name, 'startup_s'):.1f}",
+                    *cpu_cells(name),
                 ]
             )
     print(
         f"\nmedians over {a.rounds} round(s); {a.n} events per HTTP run, "
         f"{a.concurrency} in flight; rabbitmesh workers: {a.workers or 'default (one per core)'}"
     )
-    print(table(["run", "figure", "× baseline", "target", "lost", "start-up s"], rows))
+    headers = ["run", "figure", "× baseline", "target", "lost", "start-up s"]
+    headers += [
+        "CPU ms/event: bench / rabbitmesh / RabbitMQ",
+        f"machine carries /s ({cores} cores)",
+        "ceiling at no rabbitmesh CPU /s",
+    ]
+    print(table(headers, rows))
 
 
 def main() -> None:
