@@ -511,10 +511,11 @@ class QueueWorker:
             # RabbitMQ went away under us (an ack on a closed channel, say): not the
             # message's fault, and RabbitMQ redelivers it by itself; a copy would duplicate it.
             log.warning(
-                "message %s from %s: %s; RabbitMQ will redeliver it",
+                "message %s from %s: %s (%s); RabbitMQ will redeliver it",
                 msg.message_id,
                 self.queue_name,
-                exc,
+                type(exc).__name__,
+                str(exc) or "no reason given",  # some of aiormq's errors carry no text
             )
             await asyncio.sleep(REQUEUE_PAUSE)
             await _nack(msg, requeue=True)
