@@ -57,6 +57,11 @@ class AckBatcher:
         self._channels: dict[int, _ChannelAcks] = {}
         self._scheduled = False
         self._flushing: set[asyncio.Task[None]] = set()
+        # One flush at a time: a flush suspended between its frames (aiormq's frame buffer
+        # is full on a busy connection) must not be overtaken by the next one's `multiple`
+        # ack past a tag it has yet to ack on its own (RabbitMQ: "unknown delivery tag",
+        # the channel closes and every unacked delivery comes back).
+        self._flush_lock = asyncio.Lock()
 
     def _state(self, msg: Ackable) -> _ChannelAcks | None:
         try:
@@ -104,6 +109,10 @@ class AckBatcher:
     async def flush(self, wait: bool = False) -> None:
         """Send every pending ack now; with `wait`, return once they are written (not only
         queued in aiormq, where closing the connection would drop them)."""
+        async with self._flush_lock:
+            await self._flush(wait)
+
+    async def _flush(self, wait: bool) -> None:
         for key, state in list(self._channels.items()):
             if state.channel.is_closed:
                 del self._channels[key]

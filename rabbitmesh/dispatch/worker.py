@@ -259,14 +259,22 @@ class QueueWorker:
             msg = await self._buffer.get()
             self._busy.add(task)
             self.stats.in_flight += 1
+            finished = False
             try:
                 await self._handle(msg)
+                finished = True
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug must neither kill the worker, lose the message
                 await self._guard(msg, e)  # nor loop on it
+                finished = True
             finally:
-                self._acks.settled(msg)
+                if finished:
+                    self._acks.settled(msg)
+                # else: cancelled mid-delivery (stop() gave up on a hanging subscriber). It is
+                # neither acked nor nacked, so it must not count as settled: a `multiple` ack
+                # of a later tag would ack it, and the event would be lost instead of
+                # redelivered when the channel closes.
                 self.stats.in_flight -= 1
                 self._busy.discard(task)
 
