@@ -36,6 +36,8 @@ def forget_closed(underlay: Any) -> None:
     was closed; best effort: anything unexpected leaves things as they were."""
     with contextlib.suppress(Exception):
         handler = underlay.close_callback
+        if not handler.finished.is_set():
+            return  # not closed yet: cancelling would run its close handler now
         source = underlay.channel.connection._closing
         for callback, _ in list(source._callbacks or ()):
             names = getattr(getattr(callback, "__code__", None), "co_freevars", ())
