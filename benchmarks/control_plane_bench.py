@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,10 +52,8 @@ TRIGGERS = "/apis/eventing.knative.dev/v1/namespaces/default/triggers"
 BROKER_DOC = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: Where ports come from (`--port-base`: a shared machine's assigned range).
+free_port = benchlib.Ports()
 
 
 def rss_mib(pid: int) -> float:
@@ -74,6 +71,23 @@ def pss_mib(pid: int) -> float:
                 if line.startswith("Pss:"):
                     total += int(line.split()[1])
     return round(total / 1024, 1)
+
+
+def smaps_each_mib(pid: int) -> list[dict[str, float]]:
+    """Per process (supervisor first): PSS, and USS (its private pages: what stopping it
+    would free), from /proc/PID/smaps_rollup."""
+    out = []
+    for p in benchlib.process_tree(pid):
+        got = {"pss": 0.0, "uss": 0.0}
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                name, _, rest = line.partition(":")
+                if name == "Pss":
+                    got["pss"] += int(rest.split()[0]) / 1024
+                elif name in ("Private_Clean", "Private_Dirty"):
+                    got["uss"] += int(rest.split()[0]) / 1024
+        out.append({k: round(v, 1) for k, v in got.items()})
+    return out
 
 
 def rss_each_mib(pid: int) -> list[float]:
@@ -392,6 +406,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 rss_with_triggers_mib=round(rss_mib(mesh.pid), 1),
                 rss_with_triggers_each_mib=rss_each_mib(mesh.pid),
                 pss_with_triggers_mib=pss_mib(mesh.pid),
+                smaps_with_triggers_each_mib=smaps_each_mib(mesh.pid),
             )
             print(json.dumps(results), file=sys.stderr)
             if args.further_writes:
@@ -403,6 +418,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 results.update(
                     further_writes_s=write_s,
                     pss_after_writes_mib=pss_mib(mesh.pid),
+                    rss_after_writes_each_mib=rss_each_mib(mesh.pid),
+                    smaps_after_writes_each_mib=smaps_each_mib(mesh.pid),
                     further_writes=args.further_writes,
                     rss_samples_mib=[round(x, 1) for x in samples],
                     rss_flatness=round(max(samples) / min(samples), 3),
@@ -476,7 +493,10 @@ if __name__ == "__main__":
     parser.add_argument("--skip-apply", action="store_true")
     parser.add_argument("--skip-cold-start", action="store_true")
     parser.add_argument("--skip-replicas", action="store_true")
-    figures = asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--port-base", type=int, help="bind ports from here up (default: any free)")
+    parsed = parser.parse_args()
+    free_port = benchlib.Ports(parsed.port_base)
+    figures = asyncio.run(main(parsed))
     for key, value in figures.items():
         print(f"{key}: {value}")
     print(json.dumps(figures))

@@ -24,13 +24,16 @@ queue as competing consumers, and run each source on one of them (a lease in Rab
   If the supervisor itself is killed, the kernel kills the workers (PR_SET_PDEATHSIG), as a
   single process would have died: unacked messages return to their queues.
 - Workers are forked from the supervisor once it imported everything (no event loop, no
-  thread exists yet then), so N workers start as fast as one.
+  thread exists yet then), so N workers start as fast as one. What is imported then is
+  frozen first (`gc.freeze`): the pages the workers share with the supervisor stay shared
+  instead of being copied into each worker by its first full garbage collection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import mmap
 import os
@@ -327,4 +330,11 @@ def supervise(
         supervisor = Supervisor(count, bound, work)
         os.environ.update(supervisor.environment())
         preload()
+        # What is imported now is every worker's too, on pages they share with this process
+        # until one of them writes to a page. The collector writes to every object it
+        # examines (its gc header), so each worker's first full collection used to copy
+        # most of them: frozen, the collector leaves them alone in every worker (as
+        # server.tune_gc does with what a worker made at start-up).
+        gc.collect()
+        gc.freeze()
         return supervisor.run()
