@@ -9,6 +9,7 @@ holding a handler open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from aiohttp import web
@@ -68,25 +69,31 @@ async def read_body(
     return body
 
 
-#: Seconds a connection whose request body was left unread stays open after the answer, its
-#: incoming bytes dropped unparsed: time for the client to read the answer and close.
+#: Seconds a connection whose request body was left unread stays open after the answer, no
+#: longer read: time for the client to read the answer and close.
 DISCARD_SECONDS = 1.0
 
 
 async def close_after_unread_body(request: web.Request, response: web.StreamResponse) -> None:
     """An `on_response_prepare` hook: an answer given before the request body was read to its
     end (a 413 from Content-Length or past the limit, a batch over its event count, a 401
-    before the body) closes the connection, and what the client still sends is dropped
-    unread.
+    before the body) closes the connection, and the server stops reading from it: what the
+    client still sends is never received.
 
-    Left to aiohttp, the rest of the body would go through its lingering read (up to 10 s
-    of it): parsed as HTTP and handed to the request's stream, megabytes per refused request,
-    which under an attack of 4 MiB bodies cost the legitimate senders a third of their
-    throughput. Instead the connection is marked closing (aiohttp then drops incoming bytes
-    before its parser) and the answer says `Connection: close`, so a client stops sending once
-    it read it; the lingering wait is cut to DISCARD_SECONDS, after which the socket is
-    closed even if the client is still sending. The client gets its answer all the same: the
-    server keeps reading (and dropping) until then, so the socket is not reset under it.
+    Left to aiohttp, the rest of the body would go through its lingering read (up to 10 s of
+    it): parsed as HTTP and handed to the request's stream, megabytes per refused request, which
+    under an attack of 4 MiB bodies cost the legitimate senders a third of their throughput.
+    Receiving and dropping them unparsed still cost a worker CPU in proportion to the body (2.0
+    ms per refused 4 MiB body in all, 8.5 ms per 64 MiB; 1.3 and 1.5 ms now,
+    benchmarks/attack_cost.py). Instead, as Go's net/http does, the socket is no longer read at
+    all: the client's sending stalls once TCP's windows are full (some hundred KiB), and the
+    answer says `Connection: close`. The answer itself still goes out at once (writing does not
+    depend on reading), so a client that reads while it sends (browsers, curl, aiohttp, Go) gets
+    its 413; after DISCARD_SECONDS the socket is closed, which resets it when the client is
+    still sending. A client that reads nothing before its whole body is sent (Python's `urllib`,
+    `http.client`, `requests`) sees that reset instead of the 413 when its body is larger than
+    the windows: the documented cost of not receiving an attacker's megabytes
+    (docs/security.md); the rabbitmesh CLI, a urllib client, says what the reset means.
     """
     if request.body_exists and not request.content.is_eof():
         response.force_close()
@@ -98,6 +105,14 @@ async def close_after_unread_body(request: web.Request, response: web.StreamResp
             # the lingering read then waits for bytes that never come, for at most this long.
             protocol.close()
             protocol._lingering_time = min(protocol._lingering_time, DISCARD_SECONDS)
+        # What already arrived is let go, so that aiohttp's lingering wait finds nothing to
+        # read: reading from the stream would resume the transport (its flow control).
+        if request.content.exception() is None:  # else read_nowait raises it
+            with contextlib.suppress(RuntimeError):  # a reader still waiting: not ours to drain
+                request.content.read_nowait()
+        transport = request.transport
+        if transport is not None and transport.is_reading():
+            transport.pause_reading()  # never resumed: the connection ends with this answer
 
 
 def header_bytes(request: web.Request, name: str) -> bytes:

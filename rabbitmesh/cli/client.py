@@ -44,6 +44,8 @@ def server_origin(server: str, from_flag_or_env: bool) -> str:
 #: How to point the CLI at another rabbitmesh, said with every "cannot reach".
 POINT_ELSEWHERE = "for another rabbitmesh pass --server URL or set RABBITMESH_SERVER=URL"
 TIMEOUT = 30.0
+#: A body this large that meets a reset connection was most likely refused for its size.
+LARGE_BODY = 256 * 1024
 
 #: Short names accepted by `get`/`delete` besides kind, plural and singular (as kubectl's).
 SHORT_NAMES = {
@@ -148,6 +150,18 @@ class ApiClient:
             raise CliError(self._error_text(e), e.code) from None
         except (TimeoutError, urllib.error.URLError, OSError) as e:
             why = getattr(e, "reason", e)
+            if isinstance(why, ConnectionResetError | BrokenPipeError) and len(data or b"") > (
+                LARGE_BODY
+            ):
+                # A body over the server's limit gets its 413 at once, and the server stops
+                # reading (docs/security.md); urllib sends the whole body before it reads the
+                # answer, so it sees the connection reset instead.
+                raise CliError(
+                    f"the rabbitmesh API at {self.server} closed the connection while the "
+                    f"{len(data or b'')}-byte body was sent: larger bodies than its limit "
+                    "(RABBITMESH_MAX_MANIFEST_BYTES, 1 MiB by default) are refused unread; "
+                    "split the manifests into several files"
+                ) from None
             detail = "connection refused" if isinstance(why, ConnectionRefusedError) else why
             origin = f", {self.origin}" if self.origin else ""
             raise CliError(

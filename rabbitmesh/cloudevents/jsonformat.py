@@ -379,7 +379,7 @@ def batch_items(body: bytes, max_events: int | None, max_depth: int | None) -> l
         item, pos = _next_item(src, pos, max_depth)
         items.append(item)
         if max_events is not None and len(items) > max_events:
-            raise OverLimit(f"batch exceeds the limit of {max_events} events")
+            raise batch_over_limit(max_events)
         # The array is level 1, so an item may nest max_depth - 1 levels.
         if max_depth is not None:
             brackets = src.text.count("[", start, pos) + src.text.count("{", start, pos)
@@ -396,6 +396,58 @@ def batch_items(body: bytes, max_events: int | None, max_depth: int | None) -> l
     if src.skip_whitespace(pos + 1) != len(src.text):
         raise InvalidEvent(f"malformed JSON: unexpected content after the array at char {pos + 1}")
     return items
+
+
+def batch_over_limit(max_events: int) -> OverLimit:
+    """The refusal of a batch of more than `max_events` events (413)."""
+    return OverLimit(f"batch exceeds the limit of {max_events} events")
+
+
+#: Separators (commas after a `}` or `]`) an over-long batch's prefix is tried at, from its
+#: end (cut_batch_too_long); each try is one parse.
+CUT_ATTEMPTS = 3
+
+
+def cut_batch_too_long(prefix: bytes, max_events: int, max_depth: int | None) -> bool:
+    """True when `prefix`, the start of a batch that holds item `max_events` + 1 whole
+    (rabbitmesh/ingress/batchcount.py), is surely refused for its length as `batch_items`
+    would refuse it: every item up to there parses and nests no deeper than `max_depth` (the
+    array counts as a level). One orjson call, several times cheaper than parsing item by
+    item; meant for prefixes small enough to parse on the event loop.
+
+    The prefix ends at a comma that may lie inside an item: it is closed (`]`) after one of
+    its last commas that follow a `}` or `]`; if that makes valid JSON, the comma separated
+    the array's items (inside an item or a string the brackets or quotes would not balance).
+    False when it cannot tell (a broken or too deep item, a lone surrogate, a number orjson
+    refuses, no such separator among the last few): `batch_items` then says what is wrong,
+    400 or 413, as it would for the whole body. orjson is at least as strict as the item
+    parser, so it never accepts an item that `batch_items` would refuse."""
+    attempts, end = CUT_ATTEMPTS, len(prefix)
+    while attempts:
+        comma = prefix.rfind(b",", 0, end)
+        if comma < 0:
+            return False
+        end = comma
+        before = comma - 1
+        while before >= 0 and prefix[before] in _JSON_SPACE:
+            before -= 1
+        if before < 0 or prefix[before] not in _CLOSING:
+            continue
+        attempts -= 1
+        try:
+            items = orjson.loads(prefix[:comma] + b"]")
+        except orjson.JSONDecodeError:
+            continue
+        return (
+            type(items) is list
+            and len(items) > max_events
+            and (max_depth is None or not too_deep(items, max_depth))
+        )
+    return False
+
+
+_JSON_SPACE = frozenset(b" \t\r\n")
+_CLOSING = frozenset(b"]}")
 
 
 def _next_item(src: _DecodedPrefix, pos: int, max_depth: int | None) -> tuple[Any, int]:

@@ -48,6 +48,7 @@ class BatchCounter:
     __slots__ = (
         "_budget",
         "_chunks",
+        "_deepest",
         "_commas",
         "_depth",
         "_fed",
@@ -69,9 +70,16 @@ class BatchCounter:
         self._depth = 0  # nesting outside strings; 1 inside the batch's array
         self._commas = 0  # separators between the array's items seen so far
         self._budget = BRACKETS_PER_EVENT * (max_events + 1)
+        self._deepest = 0  # the deepest `_depth` seen between the innermost groups
         self._off = False
         #: True once it raised BatchTooLong: the body given to the decoder is a prefix.
         self.stopped = False
+
+    @property
+    def max_nesting(self) -> int:
+        """At least as deep as arrays and objects nest in what was scanned, the batch's array
+        counted as level 1 (innermost groups were skipped: they add one level at most)."""
+        return self._deepest + 1
 
     def feed(self, chunk: bytes) -> None:
         if self._off or not chunk:
@@ -96,7 +104,7 @@ class BatchCounter:
             if data[start] != 0x5B:  # "[": not a batch; the decoder says what it is
                 self._off = True
                 return
-            self._depth = 1
+            self._depth = self._deepest = 1
             data = data[start + 1 :]
         outside = _outside_strings(data)
         if outside is None:
@@ -111,7 +119,11 @@ class BatchCounter:
         for found in _BRACKET.finditer(structure):
             if depth == 1:
                 commas += structure.count(b",", pos, found.start())
-            depth += 1 if structure[found.start()] in b"[{" else -1
+            if structure[found.start()] in b"[{":
+                depth += 1
+                self._deepest = max(self._deepest, depth)
+            else:
+                depth -= 1
             pos = found.end()
             self._budget -= 1
             if depth <= 0 or self._budget < 0:

@@ -229,6 +229,15 @@ async def test_errors_are_one_line_with_a_non_zero_exit(start_mesh):
         await rabbitmesh("send", "--to", "broker:nope", "--type", "t", "--source", "s", server=s)
     )
     assert "404" in line and "nope" in line
+    # A manifest file over the admin API's limit: the server answers 413 and stops reading, so
+    # urllib (which sends the whole body first) may see a reset instead: either way the line
+    # names the limit.
+    huge = mesh.settings.config_dir.parent / "huge.yaml"
+    secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: s%d}\nstringData: {k: v}\n"
+    huge.write_text("---\n".join(secret % i for i in range(60_000)))
+    assert huge.stat().st_size > 3 * 1024 * 1024
+    line = one_error_line(await rabbitmesh("apply", "-f", str(huge), server=s))
+    assert "RABBITMESH_MAX_MANIFEST_BYTES" in line, line
 
 
 async def test_the_admin_token(start_mesh):
