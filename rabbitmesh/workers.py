@@ -108,6 +108,9 @@ class Siblings:
     def __init__(self, path: Path, count: int, index: int | None = None) -> None:
         self.count = count
         self.index = index
+        #: Made by the first worker once it applied the config dir at start (see
+        #: `config_writer_pending`).
+        self._config_applied = path.with_name(path.name + ".config-applied")
         size = _SLOT.size * count
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -150,6 +153,22 @@ class Siblings:
             if state == READY and done < offset:
                 out.append(i)
         return out
+
+    # --- the config dir at start: written by one worker, not by each -----------------------
+
+    def mark_config_applied(self) -> None:
+        """The first worker applied the config dir to the resource store."""
+        self._config_applied.touch()
+
+    def config_writer_pending(self) -> bool:
+        """Whether this worker should wait before applying the config dir itself: it is not
+        the first, and the first is still starting without having applied it. Every worker
+        applying 5,000 Triggers at once wrote each twice (the second copy only "unchanged"),
+        and every worker read both copies (issue 13). The first worker's death during
+        start-up stops the run (Supervisor), so nobody waits for a dead one."""
+        if self.index in (None, 0) or self._config_applied.exists():
+            return False
+        return self.read(0)[1] in (STARTING, EARLY)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
