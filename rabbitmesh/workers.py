@@ -210,10 +210,19 @@ class Supervisor:
     Forked, not started afresh: everything is imported once, here, so a worker is serving
     within the time it takes to connect (importing takes seconds on a busy machine)."""
 
-    def __init__(self, count: int, port: int, work: Callable[[int], int]) -> None:
+    def __init__(
+        self,
+        count: int,
+        port: int,
+        work: Callable[[int], int],
+        started: Callable[[], object] = lambda: None,
+    ) -> None:
         self.count = count
         self.port = port
         self.work = work
+        #: Called once every worker was forked the first time (the supervisor drops what
+        #: only the first start needed: the parsed config dir).
+        self.started = started
         self.directory = Path(tempfile.mkdtemp(prefix="rabbitmesh-workers-"))
         (self.directory / "metrics").mkdir()
         self.siblings = Siblings(self.directory / "siblings", count)
@@ -277,6 +286,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, on_signal)
         for i in range(self.count):
             self.start(i)
+        self.started()
         status = 0
         try:
             while True:
@@ -324,10 +334,12 @@ def supervise(
     port: int,
     work: Callable[[int], int],
     preload: Callable[[], object] = lambda: None,
+    started: Callable[[], object] = lambda: None,
 ) -> int:
     """Reserve the port, run `count` workers on it (each `work(port)`), return the exit
     status. `preload` imports what the workers run, once, before they are forked (after
-    the workers' environment is set: prometheus-client reads it on import)."""
+    the workers' environment is set: prometheus-client reads it on import); `started` runs
+    in the supervisor once they all were forked."""
     from rabbitmesh.listen import cannot_listen
 
     try:
@@ -343,7 +355,7 @@ def supervise(
     with reserved:
         bound = reserved.getsockname()[1]
         log.info("starting %d workers on port %d", count, bound)
-        supervisor = Supervisor(count, bound, work)
+        supervisor = Supervisor(count, bound, work, started)
         os.environ.update(supervisor.environment())
         preload()
         return supervisor.run()

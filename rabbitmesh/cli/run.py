@@ -59,7 +59,7 @@ def run(**flags: Any) -> None:
     from rabbitmesh.listen import ListenError
     from rabbitmesh.logs import setup_logging
     from rabbitmesh.resources.loader import ManifestError
-    from rabbitmesh.store.configsync import preparse
+    from rabbitmesh.store.configsync import forget_preparsed, preparse
 
     try:
         settings = load_settings(**flags)
@@ -90,6 +90,9 @@ def run(**flags: Any) -> None:
                 settings.http_port,
                 work,
                 preload=lambda: importlib.import_module("rabbitmesh.server"),
+                # The workers have their copy of the parsed config dir; the supervisor's
+                # would only hold memory (a restarted worker parses the dir itself).
+                started=forget_preparsed,
             )
         except ListenError as e:
             click.echo(f"rabbitmesh: {e}", err=True)

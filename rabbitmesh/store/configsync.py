@@ -14,6 +14,7 @@ logged in one line and the last good state stays; at start it stops rabbitmesh.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 from collections.abc import Awaitable
@@ -93,6 +94,15 @@ def preparse(directory: Path, extra: ExtraCheck | None) -> None:
         return
     digest, files = content
     _preparsed = (directory, digest, extra, parse_files(directory, files, extra))
+
+
+def forget_preparsed() -> None:
+    """Drop the preparsed config dir (the supervisor, once its workers have their copy; it
+    allocates nothing afterwards, so a collection would never come by itself)."""
+    global _preparsed
+    if _preparsed is not None:
+        _preparsed = None
+        gc.collect()
 
 
 def _take_preparsed(directory: Path, digest: str, extra: ExtraCheck | None) -> Parsed | None:

@@ -152,3 +152,36 @@ def test_what_libyaml_refuses_gets_the_python_loaders_message() -> None:
     with pytest.raises(loader.ManifestError) as got:
         load_documents(text, "m.yaml")
     assert got.value.message == loader._yaml_problem(expected)
+
+
+def test_the_config_dir_parsed_before_forking_is_what_a_worker_starts_from(tmp_path) -> None:
+    """`rabbitmesh run` parses the config dir to fail fast; its workers (forked after) take
+    that parse instead of parsing again, only for the same directory, content and checks,
+    and only once (later reloads parse what changed)."""
+    from rabbitmesh.amqp.names import Names
+    from rabbitmesh.config.checks import ManifestChecks
+    from rabbitmesh.store import configsync
+
+    (tmp_path / "b.yaml").write_text(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n"
+    )
+    checks = ManifestChecks(Names("p"))
+    configsync.preparse(tmp_path, checks)
+    content = configsync.read_dir(tmp_path)
+    assert content is not None
+    digest, _ = content
+    parsed = configsync._take_preparsed(tmp_path, digest, ManifestChecks(Names("p")))
+    assert parsed is not None and list(parsed) == [("Broker", "default", "b")]
+    assert configsync._take_preparsed(tmp_path, digest, checks) is None  # once
+
+    configsync.preparse(tmp_path, checks)
+    assert configsync._take_preparsed(tmp_path, "other", checks) is None  # content changed
+    configsync.preparse(tmp_path, checks)
+    assert configsync._take_preparsed(tmp_path, digest, ManifestChecks(Names("q"))) is None
+    configsync.preparse(tmp_path, checks)
+    configsync.forget_preparsed()  # the supervisor, once its workers were forked
+    assert configsync._take_preparsed(tmp_path, digest, checks) is None
+
+    (tmp_path / "bad.yaml").write_text("apiVersion: eventing.knative.dev/v1\nkind: Broker\n")
+    with pytest.raises(loader.ManifestError):
+        configsync.preparse(tmp_path, checks)
