@@ -220,13 +220,15 @@ async def delete_all(amqp: str, queues: list[str], exchanges: list[str]) -> None
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and all its children still running (/proc)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return sum(cpu_seconds_one(p) for p in process_tree(pid))
+
+
+def cpu_seconds_one(pid: int) -> float:
+    """User + system CPU of one process (0 once it is gone)."""
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def process_tree(pid: int) -> list[int]:

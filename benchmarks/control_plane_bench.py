@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -90,6 +91,15 @@ def smaps_each_mib(pid: int) -> list[dict[str, float]]:
     return out
 
 
+def cpu_each_s(pid: int) -> list[float]:
+    """CPU seconds (user + system) of the supervisor and of each worker, in that order."""
+    return [round(benchlib.cpu_seconds_one(p), 1) for p in benchlib.process_tree(pid)]
+
+
+def broker_cpu_s(pid: int | None) -> float:
+    return benchlib.cpu_seconds_one(pid) if pid is not None else float("nan")
+
+
 def rss_each_mib(pid: int) -> list[float]:
     """RSS of the supervisor and of each worker, in that order."""
     return [round(benchlib.rss_kib_one(p) / 1024, 1) for p in benchlib.process_tree(pid)]
@@ -127,7 +137,7 @@ def trigger_yaml(name: str, sink: str, type_: str) -> str:
 class Mesh:
     """One `rabbitmesh run` process."""
 
-    def __init__(self, config: Path, prefix: str, log: Path) -> None:
+    def __init__(self, config: Path, prefix: str, log: Path, workers: int = 0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -139,6 +149,8 @@ class Mesh:
             "RABBITMESH_TOPOLOGY_PREFIX": prefix,
             "RABBITMESH_LOG_LEVEL": "warning",
         }
+        if workers:
+            self.env["RABBITMESH_WORKERS"] = str(workers)
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -170,6 +182,10 @@ class Mesh:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by the process and its workers (those running)."""
+        return round(benchlib.cpu_seconds(self.pid), 1)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -337,6 +353,25 @@ async def watch_latency(
     return latencies
 
 
+def children_cpu_s() -> float:
+    """CPU seconds of this script's finished child processes (the `rabbitmesh apply` CLI)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def store_records(prefix: str) -> int | None:
+    """Messages (records) in the run's resource store stream, as RabbitMQ counts them."""
+    try:
+        out = benchlib.rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages")
+    except Exception:
+        return None
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == f"{prefix}.store":
+            return int(parts[1])
+    return None
+
+
 def names_of(what: str, prefixes: list[str]) -> list[str]:
     """Queues or exchanges of these prefixes (rabbitmqctl: no management plugin needed)."""
     out = benchlib.rabbitmqctl(f"list_{what}", "-q", "--no-table-headers", "name").split()
@@ -374,30 +409,41 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             creates = args.creates
             results.update(preloaded=n, creates=creates)
-        mesh = Mesh(config, prefix, work / "mesh.log")
+        mesh = Mesh(config, prefix, work / "mesh.log", args.workers)
         meshes.append(mesh)
+        rabbit = benchlib.rabbitmq_pid()
+        rabbit_cpu = broker_cpu_s(rabbit)
         ready_s = await mesh.start()
         if args.preload:
             results["cold_start_ready_s"] = round(ready_s, 1)
+            results["cold_start_cpu_s"] = mesh.cpu()
+            results["cold_start_cpu_each_s"] = cpu_each_s(mesh.pid)
+            results["cold_start_rabbitmq_cpu_s"] = round(broker_cpu_s(rabbit) - rabbit_cpu, 1)
             results["rss_cold_each_mib"] = rss_each_mib(mesh.pid)
+            print(json.dumps(results), file=sys.stderr)
         results["rss_start_mib"] = round(rss_mib(mesh.pid), 1)
         async with aiohttp.ClientSession() as session:
             stop = asyncio.Event()
             flow = asyncio.create_task(
                 steady_flow(session, f"{mesh.url}/default/b", args.rate, stop)
             )
+            cpu0 = mesh.cpu()
             latencies, total = await create_one_by_one(session, mesh.url, creates, sink.url + "t")
             stop.set()
             accepted, refused = await flow
             await sink.wait_for(accepted, 60)
             tail = latencies[-max(1, creates // 10) :]
+            if latencies:
+                results.update(
+                    create_total_s=round(total, 1),
+                    create_cpu_s=round(mesh.cpu() - cpu0, 1),
+                    create_median_ms=round(statistics.median(latencies) * 1000, 1),
+                    create_p99_ms=round(percentile(latencies, 0.99) * 1000, 1),
+                    create_median_last10pct_ms=round(statistics.median(tail) * 1000, 1),
+                    create_p99_last10pct_ms=round(percentile(tail, 0.99) * 1000, 1),
+                    create_max_ms=round(max(latencies) * 1000, 1),
+                )
             results.update(
-                create_total_s=round(total, 1),
-                create_median_ms=round(statistics.median(latencies) * 1000, 1),
-                create_p99_ms=round(percentile(latencies, 0.99) * 1000, 1),
-                create_median_last10pct_ms=round(statistics.median(tail) * 1000, 1),
-                create_p99_last10pct_ms=round(percentile(tail, 0.99) * 1000, 1),
-                create_max_ms=round(max(latencies) * 1000, 1),
                 steady_accepted=len(accepted),
                 steady_refused=refused,
                 steady_lost=len(accepted - sink.ids),
@@ -430,6 +476,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     "---\n".join(trigger_yaml(f"a{i}", sink.url + "a", f"a{i}") for i in range(n))
                 )
                 env = {**os.environ, "RABBITMESH_SERVER": mesh.url}
+                cpu0, cli0 = mesh.cpu(), children_cpu_s()
+                rabbit_cpu = broker_cpu_s(rabbit)
                 t0 = time.perf_counter()
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "rabbitmesh", "apply", "-f", str(manifest),
@@ -438,12 +486,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 )  # fmt: skip
                 _, err = await proc.communicate()
                 results["apply_s"] = round(time.perf_counter() - t0, 1)
+                results["apply_cpu_s"] = round(mesh.cpu() - cpu0, 1)
+                results["apply_cli_cpu_s"] = round(children_cpu_s() - cli0, 1)
+                results["apply_rabbitmq_cpu_s"] = round(broker_cpu_s(rabbit) - rabbit_cpu, 1)
                 if proc.returncode != 0:
                     results["apply_error"] = err.decode()[-500:]
             if not args.skip_replicas:
-                second = Mesh(config, prefix, work / "mesh2.log")
+                second = Mesh(config, prefix, work / "mesh2.log", args.workers)
                 meshes.append(second)
-                await second.start()
+                results["replica_store_records"] = store_records(prefix)
+                results["replica_start_s"] = round(await second.start(), 1)
+                results["replica_start_cpu_s"] = second.cpu()
                 lat = await watch_latency(session, mesh.url, second.url, 50, sink.url + "x")
                 results.update(
                     watch_p50_ms=round(percentile(lat, 0.5) * 1000, 1),
@@ -461,9 +514,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             (cold_config / "triggers.yaml").write_text(
                 "---\n".join(trigger_yaml(f"c{i}", sink.url + "c", f"c{i}") for i in range(n))
             )
-            mesh = Mesh(cold_config, cold, work / "cold.log")
+            mesh = Mesh(cold_config, cold, work / "cold.log", args.workers)
             meshes.append(mesh)
+            rabbit_cpu = broker_cpu_s(rabbit)
             results["cold_start_ready_s"] = round(await mesh.start(), 1)
+            results["cold_start_cpu_s"] = mesh.cpu()
+            results["cold_start_cpu_each_s"] = cpu_each_s(mesh.pid)
+            results["cold_start_rabbitmq_cpu_s"] = round(broker_cpu_s(rabbit) - rabbit_cpu, 1)
             results["rss_cold_mib"] = round(rss_mib(mesh.pid), 1)
             results["rss_cold_each_mib"] = rss_each_mib(mesh.pid)
             results["pss_cold_mib"] = pss_mib(mesh.pid)
@@ -494,6 +551,12 @@ if __name__ == "__main__":
     parser.add_argument("--skip-cold-start", action="store_true")
     parser.add_argument("--skip-replicas", action="store_true")
     parser.add_argument("--port-base", type=int, help="bind ports from here up (default: any free)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="RABBITMESH_WORKERS of every rabbitmesh process (default: its own, one per core)",
+    )
     parsed = parser.parse_args()
     free_port = benchlib.Ports(parsed.port_base)
     figures = asyncio.run(main(parsed))

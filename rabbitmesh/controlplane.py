@@ -53,6 +53,8 @@ RETRY_MAX = 30.0
 RESYNC_SLICE = 200
 #: How often a write checks whether the other workers reconciled it.
 SIBLING_POLL = 0.002
+#: How often a starting worker checks whether the first one applied the config dir.
+CONFIG_WRITER_POLL = 0.02
 
 
 class ControlPlane:
@@ -138,7 +140,15 @@ class ControlPlane:
 
     async def start(self) -> None:
         await self.store.start()
+        if self.siblings is not None and self.siblings.config_writer_pending():
+            # Another worker of this run is writing the config dir: wait, read what it
+            # wrote, and find nothing left to write (rabbitmesh/workers.py).
+            while self.siblings.config_writer_pending():  # noqa: ASYNC110 - another process
+                await asyncio.sleep(CONFIG_WRITER_POLL)
+            await self.store.sync()
         await self.config.initial()  # ManifestError here stops rabbitmesh: invalid config dir
+        if self.siblings is not None and self.siblings.index == 0:
+            self.siblings.mark_config_applied()
         self.store.listeners.append(self._on_store_change)
         if self.autotypes is not None:
             self.store.listeners.append(self.autotypes.known.clear)

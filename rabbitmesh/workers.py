@@ -111,6 +111,9 @@ class Siblings:
     def __init__(self, path: Path, count: int, index: int | None = None) -> None:
         self.count = count
         self.index = index
+        #: Made by the first worker once it applied the config dir at start (see
+        #: `config_writer_pending`).
+        self._config_applied = path.with_name(path.name + ".config-applied")
         size = _SLOT.size * count
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -154,6 +157,22 @@ class Siblings:
                 out.append(i)
         return out
 
+    # --- the config dir at start: written by one worker, not by each -----------------------
+
+    def mark_config_applied(self) -> None:
+        """The first worker applied the config dir to the resource store."""
+        self._config_applied.touch()
+
+    def config_writer_pending(self) -> bool:
+        """Whether this worker should wait before applying the config dir itself: it is not
+        the first, and the first is still starting without having applied it. Every worker
+        applying 5,000 Triggers at once wrote each twice (the second copy only "unchanged"),
+        and every worker read both copies (issue 13). The first worker's death during
+        start-up stops the run (Supervisor), so nobody waits for a dead one."""
+        if self.index in (None, 0) or self._config_applied.exists():
+            return False
+        return self.read(0)[1] in (STARTING, EARLY)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._map.close()
@@ -194,10 +213,19 @@ class Supervisor:
     Forked, not started afresh: everything is imported once, here, so a worker is serving
     within the time it takes to connect (importing takes seconds on a busy machine)."""
 
-    def __init__(self, count: int, port: int, work: Callable[[int], int]) -> None:
+    def __init__(
+        self,
+        count: int,
+        port: int,
+        work: Callable[[int], int],
+        started: Callable[[], object] = lambda: None,
+    ) -> None:
         self.count = count
         self.port = port
         self.work = work
+        #: Called once every worker was forked the first time (the supervisor drops what
+        #: only the first start needed: the parsed config dir).
+        self.started = started
         self.directory = Path(tempfile.mkdtemp(prefix="rabbitmesh-workers-"))
         (self.directory / "metrics").mkdir()
         self.siblings = Siblings(self.directory / "siblings", count)
@@ -261,6 +289,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, on_signal)
         for i in range(self.count):
             self.start(i)
+        self.started()
         status = 0
         try:
             while True:
@@ -308,10 +337,12 @@ def supervise(
     port: int,
     work: Callable[[int], int],
     preload: Callable[[], object] = lambda: None,
+    started: Callable[[], object] = lambda: None,
 ) -> int:
     """Reserve the port, run `count` workers on it (each `work(port)`), return the exit
     status. `preload` imports what the workers run, once, before they are forked (after
-    the workers' environment is set: prometheus-client reads it on import)."""
+    the workers' environment is set: prometheus-client reads it on import); `started` runs
+    in the supervisor once they all were forked."""
     from rabbitmesh.listen import cannot_listen
 
     try:
@@ -327,7 +358,7 @@ def supervise(
     with reserved:
         bound = reserved.getsockname()[1]
         log.info("starting %d workers on port %d", count, bound)
-        supervisor = Supervisor(count, bound, work)
+        supervisor = Supervisor(count, bound, work, started)
         os.environ.update(supervisor.environment())
         preload()
         # What is imported now is every worker's too, on pages they share with this process

@@ -43,6 +43,8 @@ def server_origin(server: str, from_flag_or_env: bool) -> str:
 
 #: How to point the CLI at another rabbitmesh, said with every "cannot reach".
 POINT_ELSEWHERE = "for another rabbitmesh pass --server URL or set RABBITMESH_SERVER=URL"
+#: Seconds a request may wait for the server (connecting, then between two reads) unless the
+#: command says otherwise (`apply` scales it with the number of documents).
 TIMEOUT = 30.0
 #: A body this large that meets a reset connection was most likely refused for its size.
 LARGE_BODY = 256 * 1024
@@ -57,6 +59,10 @@ SHORT_NAMES = {
     "sub": "subscriptions",
     "et": "eventtypes",
 }
+
+
+#: CliError.status of a request the server took but did not answer in time.
+TIMED_OUT = -1
 
 
 class CliError(Exception):
@@ -132,8 +138,10 @@ class ApiClient:
         raw: bytes | None = None,
         content_type: str = "application/json",
         query: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         url = self.server + path
+        timeout = TIMEOUT if timeout is None else timeout
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
@@ -144,11 +152,19 @@ class ApiClient:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as e:
             raise CliError(self._error_text(e), e.code) from None
-        except (TimeoutError, urllib.error.URLError, OSError) as e:
+        except TimeoutError:
+            # Raised as it is (not inside a URLError) only once the request was sent: the
+            # server was reached and is still working on it, it is not unreachable.
+            raise CliError(
+                f"the rabbitmesh API at {self.server} took the request but did not answer "
+                f"within {timeout:g}s; it may still complete (check with `rabbitmesh get`)",
+                TIMED_OUT,
+            ) from None
+        except (urllib.error.URLError, OSError) as e:
             why = getattr(e, "reason", e)
             if isinstance(why, ConnectionResetError | BrokenPipeError) and len(data or b"") > (
                 LARGE_BODY

@@ -58,7 +58,8 @@ def run(**flags: Any) -> None:
     from rabbitmesh.config.checks import ManifestChecks
     from rabbitmesh.listen import ListenError
     from rabbitmesh.logs import setup_logging
-    from rabbitmesh.resources.loader import ManifestError, load_path
+    from rabbitmesh.resources.loader import ManifestError
+    from rabbitmesh.store.configsync import forget_preparsed, preparse
 
     try:
         settings = load_settings(**flags)
@@ -68,8 +69,9 @@ def run(**flags: Any) -> None:
     setup_logging(settings.log_level, settings.log_format)
     if settings.config_dir.exists():
         try:
-            # Fail fast, before waiting on RabbitMQ; names must fit RabbitMQ's limits.
-            load_path(settings.config_dir, ManifestChecks(Names(settings.topology_prefix)))
+            # Fail fast, before waiting on RabbitMQ; names must fit RabbitMQ's limits. Kept for
+            # the control plane (of the workers forked below): parsed once, not per worker.
+            preparse(settings.config_dir, ManifestChecks(Names(settings.topology_prefix)))
         except ManifestError as e:
             click.echo(f"rabbitmesh: invalid manifest: {e}", err=True)
             sys.exit(1)
@@ -88,6 +90,9 @@ def run(**flags: Any) -> None:
                 settings.http_port,
                 work,
                 preload=lambda: importlib.import_module("rabbitmesh.server"),
+                # The workers have their copy of the parsed config dir; the supervisor's
+                # would only hold memory (a restarted worker parses the dir itself).
+                started=forget_preparsed,
             )
         except ListenError as e:
             click.echo(f"rabbitmesh: {e}", err=True)

@@ -14,6 +14,7 @@ logged in one line and the last good state stays; at start it stops rabbitmesh.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 from collections.abc import Awaitable
@@ -24,6 +25,7 @@ from rabbitmesh.resources.loader import (
     ExtraCheck,
     ManifestError,
     check_duplicates,
+    load_path,
     load_text,
     manifest_files,
 )
@@ -38,6 +40,82 @@ POLL_SECONDS = 0.5
 #: Writes in flight during one sync.
 PARALLEL_WRITES = 32
 
+Parsed = dict[Key, tuple[Resource, str]]
+
+#: The config dir as `rabbitmesh run` parsed it to fail fast, before it forked its workers:
+#: (directory, digest, checks, parsed). A worker whose start finds the same content takes
+#: it from here instead of parsing it again (5,000 Triggers were parsed three times per
+#: start with two workers: in the supervisor, then in each worker).
+_preparsed: tuple[Path, str, ExtraCheck | None, Parsed] | None = None
+
+
+def read_dir(directory: Path) -> tuple[str, dict[str, bytes]] | None:
+    """(digest, file name -> bytes) of the manifest files; None without the directory."""
+    if not directory.is_dir():
+        return None
+    files: dict[str, bytes] = {}
+    for path in manifest_files(directory):
+        try:
+            files[path.name] = path.read_bytes()
+        except OSError:
+            continue  # removed between listing and reading: the next poll sees it gone
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return digest.hexdigest(), files
+
+
+def parse_files(directory: Path, files: dict[str, bytes], extra: ExtraCheck | None) -> Parsed:
+    """Every resource of the files, by key, with its file's name; raises ManifestError."""
+    out: Parsed = {}
+    resources: list[Resource] = []
+    for name in sorted(files):
+        source = str(directory / name)
+        try:
+            text = files[name].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ManifestError(source, 1, "", "", f"cannot read: {e}") from None
+        for res in load_text(text, source, extra):
+            resources.append(res)
+            out[key_of(res)] = (res, name)
+    check_duplicates(resources)
+    return out
+
+
+def preparse(directory: Path, extra: ExtraCheck | None) -> None:
+    """Parse the config dir now (ManifestError when it is invalid) and keep the result for
+    the ConfigSync of this process, or of the workers forked from it, to start with."""
+    global _preparsed
+    if directory.is_file():  # not a directory: nothing is applied from it, but say it is bad
+        load_path(directory, extra)
+        return
+    content = read_dir(directory)
+    if content is None:
+        return
+    digest, files = content
+    _preparsed = (directory, digest, extra, parse_files(directory, files, extra))
+
+
+def forget_preparsed() -> None:
+    """Drop the preparsed config dir (the supervisor, once its workers have their copy; it
+    allocates nothing afterwards, so a collection would never come by itself)."""
+    global _preparsed
+    if _preparsed is not None:
+        _preparsed = None
+        gc.collect()
+
+
+def _take_preparsed(directory: Path, digest: str, extra: ExtraCheck | None) -> Parsed | None:
+    """The preparsed config dir if it is this one with this content (once: it is dropped)."""
+    global _preparsed
+    cached, _preparsed = _preparsed, None
+    if cached is None:
+        return None
+    where, seen, checks, parsed = cached
+    if where != directory or seen != digest or checks != extra:
+        return None
+    return parsed
+
 
 class ConfigSync:
     def __init__(self, store: Store, directory: Path, extra: ExtraCheck | None = None) -> None:
@@ -50,33 +128,10 @@ class ConfigSync:
 
     def read(self) -> tuple[str, dict[str, bytes]] | None:
         """(digest, file name -> bytes) of the manifest files; None without the directory."""
-        if not self.directory.is_dir():
-            return None
-        files: dict[str, bytes] = {}
-        for path in manifest_files(self.directory):
-            try:
-                files[path.name] = path.read_bytes()
-            except OSError:
-                continue  # removed between listing and reading: the next poll sees it gone
-        digest = hashlib.sha256()
-        for name in sorted(files):
-            digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
-        return digest.hexdigest(), files
+        return read_dir(self.directory)
 
-    def parse(self, files: dict[str, bytes]) -> dict[Key, tuple[Resource, str]]:
-        out: dict[Key, tuple[Resource, str]] = {}
-        resources: list[Resource] = []
-        for name in sorted(files):
-            source = str(self.directory / name)
-            try:
-                text = files[name].decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ManifestError(source, 1, "", "", f"cannot read: {e}") from None
-            for res in load_text(text, source, self.extra):
-                resources.append(res)
-                out[key_of(res)] = (res, name)
-        check_duplicates(resources)
-        return out
+    def parse(self, files: dict[str, bytes]) -> Parsed:
+        return parse_files(self.directory, files, self.extra)
 
     async def initial(self) -> None:
         """Apply the config dir at start. Invalid manifests raise ManifestError (fatal)."""
@@ -88,7 +143,8 @@ class ConfigSync:
             )
             return
         digest, files = content
-        await self.sync(self.parse(files))
+        parsed = _take_preparsed(self.directory, digest, self.extra)
+        await self.sync(parsed if parsed is not None else self.parse(files))
         self._applied = self._seen = digest
 
     async def poll(self) -> None:
@@ -125,7 +181,7 @@ class ConfigSync:
                 log.warning("config dir change not applied yet (%s); retrying", e)
                 self._seen = None  # retry on a later poll
 
-    async def sync(self, desired: dict[Key, tuple[Resource, str]]) -> None:
+    async def sync(self, desired: Parsed) -> None:
         """Write what differs: apply changed documents, delete `file` resources now gone."""
         state = self.store.state
         writes = []

@@ -6,8 +6,9 @@ a publish with a publisher confirm; the writer then waits until its own record c
 through the stream, so a write is visible on the writing replica when it returns, and its
 outcome (created, conflict, ...) is the one every replica computes.
 
-Retention: a snapshot record (the whole state) is written every `SNAPSHOT_RECORDS` records or
-once a quarter of `max_bytes` was written since the last one; the stream keeps at most
+Retention: a snapshot record (the whole state) is written every `SNAPSHOT_RECORDS` records
+(or, past that many resources, every as many records as there are resources) or once a
+quarter of `max_bytes` was written since the last one; the stream keeps at most
 `max_bytes` in segments of an eighth of that, so RabbitMQ only drops segments older than the
 latest snapshot (docs/control-plane.md explains the arithmetic).
 """
@@ -74,6 +75,8 @@ class Store:
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._snapshotting = False
+        #: Records taken from the stream so far (re-reads included): the reader's progress.
+        self.records_read = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -172,10 +175,13 @@ class Store:
                 unacked, count = None, 0
 
     def _process(self, msg: AbstractIncomingMessage) -> None:
+        self.records_read += 1
         offset = (msg.headers or {}).get("x-stream-offset")
         if not isinstance(offset, int):
             log.warning("resource store: record without x-stream-offset skipped")
             return
+        if offset <= self.state.last_offset:
+            return  # read again after a reconnect: already applied (not worth decoding)
         try:
             record = orjson.loads(msg.body)
         except orjson.JSONDecodeError:
@@ -216,19 +222,35 @@ class Store:
                 )
             except PublishFailed as e:
                 raise StoreUnavailable(f"the resource store did not take the change: {e}") from None
-            try:
-                async with asyncio.timeout(self.timeout):
-                    outcome = await fut
-            except TimeoutError:
-                raise StoreUnavailable(
-                    "the change was accepted by RabbitMQ but not read back in time; it may "
-                    "still apply"
-                ) from None
+            outcome = await self._read_back(fut)
         finally:
             self._waiters.pop(rid, None)
         if record.get("op") != "hello":
             self._maybe_snapshot()
         return outcome
+
+    async def _read_back(self, fut: asyncio.Future[Outcome]) -> Outcome:
+        """Wait for a record published to come back through the stream: as long as the
+        reader keeps applying records ahead of it, and at most `timeout` seconds without
+        one. A replica starting against a long stream (10,000 records and snapshots of
+        thousands of resources) reads for longer than any fixed timeout on a busy machine,
+        and used to give up while reading fine (issue 13); a reader that stalls still fails
+        after `timeout`."""
+        while True:
+            seen = self.records_read
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await asyncio.shield(fut)
+            except TimeoutError:
+                if self.records_read == seen:
+                    raise StoreUnavailable(
+                        "the change was accepted by RabbitMQ but not read back in time; it "
+                        "may still apply"
+                    ) from None
+                log.info(
+                    "resource store: still reading the stream (at offset %d), waiting on",
+                    self.state.last_offset,
+                )
 
     async def sync(self) -> None:
         """Return once every record written before this call has been applied here."""
@@ -265,8 +287,12 @@ class Store:
 
     def _maybe_snapshot(self) -> None:
         s = self.state
+        # By count, at most one snapshot per as many records as it holds entries: a snapshot
+        # of 5,000 Triggers (megabytes) every 1,000 small records made the stream mostly
+        # snapshots, which every new replica reads (issue 13). Retention's safety rests on
+        # the byte rule (a quarter of the maximum), which stays as it was.
         due = (
-            s.records_since_snapshot >= SNAPSHOT_RECORDS
+            s.records_since_snapshot >= max(SNAPSHOT_RECORDS, len(s.entries))
             or s.bytes_since_snapshot >= self.max_bytes // 4
         )
         if due and s.based and not self._snapshotting:

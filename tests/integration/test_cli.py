@@ -7,9 +7,12 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 
 from tests.support.mesh import free_port
 
@@ -248,3 +251,93 @@ async def test_the_admin_token(start_mesh):
     assert r.code == 0, r
     r = await rabbitmesh("broker", "list", server=mesh.url)  # reading needs no token
     assert rows(r.out)[0]["NAME"] == "b"
+
+
+class SlowApi:
+    """A real HTTP server that takes POST /apply and answers `delay` seconds later (never,
+    with None): a rabbitmesh busy applying a big file."""
+
+    def __init__(self, delay: float | None) -> None:
+        self.delay = delay
+        self.requests: list[str] = []
+        self.port = free_port()
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.requests.append(request.query_string)
+        if self.delay is None:
+            await asyncio.Event().wait()  # never answers; cancelled when the client goes
+        else:
+            await asyncio.sleep(self.delay)  # the work takes this long (not a wait for a test)
+        return web.json_response({"apiVersion": "v1", "kind": "List", "results": []})
+
+    async def __aenter__(self) -> SlowApi:
+        app = web.Application()
+        app.router.add_post("/apply", self.handle)
+        self.runner = web.AppRunner(app, handler_cancellation=True)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _triggers(n: int) -> str:
+    return "---\n".join(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
+        f"metadata: {{name: t{i}}}\nspec: {{broker: b, subscriber: {{uri: 'http://x/'}}}}\n"
+        for i in range(n)
+    )
+
+
+async def test_apply_says_the_server_took_the_request_when_it_times_out(tmp_path):
+    """Was: `cannot reach the rabbitmesh API ... (timed out)` about a server that had taken
+    the request and was applying 5,000 Triggers (issue 13)."""
+    manifest = tmp_path / "t.yaml"
+    manifest.write_text(_triggers(2))
+    async with SlowApi(None) as api:
+        run = await rabbitmesh(
+            "apply", "-f", str(manifest), "--request-timeout", "0.5", server=api.url
+        )
+        line = one_error_line(run)
+        assert api.requests == ["dryRun=All"]  # it got there
+    assert line == (
+        f"rabbitmesh: {manifest}: the rabbitmesh API at {api.url} took the request but did not "
+        "answer within 0.5s; it may still complete (check with `rabbitmesh get`); "
+        "--request-timeout waits longer"
+    )
+    assert "cannot reach" not in line
+
+
+async def test_apply_waits_longer_for_a_file_of_more_documents(tmp_path, monkeypatch):
+    """The default wait grows with the documents of the file: 30 s plus 50 ms each, so 5,000
+    Triggers get over four minutes. Scaled down here (in-process, constants patched): a
+    server answering after one second is waited for with 20 documents, not with one."""
+    from click.testing import CliRunner
+
+    from rabbitmesh.cli import cli, manifests
+
+    assert manifests.apply_timeout(5000) >= 250
+    monkeypatch.setattr(manifests, "TIMEOUT", 0.3)
+    monkeypatch.setattr(manifests, "APPLY_SECONDS_PER_DOCUMENT", 0.2)
+    one, many = tmp_path / "one.yaml", tmp_path / "many.yaml"
+    one.write_text(_triggers(1))  # waits 0.5 s
+    many.write_text(_triggers(20))  # waits 4.3 s
+
+    def apply(path: Path) -> Any:
+        return CliRunner().invoke(cli, ["apply", "-f", str(path), "--server", api.url])
+
+    async with SlowApi(1.0) as api:
+        result = await asyncio.to_thread(apply, many)
+        assert result.exit_code == 0, result.output
+        assert api.requests == ["dryRun=All", ""]
+        result = await asyncio.to_thread(apply, one)
+        assert result.exit_code == 1
+        assert "did not answer within 0.5s" in result.output

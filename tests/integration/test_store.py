@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
+from rabbitmesh.amqp.client import AmqpClient
+from rabbitmesh.store.stream import Store, StoreUnavailable
 from tests.support.api import BROKERS, TRIGGERS, broker, call, ready, trigger
 from tests.support.disruption import node_stopped
 from tests.support.events import post_binary
@@ -150,5 +155,72 @@ async def test_start_up_waits_for_a_stream_rabbitmq_does_not_have_yet(rabbitmq, 
     finally:
         starting.cancel()
         await store.stop()
+        await publisher.close()
+        await consumer.close()
+
+
+class _SlowInbox(asyncio.Queue):
+    """A store reader's inbox that hands on each record `delay` seconds after it is asked
+    for one (never, with None): a replica reading a long stream on a busy machine, or one
+    whose reader is stuck."""
+
+    def __init__(self, delay: float | None) -> None:
+        super().__init__()
+        self.delay = delay
+        self.handed = 0
+
+    async def get(self):  # type: ignore[override]
+        msg = await super().get()
+        if self.delay is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay)  # reading is slow (not a wait for another task)
+        self.handed += 1
+        return msg
+
+
+async def _clients(url: str) -> tuple[AmqpClient, AmqpClient]:
+    publisher, consumer = AmqpClient(url, "pub"), AmqpClient(url, "con")
+    await publisher.connect()
+    await consumer.connect()
+    return publisher, consumer
+
+
+async def test_a_new_replica_reads_a_stream_longer_than_the_store_timeout(rabbitmq, prefix):
+    """Was: a second replica against ~10,000 records gave up with `StoreUnavailable: ... not
+    read back in time` (issue 13): its start waited for its own `hello` record for a fixed
+    time, however fast it was reading. Now it waits as long as the reader keeps reading,
+    and a reader that reads nothing for the timeout still fails."""
+    publisher, consumer = await _clients(rabbitmq)
+    queue = f"{prefix}.store"
+    writer = Store(publisher, consumer, queue, max_bytes=16 << 20, timeout=10)
+    reader = Store(publisher, consumer, queue, max_bytes=16 << 20, timeout=0.5)
+    stuck = Store(publisher, consumer, queue, max_bytes=16 << 20, timeout=0.5)
+    try:
+        await writer.start()
+        records = 200
+        sem = asyncio.Semaphore(32)
+
+        async def write(i: int) -> None:
+            async with sem:
+                manifest = broker(f"b{i}")
+                outcome = await writer.apply(manifest, ("Broker", "default", f"b{i}"), origin="api")
+                assert outcome.result == "created"
+
+        await asyncio.gather(*(write(i) for i in range(records)))
+        # 200 records at 10 ms each: two seconds of reading, four times the timeout.
+        reader._inbox = inbox = _SlowInbox(0.01)
+        started = time.monotonic()
+        await reader.start()
+        assert time.monotonic() - started > reader.timeout  # it did outlast the timeout
+        assert inbox.handed > records
+        assert set(reader.state.entries) == set(writer.state.entries)
+        assert len(reader.state.entries) == records
+
+        stuck._inbox = _SlowInbox(None)
+        with pytest.raises(StoreUnavailable, match="not read back in time"):
+            await asyncio.wait_for(stuck.start(), 30)
+    finally:
+        for store in (writer, reader, stuck):
+            await store.stop()
         await publisher.close()
         await consumer.close()

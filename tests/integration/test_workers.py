@@ -195,3 +195,47 @@ async def test_a_port_in_use_is_reported_once_and_not_shared(tmp_path: Path, rab
     finally:
         await mesh.stop()
         holder.close()
+
+
+async def test_a_start_of_two_workers_reconciles_each_resource_once_per_worker(
+    tmp_path: Path, rabbitmq: str
+):
+    """Issue 13: a cold start reconciles every resource once in each worker (each is a full
+    replica), no more; and the config dir is written to the store once, by the first worker,
+    not once per worker (the second copies were "unchanged" records every replica read)."""
+    from tests.integration.test_control_plane_failures import store_records
+
+    n = 30
+    docs = [BROKER] + [
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\n"
+        f"metadata: {{name: t{i}}}\n"
+        f"spec: {{broker: br, filter: {{attributes: {{type: ty{i}}}}}, "
+        "subscriber: {uri: 'http://127.0.0.1:9/'}}\n"
+        for i in range(n)
+    ]
+    write_manifests(tmp_path, "---\n".join(docs))
+    prefix = unique_prefix()
+    mesh = await MeshProcess(tmp_path, prefix, RABBITMESH_WORKERS="2").start(timeout=60)
+    try:
+        assert mesh.proc is not None
+        seen: set[int] = set()
+
+        async def both() -> bool:
+            seen.add(await worker_of_fresh_connection(mesh.url))
+            return seen == {0, 1}
+
+        await eventually(both, timeout=60, what="both workers ready on the one port")
+
+        async def reconciles(kind: str) -> float:
+            async with aiohttp.ClientSession() as s, s.get(mesh.url + "/metrics") as r:
+                text = await r.text()
+            pattern = rf'^rabbitmesh_reconciles_total\{{[^}}]*kind="{kind}"[^}}]*\}} (\S+)$'
+            return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+
+        assert await reconciles("Trigger") == 2 * n
+        assert await reconciles("Broker") == 2
+        applies = [r for r in await store_records(prefix) if r.get("op") == "apply"]
+        assert len(applies) == n + 1, [r.get("writer") for r in applies]
+        assert len({r["writer"] for r in applies}) == 1
+    finally:
+        await mesh.stop()

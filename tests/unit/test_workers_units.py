@@ -28,6 +28,26 @@ def test_a_write_waits_only_for_ready_workers_that_are_behind(tmp_path: Path) ->
     assert me.starting_early() == [2]
 
 
+def test_only_the_first_worker_applies_the_config_dir_while_it_starts(tmp_path: Path) -> None:
+    """The others wait for it (then find nothing to write) rather than writing every
+    document a second time; not for a first worker that is ready or gone."""
+    first = Siblings(tmp_path / "s", 3, index=0)
+    second = Siblings(tmp_path / "s", 3, index=1)
+    supervisor = Siblings(tmp_path / "s", 3)
+    supervisor.write(0, 0, STARTING, -1)
+    assert not first.config_writer_pending()
+    assert second.config_writer_pending()
+    first.mark(state=EARLY)
+    assert second.config_writer_pending()
+    first.mark_config_applied()
+    assert not second.config_writer_pending()
+    third = Siblings(tmp_path / "t", 2, index=1)  # another run: the first is ready already
+    Siblings(tmp_path / "t", 2).write(0, 1, READY, 5)
+    assert not third.config_writer_pending()
+    Siblings(tmp_path / "t", 2).write(0, 1, STOPPING, -1)
+    assert not third.config_writer_pending()
+
+
 def test_the_supervisor_port_is_shared_by_reuseport_sockets_only() -> None:
     reserved = reserve_port("127.0.0.1", 0)
     port = reserved.getsockname()[1]
