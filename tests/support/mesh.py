@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import socket
@@ -24,10 +25,29 @@ AMQP_URL = os.environ.get("RABBITMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.
 TEST_PREFIX_ROOT = "rmtest"
 
 
+#: Ports the suite hands out to the servers it starts: below the kernel's ephemeral range
+#: (32768 and up on Linux), where every outgoing connection takes its local port, so a port
+#: found free there can be taken by some test's client before the server binds it (seen: an
+#: event-display "address already in use"); and a slice per xdist process, so two processes
+#: never hand out the same one.
+PORT_BASE, PORT_SLICE = 20000, 1500
+#: Started somewhere in the slice by the pid: two runs side by side (a test file run by hand
+#: next to the suite) do not walk the same ports in step.
+_port_sequence = itertools.count(os.getpid() * 97 % PORT_SLICE)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = PORT_BASE + (int(worker) % 8 if worker.isdigit() else 0) * PORT_SLICE
+    for _ in range(PORT_SLICE):
+        port = base + next(_port_sequence) % PORT_SLICE
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use (another program, or a connection still closing)
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + PORT_SLICE - 1}")
 
 
 #: Every prefix this test session handed out, so that cleanup removes only its own objects
