@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -25,6 +25,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed
 
 log = logging.getLogger("rabbitmesh.streams")
+
+_T = TypeVar("_T")
 
 #: A stream consumer needs a prefetch; acks only move the window on.
 READ_PREFETCH = 500
@@ -92,6 +94,59 @@ async def wait_writable(client: AmqpClient, name: str) -> str:
     reader skips (and JobSink's run log, which ignores a body that is not a JSON object), goes
     over a short connection of its own, again until RabbitMQ confirms it.
     """
+
+    async def write(conn: aio_pika.abc.AbstractConnection) -> str:
+        ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        marker_id = uuid.uuid4().hex
+        marker = aio_pika.Message(
+            b"",
+            headers={MARKER_HEADER: marker_id},
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            await ch.default_exchange.publish(marker, routing_key=name, timeout=5)
+        except aio_pika.exceptions.DeliveryError as e:  # returned: the stream is not there
+            raise PublishFailed(f"stream {name} is gone: {e}") from e
+        return marker_id
+
+    try:
+        return await _probe(client, name, "write", write)
+    except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as e:
+        raise StreamNotWritable(f"stream {name} took no write in {WRITABLE_TIMEOUT}s: {e}") from e
+
+
+async def wait_consumable(client: AmqpClient, name: str) -> None:
+    """Return once a consumer can attach to `name`, a stream just declared.
+
+    The same RabbitMQ 3.10 race as wait_writable, on the reading side: a `basic.consume` on a
+    stream whose members are not registered yet crashes the channel with `stream_not_found`,
+    and RabbitMQ closes the whole connection (INTERNAL_ERROR 541; seen when a rabbitmesh
+    started on a new topology prefix and its store's consumer connection went down). So a
+    throwaway consumer attaches first, over a short connection of its own.
+    """
+
+    async def consume(conn: aio_pika.abc.AbstractConnection) -> None:
+        ch = await conn.channel()
+        await ch.set_qos(prefetch_count=1)  # RabbitMQ refuses a stream consumer without one
+        queue = await ch.get_queue(name, ensure=False)
+        tag = await queue.consume(_ignore, arguments={"x-stream-offset": "next"})
+        await queue.cancel(tag)
+
+    await _probe(client, name, "consume", consume)
+
+
+async def _ignore(msg: AbstractIncomingMessage) -> None:
+    """A probe's consumer: it reads from `next`, and nothing it might get matters."""
+
+
+async def _probe(
+    client: AmqpClient,
+    name: str,
+    what: str,
+    attempt: Callable[[aio_pika.abc.AbstractConnection], Awaitable[_T]],
+) -> _T:
+    """`attempt` over a short connection of its own, again (backing off) while RabbitMQ
+    refuses it, for WRITABLE_TIMEOUT; the last error is raised after that."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WRITABLE_TIMEOUT
     delay = 0.05
@@ -104,23 +159,11 @@ async def wait_writable(client: AmqpClient, name: str) -> str:
                 client_properties={"connection_name": f"rabbitmesh-{client.name}-stream-probe"},
             )
             async with conn:
-                ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
-                marker_id = uuid.uuid4().hex
-                marker = aio_pika.Message(
-                    b"",
-                    headers={MARKER_HEADER: marker_id},
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                )
-                await ch.default_exchange.publish(marker, routing_key=name, timeout=5)
-            return marker_id
-        except aio_pika.exceptions.DeliveryError as e:  # returned: the stream is not there
-            raise PublishFailed(f"stream {name} is gone: {e}") from e
+                return await attempt(conn)
         except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as e:
             if loop.time() + delay > deadline:
-                raise StreamNotWritable(
-                    f"stream {name} took no write in {WRITABLE_TIMEOUT}s: {e}"
-                ) from e
-            log.debug("stream %s not writable yet (%s); trying again in %.2fs", name, e, delay)
+                raise
+            log.debug("stream %s: %s not possible yet (%s); again in %.2fs", name, what, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 

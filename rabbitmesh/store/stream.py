@@ -29,7 +29,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed
-from rabbitmesh.amqp.streams import not_consumable_yet
+from rabbitmesh.amqp.streams import not_consumable_yet, wait_consumable
 from rabbitmesh.store.state import Entry, Key, Outcome, StoreState
 from rabbitmesh.timestamps import now_rfc3339
 
@@ -106,6 +106,7 @@ class Store:
     async def start(self) -> None:
         """Declare, read the stream up to now, and keep following it."""
         await self.declare()
+        await wait_consumable(self.consumer, self.queue)  # RabbitMQ 3.10: see there
         self._reader = asyncio.create_task(self._read(), name="store reader")
         await self._follow()
         await self.sync()

@@ -9,7 +9,13 @@ import aio_pika
 import pytest
 
 from rabbitmesh.amqp.client import AmqpClient
-from rabbitmesh.amqp.streams import append_marker, declare_stream, is_marker, read_stream
+from rabbitmesh.amqp.streams import (
+    append_marker,
+    declare_stream,
+    is_marker,
+    read_stream,
+    wait_consumable,
+)
 from tests.support.mesh import AMQP_URL
 
 pytestmark = pytest.mark.integration
@@ -73,3 +79,41 @@ async def test_a_marker_on_a_stream_another_process_just_declared_spares_the_sha
     finally:
         await client.close()
         await other.close()
+
+
+async def test_a_consumer_on_a_stream_just_declared_spares_the_shared_connection(prefix):
+    """The resource store attaches its consumer right after declaring its stream. RabbitMQ 3.10
+    may not have registered the stream's members yet; a `basic.consume` then crashes with
+    `stream_not_found` and RabbitMQ closes the whole consumer connection (a rabbitmesh exited at
+    start-up on it in a full run). wait_consumable attaches a throwaway consumer over a
+    connection of its own first; the shared connection's consume then always succeeds.
+
+    The race needs a loaded machine: 20 declare-then-consume rounds (or 40 at once) on this
+    quiet one did not hit it without the probe. What this test holds is the probe itself: it
+    returns for a stream declared a moment ago by another connection, and leaves the shared
+    connection alone."""
+    other = await aio_pika.connect(AMQP_URL)
+    client = AmqpClient(AMQP_URL, "test-streams-consumers")
+    await client.connect()
+    closed: list[object] = []
+    assert client.connection is not None
+    client.connection.close_callbacks.add(lambda *args: closed.append(args))
+    try:
+        declaring = await other.channel()
+        for i in range(20):
+            name = f"{prefix}.fresh.{i}"
+            await declaring.declare_queue(name, durable=True, arguments={"x-queue-type": "stream"})
+            await wait_consumable(client, name)
+            ch = await client.channel(prefetch=10)
+            queue = await ch.get_queue(name)
+            tag = await queue.consume(_discard, arguments={"x-stream-offset": "first"})
+            await queue.cancel(tag)
+            await ch.close()
+        assert closed == [] and client.connected
+    finally:
+        await client.close()
+        await other.close()
+
+
+async def _discard(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+    """Nothing is published to these streams; a consumer needs a callback all the same."""
