@@ -110,7 +110,7 @@ async def wait_writable(client: AmqpClient, name: str) -> str:
         return marker_id
 
     try:
-        return await _probe(client, name, "write", write)
+        return await _probe(client, name, "writable", write)
     except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as e:
         raise StreamNotWritable(f"stream {name} took no write in {WRITABLE_TIMEOUT}s: {e}") from e
 
@@ -132,7 +132,8 @@ async def wait_consumable(client: AmqpClient, name: str) -> None:
         tag = await queue.consume(_ignore, arguments={"x-stream-offset": "next"})
         await queue.cancel(tag)
 
-    await _probe(client, name, "consume", consume)
+    # A start-up waiting here is worth a line (INFO): a stream that takes long is a sign.
+    await _probe(client, name, "consumable", consume, level=logging.INFO)
 
 
 async def _ignore(msg: AbstractIncomingMessage) -> None:
@@ -144,6 +145,7 @@ async def _probe(
     name: str,
     what: str,
     attempt: Callable[[aio_pika.abc.AbstractConnection], Awaitable[_T]],
+    level: int = logging.DEBUG,
 ) -> _T:
     """`attempt` over a short connection of its own, again (backing off) while RabbitMQ
     refuses it, for WRITABLE_TIMEOUT; the last error is raised after that."""
@@ -163,7 +165,7 @@ async def _probe(
         except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as e:
             if loop.time() + delay > deadline:
                 raise
-            log.debug("stream %s: %s not possible yet (%s); again in %.2fs", name, what, e, delay)
+            log.log(level, "stream %s not %s yet (%s); trying again in %.2fs", name, what, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 

@@ -262,15 +262,24 @@ class Outcome:
 
 
 async def _send(session: aiohttp.ClientSession, base: str, req: Request) -> tuple[int, str, bytes]:
-    async with session.request(
-        req.method,
-        base + req.path,
-        headers=req.headers,
-        data=req.body,
-        skip_auto_headers=["Content-Type"],
-        allow_redirects=False,
-    ) as r:
-        return r.status, r.headers.get("Content-Type", ""), await r.read()
+    try:
+        async with session.request(
+            req.method,
+            base + req.path,
+            headers=req.headers,
+            data=req.body,
+            skip_auto_headers=["Content-Type"],
+            allow_redirects=False,
+        ) as r:
+            return r.status, r.headers.get("Content-Type", ""), await r.read()
+    except aiohttp.ClientResponseError as e:
+        # A request aiohttp's server parser refuses before rabbitmesh sees it (a duplicate
+        # Content-Type) is answered 400 with a text body, HEAD or not; aiohttp's client then
+        # refuses a body after a HEAD answer ("Data after `Connection: close`") and reports
+        # the status it got. The answer was a 400: that is what is checked.
+        if req.method == "HEAD" and e.status == 400:
+            return e.status, "", b""
+        raise
 
 
 def check_response(req: Request, status: int, content_type: str, body: bytes) -> None:

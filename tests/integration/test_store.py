@@ -132,7 +132,7 @@ async def test_start_up_waits_for_a_stream_rabbitmq_does_not_have_yet(rabbitmq, 
     from rabbitmesh.amqp.client import AmqpClient
     from rabbitmesh.store.stream import Store
 
-    caplog.set_level(logging.INFO, logger="rabbitmesh.store")
+    caplog.set_level(logging.INFO, logger="rabbitmesh.streams")  # amqp/streams.py's probe
     publisher, consumer = AmqpClient(rabbitmq, "pub"), AmqpClient(rabbitmq, "con")
     await publisher.connect()
     await consumer.connect()
