@@ -169,14 +169,17 @@ class ApiClient:
             if isinstance(why, ConnectionResetError | BrokenPipeError) and len(data or b"") > (
                 LARGE_BODY
             ):
-                # A body over the server's limit gets its 413 at once, and the server stops
-                # reading (docs/security.md); urllib sends the whole body before it reads the
-                # answer, so it sees the connection reset instead.
+                # The server answered before reading the body (over its size limit: 413; no
+                # or a wrong token: 401/403) and stopped reading (docs/security.md); urllib
+                # sends the whole body before it reads the answer, so it sees a reset instead
+                # and cannot tell which it was.
                 raise CliError(
                     f"the rabbitmesh API at {self.server} closed the connection while the "
-                    f"{len(data or b'')}-byte body was sent: larger bodies than its limit "
-                    "(RABBITMESH_MAX_MANIFEST_BYTES, 1 MiB by default) are refused unread; "
-                    "split the manifests into several files"
+                    f"{len(data or b'')}-byte body was sent: it refused the request unread, "
+                    "either for its size (over RABBITMESH_MAX_MANIFEST_BYTES, 1 MiB by "
+                    "default: split the manifests into several files) or for its credentials "
+                    "(check RABBITMESH_ADMIN_TOKEN; a small request such as `rabbitmesh get "
+                    "brokers` shows the server's own answer)"
                 ) from None
             detail = "connection refused" if isinstance(why, ConnectionRefusedError) else why
             origin = f", {self.origin}" if self.origin else ""

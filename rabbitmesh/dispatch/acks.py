@@ -31,11 +31,23 @@ class Ackable(Protocol):
     async def ack(self, multiple: bool = False) -> None: ...
 
 
+#: Longest a flush may wait to hand one channel's acks to aiormq. A connection that died with
+#: aiormq's frame buffer full leaves writers waiting for ever; after this the channel's acks
+#: are dropped (its unacked deliveries come back from RabbitMQ) and the lock is free again.
+ACK_WRITE_TIMEOUT = 10.0
+
+
 class _ChannelAcks:
-    __slots__ = ("channel", "upto", "settled", "pending")
+    __slots__ = ("channel", "upto", "settled", "pending", "lock")
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
+        # One flush at a time per channel: a flush suspended between its frames (aiormq's
+        # frame buffer is full on a busy connection) must not be overtaken by the next
+        # one's `multiple` ack past a tag it has yet to ack on its own (RabbitMQ: "unknown
+        # delivery tag", the channel closes and every unacked delivery comes back). Per
+        # channel, so a flush stuck on a dead connection holds back no other channel.
+        self.lock = asyncio.Lock()
         #: Every delivery tag up to this one is settled (acked, nacked or rejected).
         self.upto = 0
         #: Settled tags above `upto`.
@@ -57,11 +69,6 @@ class AckBatcher:
         self._channels: dict[int, _ChannelAcks] = {}
         self._scheduled = False
         self._flushing: set[asyncio.Task[None]] = set()
-        # One flush at a time: a flush suspended between its frames (aiormq's frame buffer
-        # is full on a busy connection) must not be overtaken by the next one's `multiple`
-        # ack past a tag it has yet to ack on its own (RabbitMQ: "unknown delivery tag",
-        # the channel closes and every unacked delivery comes back).
-        self._flush_lock = asyncio.Lock()
 
     def _state(self, msg: Ackable) -> _ChannelAcks | None:
         try:
@@ -109,47 +116,63 @@ class AckBatcher:
     async def flush(self, wait: bool = False) -> None:
         """Send every pending ack now; with `wait`, return once they are written (not only
         queued in aiormq, where closing the connection would drop them)."""
-        async with self._flush_lock:
-            await self._flush(wait)
-
-    async def _flush(self, wait: bool) -> None:
+        due = []
         for key, state in list(self._channels.items()):
             if state.channel.is_closed:
-                del self._channels[key]
-                continue
-            if not state.pending:
-                continue
-            tags, state.pending = sorted(state.pending), []
-            # `multiple` up to the end of the contiguous settled run, when it covers pending
-            # tags (`settled` has been or is about to be called for every pending tag, so the
-            # pending ones count as settled). Its tag must itself be unacked (RabbitMQ closes
-            # the channel on an "unknown delivery tag"): the highest pending one in the run.
-            top = state.upto
-            pending = set(tags)
-            while top + 1 in state.settled or top + 1 in pending:
-                top += 1
-            covered = [t for t in tags if t <= top]
-            frames: list[tuple[int, bool]] = []
-            if covered:
-                frames.append((covered[-1], True))
-            frames += [(t, False) for t in tags if t > top]
-            for t in tags:
-                if t > state.upto:
-                    state.settled.add(t)
-            while state.upto + 1 in state.settled:
-                state.upto += 1
-                state.settled.discard(state.upto)
-            try:
-                for tag, multiple in frames:
-                    await state.channel.basic_ack(tag, multiple=multiple, wait=wait)
-            except Exception as e:  # the channel went: its unacked deliveries come back
-                log.debug("acks on a closed channel dropped (%s); RabbitMQ redelivers", e)
-                del self._channels[key]
+                self._forget(key, state)
+            elif state.pending:
+                due.append(self._flush_one(key, state, wait))
+        if len(due) == 1:  # the usual case: one channel per worker
+            await due[0]
+        elif due:  # after a reconnect: a stuck old channel must not hold back the new one
+            await asyncio.gather(*due)
+
+    async def _flush_one(self, key: int, state: _ChannelAcks, wait: bool) -> None:
+        try:
+            async with asyncio.timeout(ACK_WRITE_TIMEOUT), state.lock:
+                await self._flush_channel(state, wait)
+        except Exception as e:  # the channel went (or hangs): its deliveries come back
+            # when it closes (a dead connection: at the heartbeat); on a channel that is
+            # only slow they stay unacked until then, never acked wrongly.
+            log.debug("acks on a closed channel dropped (%r); RabbitMQ redelivers", e)
+            self._forget(key, state)
+
+    def _forget(self, key: int, state: _ChannelAcks) -> None:
+        if self._channels.get(key) is state:
+            del self._channels[key]
+
+    async def _flush_channel(self, state: _ChannelAcks, wait: bool) -> None:
+        """One channel's pending acks; called with its lock held."""
+        if not state.pending:
+            return  # a flush that waited for the lock found them sent
+        tags, state.pending = sorted(state.pending), []
+        # `multiple` up to the end of the contiguous settled run, when it covers pending
+        # tags (`settled` has been or is about to be called for every pending tag, so the
+        # pending ones count as settled). Its tag must itself be unacked (RabbitMQ closes
+        # the channel on an "unknown delivery tag"): the highest pending one in the run.
+        top = state.upto
+        pending = set(tags)
+        while top + 1 in state.settled or top + 1 in pending:
+            top += 1
+        covered = [t for t in tags if t <= top]
+        frames: list[tuple[int, bool]] = []
+        if covered:
+            frames.append((covered[-1], True))
+        frames += [(t, False) for t in tags if t > top]
+        for t in tags:
+            if t > state.upto:
+                state.settled.add(t)
+        while state.upto + 1 in state.settled:
+            state.upto += 1
+            state.settled.discard(state.upto)
+        for tag, multiple in frames:
+            await state.channel.basic_ack(tag, multiple=multiple, wait=wait)
 
     async def drain(self) -> None:
         """Send what is pending and wait for flushes under way (before a channel closes)."""
         self._scheduled = False
-        await self.flush(wait=True)
+        await self.flush(wait=True)  # bounded per channel by ACK_WRITE_TIMEOUT
         if self._flushing:
             with contextlib.suppress(Exception):
-                await asyncio.gather(*self._flushing, return_exceptions=True)
+                async with asyncio.timeout(ACK_WRITE_TIMEOUT):
+                    await asyncio.gather(*self._flushing, return_exceptions=True)

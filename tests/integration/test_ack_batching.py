@@ -166,3 +166,44 @@ async def test_flushes_never_overtake_each_other_on_a_busy_connection(rabbitmq: 
         await consumer.close()
         await _delete(checker, name)
         await checker.close()
+
+
+async def test_a_flush_stuck_on_a_dead_connection_holds_back_nothing(rabbitmq, monkeypatch):
+    """A connection that dies with aiormq's frame buffer full leaves an ack's write waiting
+    for ever (nothing reads that buffer again). Flushes are serialised per channel, so that
+    must not stop the acks of the channel that replaced it after the reconnect, nor hang
+    `drain()` (and with it `stop()`): the stuck channel's acks are dropped after
+    ACK_WRITE_TIMEOUT (its deliveries come back from RabbitMQ), the others go at once."""
+    from rabbitmesh.dispatch import acks as acks_module
+
+    monkeypatch.setattr(acks_module, "ACK_WRITE_TIMEOUT", 0.5)
+    consumer = await aio_pika.connect(rabbitmq)
+    checker = await aio_pika.connect(rabbitmq)
+    dead_name = name = ""
+    try:
+        dead_name, dead, _ = await _deliveries(consumer, 2)
+        name, alive, acks = await _deliveries(consumer, 3)
+        never = asyncio.Event()
+
+        async def stuck(delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+            await never.wait()  # a put() into a full frame buffer nobody reads any more
+
+        dead[0].channel.basic_ack = stuck  # type: ignore[method-assign]
+        batcher = AckBatcher()
+        for m in dead + alive:
+            await batcher.ack(m)
+            batcher.settled(m)
+        # The live channel's acks go out while the dead one's write hangs.
+        await eventually(lambda: acks == [(3, True)], timeout=5, what="the live channel's acks")
+        assert not never.is_set()
+        started = asyncio.get_running_loop().time()
+        await batcher.drain()
+        assert asyncio.get_running_loop().time() - started < 5, "drain() hung on the dead channel"
+        await consumer.close()
+        assert await _ready_count(checker, name) == 0  # all three acked
+        assert await _ready_count(checker, dead_name) == 2  # never acked: back in the queue
+    finally:
+        await consumer.close()
+        await _delete(checker, dead_name)
+        await _delete(checker, name)
+        await checker.close()
