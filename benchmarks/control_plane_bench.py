@@ -65,13 +65,7 @@ def rss_mib(pid: int) -> float:
 def pss_mib(pid: int) -> float:
     """Proportional set size of the process tree: pages the forked workers still share with
     the supervisor are counted once, where summed RSS counts them in every process."""
-    total = 0
-    for p in benchlib.process_tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-    return round(total / 1024, 1)
+    return round(sum(each["pss"] for each in smaps_each_mib(pid)), 1)
 
 
 def smaps_each_mib(pid: int) -> list[dict[str, float]]:

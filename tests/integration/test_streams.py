@@ -21,15 +21,22 @@ from tests.support.mesh import AMQP_URL
 pytestmark = pytest.mark.integration
 
 
-async def test_declare_returns_once_the_stream_took_a_write_that_readers_skip(prefix):
-    """RabbitMQ 3.10 answers a stream's declare before its writer runs, and a publish in that
-    moment kills the publishing connection (INTERNAL_ERROR): declare_stream returns only after
-    a write was confirmed, over a connection of its own; readers never see that write."""
-    client = AmqpClient(AMQP_URL, "test-streams")
+async def _watched_client(name: str) -> tuple[AmqpClient, list[object]]:
+    """A connected client, and the list its connection's closings are recorded in: a stream
+    race that kills the shared connection shows there."""
+    client = AmqpClient(AMQP_URL, name)
     await client.connect()
     closed: list[object] = []
     assert client.connection is not None
     client.connection.close_callbacks.add(lambda *args: closed.append(args))
+    return client, closed
+
+
+async def test_declare_returns_once_the_stream_took_a_write_that_readers_skip(prefix):
+    """RabbitMQ 3.10 answers a stream's declare before its writer runs, and a publish in that
+    moment kills the publishing connection (INTERNAL_ERROR): declare_stream returns only after
+    a write was confirmed, over a connection of its own; readers never see that write."""
+    client, closed = await _watched_client("test-streams")
     try:
         names = [f"{prefix}.stream.{i}" for i in range(5)]
         for name in names:
@@ -61,11 +68,7 @@ async def test_a_marker_on_a_stream_another_process_just_declared_spares_the_sha
     listing's end marker may meet the stream before its writer runs. It goes over a
     connection of its own, so the shared publisher (every publish in flight) never dies."""
     other = await aio_pika.connect(AMQP_URL)
-    client = AmqpClient(AMQP_URL, "test-streams-markers")
-    await client.connect()
-    closed: list[object] = []
-    assert client.connection is not None
-    client.connection.close_callbacks.add(lambda *args: closed.append(args))
+    client, closed = await _watched_client("test-streams-markers")
     try:
         ch = await other.channel()
         for i in range(20):
@@ -93,11 +96,7 @@ async def test_a_consumer_on_a_stream_just_declared_spares_the_shared_connection
     returns for a stream declared a moment ago by another connection, and leaves the shared
     connection alone."""
     other = await aio_pika.connect(AMQP_URL)
-    client = AmqpClient(AMQP_URL, "test-streams-consumers")
-    await client.connect()
-    closed: list[object] = []
-    assert client.connection is not None
-    client.connection.close_callbacks.add(lambda *args: closed.append(args))
+    client, closed = await _watched_client("test-streams-consumers")
     try:
         declaring = await other.channel()
         for i in range(20):
