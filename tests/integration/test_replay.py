@@ -212,17 +212,15 @@ async def test_replay_resumes_without_duplicates_after_a_restart(tmp_path, prefi
             # Replay's own, and there is none; the order is the archive's.
             assert got == expected
         else:
-            # SIGKILL: a delivery in flight at the kill may be delivered again (at least
-            # once, as for any trigger); the Replay itself sent each event once, so first
-            # deliveries are in archive order and only events seen before the kill repeat.
+            # SIGKILL: the Replay sent each event once (its transactions), so first
+            # deliveries are in archive order. Downstream, two at-least-once stages may each
+            # repeat the one message they had in flight at the kill (one lane): the splitter's
+            # copy (confirmed, not yet acked) and the worker's delivery (prefetch 1), maybe the
+            # same event. A Replay resumed from an older position repeats a batch (~20).
             firsts = list(dict.fromkeys(got))
             assert firsts == expected
-            repeated = [e for e, n in Counter(got).items() if n > 1]
-            # One lane: at most one delivery is in flight at the kill, and the sink (in this
-            # process) may count it just after `at_stop` was taken; so a repeat's first
-            # delivery is before the stop or exactly that one.
-            assert all(got.index(e) <= at_stop for e in repeated), (repeated, at_stop, got)
-            assert len(repeated) <= 2, repeated  # one lane, prefetch 1: the one in flight
+            extra = len(got) - len(firsts)
+            assert extra <= 2, (extra, at_stop, got)
     finally:
         await asyncio.gather(a.stop(), *([b.stop()] if b else []))
 
