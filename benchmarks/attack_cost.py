@@ -89,7 +89,8 @@ def attack(url: str, kind: str, seconds: float) -> tuple[dict[str, int], float, 
     time.sleep(seconds)
     user1, sys1 = cpu_split(proc.pid)
     out, _ = proc.communicate(timeout=120)
-    return dict(orjson.loads(out.splitlines()[-1])[kind]), user1 - user0, sys1 - sys0
+    report = orjson.loads(out.splitlines()[-1])
+    return dict(report["statuses"][kind]), user1 - user0, sys1 - sys0
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
