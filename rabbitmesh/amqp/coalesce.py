@@ -21,6 +21,8 @@ import aio_pika
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory
 from yarl import URL
 
+from rabbitmesh.amqp.channels import TidyRobustChannel
+
 #: Bytes queued for the socket above which `drain` waits for them to go (asyncio's own
 #: default high-water mark).
 DRAIN_ABOVE = 64 * 1024
@@ -90,7 +92,10 @@ class _CoalescingTLS(TLSTransportFactory):
 class CoalescingRobustConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection whose every (re)connection writes through
     CoalescingWriter (aio-pika passes only the parameters it knows on to aiormq, so the
-    factory is added to what it passes after it parsed them)."""
+    factory is added to what it passes after it parsed them). Its channels are
+    TidyRobustChannels: a closed one leaves nothing on the connection (channels.py)."""
+
+    CHANNEL_CLASS = TidyRobustChannel
 
     def __init__(self, url: URL, *args: Any, **kwargs: Any) -> None:
         super().__init__(url, *args, **kwargs)

@@ -14,10 +14,8 @@ whole connection on some of them) never interrupts the control plane.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 from aio_pika.abc import AbstractRobustChannel
 
@@ -26,31 +24,6 @@ from rabbitmesh.amqp.client import AmqpClient
 #: A full connection's channels are walked for closed ones at most once per this many
 #: channels asked for (see ConsumerPool._open).
 PRUNE_EVERY = 64
-
-
-def forget_closed(underlay: Any) -> None:
-    """Let go of what aio-pika keeps of a channel closed for good.
-
-    For every channel it opens, aio-pika (10.x, `UnderlayChannel.create`) adds an observer of
-    its aiormq connection's `closing` future, holding the channel's close handler and with it
-    a task, an event, a lock and ~30 objects, until the *connection* closes: a Trigger created
-    and deleted left all that behind on a pool connection that lives as long as rabbitmesh
-    (tests/integration/test_control_plane_scale.py). Cancelling the observer unregisters it
-    (aiormq's `Base.closing`). `underlay` is the channel's UnderlayChannel, taken before it
-    was closed; best effort: anything unexpected leaves things as they were."""
-    with contextlib.suppress(Exception):
-        handler = underlay.close_callback
-        if not handler.finished.is_set():
-            return  # not closed yet: cancelling would run its close handler now
-        source = underlay.channel.connection._closing
-        for callback, _ in list(source._callbacks or ()):
-            names = getattr(getattr(callback, "__code__", None), "co_freevars", ())
-            if "future" not in names:
-                continue
-            observer = callback.__closure__[names.index("future")].cell_contents
-            if any(cb is handler for cb, _ in (observer._callbacks or ())):
-                observer.cancel()
-                return
 
 
 class ConsumerPool:

@@ -48,7 +48,7 @@ from rabbitmesh.amqp.messages import (
     to_message,
 )
 from rabbitmesh.amqp.names import Names
-from rabbitmesh.amqp.pool import ConsumerPool, forget_closed
+from rabbitmesh.amqp.pool import ConsumerPool
 from rabbitmesh.amqp.publisher import DelayQueues, Publisher
 from rabbitmesh.amqp.topology import DELAY_HEADER
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
@@ -309,11 +309,8 @@ class QueueWorker:
                 await msg.nack(requeue=True)
         await self._acks.drain()  # what finished is acked, not redelivered after a restart
         if self._channel is not None:
-            underlay = getattr(self._channel, "_channel", None)
             with contextlib.suppress(Exception):
-                await self._channel.close()
-            if underlay is not None:
-                forget_closed(underlay)
+                await self._channel.close()  # a TidyRobustChannel (rabbitmesh/amqp/channels.py)
 
     async def _work(self) -> None:
         task = asyncio.current_task()
