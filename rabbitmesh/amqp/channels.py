@@ -86,3 +86,24 @@ class TidyRobustChannel(aio_pika.RobustChannel):
         finally:
             if underlay is not None:
                 forget_closed(underlay)
+
+    async def reopen(self) -> None:
+        """Reopened after RabbitMQ closed the channel (a channel error: a passive declare of
+        something missing, an inequivalent redeclare) or its connection: the old underlay's
+        observer, holding its close handler, stays on the connection like a closed channel's.
+        It is forgotten once that handler (which calls this) has finished."""
+        underlay = self._channel
+        await super().reopen()
+        if underlay is not None and underlay is not self._channel:
+            task = asyncio.create_task(_forget_when_finished(underlay))
+            _FORGETTING.add(task)
+            task.add_done_callback(_FORGETTING.discard)
+
+
+_FORGETTING: set[asyncio.Task[None]] = set()
+
+
+async def _forget_when_finished(underlay: Any) -> None:
+    with contextlib.suppress(Exception):
+        await underlay.close_callback.wait()
+        forget_closed(underlay)

@@ -204,3 +204,29 @@ async def test_a_closed_channel_leaves_nothing_on_its_connection(client):
     await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue.name)
     assert await eventually(lambda: queue.get(fail=False), what="the message") is not None
     await channel.close()
+
+
+async def test_a_channel_rabbitmq_closed_leaves_nothing_on_its_connection(client):
+    """A channel error (here a passive declare of a missing queue, as streams.exists and a
+    RabbitmqSink's missing-exchange check do) makes RabbitMQ close the channel; aio-pika
+    reopens it with a new underlay, and the old one's observer of the connection's `closing`
+    stayed pending (its close handler spent) until an older channel of the connection
+    closed: never, for one older than the client's own publish channel. Now it is forgotten
+    once its handler finished: 20 such channels leave the count where it was (was: +20)."""
+    assert client.connection is not None
+    closing = client.connection.transport.connection._closing
+
+    def pending() -> int:
+        return len(closing._callbacks or ())
+
+    before = pending()
+    for _ in range(20):
+        ch = await client.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await ch.declare_queue(f"missing-{uuid.uuid4().hex}", passive=True)
+        # reopened by aio-pika: usable again
+        await eventually(lambda ch=ch: not ch.is_closed, what="the channel reopened")
+        queue = await ch.declare_queue("", exclusive=True)
+        await queue.delete()
+        await ch.close()
+    assert await eventually(lambda: pending() == before, what="observers forgotten")

@@ -14,6 +14,7 @@ import pytest
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed
 from rabbitmesh.dispatch import ordered
 from rabbitmesh.dispatch.ordered import Splitter, partition_of
+from tests.support.rabbit import rabbitmqctl
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -157,3 +158,139 @@ async def test_an_unconfirmed_copy_hands_back_its_lane_from_there_in_order(
     assert await _drain(rabbitmq, parts[0]) == [e for e, k in events if k == key0]
     assert await _drain(rabbitmq, parts[1]) == [e for e, k in events if k == key1]
     assert await _depth(rabbitmq, entry) == 0
+
+
+class _Gated(AmqpClient):
+    """The real client, with one copy's publish held until released (a slow confirm, a
+    publish waiting behind TCP flow control)."""
+
+    def __init__(self, url: str, name: str, gate_at: int | None = None):
+        super().__init__(url, name)
+        self.gate_at = gate_at
+        self.calls = 0
+        self.hung = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def publish(self, exchange: str, routing_key: str, message: Any, **kw: Any) -> bool:
+        self.calls += 1
+        if self.calls == self.gate_at:
+            self.hung.set()
+            await self.release.wait()
+        return await super().publish(exchange, routing_key, message, **kw)
+
+
+def _close_connection(name: str) -> None:
+    """RabbitMQ closes the client's connection (CONNECTION_FORCED): aio-pika reconnects."""
+    out = rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "client_properties")
+    pids = [line.split("\t")[0] for line in out.splitlines() if name in line]
+    assert pids, out
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "test: connection lost")
+
+
+def _extra_and_late(got: list[list[str]], expected: list[list[str]]) -> tuple[int, list[str]]:
+    """Per partition: first deliveries must be in order; returns the repeats and the repeats
+    that came after a later event of their partition."""
+    extra, late = 0, []
+    for part, exp in zip(got, expected, strict=True):
+        assert list(dict.fromkeys(part)) == exp, (part, exp)
+        extra += len(part) - len(exp)
+        for i, e in enumerate(part):
+            if any(exp.index(x) > exp.index(e) for x in part[:i]):
+                late.append(e)
+    return extra, late
+
+
+async def _fill_two_keys(url: str, entry: str, n: int) -> tuple[list[tuple[str, str]], str, str]:
+    key0, key1 = _keys_in_each_partition()
+    events = [(f"e{i}", key0 if i % 2 == 0 else key1) for i in range(n)]
+    await _fill(url, entry, events)
+    return events, key0, key1
+
+
+async def test_the_consumer_connection_lost_mid_copy_repeats_only_the_copies_in_flight(
+    rabbitmq: str, queues: tuple[str, list[str]]
+) -> None:
+    """RabbitMQ closes the splitter's consumer connection while a copy waits for its confirm;
+    aio-pika reconnects and consumes again (into the same inbox) before the copy is
+    confirmed. Each lane repeats at most its copy in flight, right after itself. (With the
+    batch acked at its end: 6 repeats, e0 e2 e4 e0 e2 e4 ...)."""
+    entry, parts = queues
+    events, key0, key1 = await _fill_two_keys(rabbitmq, entry, 40)
+    publisher = _Gated(rabbitmq, "splitter-test-pub", gate_at=6)
+    consumer = AmqpClient(rabbitmq, "splitter-test-con")
+    await publisher.connect()
+    await consumer.connect()
+    splitter = Splitter(queue=entry, partitions=parts, consumer=consumer, publisher=publisher)
+    await splitter.start()
+    try:
+        await asyncio.wait_for(publisher.hung.wait(), 30)
+        reconnected = asyncio.Event()
+        assert consumer.connection is not None
+        consumer.connection.reconnect_callbacks.add(lambda *_: reconnected.set())
+        _close_connection("rabbitmesh-splitter-test-con")
+        await asyncio.wait_for(reconnected.wait(), 30)  # channels and consumers restored
+        publisher.release.set()
+
+        async def moved() -> bool:
+            return await _depth(rabbitmq, entry) == 0 and splitter.moved >= len(events) - 6
+
+        await eventually(moved, timeout=30, what="everything moved")
+    finally:
+        await splitter.stop(timeout=5)
+        await publisher.close()
+        await consumer.close()
+    got = [await _drain(rabbitmq, p) for p in parts]
+    expected = [[e for e, k in events if k == key] for key in (key0, key1)]
+    extra, late = _extra_and_late(got, expected)
+    assert extra <= 2, got
+    assert not late, got
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review h-review: a copy in flight at the old holder lands after the standby "
+    "moved later events of its key (a repeat out of place, e5 after e39)",
+)
+async def test_a_standby_taking_over_does_not_get_overtaken_by_the_old_holders_copy(
+    rabbitmq: str, queues: tuple[str, list[str]]
+) -> None:
+    """The holder loses its consumer connection while a copy is held before RabbitMQ routes
+    it; the standby takes the queue over within a second and moves everything; then the old
+    holder's copy lands, behind events of its key that came after it."""
+    entry, parts = queues
+    events, key0, key1 = await _fill_two_keys(rabbitmq, entry, 40)
+    pub_a = _Gated(rabbitmq, "splitter-test-pub-a", gate_at=6)
+    con_a = AmqpClient(rabbitmq, "splitter-test-con-a")
+    pub_b = _Gated(rabbitmq, "splitter-test-pub-b")
+    con_b = AmqpClient(rabbitmq, "splitter-test-con-b")
+    for c in (pub_a, con_a, pub_b, con_b):
+        await c.connect()
+    a = Splitter(queue=entry, partitions=parts, consumer=con_a, publisher=pub_a)
+    b = Splitter(queue=entry, partitions=parts, consumer=con_b, publisher=pub_b)
+    await a.start()
+    try:
+        await asyncio.wait_for(pub_a.hung.wait(), 30)
+        await b.start()
+        _close_connection("rabbitmesh-splitter-test-con-a")
+
+        async def taken_over() -> bool:
+            return b.moved > 0 and await _depth(rabbitmq, entry) == 0
+
+        await eventually(taken_over, timeout=30, what="the standby moved everything")
+        pub_a.release.set()
+        await eventually(lambda: pub_a.calls > 6 or not a.active, timeout=30, what="A's copy")
+
+        async def settled() -> bool:
+            return sum([await _depth(rabbitmq, p) for p in parts]) >= len(events) + 1
+
+        with contextlib.suppress(AssertionError):  # A's copy: there or not, judged below
+            await eventually(settled, timeout=5, what="A's copy landed")
+    finally:
+        await asyncio.gather(a.stop(timeout=5), b.stop(timeout=5))
+        for c in (pub_a, con_a, pub_b, con_b):
+            await c.close()
+    got = [await _drain(rabbitmq, p) for p in parts]
+    expected = [[e for e, k in events if k == key] for key in (key0, key1)]
+    _, late = _extra_and_late(got, expected)
+    assert not late, got
