@@ -1,7 +1,7 @@
 """What the attack-under-load test's attacks cost, in CPU seconds: robust to a busy machine
 where the test's throughput ratio is not (docs/security.md, "Attack under load").
 
-    eval "$(scripts/private-rabbitmq.sh N)"     # or any RabbitMQ: --amqp-url / RABBITMESH_TEST_AMQP_URL
+    eval "$(scripts/private-rabbitmq.sh N)"  # or any RabbitMQ: --amqp-url, RABBITMESH_TEST_AMQP_URL
     .venv/bin/python benchmarks/attack_cost.py [--seconds 6] [--port-base P] \\
         [--attacks frame,yaml,batch]
 

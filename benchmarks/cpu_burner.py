@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_burner.py &          # one busy process per CPU (or --procs N)
     BURNER=$!
+    export RABBITMESH_TEST_BUSY_MACHINE=1      # tests/faults/README.md: one figure's bound
     for i in $(seq 10); do ./dev.sh test || break; done   # the whole run, as CI makes it
     kill $BURNER                               # ends the burner and its workers
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import orjson
@@ -35,32 +35,16 @@ pytestmark = pytest.mark.integration
 
 SENDERS = 20
 PHASE_SECONDS = 3.0
+PATTERN = "AQQAAQQA"  # symmetric (drift weighs alike); an A first (tests/support/attacker.py)
 #: The issue's figure, on a machine whose cores are not taken by other work (CI's, and any
 #: quiet one: 91-96% measured). With both cores already busy (benchmarks/cpu_burner.py), the
 #: attacks' ~0.1 of a core of server work can only come out of rabbitmesh's fair share, and the
-#: same code measured 80-96% in five runs: there the bound only catches a real regression
-#: (15-21% before the fixes of issue 11).
+#: same code measured 79.6-96% in six runs: whoever runs the suite on a machine busy on purpose
+#: says so (RABBITMESH_TEST_BUSY_MACHINE=1, as the burner loop does), and the bound then only
+#: catches a real regression (15-21% before the fixes of issue 11).
 MIN_RATIO = 0.8
 MIN_RATIO_ON_A_BUSY_MACHINE = 0.7
-#: Busy share of all cores, before the test starts anything, above which the machine is busy.
-BUSY = 0.5
-
-
-def busy_share(seconds: float = 1.0) -> float:
-    """The share of all cores busy over `seconds` (from /proc/stat), the test itself idle."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields) - idle, sum(fields)
-
-    busy0, total0 = sample()
-    time.sleep(seconds)  # noqa: ASYNC251 - a measurement window before anything runs
-    busy1, total1 = sample()
-    return (busy1 - busy0) / max(total1 - total0, 1)
-
-
-PATTERN = "AQQAAQQA"  # symmetric (drift weighs alike); an A first (tests/support/attacker.py)
+BUSY_MACHINE = os.environ.get("RABBITMESH_TEST_BUSY_MACHINE", "") not in ("", "0")
 
 
 async def legit_load(url: str, start: float) -> dict[str, tuple[str, bool]]:
@@ -105,7 +89,6 @@ async def test_legitimate_senders_keep_80_percent_under_attack(meshes, sinks):
     # being parsed; 72-83% on a quiet machine once they were dropped unparsed; 91, 93, 91, 91,
     # 95% (five runs in a row, quiet machine, 2026-12-03) once refused bodies are not read at
     # all and an over-long batch is judged by one parse of its start.
-    busy_before = busy_share()
     sink = await sinks("legit")
     mesh = await meshes([TriggerSpec("tr", sink, delivery="{retry: 3}")])
 
@@ -142,16 +125,16 @@ async def test_legitimate_senders_keep_80_percent_under_attack(meshes, sinks):
     ratio = attacked / max(quiet, 1)
     print(
         f"accepted quiet {quiet}, under attack {attacked} ({ratio:.0%}); attacker {report}; "
-        f"cores busy before the test {busy_before:.0%}"
+        f"busy machine declared: {BUSY_MACHINE}"
     )
     assert quiet > 0
     # The attacker's own CPU weighed alike on both kinds of phase (the quiet ones mirror it).
     share = report["cpu_share"]
-    assert share["Q"] >= 0.7 * share["A"], share
-    bound = MIN_RATIO if busy_before < BUSY else MIN_RATIO_ON_A_BUSY_MACHINE
+    assert 0.7 * share["A"] <= share["Q"] <= 1.3 * share["A"], share
+    bound = MIN_RATIO_ON_A_BUSY_MACHINE if BUSY_MACHINE else MIN_RATIO
     assert ratio >= bound, (
         f"legitimate accepted events fell to {ratio:.0%} under attack "
-        f"(cores busy before the test: {busy_before:.0%})"
+        f"(bound {bound:.0%}, busy machine declared: {BUSY_MACHINE})"
     )
     # The shared publisher connection was never closed by an attack.
     log = mesh.output()

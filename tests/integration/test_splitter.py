@@ -249,8 +249,8 @@ async def test_the_consumer_connection_lost_mid_copy_repeats_only_the_copies_in_
 
 @pytest.mark.xfail(
     strict=True,
-    reason="review h-review: a copy in flight at the old holder lands after the standby "
-    "moved later events of its key (a repeat out of place, e5 after e39)",
+    reason="known limit, docs/ordering.md (where a repeat can land): a copy in flight at the "
+    "old holder lands after the standby moved later events of its key (e5 after e39)",
 )
 async def test_a_standby_taking_over_does_not_get_overtaken_by_the_old_holders_copy(
     rabbitmq: str, queues: tuple[str, list[str]]
