@@ -40,8 +40,13 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    try:
+        # Read, not checked then read: the process can be reaped in between (a loaded run
+        # failed on ProcessLookupError from reading the stat of a pid that just went).
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_heartbeats_run_as_a_process_and_post_to_the_sink(start_mesh, make_sink):
