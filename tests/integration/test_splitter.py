@@ -97,6 +97,25 @@ def _keys_in_each_partition() -> tuple[str, str]:
     return by_part[0], by_part[1]
 
 
+@contextlib.asynccontextmanager
+async def _splitting(
+    url: str, entry: str, parts: list[str], publisher: AmqpClient, stop_timeout: float = 5
+) -> AsyncIterator[tuple[Splitter, AmqpClient]]:
+    """A running Splitter over `publisher` and a consumer client of its own (named
+    splitter-test-con), both closed afterwards."""
+    consumer = AmqpClient(url, "splitter-test-con")
+    await publisher.connect()
+    await consumer.connect()
+    splitter = Splitter(queue=entry, partitions=parts, consumer=consumer, publisher=publisher)
+    await splitter.start()
+    try:
+        yield splitter, consumer
+    finally:
+        await splitter.stop(timeout=stop_timeout)
+        await publisher.close()
+        await consumer.close()
+
+
 async def test_a_splitter_killed_mid_batch_hands_back_only_what_it_had_not_moved(
     rabbitmq: str, queues: tuple[str, list[str]]
 ) -> None:
@@ -107,12 +126,8 @@ async def test_a_splitter_killed_mid_batch_hands_back_only_what_it_had_not_moved
     key0, _ = _keys_in_each_partition()
     await _fill(rabbitmq, entry, [(f"e{i}", key0) for i in range(10)])
     publisher = _Publisher(rabbitmq, hang_at=6)  # frozen before the 6th copy
-    consumer = AmqpClient(rabbitmq, "splitter-test-con")
-    await publisher.connect()
-    await consumer.connect()
-    splitter = Splitter(queue=entry, partitions=parts, consumer=consumer, publisher=publisher)
-    await splitter.start()
-    try:
+    # stop_timeout 0: the splitter is frozen for good; it is cancelled at once.
+    async with _splitting(rabbitmq, entry, parts, publisher, stop_timeout=0) as (_, consumer):
         await asyncio.wait_for(publisher.hung.wait(), 30)
         # The process dies: its connections go, RabbitMQ takes back what was not acked.
         assert consumer.connection is not None
@@ -122,13 +137,6 @@ async def test_a_splitter_killed_mid_batch_hands_back_only_what_it_had_not_moved
         )
         assert await _drain(rabbitmq, parts[0]) == [f"e{i}" for i in range(5)]
         assert await _drain(rabbitmq, entry) == [f"e{i}" for i in range(5, 10)]
-    finally:
-        if splitter._task is not None:
-            splitter._task.cancel()
-            with contextlib.suppress(BaseException):
-                await splitter._task
-        await publisher.close()
-        await consumer.close()
 
 
 async def test_an_unconfirmed_copy_hands_back_its_lane_from_there_in_order(
@@ -143,18 +151,9 @@ async def test_an_unconfirmed_copy_hands_back_its_lane_from_there_in_order(
     events = [(f"e{i}", key0 if i % 2 == 0 else key1) for i in range(12)]
     await _fill(rabbitmq, entry, events)
     publisher = _Publisher(rabbitmq, fail_at=5)
-    consumer = AmqpClient(rabbitmq, "splitter-test-con")
-    await publisher.connect()
-    await consumer.connect()
-    splitter = Splitter(queue=entry, partitions=parts, consumer=consumer, publisher=publisher)
-    await splitter.start()
-    try:
+    async with _splitting(rabbitmq, entry, parts, publisher) as (splitter, _):
         await eventually(lambda: splitter.moved == 12, timeout=30, what="all 12 moved")
         assert publisher.calls == 13  # twelve copies and the one that failed
-    finally:
-        await splitter.stop(timeout=5)
-        await publisher.close()
-        await consumer.close()
     assert await _drain(rabbitmq, parts[0]) == [e for e, k in events if k == key0]
     assert await _drain(rabbitmq, parts[1]) == [e for e, k in events if k == key1]
     assert await _depth(rabbitmq, entry) == 0
@@ -218,12 +217,7 @@ async def test_the_consumer_connection_lost_mid_copy_repeats_only_the_copies_in_
     entry, parts = queues
     events, key0, key1 = await _fill_two_keys(rabbitmq, entry, 40)
     publisher = _Gated(rabbitmq, "splitter-test-pub", gate_at=6)
-    consumer = AmqpClient(rabbitmq, "splitter-test-con")
-    await publisher.connect()
-    await consumer.connect()
-    splitter = Splitter(queue=entry, partitions=parts, consumer=consumer, publisher=publisher)
-    await splitter.start()
-    try:
+    async with _splitting(rabbitmq, entry, parts, publisher) as (splitter, consumer):
         await asyncio.wait_for(publisher.hung.wait(), 30)
         reconnected = asyncio.Event()
         assert consumer.connection is not None
@@ -236,10 +230,6 @@ async def test_the_consumer_connection_lost_mid_copy_repeats_only_the_copies_in_
             return await _depth(rabbitmq, entry) == 0 and splitter.moved >= len(events) - 6
 
         await eventually(moved, timeout=30, what="everything moved")
-    finally:
-        await splitter.stop(timeout=5)
-        await publisher.close()
-        await consumer.close()
     got = [await _drain(rabbitmq, p) for p in parts]
     expected = [[e for e, k in events if k == key] for key in (key0, key1)]
     extra, late = _extra_and_late(got, expected)
