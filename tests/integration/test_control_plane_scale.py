@@ -151,12 +151,15 @@ async def test_memory_per_write_does_not_grow(start_mesh) -> None:
     # The watch history keeps the last HISTORY events by design (bounded): keep one here so
     # it does not count as growth over these few writes.
     plane.watch = WatchLog(history=1)
+    # Bytes per write vary with what is in flight at the two points (once 1.3 KiB under a
+    # CPU burner, against the ~200 B usual here): their bound catches a byte leak without
+    # objects; the channel leak's own signature is the objects bound and the exact check below.
     objects, traced = await _growth_per_write(mesh, _update, 30, 1)
     assert objects < 3, objects
-    assert traced < 512, traced
+    assert traced < 4096, traced
     objects, traced = await _growth_per_write(mesh, _churn, 30, 2)
     assert objects < 3, objects
-    assert traced < 512, traced
+    assert traced < 4096, traced
     # The cause itself, exactly: a closed channel leaves nothing on its connection.
     before = _closing_callbacks(mesh)
     for k in range(10):
