@@ -9,7 +9,9 @@ How:
   point of replays and redrives. A `Splitter` consumes it as the only consumer (an exclusive
   basic.consume; the other replicas stand by and retry) and moves every message, in queue
   order, into partition `crc32(partitionkey) % N`, `{queue}:p{i}`. A message is acked only
-  after its copy was confirmed, so a crash can duplicate but never lose or reorder.
+  after its copy was confirmed, so a crash can duplicate but never lose or reorder. A
+  reconnect does not restore that consume (it would be refused once a standby took over,
+  and fail the shared connection's restore): the splitter consumes again itself.
 - Each partition is a queue with `x-single-active-consumer`: however many replicas consume
   it, RabbitMQ delivers to one at a time, and hands over to the next only when that one's
   channel is gone, with the unacked message back at the head.
@@ -28,8 +30,9 @@ import contextlib
 import logging
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
 from rabbitmesh.amqp.client import AmqpClient
@@ -85,6 +88,11 @@ def key_of(headers: Mapping[str, Any], body: bytes, content_type: str | None) ->
     return None
 
 
+class ConsumerLost(Exception):
+    """The splitter's consumer of its queue is gone with its channel: RabbitMQ took back
+    every message it had not acked."""
+
+
 class Splitter:
     """Moves a queue's messages, in order, into its partition queues; one replica at a time."""
 
@@ -105,6 +113,8 @@ class Splitter:
         self.active = False
         self._task: asyncio.Task[None] | None = None
         self._channel: AbstractRobustChannel | None = None
+        #: The underlying channel and consumer tag of the consume this replica holds.
+        self._held: tuple[aiormq.Channel, str] | None = None
         self._round_robin = 0
         self._stopping = False
 
@@ -124,20 +134,17 @@ class Splitter:
         await self._close()
 
     async def _close(self) -> None:
-        ch, self._channel, self.active = self._channel, None, False
+        ch, self._channel, self.active, self._held = self._channel, None, False, None
         if ch is not None:
             with contextlib.suppress(Exception):
                 await ch.close()
 
     async def _run(self) -> None:
         while not self._stopping:
-            inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+            lost = asyncio.Event()
             try:
-                self._channel = await self.consumer.channel(prefetch=SPLIT_PREFETCH)
-                queue = await self._channel.get_queue(self.queue, ensure=True)
-                # Exclusive: a second replica's consume is refused; it stands by and retries,
-                # and takes over once this one's channel is gone.
-                await queue.consume(inbox.put, exclusive=True)
+                await self._consume(inbox, lost)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -145,30 +152,82 @@ class Splitter:
                 log.debug("splitter for %s stands by (%s)", self.queue, e)
                 await asyncio.sleep(STANDBY_RETRY)
                 continue
-            self.active = True
+            self.active = not lost.is_set()
             log.info("splitting %s into %d partitions", self.queue, len(self.partitions))
             try:
-                await self._move(inbox)
+                await self._move(inbox, lost)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the channel went away: consume again
                 log.warning("splitter for %s stopped (%s); consuming again", self.queue, e)
+            if lost.is_set() and not self._stopping:
+                log.info("splitter for %s lost the queue; consuming again", self.queue)
             await self._close()
             await asyncio.sleep(STANDBY_RETRY)
 
-    async def _move(self, inbox: asyncio.Queue[AbstractIncomingMessage]) -> None:
-        while not self._stopping:
+    async def _consume(
+        self, inbox: asyncio.Queue[AbstractIncomingMessage | None], lost: asyncio.Event
+    ) -> None:
+        """Consume the queue as its only consumer, into `inbox`; `lost` is set (and None put
+        into `inbox`) once that consumer's channel closed.
+
+        Exclusive: a second replica's consume is refused; it stands by and retries, and takes
+        over once this one's channel is gone. Neither the queue nor the consume is robust,
+        aio-pika restores none of them: the channel is on a connection other queues' workers
+        share, and aio-pika restores a connection's channels and consumers all or nothing.
+        Once a standby held the queue, the restored exclusive consume was refused
+        (ACCESS_REFUSED), aio-pika dropped the connection and tried again every second, and
+        every worker on it stalled until this splitter closed its channel (up to a publish
+        timeout when a copy was in flight; test_splitter, F4). Instead the splitter sees its
+        consumer gone and comes back here: consuming again, or standing by."""
+        channel = self._channel = await self.consumer.channel(prefetch=SPLIT_PREFETCH)
+
+        def gone(*_: Any) -> None:
+            if not lost.is_set():
+                lost.set()
+                if self._channel is channel:  # not a channel given up on before
+                    self.active = False
+                inbox.put_nowait(None)  # wakes _move
+
+        # aio-pika calls a robust channel's close callbacks whenever its underlying channel
+        # closes (a channel error, the connection lost), before any reopen; the consumer
+        # lives and dies with that underlying channel.
+        channel.close_callbacks.add(gone)
+        queue = await channel.declare_queue(self.queue, passive=True, robust=False)
+        tag = await queue.consume(inbox.put, exclusive=True, robust=False)
+        # aiormq's Channel: its `consumers`, the abstract one not.
+        underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+        self._held = (underlay, tag)
+        if not self._holds():
+            gone()
+
+    def _holds(self) -> bool:
+        """This replica's consumer is still there (RabbitMQ cancels it, without closing the
+        channel, when the queue is deleted; a close is also seen by `gone` at once)."""
+        if self._held is None:
+            return False
+        underlay, tag = self._held
+        return not underlay.is_closed and tag in underlay.consumers
+
+    async def _move(
+        self, inbox: asyncio.Queue[AbstractIncomingMessage | None], lost: asyncio.Event
+    ) -> None:
+        while not self._stopping and not lost.is_set():
             try:
                 first = await asyncio.wait_for(inbox.get(), STANDBY_RETRY)
             except TimeoutError:
-                if self._channel is None or self._channel.is_closed:
+                if not self._holds():
                     return
                 continue
             batch = [first]
             while not inbox.empty() and len(batch) < SPLIT_PREFETCH:
                 batch.append(inbox.get_nowait())
+            if lost.is_set():
+                # Delivered on a channel that is gone: RabbitMQ has them back, in order.
+                return
+            msgs = [m for m in batch if m is not None]
             lanes: dict[int, list[AbstractIncomingMessage]] = {}
-            for msg in batch:
+            for msg in msgs:
                 headers = msg.headers or {}
                 self._round_robin += 1
                 try:
@@ -179,13 +238,13 @@ class Splitter:
                     p = partition_of(None, len(self.partitions), self._round_robin)
                 lanes.setdefault(p, []).append(msg)
             results = await asyncio.gather(
-                *(self._move_lane(self.partitions[p], msgs) for p, msgs in lanes.items()),
+                *(self._move_lane(self.partitions[p], ms, lost) for p, ms in lanes.items()),
                 return_exceptions=True,
             )
-            moved = sum(1 for msg in batch if msg.processed)
+            moved = sum(1 for msg in msgs if msg.processed)
             self.moved += moved
             failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
+            if failed and not lost.is_set():
                 # The failed lanes' messages from the first unconfirmed one on go back (the
                 # copy being published may be in its partition already: a redelivery
                 # duplicates it, at least once, but keeps the order). By closing the channel:
@@ -194,20 +253,25 @@ class Splitter:
                 log.warning(
                     "splitter for %s: %d messages not confirmed (%s); handed back",
                     self.queue,
-                    len(batch) - moved,
+                    len(msgs) - moved,
                     failed[0],
                 )
                 await asyncio.sleep(SPLIT_REQUEUE_PAUSE)
                 return
 
-    async def _move_lane(self, partition: str, msgs: list[AbstractIncomingMessage]) -> None:
+    async def _move_lane(
+        self, partition: str, msgs: list[AbstractIncomingMessage], lost: asyncio.Event
+    ) -> None:
         """One partition's share of a batch, one confirm after another: their order holds.
 
         Each message is acked as soon as its copy is confirmed, not the batch at its end: a
         rabbitmesh killed mid-batch then duplicates at most the one copy in flight per lane
         (a batch of 15 confirmed copies, all handed back by a SIGKILL before the batch's
-        ack, came out twice)."""
+        ack, came out twice). Once the consumer is lost, RabbitMQ has the rest back (and a
+        standby may be moving them already): no further copy is published."""
         for msg in msgs:
+            if lost.is_set():
+                raise ConsumerLost(self.queue)
             copy = raw_message(msg.body, dict(msg.headers or {}), msg.content_type, msg.message_id)
             await self.publisher.publish("", partition, copy, mandatory=True)
             await msg.ack()
