@@ -17,7 +17,7 @@ prefix (deleted at the end). It measures, in order:
    `--further-writes` writes (create, update, delete in turn): samples (flat = max/min);
 4. the same number of Triggers in one file with `rabbitmesh apply -f`: total time;
 5. a cold start of a fresh process (fresh prefix) with that file in its config dir: time
-   until /readyz answers 200;
+   until /readyz answers 200; then a restart of it (its queues exist by then);
 6. two replicas: a write on one, seen on the other's `?watch=true` stream: p50 / p99.
 
 Prints one line per figure and a JSON object of them all at the end. The figures to reach
@@ -518,6 +518,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             results["rss_cold_mib"] = round(rss_mib(mesh.pid), 1)
             results["rss_cold_each_mib"] = rss_each_mib(mesh.pid)
             results["pss_cold_mib"] = pss_mib(mesh.pid)
+            # A restart of the same rabbitmesh (same prefix and config dir): its queues exist,
+            # so RabbitMQ only confirms them, as after a deploy or a crash.
+            mesh.stop()
+            meshes.remove(mesh)
+            mesh = Mesh(cold_config, cold, work / "restart.log", args.workers)
+            meshes.append(mesh)
+            rabbit_cpu = broker_cpu_s(rabbit)
+            results["restart_ready_s"] = round(await mesh.start(), 1)
+            results["restart_cpu_s"] = mesh.cpu()
+            results["restart_rabbitmq_cpu_s"] = round(broker_cpu_s(rabbit) - rabbit_cpu, 1)
     finally:
         # What was measured before a failure is still worth having (a part that fails late,
         # such as the second replica's start, would otherwise lose every earlier figure).
