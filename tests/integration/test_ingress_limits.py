@@ -101,22 +101,23 @@ async def test_a_batch_with_one_unpublishable_event_is_refused_as_a_whole(mesh):
     assert mesh.sink.ids() == [marker]  # "first" was not published either
 
 
+ATTACK_ROUNDS = 10
+
+
 async def test_an_attack_loop_of_oversized_attributes_leaves_legitimate_senders_alone(mesh):
     url = mesh.url + "/default/br"
     link = publisher_link(mesh)
     load = await LoadGenerator(url, rate=100, tag="legit").start()
-    refused = 0
     try:
         await load.wait_accepted(20, "legitimate events before the attack")
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
+        # A number of rounds, not a time window: a loaded machine ran 4 rounds in 3 s and
+        # failed a bound of 5 that said nothing about the legitimate senders.
+        for _ in range(ATTACK_ROUNDS):
             answers = await post_oversized_attributes(url)
             assert [s for s, _ in answers] == [413, 413], answers
-            refused += 2
         await load.wait_accepted(20, "legitimate events after the attack")
     finally:
         await load.stop()
-    assert refused >= 10
     assert load.count(202) == load.answered(), {
         s: load.count(s) for s in set(load.statuses.values())
     }
