@@ -324,20 +324,12 @@ class _Neighbour:
 
     async def receives(self, url: str, body: str, timeout: float) -> None:
         """Publishes `body` to the queue; returns once it arrived and was acked."""
-        await _publish(url, self.queue, body)
+        await _fill(url, self.queue, [(body, "")])
 
         async def acked() -> bool:
             return body in self.got and await _depth(url, self.queue) == 0
 
         await eventually(acked, timeout=timeout, what=f"{body} received and acked")
-
-
-async def _publish(url: str, queue: str, body: str) -> None:
-    conn = await aio_pika.connect(url)
-    ch = await conn.channel(publisher_confirms=True)
-    msg = aio_pika.Message(body.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-    await ch.default_exchange.publish(msg, queue)
-    await conn.close()
 
 
 async def test_a_standby_taking_over_leaves_the_old_holders_shared_connection_working(
