@@ -60,6 +60,8 @@ class LoadGenerator:
         self.ssl = ssl
         self.statuses: dict[str, int] = {}
         self.latency: dict[str, float] = {}  # seconds to the answer, per id
+        #: Why requests got no answer (NO_ANSWER): exception and message, counted.
+        self.no_answer_reasons: Counter[str] = Counter()
         self.sent = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -115,8 +117,9 @@ class LoadGenerator:
                 status = r.status
         except TimeoutError:
             status = CLIENT_TIMEOUT
-        except (aiohttp.ClientError, OSError):
+        except (aiohttp.ClientError, OSError) as e:
             status = NO_ANSWER
+            self.no_answer_reasons[f"{type(e).__name__}: {e}"[:160]] += 1
         self.statuses[event_id] = status
         self.latency[event_id] = time.monotonic() - started
 
@@ -297,6 +300,8 @@ def report(
     unconfirmed = sum(len(s.delivered() - accepted) for s in sinks)
     if unconfirmed:
         notes = {"refused_but_delivered": unconfirmed, **notes}
+    if load.no_answer_reasons:  # status 0: say what the client saw
+        notes = {**notes, "no_answer": dict(load.no_answer_reasons.most_common(3))}
     expected = len(accepted) * len(sinks)
     return FaultReport(
         scenario=scenario,
