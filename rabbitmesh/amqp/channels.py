@@ -1,4 +1,4 @@
-"""Channels that leave nothing behind on their connection once closed.
+"""Channels that leave nothing behind on their connection once closed, at O(1) per channel.
 
 aiormq (7.2) hands out `Base.closing` as a fresh *observer* future on every access: it adds a
 callback (`on_close`) to the resource's own closing future and lets go of it only when the
@@ -7,103 +7,138 @@ reads a connection's `closing` twice for every channel (`aio_pika.abc.UnderlayCh
 `create` registers the channel's close handler (a OneShotCallback, with its task, event and
 lock) on one observer, and `close` calls `remove_done_callback` on *another* fresh observer,
 which removes nothing and is itself left behind. So every channel closed on a connection
-that stays open left two pending observers on it (~1.4 KiB and ~12 objects for the second
-alone: a future, two closures, their cells and contexts). Creating and deleting a Trigger
-opens and closes its worker's channel on a pool connection that lives as long as
-rabbitmesh: with only the first observer cancelled (by the worker), still ~1.4 KiB per
-create + delete, for good (issue 13, tests/integration/test_control_plane_scale.py).
+that stays open left two pending observers on it (~1.4 KiB; issue 13,
+tests/integration/test_control_plane_scale.py).
 
-Cancelling an observer unregisters it (aiormq's `on_done`). `forget_closed` cancels the
-observers of a connection's closing that nobody can be notified through any more, and
-TidyRobustChannel calls it after each close of one of its channels.
+The first fix cancelled those observers after each close, found by walking the connection's
+callbacks from the newest back to the closed channel's: O(open channels) per close, O(n²)
+for a stop of n Triggers (~60% of the CPU of a two-minute stop at 4,700; docs/benchmarks.md,
+issue 13). Cancelling an observer also makes aiormq remove its `on_close` from the
+connection's future (`remove_done_callback`: a scan of every callback there), so even
+knowing the observer a close stayed O(n).
+
+Now a TidyRobustChannel's underlay (TidyUnderlay) puts nothing per channel on the
+connection's closing future: one observer per connection (CloseHandlers) holds the close
+handlers of all its channels in a dict and calls them when the connection closes. A channel
+adds its handler when it opens and takes it out when its own closing future resolves (a
+close, or RabbitMQ closing the channel before aio-pika reopens it): both O(1).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
+import logging
 from typing import Any
 
 import aio_pika
+import aiormq
+from aio_pika.abc import UnderlayChannel
+from aio_pika.exceptions import ChannelInvalidStateError
 from aio_pika.tools import OneShotCallback
 
-_ON_CLOSE = "closing.<locals>.on_close"
-_ON_DONE = "closing.<locals>.on_done"
+log = logging.getLogger("rabbitmesh.amqp")
+
+#: The attribute of an aiormq connection that holds its CloseHandlers.
+_ATTR = "_rabbitmesh_close_handlers"
 
 
-def _observer(callback: Any) -> asyncio.Future[Any] | None:
-    """The observer future behind one of aiormq's `on_close` callbacks, else None."""
-    if not getattr(callback, "__qualname__", "").endswith(_ON_CLOSE):
-        return None
-    names = callback.__code__.co_freevars
-    if "future" not in names:
-        return None
-    observer = callback.__closure__[names.index("future")].cell_contents
-    return observer if isinstance(observer, asyncio.Future) else None
+class CloseHandlers:
+    """The close handlers of one aiormq connection's channels, behind one observer of its
+    closing: what aio-pika puts there once per channel."""
+
+    def __init__(self, connection: aiormq.abc.AbstractConnection) -> None:
+        self.handlers: dict[OneShotCallback, None] = {}
+        self.observer: asyncio.Future[Any] = connection.closing
+        self.observer.add_done_callback(self._closed)
+
+    @classmethod
+    def of(cls, connection: aiormq.abc.AbstractConnection) -> CloseHandlers:
+        handlers = getattr(connection, _ATTR, None)
+        if not isinstance(handlers, CloseHandlers):
+            handlers = cls(connection)
+            setattr(connection, _ATTR, handlers)
+        return handlers
+
+    def add(self, handler: OneShotCallback) -> None:
+        if self.observer.done():  # the connection is gone already: the handler runs now
+            self.observer.add_done_callback(handler)
+            return
+        self.handlers[handler] = None
+
+    def discard(self, handler: OneShotCallback) -> None:
+        self.handlers.pop(handler, None)
+
+    def _closed(self, observer: asyncio.Future[Any]) -> None:
+        handlers, self.handlers = self.handlers, {}
+        for handler in handlers:  # in the order the channels opened, as aiormq's would
+            try:
+                handler(observer)
+            except Exception:  # one handler must not keep the others from running
+                log.exception("close handler %r failed", handler)
 
 
-def _spent(callback: Any) -> bool:
-    """A callback on an observer that nothing needs any more: aiormq's own `on_done`, or a
-    channel close handler that already ran (calling it again does nothing)."""
-    if isinstance(callback, OneShotCallback):
-        return callback.finished.is_set()
-    return bool(getattr(callback, "__qualname__", "").endswith(_ON_DONE))
+@dataclasses.dataclass(frozen=True)
+class TidyUnderlay(UnderlayChannel):
+    """aio-pika's UnderlayChannel whose close handler waits on the connection's CloseHandlers
+    instead of an observer of its own, and is taken out when the channel closes."""
 
+    handlers: CloseHandlers | None = None
 
-def forget_closed(underlay: Any) -> None:
-    """Cancel what aio-pika left on the connection of a channel closed for good.
+    @classmethod
+    async def create(
+        cls,
+        connection: aiormq.abc.AbstractConnection,
+        close_callback: Any,
+        **kwargs: Any,
+    ) -> TidyUnderlay:
+        handler = OneShotCallback(close_callback)
+        await connection.ready()
+        handlers = CloseHandlers.of(connection)
+        handlers.add(handler)
+        try:
+            channel = await connection.channel(**kwargs)
+        except BaseException:
+            handlers.discard(handler)
+            raise
+        closing = channel.closing  # resolves when the channel closes, whoever closes it
+        closing.add_done_callback(handler)
+        closing.add_done_callback(lambda _: handlers.discard(handler))
+        return cls(channel=channel, close_callback=handler, handlers=handlers)
 
-    `underlay` is the channel's UnderlayChannel, taken before it was closed. The connection's
-    observers are walked from the newest: every one left with only spent callbacks is
-    cancelled (the one `UnderlayChannel.close` just left is the newest of all), until the one
-    that held this channel's close handler. Best effort: anything unexpected leaves things as
-    they were."""
-    with contextlib.suppress(Exception):
-        handler = underlay.close_callback
-        if not handler.finished.is_set():
-            return  # not closed yet: cancelling would run its close handler now
-        source = underlay.channel.connection._closing
-        if source.done():
-            return  # the connection is gone, and with it what it held
-        for callback, _ in reversed(source._callbacks or ()):
-            observer = _observer(callback)
-            if observer is None or observer.done():
-                continue
-            callbacks = [cb for cb, _ in observer._callbacks or ()]
-            if all(_spent(cb) for cb in callbacks):
-                observer.cancel()
-            if any(cb is handler for cb in callbacks):
-                return
+    async def close(self, exc: Any = None) -> Any:
+        if self.close_callback.finished.is_set():
+            return
+        await self.channel.close(exc)
+        await self.close_callback.wait()
+        if self.handlers is not None:  # already out (the channel's closing ran), normally
+            self.handlers.discard(self.close_callback)
 
 
 class TidyRobustChannel(aio_pika.RobustChannel):
-    """aio-pika's robust channel that, once closed, forgets what it left on its connection."""
+    """aio-pika's robust channel on a TidyUnderlay: once closed, it leaves nothing on its
+    connection, and opening or closing it costs the same however many channels are open."""
 
-    async def close(self, exc: Any = None) -> None:
-        underlay = self._channel
+    async def _open(self) -> None:
+        # aio_pika.Channel._open (10.2.1) with TidyUnderlay for UnderlayChannel;
+        # tests/unit/test_tidy_channels.py fails when aio-pika's changes.
+        transport = self._connection.transport
+        if transport is None:
+            raise ChannelInvalidStateError("No active transport in channel")
+        await transport.ready()
+        channel = await TidyUnderlay.create(
+            transport.connection,
+            self._on_close,
+            publisher_confirms=self.publisher_confirms,
+            on_return_raises=self.on_return_raises,
+            channel_number=self._channel_number,
+        )
+        self._channel = channel
         try:
-            await super().close(exc)
-        finally:
-            if underlay is not None:
-                forget_closed(underlay)
-
-    async def reopen(self) -> None:
-        """Reopened after RabbitMQ closed the channel (a channel error: a passive declare of
-        something missing, an inequivalent redeclare) or its connection: the old underlay's
-        observer, holding its close handler, stays on the connection like a closed channel's.
-        It is forgotten once that handler (which calls this) has finished."""
-        underlay = self._channel
-        await super().reopen()
-        if underlay is not None and underlay is not self._channel:
-            task = asyncio.create_task(_forget_when_finished(underlay))
-            _FORGETTING.add(task)
-            task.add_done_callback(_FORGETTING.discard)
-
-
-_FORGETTING: set[asyncio.Task[None]] = set()
-
-
-async def _forget_when_finished(underlay: Any) -> None:
-    with contextlib.suppress(Exception):
-        await underlay.close_callback.wait()
-        forget_closed(underlay)
+            await self._on_open()
+        except BaseException as e:
+            await channel.close(e)
+            self._channel = None
+            raise
+        if self._closed.done():
+            self._closed = asyncio.get_running_loop().create_future()

@@ -292,6 +292,12 @@ class QueueWorker:
 
     async def stop(self, timeout: float) -> None:
         """Stop taking messages, finish in-flight deliveries (bounded), hand back the rest."""
+        await self.stop_consuming()
+        await self.drain(timeout)
+        await self.finish()
+
+    async def stop_consuming(self) -> None:
+        """The first step of `stop`: RabbitMQ sends no more, and no delivery starts."""
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._tag)
@@ -299,8 +305,16 @@ class QueueWorker:
         for t in self._tasks:
             if t not in self._busy:
                 t.cancel()
-        if self._busy:
+
+    async def drain(self, timeout: float) -> None:
+        """The second step of `stop`: wait (up to `timeout`) for the deliveries in flight."""
+        if self._busy and timeout > 0:
             await asyncio.wait(list(self._busy), timeout=timeout)
+
+    async def finish(self) -> None:
+        """The last step of `stop`: cancel what is still in flight (not acked: redelivered
+        once the channel closes), hand back what was buffered, ack what finished, close."""
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
         while not self._buffer.empty():

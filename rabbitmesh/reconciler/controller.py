@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from types import ModuleType
 
 from prometheus_client import Counter
@@ -12,6 +14,8 @@ from prometheus_client import Counter
 from rabbitmesh.amqp.clusters import ClusterUnavailable
 from rabbitmesh.auth.gate import target_audience
 from rabbitmesh.auth.policies import TARGET_KINDS
+from rabbitmesh.dispatch.ordered import Splitter
+from rabbitmesh.dispatch.worker import QueueWorker
 from rabbitmesh.metrics import REGISTRY
 from rabbitmesh.reconciler import (
     broker,
@@ -35,6 +39,10 @@ from rabbitmesh.reconciler.context import Context
 from rabbitmesh.resources.base import Resource
 
 log = logging.getLogger("rabbitmesh.reconciler")
+
+#: Steps of a stop that talk to RabbitMQ (a consumer cancel, a channel close) at once:
+#: thousands of Triggers do not send thousands of closes in one go.
+STOP_CONCURRENCY = 256
 
 #: kind -> its reconciler module (KIND, ORDER, reconcile(ctx, res), finalize(ctx, res)).
 RECONCILERS: dict[str, ModuleType] = {
@@ -166,9 +174,51 @@ class Controller:
             log.warning("deleting %s %s/%s failed: %s", res.KIND, res.namespace, res.name, e)
 
     async def stop(self) -> None:
-        for key in list(self.ctx.replays):
-            await self.ctx.replays.pop(key).stop()
-        for queue in list(self.ctx.splitters):  # first: nothing new enters the partitions
-            await self.ctx.splitters.pop(queue).stop(self.ctx.settings.shutdown_timeout)
-        for queue in list(self.ctx.workers):
-            await self.ctx.stop_queue(queue)
+        """Stop every replay, splitter and queue worker, concurrently, within one
+        RABBITMESH_SHUTDOWN_TIMEOUT in all (it was one per queue, one queue after another:
+        minutes with thousands of Triggers, and one timeout per hanging subscriber; issue 13).
+
+        1. Every worker stops consuming (and every replay stops): no delivery starts;
+        2. the splitters finish the batch in hand and stop: nothing new enters the partitions;
+        3. every worker waits for its deliveries in flight until the deadline, then cancels
+           what still hangs (not acked: RabbitMQ redelivers it once the channel closes), acks
+           what finished and closes its channel.
+        At most STOP_CONCURRENCY of the steps that talk to RabbitMQ run at once."""
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ctx.settings.shutdown_timeout
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
+        replays = [ctx.replays.pop(key) for key in list(ctx.replays)]
+        splitters = [ctx.splitters.pop(queue) for queue in list(ctx.splitters)]
+        workers = [ctx.workers.pop(queue) for queue in list(ctx.workers)]
+        gate = asyncio.Semaphore(STOP_CONCURRENCY)
+
+        async def bounded(step: Callable[[], Awaitable[None]]) -> None:
+            async with gate:
+                await step()
+
+        async def stop_splitter(splitter: Splitter) -> None:
+            await splitter.stop(left())
+
+        async def stop_worker(worker: QueueWorker) -> None:
+            await worker.drain(left())  # waiting only: not bounded
+            await bounded(worker.finish)
+
+        await _all(
+            *(replay.stop() for replay in replays),
+            *(bounded(worker.stop_consuming) for worker in workers),
+        )
+        await _all(*(bounded(partial(stop_splitter, splitter)) for splitter in splitters))
+        await _all(*(stop_worker(worker) for worker in workers))
+
+
+async def _all(*steps: Awaitable[None]) -> None:
+    """Run `steps` concurrently to their end; one that fails is logged, the others go on."""
+    for result in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(result, Exception):
+            log.warning("stopping: %s: %s", type(result).__name__, result)
+        elif isinstance(result, BaseException):
+            raise result
