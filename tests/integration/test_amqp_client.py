@@ -7,7 +7,6 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 import aio_pika
 import pytest
@@ -238,25 +237,21 @@ async def test_a_channel_rabbitmq_closed_leaves_nothing_on_its_connection(client
     assert len(handlers.handlers) == 1  # the publish channel's
 
 
-def _calls_to_close(channel) -> Callable[[], Awaitable[int]]:
+async def _calls_to_close(channel) -> int:
     """Closes `channel`, counting the Python function calls made meanwhile (the work)."""
+    calls = 0
 
-    async def close() -> int:
-        calls = 0
+    def profile(frame, event, arg) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
 
-        def profile(frame, event, arg) -> None:
-            nonlocal calls
-            if event == "call":
-                calls += 1
-
-        sys.setprofile(profile)
-        try:
-            await channel.close()
-        finally:
-            sys.setprofile(None)
-        return calls
-
-    return close
+    sys.setprofile(profile)
+    try:
+        await channel.close()
+    finally:
+        sys.setprofile(None)
+    return calls
 
 
 async def test_closing_a_channel_costs_the_same_however_many_are_open(client):
@@ -274,10 +269,10 @@ async def test_closing_a_channel_costs_the_same_however_many_are_open(client):
 
     before = pending()
     channels = [await client.channel(prefetch=5) for _ in range(20)]
-    few = await _calls_to_close(channels.pop(0))()
+    few = await _calls_to_close(channels.pop(0))
     channels += [await client.channel(prefetch=5) for _ in range(400 - len(channels))]
     assert pending() == before
-    many = await _calls_to_close(channels.pop(0))()
+    many = await _calls_to_close(channels.pop(0))
     assert many < few + 100, (few, many)
     for ch in channels:
         await ch.close()
