@@ -17,7 +17,8 @@ prefix (deleted at the end). It measures, in order:
    `--further-writes` writes (create, update, delete in turn): samples (flat = max/min);
 4. the same number of Triggers in one file with `rabbitmesh apply -f`: total time;
 5. a cold start of a fresh process (fresh prefix) with that file in its config dir: time
-   until /readyz answers 200; then a restart of it (its queues exist by then);
+   until /readyz answers 200; then a restart of it (its queues exist by then); the time a
+   SIGTERM takes to stop the first process (all Triggers) and the cold one (`stop_s`);
 6. two replicas: a write on one, seen on the other's `?watch=true` stream: p50 / p99.
 
 Prints one line per figure and a JSON object of them all at the end. The figures to reach
@@ -181,14 +182,19 @@ class Mesh:
         """CPU seconds used so far by the process and its workers (those running)."""
         return round(benchlib.cpu_seconds(self.pid), 1)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self) -> float | None:
+        """SIGTERM, then wait (SIGKILL after 120 s); seconds to exit, None if it was killed."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        started = time.perf_counter()
+        self.proc.terminate()
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+        return round(time.perf_counter() - started, 1)
 
 
 class Sink:
@@ -496,6 +502,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     watch_p50_ms=round(percentile(lat, 0.5) * 1000, 1),
                     watch_p99_ms=round(percentile(lat, 0.99) * 1000, 1),
                 )
+        # The first replica holds every Trigger: how long a SIGTERM takes to finish at that size.
+        results["stop_s"] = meshes[0].stop()
         for m in meshes:
             m.stop()
         meshes.clear()
@@ -520,7 +528,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             results["pss_cold_mib"] = pss_mib(mesh.pid)
             # A restart of the same rabbitmesh (same prefix and config dir): its queues exist,
             # so RabbitMQ only confirms them, as after a deploy or a crash.
-            mesh.stop()
+            results["cold_stop_s"] = mesh.stop()
             meshes.remove(mesh)
             mesh = Mesh(cold_config, cold, work / "restart.log", args.workers)
             meshes.append(mesh)
