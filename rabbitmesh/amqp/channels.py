@@ -142,3 +142,18 @@ class TidyRobustChannel(aio_pika.RobustChannel):
             raise
         if self._closed.done():
             self._closed = asyncio.get_running_loop().create_future()
+
+    def forget_queue(self, queue: Any) -> None:
+        """Stop restoring `queue` (declare, bind, consume) when this channel reopens.
+
+        aio-pika keeps every queue declared on a robust channel, for as long as the channel
+        lives, to declare it again after a reconnect. A shared consumer channel
+        (amqp/pool.py) outlives its workers: without this it would keep every queue ever
+        consumed on it, and after a reconnect re-declare one deleted since, which fails
+        the channel's whole restore (every other worker on it stops receiving)."""
+        queues = self._queues.get(queue.name)
+        if queues is None:
+            return
+        queues.discard(queue)
+        if not queues:
+            del self._queues[queue.name]
