@@ -79,6 +79,11 @@ ERROR_DATA_LIMIT = 1024
 #: turn into a tight redelivery loop that hammers the subscriber.
 REQUEUE_PAUSE = 1.0
 
+#: Backoff of a worker consuming again after RabbitMQ cancelled its consumer (its queue was
+#: deleted): first wait, and the most it grows to.
+RESUME_FIRST = 0.5
+RESUME_MAX = 30.0
+
 #: Longest `finish` waits for cancelled deliveries to unwind before handing back what they held.
 UNWIND_TIMEOUT = 5.0
 
@@ -311,6 +316,8 @@ class QueueWorker:
         self._held: dict[int, Held] = {}
         self._stopping = False
         self._finished = False
+        #: Consuming again after RabbitMQ cancelled the consumer (`_consumer_lost`).
+        self._resuming: asyncio.Task[None] | None = None
         self._last_traceback = -TRACEBACK_INTERVAL
         self._last_transient_warning = -TRANSIENT_LOG_INTERVAL
         #: Acks of successful deliveries, batched per loop iteration: the channel's batcher,
@@ -322,10 +329,55 @@ class QueueWorker:
         try:
             self._acks = batcher_for(channel)
             self._queue = await channel.get_queue(self.queue_name, ensure=True)
-            self._tag = await self._queue.consume(self._take)
+            await self._consume()
         except BaseException:
             await self._leave_channel()
             raise
+
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        self._tag = await self._queue.consume(self._take)
+        if isinstance(self._channel, TidyRobustChannel):
+            self._channel.on_broker_cancel(self._tag, self._consumer_lost)
+
+    def _consumer_lost(self) -> None:
+        """RabbitMQ cancelled the consumer: the queue was deleted (another replica, or another
+        worker process of this one, reconciled a delete first; or an operator). The delete
+        usually reaches this worker within milliseconds and stops it; if the queue comes
+        back instead (the name re-created), consume it again."""
+        self._tag = None
+        if not self._stopping and self._resuming is None:
+            self._resuming = asyncio.create_task(
+                self._consume_again(), name=f"consume {self.queue_name} again"
+            )
+
+    async def _consume_again(self) -> None:
+        delay = RESUME_FIRST
+        try:
+            while not self._stopping:
+                await asyncio.sleep(delay)  # a backoff between attempts
+                delay = min(2 * delay, RESUME_MAX)
+                if self._stopping or self._channel is None:
+                    return
+                try:
+                    # On a channel of its own: a missing queue closes the channel it is
+                    # asked on, and the worker's is shared (amqp/pool.py).
+                    probe = await self.consumer.channel()
+                    try:
+                        await probe.declare_queue(self.queue_name, passive=True, robust=False)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await probe.close()
+                    if self._stopping:
+                        return
+                    await self._consume()
+                except Exception as e:
+                    log.debug("%s not consumed again yet: %s", self.queue_name, e)
+                    continue
+                log.info("consuming %s again (its queue was deleted and is back)", self.queue_name)
+                return
+        finally:
+            self._resuming = None
 
     async def _take(self, msg: AbstractIncomingMessage) -> None:
         """aio-pika's consumer callback: hold the delivery until it is settled."""
@@ -361,6 +413,8 @@ class QueueWorker:
 
     async def stop_consuming(self) -> None:
         """The first step of `stop`: RabbitMQ sends no more, and no delivery starts."""
+        if self._resuming is not None:
+            self._resuming.cancel()
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._tag)
@@ -405,8 +459,11 @@ class QueueWorker:
         channel, queue, self._channel, self._queue = self._channel, self._queue, None, None
         if channel is None:
             return
-        if queue is not None and isinstance(channel, TidyRobustChannel):
-            channel.forget_queue(queue)
+        if isinstance(channel, TidyRobustChannel):
+            if queue is not None:
+                channel.forget_queue(queue)
+            if self._tag is not None:
+                channel.forget_consumer(self._tag)
         await self.consumer.release(channel)
 
     async def _work(self) -> None:

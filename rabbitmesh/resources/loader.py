@@ -219,7 +219,7 @@ class _BoundedLoader(_Guarded, yaml.SafeLoader):
         # composer got to count depth 101. Stop at the same depth here, with its message.
         if self.flow_level >= MAX_DEPTH:
             raise _TooComplex(f"nested more than {MAX_DEPTH} levels deep", self.get_mark())
-        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+        super().fetch_flow_collection_start(TokenClass)
 
 
 _CSafeLoader: type | None = getattr(yaml, "CSafeLoader", None)
