@@ -21,7 +21,7 @@ import orjson
 from rabbitmesh.resources.eventing import INGRESS_TOKEN_ANNOTATION
 from rabbitmesh.watch import WatchLog
 from tests.support.api import BROKERS, SECRETS, TRIGGERS, broker, call, ready, trigger
-from tests.support.events import post_binary
+from tests.support.events import post_binary, post_each_type
 from tests.support.mesh import AMQP_URL, InProcessMesh
 from tests.support.sink import Reply
 from tests.support.waiting import eventually
@@ -306,11 +306,7 @@ async def test_queue_workers_spread_over_connections(start_mesh, make_sink) -> N
     pool = mesh.server.consumers
     assert pool.counts() == [3, 2]
     assert len({id(c.connection) for c in pool.clients}) == 2
-    ids = []
-    for i in range(5):
-        status, id_ = await post_binary(f"{mesh.url}/default/b", type_=f"ty{i}")
-        assert status == 202
-        ids.append(id_)
+    ids = await post_each_type(f"{mesh.url}/default/b", [f"ty{i}" for i in range(5)])
     got = await sink.wait_for(5)
     assert sorted(r.ce_id for r in got) == sorted(ids)
     status, _ = await call("DELETE", mesh.url + TRIGGERS.format(ns="default") + "/t0")

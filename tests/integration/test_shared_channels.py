@@ -15,7 +15,7 @@ from yarl import URL
 
 from rabbitmesh.amqp.pool import ConsumerPool
 from tests.support.api import TRIGGERS, call
-from tests.support.events import post_binary
+from tests.support.events import post_binary, post_each_type
 from tests.support.manifests import broker_manifest, trigger_manifest
 from tests.support.rabbit import queue_depth, rabbitmqctl
 from tests.support.sink import Received, Reply
@@ -63,11 +63,7 @@ async def test_workers_share_channels_and_the_last_one_out_closes_it(start_mesh,
     # Five workers, two per channel: three channels on one connection.
     assert sorted(pool.shared_counts()) == [1, 2, 2]
     assert pool.counts() == [3]
-    ids = []
-    for i in range(5):
-        status, eid = await post_binary(f"{mesh.url}/default/br", type_=f"ty{i}")
-        assert status == 202
-        ids.append(eid)
+    ids = await post_each_type(f"{mesh.url}/default/br", [f"ty{i}" for i in range(5)])
     got = await sink.wait_for(5)
     assert sorted(r.ce_id for r in got) == sorted(ids)
     for i in range(5):
