@@ -164,6 +164,10 @@ class TidyRobustChannel(aio_pika.RobustChannel):
         if not queues:
             del self._queues[queue.name]
 
+    def remember_queue(self, queue: Any) -> None:
+        """Restore `queue` again when this channel reopens (undoes `forget_queue`)."""
+        self._queues[queue.name].add(queue)
+
     def on_broker_cancel(self, consumer_tag: str, callback: Callable[[], None]) -> None:
         """Call `callback` instead of aio-pika's recovery when RabbitMQ cancels this consumer.
 

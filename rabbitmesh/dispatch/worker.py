@@ -344,8 +344,15 @@ class QueueWorker:
         """RabbitMQ cancelled the consumer: the queue was deleted (another replica, or another
         worker process of this one, reconciled a delete first; or an operator). The delete
         usually reaches this worker within milliseconds and stops it; if the queue comes
-        back instead (the name re-created), consume it again."""
+        back instead (the name re-created), consume it again.
+
+        Meanwhile the queue leaves the channel's restore list: restored after a reconnect,
+        its passive declare would fail (NOT_FOUND) and with it the restore of the whole
+        connection, every second, for as long as the queue stays away (all the neighbours
+        stopped, their unacked deliveries coming back again and again)."""
         self._tag = None
+        if isinstance(self._channel, TidyRobustChannel) and self._queue is not None:
+            self._channel.forget_queue(self._queue)
         if not self._stopping and self._resuming is None:
             self._resuming = asyncio.create_task(
                 self._consume_again(), name=f"consume {self.queue_name} again"
@@ -370,7 +377,7 @@ class QueueWorker:
                             await probe.close()
                     if self._stopping:
                         return
-                    await self._consume()
+                    await self._consume_listed()
                 except Exception as e:
                     log.debug("%s not consumed again yet: %s", self.queue_name, e)
                     continue
@@ -378,6 +385,19 @@ class QueueWorker:
                 return
         finally:
             self._resuming = None
+
+    async def _consume_listed(self) -> None:
+        """Consume again, with the queue back on the channel's restore list."""
+        channel, queue = self._channel, self._queue
+        if not isinstance(channel, TidyRobustChannel) or queue is None:
+            await self._consume()
+            return
+        channel.remember_queue(queue)
+        try:
+            await self._consume()
+        except BaseException:
+            channel.forget_queue(queue)
+            raise
 
     async def _take(self, msg: AbstractIncomingMessage) -> None:
         """aio-pika's consumer callback: hold the delivery until it is settled."""

@@ -250,3 +250,58 @@ async def test_a_queue_deleted_under_its_worker_is_consumed_again_when_it_is_bac
     assert status == 202
     assert (await sink.wait_for(1, timeout=30))[0].ce_id == eid
     assert _channel_closing_callbacks(pool) == before
+
+
+async def test_a_reconnect_while_a_queue_is_deleted_under_its_worker_keeps_the_neighbours(
+    start_mesh, make_sink, rabbitmq
+):
+    """A Trigger's queue is deleted under its live worker (by hand, or by another replica
+    before this one hears of the delete): RabbitMQ cancels its consumer and the worker waits
+    for the queue to come back. The queue must leave the shared channel's restore list
+    meanwhile: restored after a reconnect, its passive declare failed (NOT_FOUND), so the
+    whole connection's restore failed, every second, for as long as the queue stayed away:
+    no worker on the connection consumed, and the neighbours' deliveries came back again
+    and again (unacked when the connection dropped)."""
+    sink = await make_sink()
+    manifests = (
+        broker_manifest()
+        + "---\n"
+        + trigger_manifest("gone", sink.url, filter_type="gone")
+        + "---\n"
+        + trigger_manifest("stays", sink.url, filter_type="stays")
+    )
+    mesh = await start_mesh(manifests, consumers_per_channel=4)
+    pool = mesh.server.consumers
+    ctx = mesh.server.ctx
+    assert pool.shared_counts() == [2]
+    queue = ctx.names.trigger_queue("default", "gone")
+    worker = ctx.workers[queue]
+    conn = await aio_pika.connect(rabbitmq)
+    try:
+        ch = await conn.channel()
+        await ch.queue_delete(queue)  # by hand: no Trigger delete follows
+    finally:
+        await conn.close()
+    await eventually(lambda: worker._tag is None, what="the consumer cancelled by RabbitMQ")
+    amqp_port = URL(mesh.server.settings.amqp_url).port
+    mine = _local_ports_to(amqp_port)
+    out = rabbitmqctl(
+        "list_connections", "-q", "--no-table-headers", "pid", "peer_port", "client_properties"
+    )
+    pids = [
+        line.split("\t")[0]
+        for line in out.splitlines()
+        if int(line.split("\t")[1]) in mine and "rabbitmesh-workers-" in line
+    ]
+    assert len(pids) == len(pool.clients) == 1, out
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "test: connection lost")
+    ids = []
+    for _ in range(3):
+        status, eid = await post_binary(f"{mesh.url}/default/br", type_="stays")
+        assert status == 202
+        ids.append(eid)
+    got = await sink.wait_for(3, timeout=30)
+    assert sorted({r.ce_id for r in got}) == sorted(ids)
+    stays = ctx.names.trigger_queue("default", "stays")
+    await eventually(lambda: _depth_is(stays, 0), timeout=30, what="the neighbour's queue acked")
