@@ -403,6 +403,7 @@ class QueueWorker:
         """aio-pika's consumer callback: hold the delivery until it is settled."""
         held = Held(msg)
         if self._finished:  # arrived after `finish` handed back the rest: hand it back too
+            await self._cancel_orphan(msg)
             await self._hand_back(held)
             return
         self._held[id(held)] = held
@@ -468,6 +469,16 @@ class QueueWorker:
         self._held.clear()
         await self._acks.drain()  # what finished is acked, not redelivered after a restart
         await self._leave_channel()
+
+    @staticmethod
+    async def _cancel_orphan(msg: AbstractIncomingMessage) -> None:
+        """A delivery after `finish` came through a consumer this worker no longer owns: a
+        consume that completed while the worker stopped (a `start` or a consume-again cut
+        short), which nothing cancels. Cancel it before handing the delivery back, or RabbitMQ
+        hands it straight back to it, for as long as the shared channel lives."""
+        if msg.consumer_tag is not None:
+            with contextlib.suppress(Exception):
+                await msg.channel.basic_cancel(msg.consumer_tag)
 
     async def _hand_back(self, held: Held) -> None:
         """Back to RabbitMQ, for this or another replica's next consumer."""

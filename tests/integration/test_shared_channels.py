@@ -305,3 +305,36 @@ async def test_a_reconnect_while_a_queue_is_deleted_under_its_worker_keeps_the_n
     assert sorted({r.ce_id for r in got}) == sorted(ids)
     stays = ctx.names.trigger_queue("default", "stays")
     await eventually(lambda: _depth_is(stays, 0), timeout=30, what="the neighbour's queue acked")
+
+
+async def test_a_consumer_left_behind_by_a_stopped_worker_is_cancelled(start_mesh, make_sink):
+    """A consume that completes while its worker stops (a start, or a consume-again after
+    RabbitMQ cancelled the consumer, cut short by the stop) leaves a consumer nothing owns on
+    a channel that stays open for the neighbours. Its first delivery must cancel it and go
+    back to the queue; handed back alone, RabbitMQ gives it straight back to the same
+    consumer, again and again."""
+    sink = await make_sink()
+    manifests = (
+        broker_manifest()
+        + "---\n"
+        + trigger_manifest("left", sink.url, filter_type="left")
+        + "---\n"
+        + trigger_manifest("stays", sink.url, filter_type="stays")
+    )
+    mesh = await start_mesh(manifests, consumers_per_channel=4)
+    ctx = mesh.server.ctx
+    queue = ctx.names.trigger_queue("default", "left")
+    worker = ctx.workers[queue]
+    channel = worker._channel
+    assert channel is not None
+    await ctx.stop_queue(queue)
+    assert not channel.is_closed  # "stays" consumes on it
+    # What a consume cut short by the stop leaves: a consumer delivering to the stopped worker.
+    orphan = await (await channel.get_queue(queue)).consume(worker._take)
+    underlay = await channel.get_underlay_channel()
+    assert orphan in underlay.consumers
+    status, _ = await post_binary(f"{mesh.url}/default/br", type_="left")
+    assert status == 202
+    await eventually(lambda: orphan not in underlay.consumers, what="the orphan cancelled")
+    await eventually(lambda: _depth_is(queue, 1), what="the event back in its queue")
+    assert sink.received == []
