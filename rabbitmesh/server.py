@@ -107,6 +107,7 @@ class Server:
                 settings.amqp_url, f"workers-{i}", settings.publish_timeout, amqp_tls, max_msg
             ),
             settings.channels_per_connection,
+            settings.consumers_per_channel,
         )
         self.ctx: Context | None = None
         self.controller: Controller | None = None

@@ -185,8 +185,19 @@ class Settings(BaseSettings):
         500,
         ge=1,
         le=2000,
-        description="Queue consumers (one AMQP channel each) per RabbitMQ connection; past "
-        "this another connection is opened (RabbitMQ's default channel_max is 2047).",
+        description="Queue workers' AMQP channels per RabbitMQ connection; past this another "
+        "connection is opened (RabbitMQ's default channel_max is 2047).",
+    )
+    consumers_per_channel: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Queue workers (trigger and subscription queues, their dead-letter queues) "
+        "that consume on one AMQP channel. A channel costs ~22 KB in each worker process and a "
+        "process in RabbitMQ; sharing it keeps 5,000 triggers in memory. Each worker keeps its "
+        "own prefetch and order; a channel error (rare: a queue deleted under a consume) "
+        "redelivers the unacknowledged events of the workers on that channel. 1: a channel "
+        "each.",
     )
     publish_timeout: float = Field(
         10.0, gt=0, description="Seconds to wait for a publisher confirm before answering 503."

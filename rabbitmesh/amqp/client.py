@@ -9,6 +9,7 @@ unreachable RabbitMQ at start is retried, not a crash), a `connected` flag for r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import ssl
@@ -207,6 +208,15 @@ class AmqpClient:
         if prefetch is not None:
             await ch.set_qos(prefetch_count=prefetch)
         return ch
+
+    async def lease(self, prefetch: int | None) -> AbstractRobustChannel:
+        """A queue worker's channel, as ConsumerPool.lease hands out; here one of its own."""
+        return await self.channel(prefetch)
+
+    async def release(self, channel: AbstractRobustChannel) -> None:
+        """The worker is done with the channel `lease` gave it."""
+        with contextlib.suppress(Exception):
+            await channel.close()
 
     async def publish(
         self,

@@ -132,6 +132,7 @@ class Clusters:
         consumers = ConsumerPool(
             lambda i: AmqpClient(url, f"cluster{n}-workers-{i}", s.publish_timeout, tls),
             s.channels_per_connection,
+            s.consumers_per_channel,
         )
         try:
             async with asyncio.timeout(s.publish_timeout):

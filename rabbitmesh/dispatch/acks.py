@@ -9,9 +9,14 @@ an earlier one still in flight go one by one (never held back: a slow delivery m
 the others' acks, and with them the prefetch window, waiting).
 
 The worker tells the batcher about every delivery it finished (`settled`), however it ended
-(acked here, nacked, parked, ...): the contiguous run is only known that way. State is per
-AMQP channel: after a reconnect the tags start again at 1 on a new channel, and what was
-unacked on the old one comes back from RabbitMQ by itself.
+(acked here, nacked, parked, handed back at its stop, ...): the contiguous run is only known
+that way. State is per AMQP channel: after a reconnect the tags start again at 1 on a new
+channel, and what was unacked on the old one comes back from RabbitMQ by itself.
+
+Workers that share a channel (amqp/pool.py) share its batcher (`batcher_for`): the tags of a
+channel are numbered across all its consumers, so only a batcher that hears of every
+worker's deliveries may send a `multiple` ack; one worker's own would settle a neighbour's
+delivery still in flight.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from typing import Any, Protocol
 
 log = logging.getLogger("rabbitmesh.dispatch")
@@ -176,3 +182,15 @@ class AckBatcher:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(ACK_WRITE_TIMEOUT):
                     await asyncio.gather(*self._flushing, return_exceptions=True)
+
+
+#: The batcher of each (robust) channel that queue workers consume on.
+_BATCHERS: weakref.WeakKeyDictionary[Any, AckBatcher] = weakref.WeakKeyDictionary()
+
+
+def batcher_for(channel: Any) -> AckBatcher:
+    """The one AckBatcher of the workers consuming on `channel`."""
+    batcher = _BATCHERS.get(channel)
+    if batcher is None:
+        batcher = _BATCHERS[channel] = AckBatcher()
+    return batcher

@@ -20,6 +20,11 @@ What can never succeed is never requeued (docs/delivery.md, "Poison messages"):
   through a delay queue with a count in `x-rabbitmesh-handler-errors`, and parks it at
   HANDLER_ERROR_LIMIT. The count travels in the message, so it survives a restart.
 With `concurrency` 1 the queue is delivered strictly in order.
+
+A worker consumes on a channel it may share with other workers (amqp/pool.py): it settles
+every delivery it took itself (ack, nack, or a nack handing it back when it stops), never
+by closing the channel, and never with a `multiple` that could reach a neighbour's delivery
+(the channel's one AckBatcher, dispatch/acks.py, decides those).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from rabbitmesh import metrics, telemetry
+from rabbitmesh.amqp.channels import TidyRobustChannel
 from rabbitmesh.amqp.client import AmqpClient, PublishFailed, UnpublishableMessage
 from rabbitmesh.amqp.messages import (
     ATTEMPTS_HEADER,
@@ -53,7 +59,7 @@ from rabbitmesh.amqp.publisher import DelayQueues, Publisher
 from rabbitmesh.amqp.topology import DELAY_HEADER
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
 from rabbitmesh.dataplane import TTL, stamp_arrival
-from rabbitmesh.dispatch.acks import AckBatcher
+from rabbitmesh.dispatch.acks import AckBatcher, batcher_for
 from rabbitmesh.dispatch.deadletter_store import KeepDeadLetter, store_entry
 from rabbitmesh.dispatch.decision import Action, Decision, decide, final
 from rabbitmesh.dispatch.policy import DeliveryPolicy
@@ -72,6 +78,14 @@ ERROR_DATA_LIMIT = 1024
 #: Pause before handing a message back after a failed publish, so a RabbitMQ hiccup does not
 #: turn into a tight redelivery loop that hammers the subscriber.
 REQUEUE_PAUSE = 1.0
+
+#: Backoff of a worker consuming again after RabbitMQ cancelled its consumer (its queue was
+#: deleted): first wait, and the most it grows to.
+RESUME_FIRST = 0.5
+RESUME_MAX = 30.0
+
+#: Longest `finish` waits for cancelled deliveries to unwind before handing back what they held.
+UNWIND_TIMEOUT = 5.0
 
 #: How many times handling one message ended in an unexpected exception (the redelivery
 #: guard). RabbitMQ gives classic queues only a `redelivered` flag, so the count travels in
@@ -226,6 +240,42 @@ class Inbox:
         return self.get_nowait()
 
 
+class Held:
+    """A delivery this worker holds until it settles it: aio-pika's message, and whether an
+    ack or nack of it has begun. `finish` hands back (nacks) every delivery whose settling
+    never began, so none stays unacknowledged on a channel that outlives the worker; one
+    that began is left to finish (shielded from the worker's cancellation, so its frame is
+    either sent whole or the channel is gone)."""
+
+    __slots__ = ("msg", "body", "headers", "content_type", "message_id", "delivery_tag", "settling")
+
+    def __init__(self, msg: AbstractIncomingMessage) -> None:
+        self.msg = msg
+        self.body = msg.body
+        self.headers = msg.headers
+        self.content_type = msg.content_type
+        self.message_id = msg.message_id
+        self.delivery_tag = msg.delivery_tag
+        self.settling = False
+
+    @property
+    def channel(self) -> Any:
+        """The AMQP channel it came on (raises once that is closed), for the AckBatcher."""
+        return self.msg.channel
+
+    @property
+    def processed(self) -> bool:
+        return self.msg.processed
+
+    async def ack(self, multiple: bool = False) -> None:
+        self.settling = True
+        await asyncio.shield(self.msg.ack(multiple=multiple))
+
+    async def nack(self, multiple: bool = False, requeue: bool = True) -> None:
+        self.settling = True
+        await asyncio.shield(self.msg.nack(multiple=multiple, requeue=requeue))
+
+
 class QueueWorker:
     """Consumes one queue with `concurrency` deliveries in flight."""
 
@@ -262,18 +312,104 @@ class QueueWorker:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._busy: set[asyncio.Task[None]] = set()
+        #: Deliveries taken from RabbitMQ and not yet settled: handed back by `finish`.
+        self._held: dict[int, Held] = {}
         self._stopping = False
+        self._finished = False
+        #: Consuming again after RabbitMQ cancelled the consumer (`_consumer_lost`).
+        self._resuming: asyncio.Task[None] | None = None
         self._last_traceback = -TRACEBACK_INTERVAL
         self._last_transient_warning = -TRANSIENT_LOG_INTERVAL
-        #: Acks of successful deliveries, batched per loop iteration (dispatch/acks.py).
+        #: Acks of successful deliveries, batched per loop iteration: the channel's batcher,
+        #: shared with the other workers on it (dispatch/acks.py).
         self._acks = AckBatcher()
 
     async def start(self) -> None:
-        self._channel = await self.consumer.channel(prefetch=self.prefetch)
-        self._queue = await self._channel.get_queue(self.queue_name, ensure=True)
-        self._tag = await self._queue.consume(self._arrived)
+        channel = self._channel = await self.consumer.lease(self.prefetch)
+        try:
+            self._acks = batcher_for(channel)
+            self._queue = await channel.get_queue(self.queue_name, ensure=True)
+            await self._consume()
+        except BaseException:
+            await self._leave_channel()
+            raise
 
-    async def _arrived(self, msg: AbstractIncomingMessage) -> None:
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        self._tag = await self._queue.consume(self._take)
+        if isinstance(self._channel, TidyRobustChannel):
+            self._channel.on_broker_cancel(self._tag, self._consumer_lost)
+
+    def _consumer_lost(self) -> None:
+        """RabbitMQ cancelled the consumer: the queue was deleted (another replica, or another
+        worker process of this one, reconciled a delete first; or an operator). The delete
+        usually reaches this worker within milliseconds and stops it; if the queue comes
+        back instead (the name re-created), consume it again.
+
+        Meanwhile the queue leaves the channel's restore list: restored after a reconnect,
+        its passive declare would fail (NOT_FOUND) and with it the restore of the whole
+        connection, every second, for as long as the queue stays away (all the neighbours
+        stopped, their unacked deliveries coming back again and again)."""
+        self._tag = None
+        if isinstance(self._channel, TidyRobustChannel) and self._queue is not None:
+            self._channel.forget_queue(self._queue)
+        if not self._stopping and self._resuming is None:
+            self._resuming = asyncio.create_task(
+                self._consume_again(), name=f"consume {self.queue_name} again"
+            )
+
+    async def _consume_again(self) -> None:
+        delay = RESUME_FIRST
+        try:
+            while not self._stopping:
+                await asyncio.sleep(delay)  # a backoff between attempts
+                delay = min(2 * delay, RESUME_MAX)
+                if self._stopping or self._channel is None:
+                    return
+                try:
+                    # On a channel of its own: a missing queue closes the channel it is
+                    # asked on, and the worker's is shared (amqp/pool.py).
+                    probe = await self.consumer.channel()
+                    try:
+                        await probe.declare_queue(self.queue_name, passive=True, robust=False)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await probe.close()
+                    if self._stopping:
+                        return
+                    await self._consume_listed()
+                except Exception as e:
+                    log.debug("%s not consumed again yet: %s", self.queue_name, e)
+                    continue
+                log.info("consuming %s again (its queue was deleted and is back)", self.queue_name)
+                return
+        finally:
+            self._resuming = None
+
+    async def _consume_listed(self) -> None:
+        """Consume again, with the queue back on the channel's restore list."""
+        channel, queue = self._channel, self._queue
+        if not isinstance(channel, TidyRobustChannel) or queue is None:
+            await self._consume()
+            return
+        channel.remember_queue(queue)
+        try:
+            await self._consume()
+        except BaseException:
+            channel.forget_queue(queue)
+            raise
+
+    async def _take(self, msg: AbstractIncomingMessage) -> None:
+        """aio-pika's consumer callback: hold the delivery until it is settled."""
+        held = Held(msg)
+        if self._finished:  # arrived after `finish` handed back the rest: hand it back too
+            await self._cancel_orphan(msg)
+            await self._hand_back(held)
+            return
+        self._held[id(held)] = held
+        await self._arrived(held)
+
+    async def _arrived(self, msg: Incoming) -> None:
         """Buffer a delivery; start another delivery task when none is free to take it.
 
         Tasks start on demand, up to `concurrency`, and then stay: an idle task costs about
@@ -298,6 +434,8 @@ class QueueWorker:
 
     async def stop_consuming(self) -> None:
         """The first step of `stop`: RabbitMQ sends no more, and no delivery starts."""
+        if self._resuming is not None:
+            self._resuming.cancel()
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._tag)
@@ -312,19 +450,52 @@ class QueueWorker:
             await asyncio.wait(list(self._busy), timeout=timeout)
 
     async def finish(self) -> None:
-        """The last step of `stop`: cancel what is still in flight (not acked: redelivered
-        once the channel closes), hand back what was buffered, ack what finished, close."""
+        """The last step of `stop`: cancel what is still in flight, hand back (nack) every
+        delivery held and not settled (in flight or buffered), ack what finished, and leave
+        the channel (closed once no other worker consumes on it)."""
         self._stopping = True
+        self._finished = True
         for t in self._tasks:
             t.cancel()
+        if self._tasks:  # let them unwind, so what each held is known
+            await asyncio.wait(self._tasks, timeout=UNWIND_TIMEOUT)
         while not self._buffer.empty():
-            msg = self._buffer.get_nowait()
-            with contextlib.suppress(Exception):
-                await msg.nack(requeue=True)
+            self._buffer.get_nowait()
+        for held in sorted(self._held.values(), key=_tag_order):  # queue order, as they came
+            if not held.settling:
+                await self._hand_back(held)
+            else:  # its ack or nack is on the way (shielded): it no longer holds up others
+                self._acks.settled(held)
+        self._held.clear()
         await self._acks.drain()  # what finished is acked, not redelivered after a restart
-        if self._channel is not None:
+        await self._leave_channel()
+
+    @staticmethod
+    async def _cancel_orphan(msg: AbstractIncomingMessage) -> None:
+        """A delivery after `finish` came through a consumer this worker no longer owns: a
+        consume that completed while the worker stopped (a `start` or a consume-again cut
+        short), which nothing cancels. Cancel it before handing the delivery back, or RabbitMQ
+        hands it straight back to it, for as long as the shared channel lives."""
+        if msg.consumer_tag is not None:
             with contextlib.suppress(Exception):
-                await self._channel.close()  # a TidyRobustChannel (rabbitmesh/amqp/channels.py)
+                await msg.channel.basic_cancel(msg.consumer_tag)
+
+    async def _hand_back(self, held: Held) -> None:
+        """Back to RabbitMQ, for this or another replica's next consumer."""
+        with contextlib.suppress(Exception):
+            await held.nack(requeue=True)
+        self._acks.settled(held)
+
+    async def _leave_channel(self) -> None:
+        channel, queue, self._channel, self._queue = self._channel, self._queue, None, None
+        if channel is None:
+            return
+        if isinstance(channel, TidyRobustChannel):
+            if queue is not None:
+                channel.forget_queue(queue)
+            if self._tag is not None:
+                channel.forget_consumer(self._tag)
+        await self.consumer.release(channel)
 
     async def _work(self) -> None:
         task = asyncio.current_task()
@@ -345,10 +516,11 @@ class QueueWorker:
             finally:
                 if finished:
                     self._acks.settled(msg)
+                    self._held.pop(id(msg), None)
                 # else: cancelled mid-delivery (stop() gave up on a hanging subscriber). It is
-                # neither acked nor nacked, so it must not count as settled: a `multiple` ack
-                # of a later tag would ack it, and the event would be lost instead of
-                # redelivered when the channel closes.
+                # neither acked nor nacked, so it must not count as settled yet: a `multiple`
+                # ack of a later tag would ack it, and the event would be lost. `finish`
+                # hands it back.
                 self.stats.in_flight -= 1
                 self._busy.discard(task)
 
@@ -365,7 +537,7 @@ class QueueWorker:
         sub = self.subscriber
         if sub.filter is not None and not sub.filter.matches(event.attributes):
             self.stats.filtered += 1
-            await self._acks.ack(msg)
+            await self._ack_batched(msg)
             return
         if self.mode == "deliver":
             stamp_arrival(event)
@@ -466,6 +638,12 @@ class QueueWorker:
                 outcome.status,
                 extra=log_fields(event, sub, _attempt(msg)),
             )
+        await self._ack_batched(msg)
+
+    async def _ack_batched(self, msg: Incoming) -> None:
+        """Ack through the channel's AckBatcher (the outcome is durable already)."""
+        if isinstance(msg, Held):
+            msg.settling = True
         await self._acks.ack(msg)
 
     async def _retry(
@@ -738,3 +916,7 @@ def _int(v: Any) -> int:
 async def _nack(msg: Incoming, requeue: bool) -> None:
     with contextlib.suppress(Exception):
         await msg.nack(requeue=requeue)
+
+
+def _tag_order(held: Held) -> int:
+    return held.delivery_tag or 0

@@ -100,6 +100,38 @@ class StoreState:
     #: Keys changed since the reader last took them (the control plane reconciles those).
     changed: set[Key] = field(default_factory=set)
     _unbased: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    #: owner -> the keys whose ownerReferences name it: a delete's cascade looks up what it
+    #: owned instead of reading every entry's references (O(resources) per delete).
+    _owned: dict[Key, set[Key]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for entry in self.entries.values():
+            self._index(entry)
+
+    def _index(self, entry: Entry) -> None:
+        for owner in entry.owners():
+            self._owned.setdefault(owner, set()).add(entry.key)
+
+    def _unindex(self, entry: Entry) -> None:
+        for owner in entry.owners():
+            owned = self._owned.get(owner)
+            if owned is not None:
+                owned.discard(entry.key)
+                if not owned:
+                    del self._owned[owner]
+
+    def _put(self, entry: Entry) -> None:
+        old = self.entries.get(entry.key)
+        if old is not None:
+            self._unindex(old)
+        self.entries[entry.key] = entry
+        self._index(entry)
+
+    def _pop(self, key: Key) -> Entry | None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self._unindex(entry)
+        return entry
 
     def apply(self, offset: int, record: dict[str, Any], size: int = 0) -> Outcome | None:
         """Apply the record at `offset`; None for an offset already applied (a re-read)."""
@@ -129,10 +161,9 @@ class StoreState:
     def _load_snapshot(self, record: dict[str, Any]) -> None:
         base = int(record.get("base", -1))
         self.changed.update(self.entries)
-        self.entries = {}
+        self.entries, self._owned = {}, {}
         for d in record.get("entries", []):
-            e = Entry.from_dict(d)
-            self.entries[e.key] = e
+            self._put(Entry.from_dict(d))
         replay, self._unbased = [(o, r) for o, r in self._unbased if o > base], []
         for offset, rec in replay:
             self._apply_op(offset, rec)
@@ -189,7 +220,7 @@ class StoreState:
                 resource_version=offset,
                 created=rec.get("time", ""),
             )
-            self.entries[key] = entry
+            self._put(entry)
             self.changed.add(key)
             self.version += 1
             return Outcome("created", entry=entry, offset=offset)
@@ -211,7 +242,7 @@ class StoreState:
             if spec_changed
             else cur.history,
         )
-        self.entries[key] = entry
+        self._put(entry)
         self.changed.add(key)
         self.version += 1
         return Outcome("configured", entry=entry, offset=offset)
@@ -222,7 +253,8 @@ class StoreState:
         if refused is not None:
             refused.offset = offset
             return refused
-        entry = self.entries.pop(key)
+        entry = self._pop(key)
+        assert entry is not None  # _check found it
         self.changed.add(key)
         self._cascade(key)
         self.version += 1
@@ -230,9 +262,8 @@ class StoreState:
 
     def _cascade(self, owner: Key) -> None:
         """Delete what the deleted resource owned (ownerReferences), as Kubernetes' GC does."""
-        owned = [e.key for e in self.entries.values() if owner in e.owners()]
-        for key in owned:
-            if self.entries.pop(key, None) is not None:
+        for key in sorted(self._owned.get(owner, ())):  # sorted: the same order everywhere
+            if self._pop(key) is not None:
                 self.changed.add(key)
                 self._cascade(key)
 

@@ -46,6 +46,16 @@ async def post_binary(
     return status, id_
 
 
+async def post_each_type(url: str, types: list[str]) -> list[str]:
+    """One binary event of each type to `url` (each must be accepted); their ids."""
+    ids = []
+    for type_ in types:
+        status, id_ = await post_binary(url, type_=type_)
+        assert status == 202, (type_, status)
+        ids.append(id_)
+    return ids
+
+
 async def post_structured(url: str, event: dict[str, Any]) -> tuple[int, bytes]:
     status, _, body = await post(
         url,

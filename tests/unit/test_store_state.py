@@ -94,6 +94,36 @@ def test_delete_cascades_to_owned_resources():
     assert set(s.entries) == {("Broker", "default", "other")}
 
 
+def _event_type(name: str, owner: str | None) -> dict:
+    meta: dict = {"name": name, "namespace": "default"}
+    if owner is not None:
+        meta["ownerReferences"] = [{"kind": "Broker", "name": owner}]
+    return {"apiVersion": "eventing.knative.dev/v1beta3", "kind": "EventType", "metadata": meta}
+
+
+def test_the_cascade_follows_owner_references_as_they_are_now():
+    """What a delete cascades to is looked up in an index (not by reading every entry): it
+    must follow updates that add, move or drop a reference, and a snapshot's entries."""
+    s = StoreState()
+    s.apply(0, put(BR, broker()))
+    s.apply(1, put(("Broker", "default", "b2"), broker("b2")))
+    et = lambda n: ("EventType", "default", n)  # noqa: E731
+    s.apply(2, put(et("kept"), _event_type("kept", "br")))
+    s.apply(3, put(et("moved"), _event_type("moved", "br")))
+    s.apply(4, put(et("gone"), _event_type("gone", "br")))
+    s.apply(5, put(et("kept"), _event_type("kept", None)))  # the reference dropped
+    s.apply(6, put(et("moved"), _event_type("moved", "b2")))  # now owned by b2
+    s.apply(7, {"op": "delete", "key": list(BR)})
+    assert set(s.entries) == {("Broker", "default", "b2"), et("kept"), et("moved")}
+    # A replica that starts from a snapshot (retention dropped the head) cascades the same.
+    other = StoreState()
+    other.apply(8, s.snapshot_record())
+    assert set(other.entries) == set(s.entries)
+    other.apply(9, {"op": "delete", "key": ["Broker", "default", "b2"]})
+    assert set(other.entries) == {et("kept")}
+    assert other._owned == {}
+
+
 def test_a_file_keeps_what_it_defines():
     s = StoreState()
     s.apply(0, put(BR, broker(), origin="file", source="a.yaml"))
