@@ -2,7 +2,7 @@
 
     python benchmarks/control_plane_bench.py [--triggers 5000] [--further-writes 10000]
         [--rate 200] [--skip-apply] [--skip-cold-start] [--skip-replicas]
-        [--preload [--creates 300]]
+        [--preload [--creates 300]] [--set RABBITMESH_NAME=VALUE ...]
 
 Against the RabbitMQ at RABBITMESH_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/),
 with real `rabbitmesh run` processes and a real HTTP sink, each run under its own topology
@@ -129,6 +129,10 @@ def trigger_yaml(name: str, sink: str, type_: str) -> str:
     )
 
 
+#: RABBITMESH_* settings every rabbitmesh of the run gets (`--set NAME=VALUE`).
+EXTRA_SETTINGS: dict[str, str] = {}
+
+
 class Mesh:
     """One `rabbitmesh run` process."""
 
@@ -146,6 +150,7 @@ class Mesh:
         }
         if workers:
             self.env["RABBITMESH_WORKERS"] = str(workers)
+        self.env.update(EXTRA_SETTINGS)
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -559,6 +564,14 @@ if __name__ == "__main__":
         "then create --creates more one at a time",
     )
     parser.add_argument("--creates", type=int, default=300, help="with --preload")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="RABBITMESH_NAME=VALUE",
+        help="a setting for every rabbitmesh the run starts (repeatable), "
+        "e.g. --set RABBITMESH_RESYNC_INTERVAL=15",
+    )
     parser.add_argument("--skip-apply", action="store_true")
     parser.add_argument("--skip-cold-start", action="store_true")
     parser.add_argument("--skip-replicas", action="store_true")
@@ -570,6 +583,11 @@ if __name__ == "__main__":
         help="RABBITMESH_WORKERS of every rabbitmesh process (default: its own, one per core)",
     )
     parsed = parser.parse_args()
+    for item in parsed.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("RABBITMESH_"):
+            parser.error(f"--set {item!r}: expected RABBITMESH_NAME=VALUE")
+        EXTRA_SETTINGS[name] = value
     free_port = benchlib.Ports(parsed.port_base)
     figures = asyncio.run(main(parsed))
     for key, value in figures.items():
