@@ -45,6 +45,30 @@ def _local_ports_to(remote_port: int | None) -> set[int]:
     return ports
 
 
+def _close_workers_connection(mesh: Any) -> None:
+    """RabbitMQ closes the mesh's one workers' connection (found among this process's
+    sockets, so no other test's mesh is touched); aio-pika reconnects."""
+    mine = _local_ports_to(URL(mesh.server.settings.amqp_url).port)
+    out = rabbitmqctl(
+        "list_connections", "-q", "--no-table-headers", "pid", "peer_port", "client_properties"
+    )
+    pids = [
+        line.split("\t")[0]
+        for line in out.splitlines()
+        if int(line.split("\t")[1]) in mine and "rabbitmesh-workers-" in line
+    ]
+    assert len(pids) == len(mesh.server.consumers.clients) == 1, out
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "test: connection lost")
+
+
+def _triggers(url: str, *names: str) -> str:
+    """Broker `br` and a Trigger per name, each taking the events of that type."""
+    return broker_manifest() + "".join(
+        "---\n" + trigger_manifest(name, url, filter_type=name) for name in names
+    )
+
+
 def _hanging(_r: Received, _i: int) -> Reply:
     return Reply(200, delay=60)
 
@@ -159,38 +183,15 @@ async def test_a_reconnect_does_not_restore_a_queue_deleted_after_its_worker_lef
     channel outlives its workers: a deleted Trigger's queue must leave its restore list, or
     the first reconnect fails the channel's restore and its other workers stop receiving."""
     sink = await make_sink()
-    manifests = (
-        broker_manifest()
-        + "---\n"
-        + trigger_manifest("gone", sink.url, filter_type="gone")
-        + "---\n"
-        + trigger_manifest("stays", sink.url, filter_type="stays")
-    )
+    manifests = _triggers(sink.url, "gone", "stays")
     mesh = await start_mesh(manifests, consumers_per_channel=4)
     pool = mesh.server.consumers
     assert pool.shared_counts() == [2]
     status, _ = await call("DELETE", mesh.url + TRIGGERS.format(ns="default") + "/gone")
     assert status == 200
     await eventually(lambda: pool.shared_counts() == [1], what="the deleted trigger's worker gone")
-    # RabbitMQ closes the workers' connection: this mesh's only (this process's sockets).
-    amqp_port = URL(mesh.server.settings.amqp_url).port
-    mine = _local_ports_to(amqp_port)
-    out = rabbitmqctl(
-        "list_connections", "-q", "--no-table-headers", "pid", "peer_port", "client_properties"
-    )
-    pids = [
-        line.split("\t")[0]
-        for line in out.splitlines()
-        if int(line.split("\t")[1]) in mine and "rabbitmesh-workers-" in line
-    ]
-    assert len(pids) == len(pool.clients) == 1, out
-    for pid in pids:
-        rabbitmqctl("close_connection", pid, "test: connection lost")
-    ids = []
-    for _ in range(3):
-        status, eid = await post_binary(f"{mesh.url}/default/br", type_="stays")
-        assert status == 202
-        ids.append(eid)
+    _close_workers_connection(mesh)
+    ids = await post_each_type(f"{mesh.url}/default/br", ["stays"] * 3)
     got = await sink.wait_for(3, timeout=30)
     assert sorted({r.ce_id for r in got}) == sorted(ids)
 
@@ -263,13 +264,7 @@ async def test_a_reconnect_while_a_queue_is_deleted_under_its_worker_keeps_the_n
     no worker on the connection consumed, and the neighbours' deliveries came back again
     and again (unacked when the connection dropped)."""
     sink = await make_sink()
-    manifests = (
-        broker_manifest()
-        + "---\n"
-        + trigger_manifest("gone", sink.url, filter_type="gone")
-        + "---\n"
-        + trigger_manifest("stays", sink.url, filter_type="stays")
-    )
+    manifests = _triggers(sink.url, "gone", "stays")
     mesh = await start_mesh(manifests, consumers_per_channel=4)
     pool = mesh.server.consumers
     ctx = mesh.server.ctx
@@ -283,24 +278,8 @@ async def test_a_reconnect_while_a_queue_is_deleted_under_its_worker_keeps_the_n
     finally:
         await conn.close()
     await eventually(lambda: worker._tag is None, what="the consumer cancelled by RabbitMQ")
-    amqp_port = URL(mesh.server.settings.amqp_url).port
-    mine = _local_ports_to(amqp_port)
-    out = rabbitmqctl(
-        "list_connections", "-q", "--no-table-headers", "pid", "peer_port", "client_properties"
-    )
-    pids = [
-        line.split("\t")[0]
-        for line in out.splitlines()
-        if int(line.split("\t")[1]) in mine and "rabbitmesh-workers-" in line
-    ]
-    assert len(pids) == len(pool.clients) == 1, out
-    for pid in pids:
-        rabbitmqctl("close_connection", pid, "test: connection lost")
-    ids = []
-    for _ in range(3):
-        status, eid = await post_binary(f"{mesh.url}/default/br", type_="stays")
-        assert status == 202
-        ids.append(eid)
+    _close_workers_connection(mesh)
+    ids = await post_each_type(f"{mesh.url}/default/br", ["stays"] * 3)
     got = await sink.wait_for(3, timeout=30)
     assert sorted({r.ce_id for r in got}) == sorted(ids)
     stays = ctx.names.trigger_queue("default", "stays")
@@ -314,13 +293,7 @@ async def test_a_consumer_left_behind_by_a_stopped_worker_is_cancelled(start_mes
     back to the queue; handed back alone, RabbitMQ gives it straight back to the same
     consumer, again and again."""
     sink = await make_sink()
-    manifests = (
-        broker_manifest()
-        + "---\n"
-        + trigger_manifest("left", sink.url, filter_type="left")
-        + "---\n"
-        + trigger_manifest("stays", sink.url, filter_type="stays")
-    )
+    manifests = _triggers(sink.url, "left", "stays")
     mesh = await start_mesh(manifests, consumers_per_channel=4)
     ctx = mesh.server.ctx
     queue = ctx.names.trigger_queue("default", "left")
