@@ -332,7 +332,7 @@ class Server:
             auto_decompress=False,
         )
         topo_channel = await self.publisher.channel()
-        topology = Topology(topo_channel, self.names, s.queue_type)
+        topology = Topology(topo_channel, self.names, s.queue_type, self.publisher.channel)
         await topology.declare_infrastructure()
         self.ctx = Context(
             settings=s,

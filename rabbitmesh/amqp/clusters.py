@@ -139,7 +139,9 @@ class Clusters:
                 await publisher.connect()
             if publisher.connection is not None and self.on_reconnect is not None:
                 publisher.connection.reconnect_callbacks.add(self.on_reconnect)
-            topology = Topology(await publisher.channel(), self.names, s.queue_type)
+            topology = Topology(
+                await publisher.channel(), self.names, s.queue_type, publisher.channel
+            )
             await topology.declare_infrastructure()
         except Exception as e:
             await publisher.close()

@@ -42,7 +42,10 @@ class IngressPublisher(Publisher, Protocol):
     def frame_max(self) -> int: ...
 
 
-class DelayQueues(Protocol):
-    """The delay queues retries go through (amqp/topology.py)."""
+class WorkerQueues(Protocol):
+    """The queues a worker declares itself when it needs them (amqp/topology.py): the delay
+    queues retries go through, and the `:dlq` it is about to reject a message into."""
 
     async def ensure_delay_queue(self, delay_ms: int) -> None: ...
+
+    async def ensure_dead_letter_queue(self, queue: str) -> None: ...

@@ -1,7 +1,10 @@
 """Declaring and deleting the RabbitMQ objects the reconciler asks for.
 
 Queues that deliver to a subscriber dead-letter (nack without requeue) into their own
-`:dlq` queue, so a message we cannot hand on is caught by RabbitMQ, never dropped by us.
+`:dlq` queue, so a message we cannot hand on is caught by RabbitMQ, never dropped by us. A
+classic queue's `:dlq` is declared when something needs it: with a dead-letter sink, or by
+the worker just before it rejects a message (RabbitMQ drops what it dead-letters to a queue
+that does not exist, so the worker never rejects before the `:dlq` is there).
 Retries wait in shared delay queues, one per distinct delay: a fixed `x-message-ttl` keeps
 expiry in FIFO order, and on expiry RabbitMQ dead-letters the message through the default
 exchange with its own routing key, which is the name of the queue it came from.
@@ -25,11 +28,13 @@ reconnect, and every RABBITMESH_RESYNC_INTERVAL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import aio_pika
-from aio_pika.abc import AbstractRobustChannel
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel
 
 from rabbitmesh.amqp.names import Names
 
@@ -47,9 +52,15 @@ QueueType = Literal["classic", "quorum"]
 
 class Topology:
     def __init__(
-        self, channel: AbstractRobustChannel, names: Names, queue_type: QueueType = "classic"
+        self,
+        channel: AbstractRobustChannel,
+        names: Names,
+        queue_type: QueueType = "classic",
+        open_channel: Callable[[], Awaitable[AbstractChannel]] | None = None,
     ) -> None:
         self.channel = channel
+        #: Opens a short-lived channel (ensure_dead_letter_queue); None: use `channel`.
+        self.open_channel = open_channel
         self.names = names
         self.queue_type = queue_type
         self._delays: set[int] = set()
@@ -90,22 +101,68 @@ class Topology:
     async def declare_exchange(self, name: str, kind: aio_pika.ExchangeType) -> None:
         await self.channel.declare_exchange(name, kind, durable=True, **self._plain)
 
-    async def declare_delivery_queue(self, queue: str, queue_type: QueueType | None = None) -> None:
-        """A subscriber's queue and the dead-letter queue RabbitMQ moves rejected messages to."""
-        dlq = self.names.dead_letter_queue(queue)
-        await self.channel.declare_queue(
-            dlq, durable=True, arguments=self.queue_arguments(queue_type=queue_type), **self._plain
-        )
+    async def declare_delivery_queue(
+        self, queue: str, queue_type: QueueType | None = None, dead_letter_queue: bool = False
+    ) -> None:
+        """A subscriber's queue, whose rejected messages RabbitMQ moves to its `:dlq`.
+
+        The `:dlq` is declared with it when something consumes it (`dead_letter_queue`: a
+        dead-letter sink is configured) and always for a quorum queue (RabbitMQ dead-letters
+        by itself there, at the delivery limit). Otherwise it is declared when first needed,
+        by the worker about to reject a message into it (`declare_dead_letter_queue`): most
+        Triggers never need one, and creating a durable queue is most of what RabbitMQ does
+        for a new Trigger (issue 13: 5,000 Triggers made 10,000 queues at a cold start)."""
+        if dead_letter_queue or (queue_type or self.queue_type) == "quorum":
+            await self.declare_dead_letter_queue(queue, queue_type)
         await self.channel.declare_queue(
             queue,
             durable=True,
             arguments=self.queue_arguments(
-                {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq},
+                {
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self.names.dead_letter_queue(queue),
+                },
                 delivery=True,
                 queue_type=queue_type,
             ),
             **self._plain,
         )
+
+    async def declare_dead_letter_queue(
+        self,
+        queue: str,
+        queue_type: QueueType | None = None,
+        channel: AbstractChannel | None = None,
+    ) -> None:
+        """`queue`'s `:dlq` (on `channel`, default: the topology's)."""
+        target = channel or self.channel
+        plain: dict[str, Any] = (
+            {"robust": False} if isinstance(target, AbstractRobustChannel) else {}
+        )
+        await target.declare_queue(
+            self.names.dead_letter_queue(queue),
+            durable=True,
+            arguments=self.queue_arguments(queue_type=queue_type),
+            **plain,
+        )
+
+    async def ensure_dead_letter_queue(self, queue: str) -> None:
+        """Make sure `queue`'s `:dlq` exists (a worker about to reject into it): declared
+        classic, on a channel of its own: a quorum queue's `:dlq` exists with other
+        arguments, and RabbitMQ answers that with a channel error (PRECONDITION_FAILED),
+        which says as well that it exists, and would fail whatever else the shared
+        topology channel was doing."""
+        if self.open_channel is None:
+            await self.declare_dead_letter_queue(queue, "classic")
+            return
+        channel = await self.open_channel()
+        try:
+            await self.declare_dead_letter_queue(queue, "classic", channel)
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            pass  # it exists, as another type: all that matters here
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def declare_partition_queue(self, queue: str, dead_letter_queue: str) -> None:
         """A partition of an ordered queue (docs/ordering.md): single active consumer, so

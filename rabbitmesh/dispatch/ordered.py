@@ -320,10 +320,8 @@ class OrderedWorker(QueueWorker):
         else:
             await self._final(msg, event, outcome, retries, decision)
 
-    async def _publish_dead_letter(
-        self, dead: CloudEvent, attempts: int = 0, parent: str | None = None
-    ) -> None:
-        await super()._publish_dead_letter(dead, attempts, parent or self.parent_queue)
+    def _dead_letter_parent(self) -> str:
+        return self.parent_queue
 
 
 def without(event: CloudEvent, attributes: tuple[str, ...]) -> CloudEvent:

@@ -55,7 +55,7 @@ from rabbitmesh.amqp.messages import (
 )
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.pool import ConsumerPool
-from rabbitmesh.amqp.publisher import DelayQueues, Publisher
+from rabbitmesh.amqp.publisher import Publisher, WorkerQueues
 from rabbitmesh.amqp.topology import DELAY_HEADER
 from rabbitmesh.cloudevents import CloudEvent, InvalidEvent, decode_amqp
 from rabbitmesh.dataplane import TTL, stamp_arrival
@@ -286,7 +286,7 @@ class QueueWorker:
         subscriber: Subscriber,
         consumer: AmqpClient | ConsumerPool,
         publisher: Publisher,
-        topology: DelayQueues,
+        topology: WorkerQueues,
         names: Names,
         session: aiohttp.ClientSession,
         prefetch: int,
@@ -716,12 +716,12 @@ class QueueWorker:
                 "dead letter for event %s cannot be published (%s); rejecting it to %s as is",
                 event.id,
                 e,
-                self.names.dead_letter_queue(self.queue_name),
+                self.names.dead_letter_queue(self._dead_letter_parent()),
                 extra=log_fields(event, sub, attempt),
             )
+            await self._reject_to_dead_letter_queue(msg)
             self.stats.dead_lettered += 1
             metrics.dead_lettered.labels(sub.name).inc()
-            await _nack(msg, requeue=False)
             return
         except PublishFailed as e:
             # RabbitMQ's own dead-lettering moves it to the same :dlq queue.
@@ -731,12 +731,24 @@ class QueueWorker:
                 e,
                 extra=log_fields(event, sub, attempt),
             )
-            await _nack(msg, requeue=False)
+            await self._reject_to_dead_letter_queue(msg)
             return
         _log_final(event, sub, attempt, outcome, why, "dead-lettered")
         self.stats.dead_lettered += 1
         metrics.dead_lettered.labels(sub.name).inc()
         await msg.ack()
+
+    def _dead_letter_parent(self) -> str:
+        """The queue whose `:dlq` and dead-letter store this worker's dead letters go to."""
+        return self.queue_name
+
+    async def _reject_to_dead_letter_queue(self, msg: Incoming) -> None:
+        """Let RabbitMQ dead-letter `msg` into the `:dlq` (nack without requeue), once that
+        queue surely exists: a classic queue's `:dlq` is declared only when first needed
+        (amqp/topology.py), and RabbitMQ drops what it dead-letters to a missing queue. If
+        the declare fails, `msg` stays unacked and comes back (the redelivery guard)."""
+        await self.topology.ensure_dead_letter_queue(self._dead_letter_parent())
+        await _nack(msg, requeue=False)
 
     async def _publish_dead_letter(
         self, dead: CloudEvent, attempts: int = 0, parent: str | None = None
@@ -745,7 +757,7 @@ class QueueWorker:
         dead-letter sink, to its dead-letter store (docs/delivery.md); if the error data tips
         it over the limits, again without it (knativeerrordest and knativeerrorcode are
         short)."""
-        parent = parent or self.queue_name
+        parent = parent or self._dead_letter_parent()
         extra = {ATTEMPTS_HEADER: attempts}
         sub = self.subscriber
         for _ in range(2):

@@ -321,12 +321,17 @@ class Context:
         forget(self.names.dead_letter_store(queue))
 
     async def declare_delivery_queue(
-        self, queue: str, cluster: Cluster | None = None, queue_type: QueueType | None = None
+        self,
+        queue: str,
+        cluster: Cluster | None = None,
+        queue_type: QueueType | None = None,
+        dead_letter_queue: bool = False,
     ) -> None:
-        """Declare a subscriber's queue (and its :dlq) on `cluster` (default: the main one),
-        of `queue_type` (default: RABBITMESH_QUEUE_TYPE), and remember where it is."""
+        """Declare a subscriber's queue (and its :dlq, when a dead-letter sink consumes it:
+        Topology.declare_delivery_queue) on `cluster` (default: the main one), of
+        `queue_type` (default: RABBITMESH_QUEUE_TYPE), and remember where it is."""
         cluster = cluster or self.main_cluster
-        await cluster.topology.declare_delivery_queue(queue, queue_type)
+        await cluster.topology.declare_delivery_queue(queue, queue_type, dead_letter_queue)
         if cluster.url != self.settings.amqp_url:
             self.queue_clusters[queue] = cluster
         else:

@@ -114,7 +114,8 @@ async def wire(ctx: Context, plan: Plan) -> Wiring:
     RabbitMQ; only the consumer is stopped. Raises Unresolved in that case.
     """
     queue = plan.queue
-    await ctx.topology.declare_delivery_queue(queue)
+    dead_letter_sink = plan.delivery.dead_letter_sink is not None
+    await ctx.topology.declare_delivery_queue(queue, dead_letter_queue=dead_letter_sink)
     await ctx.topology.bind(queue, plan.channel_exchange, "")
     for old in plan.unbind_from:
         await ctx.topology.unbind(queue, old, "")
@@ -199,7 +200,9 @@ async def _reply_handler(
         await ctx.topology.declare_exchange(target.exchange, row.exchange_type)
         await ctx.delete_queue(reply_queue)
         return ExchangeReplier(ctx.publisher, target, plan.label)
-    await ctx.topology.declare_delivery_queue(reply_queue)
+    await ctx.topology.declare_delivery_queue(
+        reply_queue, dead_letter_queue=policy.dead_letter_url is not None
+    )
     await ctx.run_queue(
         reply_queue,
         Subscriber(

@@ -113,8 +113,11 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
     exchange = ctx.names.broker_exchange(broker_ns, broker.name)
     queue = ctx.names.trigger_queue(ns, trigger.name)
     attrs = spec.filter.attributes if spec.filter else {}
+    delivery = merge_delivery(spec.delivery, broker.spec.delivery, *defaults(ctx, broker))
     try:
-        await ctx.declare_delivery_queue(queue, cluster, placement.queue_type)
+        await ctx.declare_delivery_queue(
+            queue, cluster, placement.queue_type, delivery.dead_letter_sink is not None
+        )
     except aio_pika.exceptions.ChannelPreconditionFailed as e:
         if "x-queue-type" not in str(e):
             raise  # other arguments (set by hand?): ReconcileFailed, retried
@@ -131,7 +134,6 @@ async def reconcile(ctx: Context, trigger: Trigger) -> None:
     await ctx.bind_exactly(queue, {(exchange, k) for k in binding_keys(attrs, spec.filters)})
 
     url = ctx.resolve(spec.subscriber, ns)
-    delivery = merge_delivery(spec.delivery, broker.spec.delivery, *defaults(ctx, broker))
     policy = ctx.policy(delivery, ns)
     insecure = insecure_urls(ctx, url, policy.dead_letter_url)
     if insecure:

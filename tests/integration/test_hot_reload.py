@@ -48,7 +48,7 @@ async def test_changes_to_files_are_applied_and_removals_deleted(start_mesh, tmp
     assert tr1["spec"]["filter"] == {"attributes": {"type": "b"}}
 
     queue2 = f"{mesh.settings.topology_prefix}.trigger.default.tr2"
-    assert list_names("queues", queue2) == [queue2, queue2 + ":dlq"]
+    assert list_names("queues", queue2) == [queue2]  # no sink: no `:dlq` until needed
     config.write_text(BASE)  # tr2's document is gone
     await eventually(
         lambda: _status(get(mesh, triggers + "/tr2"), 404), timeout=5, what="tr2 deleted"

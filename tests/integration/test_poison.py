@@ -20,6 +20,7 @@ from rabbitmesh.filters.bindings import routing_key_for_type
 from tests.integration.test_delivery import broker_and_trigger
 from tests.support.events import post_binary
 from tests.support.mesh import AMQP_URL, MeshProcess, write_manifests
+from tests.support.rabbit import list_names
 from tests.support.sink import Received, Reply
 from tests.support.waiting import eventually
 
@@ -449,3 +450,39 @@ async def test_a_header_that_is_not_utf8_is_parked_once(start_mesh, make_sink, m
         assert msg is not None and msg.headers["ce-id"] == "latin1"
         assert bytes(msg.headers["ce-subject"]) == "caf\xe9".encode("latin-1")
         await msg.nack(requeue=True)
+
+
+async def test_without_a_dead_letter_sink_a_rejection_makes_its_dlq_first(start_mesh, make_sink):
+    """A Trigger without a dead-letter sink has no `:dlq` until it needs one (one queue per
+    Trigger instead of two: amqp/topology.py). An event no copy of which can be published
+    (not to the dead-letter store either) is rejected for RabbitMQ to dead-letter into the
+    `:dlq`: the worker declares it first, or RabbitMQ would drop the event."""
+    sub = await make_sink()
+    mesh = await start_mesh(broker_and_trigger(sub.url, "", ONLY_REQUESTS))
+    names = Names(mesh.settings.topology_prefix)
+    queue = names.trigger_queue("default", "tr")
+    dlq = names.dead_letter_queue(queue)
+    assert list_names("queues", queue) == [queue]
+    big = "x" * (mesh.server.publisher.frame_max - 700)  # fits RabbitMQ, not a copy of ours
+    async with await aio_pika.connect(AMQP_URL) as conn:
+        ch = await conn.channel()
+        x = await ch.get_exchange(names.broker_exchange("default", "br"))
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-id": "huge-2",
+            "ce-source": "native",
+            "ce-type": REQUEST,
+            "ce-big": big,
+        }
+        await x.publish(
+            aio_pika.Message(b"{}", headers=headers, content_type="application/json"),
+            routing_key=routing_key_for_type(REQUEST),
+        )
+        await eventually(lambda: dlq in list_names("queues", queue), timeout=20, what=dlq)
+        dead_q = await ch.declare_queue(dlq, passive=True)
+        dead = await eventually(lambda: dead_q.get(fail=False), timeout=20, what="dead letter")
+        await dead.ack()
+    assert dead.headers["ce-id"] == "huge-2" and dead.body == b"{}"
+    worker = worker_of(mesh, queue)
+    assert worker.stats.attempts == 1 and worker.stats.dead_lettered == 1
+    assert dlq not in mesh.server.ctx.workers  # no sink: it waits there, as before

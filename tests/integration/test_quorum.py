@@ -69,6 +69,11 @@ async def test_topology_declares_quorum_queues_that_rabbitmq_accepts(prefix):
             "x-dead-letter-exchange": "",
         }
         assert found[dlq]["arguments"] == {"x-queue-type": "quorum"}
+        # A worker about to reject a message makes sure of the :dlq by declaring it classic on
+        # a channel of its own: RabbitMQ refuses that for this quorum one (PRECONDITION_FAILED),
+        # which says it exists; `ch`, the topology's channel, stays open (used below).
+        await Topology(ch, names, "quorum", conn.channel).ensure_dead_letter_queue(queue)
+        assert queues_with_prefix(prefix)[dlq]["type"] == "quorum"
 
         # A retry: through the delay exchange into the delay queue, back to its queue on expiry.
         delay_x = await ch.get_exchange(names.delay_exchange)

@@ -103,12 +103,16 @@ class StubPublisher:
         return [p for p in self.published if (p.exchange or p.routing_key) == where]
 
 
-class StubDelayQueues:
+class StubWorkerQueues:
     def __init__(self) -> None:
         self.declared: set[int] = set()
+        self.dead_letter_queues: set[str] = set()
 
     async def ensure_delay_queue(self, delay_ms: int) -> None:
         self.declared.add(delay_ms)
+
+    async def ensure_dead_letter_queue(self, queue: str) -> None:
+        self.dead_letter_queues.add(queue)
 
 
 @dataclass

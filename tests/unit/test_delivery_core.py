@@ -27,7 +27,7 @@ from rabbitmesh.dispatch.policy import RETRYABLE_4XX, DeliveryPolicy
 from rabbitmesh.dispatch.sender import Outcome, unsendable
 from rabbitmesh.dispatch.worker import QueueWorker, Subscriber
 from tests.support.sink import Reply, Sink
-from tests.support.stubs import StubDelayQueues, StubMessage, StubPublisher
+from tests.support.stubs import StubMessage, StubPublisher, StubWorkerQueues
 
 DLS = "http://dls.invalid/"
 
@@ -167,7 +167,7 @@ def make_worker(make_sink: Callable[..., Awaitable[Sink]], session: aiohttp.Clie
             subscriber=sub,
             consumer=cast(Any, None),  # only start() consumes: these tests hand messages in
             publisher=pub,
-            topology=StubDelayQueues(),
+            topology=StubWorkerQueues(),
             names=NAMES,
             session=session,
             prefetch=1,
@@ -238,6 +238,8 @@ async def test_dead_letter_publish_failing_hands_the_message_to_rabbitmqs_dlx(
     msg = StubMessage.of(event())
     await worker._handle(msg)
     assert msg.answered == ["nack"]
+    # ... into a `:dlq` made sure of first (declared only when needed: amqp/topology.py)
+    assert cast(StubWorkerQueues, worker.topology).dead_letter_queues == {QUEUE}
 
 
 async def test_reply_is_published_into_the_broker_before_the_ack(make_worker: Make) -> None:
