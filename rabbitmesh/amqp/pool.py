@@ -21,7 +21,10 @@ channel:
 What is shared is a channel error: RabbitMQ closes a channel on a `queue.declare`/`consume`
 of a queue that is missing (a race with another replica deleting it). aio-pika reopens the
 channel and its workers consume again; their unacknowledged deliveries come back (at least
-once, as after a reconnect).
+once, as after a reconnect). A queue deleted while the connection was down is not one: the
+restore leaves it out and its worker consumes again once it is back (amqp/channels.py,
+`TidyRobustChannel._restore_queues`), where aio-pika failed the whole connection's restore,
+again and again for as long as the queue stayed away.
 
 RabbitMQ allows 2,047 channels per connection by default (`channel_max`); the pool opens
 another connection once each open one hosts RABBITMESH_CHANNELS_PER_CONNECTION channels. The

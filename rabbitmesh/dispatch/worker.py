@@ -349,7 +349,11 @@ class QueueWorker:
         Meanwhile the queue leaves the channel's restore list: restored after a reconnect,
         its passive declare would fail (NOT_FOUND) and with it the restore of the whole
         connection, every second, for as long as the queue stays away (all the neighbours
-        stopped, their unacked deliveries coming back again and again)."""
+        stopped, their unacked deliveries coming back again and again).
+
+        The channel also calls this when its restore after a reconnect finds the queue gone
+        (deleted while the connection was down): it is left out of that restore
+        (TidyRobustChannel._restore_queues)."""
         self._tag = None
         if isinstance(self._channel, TidyRobustChannel) and self._queue is not None:
             self._channel.forget_queue(self._queue)
@@ -436,6 +440,10 @@ class QueueWorker:
         """The first step of `stop`: RabbitMQ sends no more, and no delivery starts."""
         if self._resuming is not None:
             self._resuming.cancel()
+        if isinstance(self._channel, TidyRobustChannel) and self._queue is not None:
+            # Out of the restore list first: the cancel below waits for a connection that is
+            # down, and the queue may be deleted meanwhile (this is often a Trigger's delete).
+            self._channel.forget_queue(self._queue)
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._tag)

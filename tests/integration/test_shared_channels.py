@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import aio_pika
@@ -17,8 +19,10 @@ from rabbitmesh.amqp.pool import ConsumerPool
 from tests.support.api import TRIGGERS, call
 from tests.support.events import post_binary, post_each_type
 from tests.support.manifests import broker_manifest, trigger_manifest
-from tests.support.rabbit import queue_depth, rabbitmqctl
+from tests.support.mesh import InProcessMesh, write_manifests
+from tests.support.rabbit import list_names, queue_depth, queued_messages, rabbitmqctl
 from tests.support.sink import Received, Reply
+from tests.support.tcpproxy import TcpProxy
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -45,10 +49,11 @@ def _local_ports_to(remote_port: int | None) -> set[int]:
     return ports
 
 
-def _close_workers_connection(mesh: Any) -> None:
+def _close_workers_connection(mesh: Any, rabbitmq: str | None = None) -> None:
     """RabbitMQ closes the mesh's one workers' connection (found among this process's
-    sockets, so no other test's mesh is touched); aio-pika reconnects."""
-    mine = _local_ports_to(URL(mesh.server.settings.amqp_url).port)
+    sockets, so no other test's mesh is touched); aio-pika reconnects. Behind a TcpProxy
+    (in this process too), `rabbitmq` is the URL the proxy forwards to."""
+    mine = _local_ports_to(URL(rabbitmq or mesh.server.settings.amqp_url).port)
     out = rabbitmqctl(
         "list_connections", "-q", "--no-table-headers", "pid", "peer_port", "client_properties"
     )
@@ -66,6 +71,77 @@ def _triggers(url: str, *names: str) -> str:
     """Broker `br` and a Trigger per name, each taking the events of that type."""
     return broker_manifest() + "".join(
         "---\n" + trigger_manifest(name, url, filter_type=name) for name in names
+    )
+
+
+@contextlib.asynccontextmanager
+async def _behind_proxy(
+    tmp_path: Path, prefix: str, manifests: str, **settings: Any
+) -> AsyncIterator[tuple[InProcessMesh, TcpProxy]]:
+    """A mesh whose connections go through a TcpProxy: closing the proxy keeps a connection
+    RabbitMQ closed from coming back until it opens again (aio-pika retries every second)."""
+    proxy = await TcpProxy().start()
+    write_manifests(tmp_path / "behind", manifests)
+    try:
+        mesh = InProcessMesh(tmp_path / "behind", prefix, amqp_url=proxy.url(), **settings)
+        await mesh.start()
+        try:
+            yield mesh, proxy
+        finally:
+            await mesh.stop()
+    finally:
+        await proxy.stop()
+
+
+async def _workers_connection_down(mesh: InProcessMesh, proxy: TcpProxy, rabbitmq: str) -> None:
+    """RabbitMQ closes the mesh's workers' connection, which stays down until `proxy.restore()`."""
+    proxy.open = False  # new connections are refused; the others stay up
+    _close_workers_connection(mesh, rabbitmq)
+    client = mesh.server.consumers.clients[0]
+    await eventually(lambda: not client.connected, what="the workers' connection down")
+
+
+async def _restore_order(ctx: Any, first: str, then: str) -> None:
+    """Make the workers' shared channel restore queue `first` before `then`: aio-pika keeps
+    a channel's queues in the order they were first declared on it, so `then`'s worker
+    starts again."""
+    subscriber = ctx.workers[then].subscriber
+    await ctx.stop_queue(then)
+    await ctx.run_queue(then, subscriber)
+    channel = ctx.workers[first]._channel
+    assert ctx.workers[then]._channel is channel
+    assert list(channel._queues) == [first, then]
+
+
+def _consuming(worker: Any) -> Callable[[], Awaitable[bool]]:
+    """Whether `worker` has a consumer on its (open) channel."""
+
+    async def check() -> bool:
+        channel = worker._channel
+        if channel is None or channel.is_closed or worker._tag is None:
+            return False
+        return worker._tag in (await channel.get_underlay_channel()).consumers
+
+    return check
+
+
+async def _acked(queue: str) -> None:
+    """Wait until `queue` holds no message, ready or unacknowledged."""
+    await eventually(
+        lambda: queued_messages(queue).get(queue) == 0, timeout=30, what=f"{queue} acked"
+    )
+
+
+def _resync(mesh: InProcessMesh) -> None:
+    """Reconcile everything again, as after the control plane's reconnect: a Trigger's queue
+    is declared and bound again."""
+    assert mesh.server.plane is not None
+    mesh.server.plane.resync()
+
+
+async def _received(sink: Any, event_id: str | None) -> None:
+    await eventually(
+        lambda: any(r.ce_id == event_id for r in sink.received), timeout=30, what=f"{event_id}"
     )
 
 
@@ -284,6 +360,123 @@ async def test_a_reconnect_while_a_queue_is_deleted_under_its_worker_keeps_the_n
     assert sorted({r.ce_id for r in got}) == sorted(ids)
     stays = ctx.names.trigger_queue("default", "stays")
     await eventually(lambda: _depth_is(stays, 0), timeout=30, what="the neighbour's queue acked")
+
+
+async def test_a_queue_deleted_while_the_connection_is_down_is_left_out_of_the_restore(
+    tmp_path, prefix, make_sink, rabbitmq
+):
+    """A Trigger's queue is deleted while the workers' connection is down (by hand, or by
+    another replica before this one hears of it). aio-pika restores a connection's channels
+    all or nothing, a queue after another: the queue's passive declare failed (NOT_FOUND),
+    and with it the whole connection's restore, every second, for as long as the queue stayed
+    away; the workers restored after it received nothing (those before it got their events
+    again on every attempt). Now the queue is left out of the restore and its worker, told as
+    by a consumer cancel, consumes again once the queue is back."""
+    sink = await make_sink()
+    manifests = _triggers(sink.url, "gone", "stays")
+    async with _behind_proxy(tmp_path, prefix, manifests, consumers_per_channel=4) as (mesh, proxy):
+        pool = mesh.server.consumers
+        ctx = mesh.server.ctx
+        assert pool.shared_counts() == [2]
+        queue = ctx.names.trigger_queue("default", "gone")
+        stays = ctx.names.trigger_queue("default", "stays")
+        # The missing queue first: aio-pika's restore never got to the neighbour.
+        await _restore_order(ctx, queue, stays)
+        worker = ctx.workers[queue]
+        await _workers_connection_down(mesh, proxy, rabbitmq)
+        conn = await aio_pika.connect(rabbitmq)
+        try:
+            await (await conn.channel()).queue_delete(queue)
+        finally:
+            await conn.close()
+        proxy.restore()
+        ids = await post_each_type(f"{mesh.url}/default/br", ["stays"] * 3)
+        await _acked(stays)  # delivered (once each: nothing consumed on a failed restore)
+        assert sorted(r.ce_id for r in sink.received) == sorted(ids)
+        await eventually(lambda: pool.connected, what="the workers' connection up")
+        assert ctx.workers[queue] is worker and worker._tag is None  # waiting for its queue
+        # The Trigger's next reconcile (a resync) declares and binds its queue again.
+        _resync(mesh)
+        await eventually(_consuming(worker), timeout=30, what="consuming its queue again")
+        status, eid = await post_binary(f"{mesh.url}/default/br", type_="gone")
+        assert status == 202
+        await _received(sink, eid)
+
+
+async def test_a_queue_deleted_between_its_declare_and_its_consume_in_a_restore(
+    tmp_path, prefix, make_sink, rabbitmq, monkeypatch
+):
+    """The race the restore cannot rule out: its queues are declared first, then consumed, so
+    a queue deleted in between fails its consume (NOT_FOUND) after a neighbour may have been
+    consumed on the channel RabbitMQ then closes. The channel is opened again without it,
+    the neighbour consumed again, and the queue's worker waits for it to be back."""
+    sink = await make_sink()
+    manifests = _triggers(sink.url, "gone", "stays")
+    async with _behind_proxy(tmp_path, prefix, manifests, consumers_per_channel=4) as (mesh, proxy):
+        pool = mesh.server.consumers
+        ctx = mesh.server.ctx
+        assert pool.shared_counts() == [2]
+        queue = ctx.names.trigger_queue("default", "gone")
+        stays = ctx.names.trigger_queue("default", "stays")
+        await _restore_order(ctx, stays, queue)  # the neighbour consumed before the 404
+        worker = ctx.workers[queue]
+        conn = await aio_pika.connect(rabbitmq)
+        try:
+            other = await conn.channel()
+            declare = aio_pika.queue.Queue.declare
+            deleted: list[str] = []
+
+            async def declare_then_lose(self: Any, timeout: Any = None) -> Any:
+                result = await declare(self, timeout)
+                if self.name == queue and not deleted:
+                    deleted.append(queue)
+                    await other.queue_delete(queue)  # right after its restore declared it
+                return result
+
+            await _workers_connection_down(mesh, proxy, rabbitmq)
+            monkeypatch.setattr(aio_pika.queue.Queue, "declare", declare_then_lose)
+            proxy.restore()
+            ids = await post_each_type(f"{mesh.url}/default/br", ["stays"] * 3)
+            await _acked(stays)  # at least once: the neighbour may have been consumed first
+            assert deleted == [queue]
+        finally:
+            await conn.close()
+        assert {r.ce_id for r in sink.received} == set(ids)
+        await eventually(lambda: pool.connected, what="the workers' connection up")
+        assert worker._tag is None
+        _resync(mesh)
+        await eventually(_consuming(worker), timeout=30, what="consuming its queue again")
+        status, eid = await post_binary(f"{mesh.url}/default/br", type_="gone")
+        assert status == 202
+        await _received(sink, eid)
+
+
+async def test_a_trigger_deleted_by_another_replica_while_the_connection_is_down(
+    tmp_path, prefix, start_mesh, make_sink, rabbitmq
+):
+    """Another replica reconciles a Trigger's delete (and deletes its queue) while this
+    one's workers' connection is down. This replica's worker stops: its consumer's cancel
+    waits for the connection, so the queue leaves the channel's restore list before it, and
+    the reconnect restores the neighbour alone."""
+    sink = await make_sink()
+    manifests = _triggers(sink.url, "gone", "stays")
+    async with _behind_proxy(tmp_path, prefix, manifests, consumers_per_channel=4) as (mesh, proxy):
+        pool = mesh.server.consumers
+        ctx = mesh.server.ctx
+        assert pool.shared_counts() == [2]
+        queue = ctx.names.trigger_queue("default", "gone")
+        other = await start_mesh(manifests, role="ingress")  # a replica delivering nothing
+        await _workers_connection_down(mesh, proxy, rabbitmq)
+        status, _ = await call("DELETE", other.url + TRIGGERS.format(ns="default") + "/gone")
+        assert status == 200
+        await eventually(lambda: queue not in list_names("queues", prefix), what="queue deleted")
+        await eventually(lambda: queue not in ctx.workers, what="the delete heard")
+        proxy.restore()
+        ids = await post_each_type(f"{mesh.url}/default/br", ["stays"] * 3)
+        await _acked(ctx.names.trigger_queue("default", "stays"))
+        assert sorted(r.ce_id for r in sink.received) == sorted(ids)
+        await eventually(lambda: pool.shared_counts() == [1], what="the worker gone")
+        await eventually(lambda: pool.connected, what="the workers' connection up")
 
 
 async def test_a_consumer_left_behind_by_a_stopped_worker_is_cancelled(start_mesh, make_sink):
