@@ -268,11 +268,11 @@ class StoreState:
                 self._cascade(key)
 
     def snapshot_record(self) -> dict[str, Any]:
-        return {
-            "op": "snapshot",
-            "base": self.last_offset,
-            "entries": [e.to_dict() for e in self.entries.values()],
-        }
+        """The state as a `snapshot` record, to encode with orjson at once (before the state
+        changes): its entries are the Entry objects themselves, which orjson writes as the
+        JSON objects `Entry.to_dict` makes, without that deep copy of every manifest first
+        (~8 MiB of dicts at 5,000 Triggers, freed again: RSS that stayed; issue 13)."""
+        return {"op": "snapshot", "base": self.last_offset, "entries": list(self.entries.values())}
 
     def file_entries(self) -> Iterable[Entry]:
         return (e for e in self.entries.values() if e.origin == "file")
