@@ -190,8 +190,8 @@ class TidyRobustChannel(aio_pika.RobustChannel):
 
     async def _restore_queues(self) -> None:
         """What aio-pika's `RobustQueue.restore` does for each queue of the channel (declare,
-        bind, consume), except that a queue worker's queue that is gone leaves the restore
-        instead of failing it.
+        bind, consume), except that a queue that is gone (or an exchange it is bound to)
+        leaves the restore instead of failing it.
 
         aio-pika restores a connection's channels all or nothing: a queue deleted while the
         connection was down (another replica reconciled the Trigger's delete meanwhile, or
@@ -206,8 +206,10 @@ class TidyRobustChannel(aio_pika.RobustChannel):
         consumed, so a missing one is found before a neighbour took a delivery on a channel
         about to close. A queue deleted between its declare and its consume fails the consume
         instead: handled the same, only the neighbours consumed before it get their
-        deliveries again (at least once, as after any reconnect). A queue nobody registered
-        a consumer cancel for (not a queue worker's) fails the restore, as in aio-pika.
+        deliveries again (at least once, as after any reconnect). A queue that is no queue
+        worker's (a console tail, a JobSink's or RequestReply's) is left out the same way,
+        without anyone to tell (`_gone`): aio-pika failed the restore of the whole connection
+        for it, for ever.
 
         No probe and no extra round trip when nothing is missing; one more channel open per
         missing queue."""
@@ -236,21 +238,34 @@ class TidyRobustChannel(aio_pika.RobustChannel):
         return queue in self._queues.get(queue.name, ())
 
     def _gone(self, queue: Any, error: Exception) -> None:
-        """`queue` is missing (NOT_FOUND) while the channel is restored. Raises _QueueGone
-        (`_open` opens the channel again, without it) when every consumer on it is a queue
-        worker's: it leaves the restore list and its worker is told, as by a consumer cancel.
-        Also when it left the list while the restore was under way (its worker stopped).
-        Otherwise returns, and the error stays aio-pika's (the restore fails)."""
+        """`queue` is missing (NOT_FOUND), or an exchange it is bound to, while the channel
+        is restored. Raises _QueueGone (`_open` opens the channel again, without it): it
+        leaves the restore list, and a queue worker consuming it is told, as by a consumer
+        cancel. Also when it left the list while the restore was under way (its worker
+        stopped).
+
+        Whoever else consumes it (a console tail bound to a Broker deleted since, a JobSink
+        or RequestReply runner whose resource went) receives nothing more on it: failing
+        the restore instead, as aio-pika does, failed the whole connection's, every second,
+        for as long as the entity stayed away, and every queue worker on the connection
+        stopped (its in-flight events delivered again at each attempt, never acked)."""
         if not self._listed(queue):
             raise _QueueGone(queue.name) from error
         tags = list(queue._consumers)
-        if not tags or any(tag not in self._broker_cancel for tag in tags):
-            return
-        log.info("queue %s is gone: its channel is restored without it (%s)", queue.name, error)
+        workers = bool(tags) and all(tag in self._broker_cancel for tag in tags)
+        (log.info if workers else log.warning)(
+            "queue %s or an exchange it is bound to is gone: its channel is restored without "
+            "it%s (%s)",
+            queue.name,
+            "" if workers else "; its consumer receives nothing more",
+            error,
+        )
         self.forget_queue(queue)
         for tag in tags:
             queue._consumers.pop(tag, None)  # never restored again under this tag
-            callback = self._broker_cancel.pop(tag)
+            callback = self._broker_cancel.pop(tag, None)
+            if callback is None:
+                continue
             try:
                 callback()
             except Exception:

@@ -826,7 +826,13 @@ class QueueWorker:
         except Exception:  # the guard itself failed: hand it to RabbitMQ, never lose it
             log.exception("redelivery guard failed for message %s", msg.message_id)
             await asyncio.sleep(REQUEUE_PAUSE)
-            await _nack(msg, requeue=self.mode == "dead-letter")
+            if self.mode == "dead-letter":  # a `:dlq` has no dead-letter queue of its own
+                await _nack(msg, requeue=True)
+                return
+            try:  # into the `:dlq`, declared first (RabbitMQ drops it into a missing one)
+                await self._reject_to_dead_letter_queue(msg)
+            except Exception:
+                await _nack(msg, requeue=True)
 
     def _transient_log(self, text: str, *args: Any, extra: dict[str, Any]) -> None:
         """A publish RabbitMQ could not take for now: every in-flight message meets it at

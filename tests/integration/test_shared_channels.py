@@ -16,7 +16,8 @@ import pytest
 from yarl import URL
 
 from rabbitmesh.amqp.pool import ConsumerPool
-from tests.support.api import TRIGGERS, call
+from tests.integration.test_console import broker_tail, tail
+from tests.support.api import BROKERS, TRIGGERS, call
 from tests.support.events import post_binary, post_each_type
 from tests.support.manifests import broker_manifest, trigger_manifest
 from tests.support.mesh import InProcessMesh, write_manifests
@@ -504,3 +505,34 @@ async def test_a_consumer_left_behind_by_a_stopped_worker_is_cancelled(start_mes
     await eventually(lambda: orphan not in underlay.consumers, what="the orphan cancelled")
     await eventually(lambda: _depth_is(queue, 1), what="the event back in its queue")
     assert sink.received == []
+
+
+async def test_a_console_tail_of_a_deleted_broker_does_not_stop_the_workers_connection(
+    start_mesh, make_sink
+):
+    """A console tail's queue lives on the workers' connection, bound to the tailed Broker's
+    exchange. The Broker is deleted while the tail is open, then the connection drops (a
+    blip): aio-pika's restore bound the tail's queue again to an exchange that no longer
+    exists (NOT_FOUND), which failed the whole connection's restore, every second, for ever
+    (the tail's own cleanup waits for that connection too): every queue worker on it stopped,
+    its in-flight events delivered again and again and never acked. Now the restore leaves
+    out a queue (or binding) it finds gone, whoever consumes it."""
+    sink = await make_sink()
+    mesh = await start_mesh(_triggers(sink.url, "kept") + "---\n" + broker_manifest("tailed"))
+    prefix = mesh.settings.topology_prefix
+    kept = f"{prefix}.trigger.default.kept"
+    tailed = f"{prefix}.broker.default.tailed"
+    connection = mesh.server.consumers.clients[0].connection
+    assert connection is not None
+    restored: list[object] = []
+    connection.reconnect_callbacks.add(lambda *_: restored.append(True))
+    async with tail(mesh.url, broker_tail("tailed")):
+        status, _ = await call("DELETE", mesh.url + BROKERS.format(ns="default") + "/tailed")
+        assert status == 200
+        await eventually(lambda: tailed not in list_names("exchanges", prefix), what="deleted")
+        _close_workers_connection(mesh)
+        # aio-pika calls reconnect_callbacks once every channel is restored: before, never.
+        await eventually(lambda: bool(restored), timeout=30, what="the connection restored")
+        ids = await post_each_type(f"{mesh.url}/default/br", ["kept"] * 3)
+        await _acked(kept)
+        assert {r.ce_id for r in sink.received} == set(ids)

@@ -300,3 +300,17 @@ async def test_unexpected_error_is_redelivered_later_with_a_count(make_worker: M
     await worker._guard(msg, RuntimeError("a bug"))
     (copy,) = pub.to(NAMES.delay_exchange)
     assert copy.headers[worker_module.HANDLER_ERRORS_HEADER] == 1 and msg.answered == ["ack"]
+
+
+async def test_a_guard_that_fails_itself_rejects_into_a_dlq_made_sure_of_first(
+    make_worker: Make,
+) -> None:
+    """The redelivery guard's last resort rejects the message (nack without requeue) for
+    RabbitMQ to dead-letter into the `:dlq`: a classic queue's is declared only when needed
+    (amqp/topology.py), and RabbitMQ drops what it dead-letters to a missing queue."""
+    worker, pub, _ = await make_worker()
+    pub.fail(NAMES.delay_exchange, RuntimeError("the guard's own copy fails oddly"))
+    msg = StubMessage.of(event())
+    await worker._guard(msg, RuntimeError("a bug"))
+    assert msg.answered == ["nack"]
+    assert cast(StubWorkerQueues, worker.topology).dead_letter_queues == {QUEUE}
