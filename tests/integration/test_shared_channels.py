@@ -363,6 +363,19 @@ async def test_a_reconnect_while_a_queue_is_deleted_under_its_worker_keeps_the_n
     await eventually(lambda: _depth_is(stays, 0), timeout=30, what="the neighbour's queue acked")
 
 
+async def _waits_then_consumes_again(mesh: Any, worker: Any, sink: Any) -> None:
+    """Once the workers' connection is back, `worker` (Trigger "gone") waits for its queue;
+    the Trigger's next reconcile (a resync) declares and binds it again, and the worker
+    consumes it and delivers an event of its type."""
+    await eventually(lambda: mesh.server.consumers.connected, what="the workers' connection up")
+    assert worker._tag is None  # waiting for its queue
+    _resync(mesh)
+    await eventually(_consuming(worker), timeout=30, what="consuming its queue again")
+    status, eid = await post_binary(f"{mesh.url}/default/br", type_="gone")
+    assert status == 202
+    await _received(sink, eid)
+
+
 async def test_a_queue_deleted_while_the_connection_is_down_is_left_out_of_the_restore(
     tmp_path, prefix, make_sink, rabbitmq
 ):
@@ -394,14 +407,8 @@ async def test_a_queue_deleted_while_the_connection_is_down_is_left_out_of_the_r
         ids = await post_each_type(f"{mesh.url}/default/br", ["stays"] * 3)
         await _acked(stays)  # delivered (once each: nothing consumed on a failed restore)
         assert sorted(r.ce_id for r in sink.received) == sorted(ids)
-        await eventually(lambda: pool.connected, what="the workers' connection up")
-        assert ctx.workers[queue] is worker and worker._tag is None  # waiting for its queue
-        # The Trigger's next reconcile (a resync) declares and binds its queue again.
-        _resync(mesh)
-        await eventually(_consuming(worker), timeout=30, what="consuming its queue again")
-        status, eid = await post_binary(f"{mesh.url}/default/br", type_="gone")
-        assert status == 202
-        await _received(sink, eid)
+        assert ctx.workers[queue] is worker
+        await _waits_then_consumes_again(mesh, worker, sink)
 
 
 async def test_a_queue_deleted_between_its_declare_and_its_consume_in_a_restore(
@@ -443,13 +450,7 @@ async def test_a_queue_deleted_between_its_declare_and_its_consume_in_a_restore(
         finally:
             await conn.close()
         assert {r.ce_id for r in sink.received} == set(ids)
-        await eventually(lambda: pool.connected, what="the workers' connection up")
-        assert worker._tag is None
-        _resync(mesh)
-        await eventually(_consuming(worker), timeout=30, what="consuming its queue again")
-        status, eid = await post_binary(f"{mesh.url}/default/br", type_="gone")
-        assert status == 202
-        await _received(sink, eid)
+        await _waits_then_consumes_again(mesh, worker, sink)
 
 
 async def test_a_trigger_deleted_by_another_replica_while_the_connection_is_down(
