@@ -124,8 +124,9 @@ class Names:
                 return [(self.dead_letter_queue(self.trigger_queue(ns, name)), MAX_QUEUE_NAME)]
             case "Channel":
                 return [(self.channel_exchange(ns, name), MAX_EXCHANGE_NAME)]
-            case "Subscription":  # its `:reply` queue is longer than its `:dlq`
-                return [(self.reply_queue(self.subscription_queue(ns, name)), MAX_QUEUE_NAME)]
+            case "Subscription":  # its `:reply` queue's `:dlq` (and `:dls`) is the longest
+                queue = self.subscription_queue(ns, name)
+                return [(self.reply_dead_letters(queue), MAX_QUEUE_NAME)]
             case "Sequence" if isinstance(res, Sequence):
                 last = max(len(res.spec.steps) - 1, 0)
                 return [
@@ -134,7 +135,7 @@ class Names:
                         MAX_EXCHANGE_NAME,
                     ),
                     (
-                        self.reply_queue(
+                        self.reply_dead_letters(
                             self.flow_queue("sequence", ns, Sequence.subscription_name(name, last))
                         ),
                         MAX_QUEUE_NAME,
@@ -160,7 +161,7 @@ class Names:
                         MAX_EXCHANGE_NAME,
                     ),
                     (
-                        self.reply_queue(
+                        self.reply_dead_letters(
                             self.flow_queue(
                                 "parallel", ns, Parallel.filter_subscription_name(name, last)
                             )
@@ -169,6 +170,12 @@ class Names:
                     ),
                 ]
         return []
+
+    def reply_dead_letters(self, queue: str) -> str:
+        """The `:dlq` of `queue`'s `:reply` queue: the longest queue name a subscription makes
+        (its `:dls` stream is as long). A `:dlq` may be declared only at a first failure
+        (amqp/topology.py): a name too long must be refused at write time, not then."""
+        return self.dead_letter_queue(self.reply_queue(queue))
 
     def check_length(self, res: Resource) -> None:
         """FieldError on metadata.name when a RabbitMQ name derived from it would be too long:

@@ -61,7 +61,8 @@ async def test_names_too_long_for_rabbitmq_are_refused_at_write_time(start_mesh,
         "Broker": longest_name_allowed(prefix, "broker", "", EXCHANGE) + 1,
         "Channel": longest_name_allowed(prefix, "channel", "", EXCHANGE) + 1,
         "InMemoryChannel": longest_name_allowed(prefix, "channel", "", EXCHANGE) + 1,
-        "Subscription": longest_name_allowed(prefix, "subscription", ":reply") + 1,
+        # Its `:reply` queue's `:dlq` (or `:dls`): the longest queue a subscription makes.
+        "Subscription": longest_name_allowed(prefix, "subscription", ":reply:dlq") + 1,
         # The exchange of the last step or branch: `{name}-kn-sequence-{i}`, -kn-parallel-{i}.
         "Sequence": longest_name_allowed(prefix, "sequence", "-kn-sequence-0", EXCHANGE) + 1,
         "Parallel": longest_name_allowed(prefix, "parallel", "-kn-parallel-0", EXCHANGE) + 1,
