@@ -249,9 +249,12 @@ class Sink:
 async def steady_flow(
     session: aiohttp.ClientSession, url: str, rate: float, stop: asyncio.Event
 ) -> tuple[set[str], int]:
-    """`rate` events/s until `stop`; (accepted ids, refused count)."""
+    """`rate` events/s until `stop`; (accepted ids, refused count). A rate of 0 sends none."""
     accepted: set[str] = set()
     refused = 0
+    if rate <= 0:
+        await stop.wait()
+        return accepted, refused
     interval = 1.0 / rate
     next_at = time.perf_counter()
     pending: set[asyncio.Task[None]] = set()
@@ -556,7 +559,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--triggers", type=int, default=5000)
     parser.add_argument("--further-writes", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=200.0,
+        help="events/s to a Trigger that exists throughout the creations (0: none)",
+    )
     parser.add_argument(
         "--preload",
         action="store_true",
