@@ -207,9 +207,9 @@ class TidyRobustChannel(aio_pika.RobustChannel):
         about to close. A queue deleted between its declare and its consume fails the consume
         instead: handled the same, only the neighbours consumed before it get their
         deliveries again (at least once, as after any reconnect). A queue that is no queue
-        worker's (a console tail, a JobSink's or RequestReply's) is left out the same way,
-        without anyone to tell (`_gone`): aio-pika failed the restore of the whole connection
-        for it, for ever.
+        worker's (a console tail) is left out when an exchange it is bound to is gone,
+        without anyone to tell; when it is missing itself, the restore fails and is retried,
+        as in aio-pika (`_gone` says why).
 
         No probe and no extra round trip when nothing is missing; one more channel open per
         missing queue."""
@@ -219,10 +219,14 @@ class TidyRobustChannel(aio_pika.RobustChannel):
                 continue
             try:
                 await queue.declare()
+            except aiormq.exceptions.ChannelNotFoundEntity as e:
+                self._gone(queue, e)
+                raise
+            try:
                 for (exchange, routing_key), kwargs in tuple(queue._bindings.items()):
                     await queue.bind(exchange, routing_key, **kwargs)
             except aiormq.exceptions.ChannelNotFoundEntity as e:
-                self._gone(queue, e)
+                self._gone(queue, e, exchange_gone=True)
                 raise
         for queue in queues:
             if not self._listed(queue):
@@ -237,22 +241,28 @@ class TidyRobustChannel(aio_pika.RobustChannel):
     def _listed(self, queue: Any) -> bool:
         return queue in self._queues.get(queue.name, ())
 
-    def _gone(self, queue: Any, error: Exception) -> None:
+    def _gone(self, queue: Any, error: Exception, exchange_gone: bool = False) -> None:
         """`queue` is missing (NOT_FOUND), or an exchange it is bound to, while the channel
         is restored. Raises _QueueGone (`_open` opens the channel again, without it): it
         leaves the restore list, and a queue worker consuming it is told, as by a consumer
         cancel. Also when it left the list while the restore was under way (its worker
         stopped).
 
-        Whoever else consumes it (a console tail bound to a Broker deleted since, a JobSink
-        or RequestReply runner whose resource went) receives nothing more on it: failing
-        the restore instead, as aio-pika does, failed the whole connection's, every second,
-        for as long as the entity stayed away, and every queue worker on the connection
-        stopped (its in-flight events delivered again at each attempt, never acked)."""
+        A queue nobody told us how to lose (not a queue worker's) is left out only when an
+        exchange it is bound to is gone (`exchange_gone`: a console tail of a Broker deleted
+        since): failing the restore instead, as aio-pika does, failed the whole
+        connection's, every second, for ever, and every queue worker on it stopped (its
+        in-flight events delivered again at each attempt, never acked); its consumer
+        receives nothing more. When such a queue is missing itself, this returns and the
+        restore fails and is retried, as in aio-pika: the resource store's stream is
+        NOT_FOUND for a moment after a RabbitMQ restart, and its reader must come back,
+        not be left out for good (tests/integration/test_store.py)."""
         if not self._listed(queue):
             raise _QueueGone(queue.name) from error
         tags = list(queue._consumers)
         workers = bool(tags) and all(tag in self._broker_cancel for tag in tags)
+        if not workers and not exchange_gone:
+            return
         (log.info if workers else log.warning)(
             "queue %s or an exchange it is bound to is gone: its channel is restored without "
             "it%s (%s)",
