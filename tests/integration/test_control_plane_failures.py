@@ -36,7 +36,8 @@ async def publish_to_store(prefix: str, *bodies: bytes) -> None:
 
 
 async def store_records(prefix: str) -> list[dict]:
-    """Every JSON record of the store stream, from its first offset."""
+    """Every JSON record of the store stream, from its first offset, each once: a record
+    delivered twice (same `x-stream-offset`) is one record, two writes are two offsets."""
     conn = await aio_pika.connect(AMQP_URL)
     records: list[dict] = []
     async with conn:
@@ -46,17 +47,19 @@ async def store_records(prefix: str) -> list[dict]:
         length = await ch.declare_queue(f"{prefix}.store", passive=True)
         total = length.declaration_result.message_count or 0
         got = asyncio.Event()
-        seen = 0
+        offsets: set[object] = set()
 
         async def on_message(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
-            nonlocal seen
-            seen += 1
+            offset = (msg.headers or {}).get("x-stream-offset")
+            await msg.ack()
+            if offset in offsets:
+                return
+            offsets.add(offset)
             try:
                 records.append(orjson.loads(msg.body))
             except orjson.JSONDecodeError:
                 pass
-            await msg.ack()
-            if seen >= total:
+            if len(offsets) >= total:
                 got.set()
 
         tag = await queue.consume(on_message, arguments={"x-stream-offset": "first"})

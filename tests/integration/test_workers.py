@@ -235,7 +235,7 @@ async def test_a_start_of_two_workers_reconciles_each_resource_once_per_worker(
         assert await reconciles("Trigger") == 2 * n
         assert await reconciles("Broker") == 2
         applies = [r for r in await store_records(prefix) if r.get("op") == "apply"]
-        assert len(applies) == n + 1, [r.get("writer") for r in applies]
+        assert len(applies) == n + 1, [(r.get("writer"), r["key"], r.get("rid")) for r in applies]
         assert len({r["writer"] for r in applies}) == 1
     finally:
         await mesh.stop()
