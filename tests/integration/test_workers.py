@@ -234,7 +234,15 @@ async def test_a_start_of_two_workers_reconciles_each_resource_once_per_worker(
 
         assert await reconciles("Trigger") == 2 * n
         assert await reconciles("Broker") == 2
-        applies = [r for r in await store_records(prefix) if r.get("op") == "apply"]
+
+        async def read_back() -> list[dict] | None:
+            # A read of the stream can end early (it stops at the message count RabbitMQ
+            # gave when it began, which may lag what was written): read it again until it
+            # holds every document; more than that would be written twice (asserted below).
+            applies = [r for r in await store_records(prefix) if r.get("op") == "apply"]
+            return applies if len(applies) >= n + 1 else None
+
+        applies = await eventually(read_back, timeout=30, interval=0.5, what="the applies")
         assert len(applies) == n + 1, [(r.get("writer"), r["key"], r.get("rid")) for r in applies]
         assert len({r["writer"] for r in applies}) == 1
     finally:
