@@ -331,8 +331,7 @@ class Server:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60),
             auto_decompress=False,
         )
-        topo_channel = await self.publisher.channel()
-        topology = Topology(topo_channel, self.names, s.queue_type, self.publisher.channel)
+        topology = await Topology.open(self.publisher.channel, self.names, s.queue_type)
         await topology.declare_infrastructure()
         self.ctx = Context(
             settings=s,
@@ -369,7 +368,11 @@ class Server:
             sources.on_change = lambda key: source_status(ctx, key)
             sources.start()
             ctx.sources = sources
-        self.controller = Controller(self.ctx, s.reconcile_concurrency)
+        self.controller = Controller(
+            self.ctx,
+            s.reconcile_concurrency,
+            (self.worker.index, self.worker.count) if self.worker is not None else (0, 1),
+        )
         self.plane = ControlPlane(
             s,
             self.names,

@@ -139,9 +139,7 @@ class Clusters:
                 await publisher.connect()
             if publisher.connection is not None and self.on_reconnect is not None:
                 publisher.connection.reconnect_callbacks.add(self.on_reconnect)
-            topology = Topology(
-                await publisher.channel(), self.names, s.queue_type, publisher.channel
-            )
+            topology = await Topology.open(publisher.channel, self.names, s.queue_type)
             await topology.declare_infrastructure()
         except Exception as e:
             await publisher.close()

@@ -18,6 +18,14 @@ dead-lettering: at-least-once holds a message in its source queue until some tar
 accepts it, so a retry whose trigger was deleted meanwhile would be stuck in the shared
 delay queue instead of being discarded.
 
+Declarations go over a few channels ("lanes"), each name always over the same one: RabbitMQ
+runs one channel's methods one at a time, and a queue.declare that creates a durable queue
+holds its channel for milliseconds, so over a single channel the reconciles of a cold start
+(issue 13: 5,000 Triggers) waited in line for each other, and the channel process, scanning a
+long mailbox while it waited for each new queue, spent more CPU than the creations themselves
+(benchmarks.md, "Topology lanes"). One name, one lane keeps what is done to one queue or
+exchange in the order it was asked.
+
 Nothing here is declared `robust`: aio-pika's robust channel keeps every queue object a
 robust declare returns (a new one per call, never dropped until the queue is deleted) to
 re-declare it after a reconnect, so re-declaring on every reconcile grew memory without end
@@ -30,7 +38,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import aio_pika
@@ -49,6 +58,11 @@ QUORUM_DELIVERY_LIMIT = 1000
 
 QueueType = Literal["classic", "quorum"]
 
+#: Channels a Topology declares over (`Topology.open`). Reconciles run 8 at a time
+#: (RABBITMESH_RECONCILE_CONCURRENCY's default): with as many lanes they rarely wait for each
+#: other. Each is a process in RabbitMQ and a few KB here, once per RabbitMQ per worker process.
+LANES = 8
+
 
 class Topology:
     def __init__(
@@ -57,8 +71,11 @@ class Topology:
         names: Names,
         queue_type: QueueType = "classic",
         open_channel: Callable[[], Awaitable[AbstractChannel]] | None = None,
+        lanes: Sequence[AbstractRobustChannel] = (),
     ) -> None:
+        #: The infrastructure's channel, and the first lane.
         self.channel = channel
+        self._lanes: tuple[AbstractRobustChannel, ...] = (channel, *lanes)
         #: Opens a short-lived channel (ensure_dead_letter_queue); None: use `channel`.
         self.open_channel = open_channel
         self.names = names
@@ -69,6 +86,25 @@ class Topology:
         self._plain: dict[str, Any] = (
             {"robust": False} if isinstance(channel, AbstractRobustChannel) else {}
         )
+
+    @classmethod
+    async def open(
+        cls,
+        open_channel: Callable[[], Awaitable[AbstractRobustChannel]],
+        names: Names,
+        queue_type: QueueType = "classic",
+        lanes: int = LANES,
+    ) -> Topology:
+        """A Topology over `lanes` channels `open_channel` opens (it also opens the short-lived
+        ones of ensure_dead_letter_queue)."""
+        channels = [await open_channel() for _ in range(max(1, lanes))]
+        return cls(channels[0], names, queue_type, open_channel, channels[1:])
+
+    def lane(self, name: str) -> AbstractRobustChannel:
+        """The channel everything done to the queue or exchange `name` goes over."""
+        if len(self._lanes) == 1:
+            return self.channel
+        return self._lanes[zlib.crc32(name.encode()) % len(self._lanes)]
 
     async def declare_infrastructure(self) -> None:
         await self.channel.declare_exchange(
@@ -99,7 +135,7 @@ class Topology:
         return args
 
     async def declare_exchange(self, name: str, kind: aio_pika.ExchangeType) -> None:
-        await self.channel.declare_exchange(name, kind, durable=True, **self._plain)
+        await self.lane(name).declare_exchange(name, kind, durable=True, **self._plain)
 
     async def declare_delivery_queue(
         self, queue: str, queue_type: QueueType | None = None, dead_letter_queue: bool = False
@@ -114,7 +150,7 @@ class Topology:
         for a new Trigger (issue 13: 5,000 Triggers made 10,000 queues at a cold start)."""
         if dead_letter_queue or (queue_type or self.queue_type) == "quorum":
             await self.declare_dead_letter_queue(queue, queue_type)
-        await self.channel.declare_queue(
+        await self.lane(queue).declare_queue(
             queue,
             durable=True,
             arguments=self.queue_arguments(
@@ -134,13 +170,14 @@ class Topology:
         queue_type: QueueType | None = None,
         channel: AbstractChannel | None = None,
     ) -> None:
-        """`queue`'s `:dlq` (on `channel`, default: the topology's)."""
-        target = channel or self.channel
+        """`queue`'s `:dlq` (on `channel`, default: its lane)."""
+        dlq = self.names.dead_letter_queue(queue)
+        target = channel or self.lane(dlq)
         plain: dict[str, Any] = (
             {"robust": False} if isinstance(target, AbstractRobustChannel) else {}
         )
         await target.declare_queue(
-            self.names.dead_letter_queue(queue),
+            dlq,
             durable=True,
             arguments=self.queue_arguments(queue_type=queue_type),
             **plain,
@@ -168,7 +205,7 @@ class Topology:
         """A partition of an ordered queue (docs/ordering.md): single active consumer, so
         however many replicas consume it only one delivers at a time; what it rejects goes to
         the parent queue's `:dlq`."""
-        await self.channel.declare_queue(
+        await self.lane(queue).declare_queue(
             queue,
             durable=True,
             arguments=self.queue_arguments(
@@ -183,11 +220,11 @@ class Topology:
         )
 
     async def bind(self, queue: str, exchange: str, routing_key: str) -> None:
-        q = await self.channel.get_queue(queue, ensure=False)
+        q = await self.lane(queue).get_queue(queue, ensure=False)
         await q.bind(exchange, routing_key)
 
     async def unbind(self, queue: str, exchange: str, routing_key: str) -> None:
-        q = await self.channel.get_queue(queue, ensure=False)
+        q = await self.lane(queue).get_queue(queue, ensure=False)
         await q.unbind(exchange, routing_key)
 
     async def ensure_delay_queue(self, delay_ms: int) -> None:
@@ -213,7 +250,7 @@ class Topology:
             self._delays.add(delay_ms)
 
     async def delete_queue(self, queue: str) -> None:
-        await self.channel.queue_delete(queue)
+        await self.lane(queue).queue_delete(queue)
 
     async def delete_exchange(self, name: str) -> None:
-        await self.channel.exchange_delete(name)
+        await self.lane(name).exchange_delete(name)

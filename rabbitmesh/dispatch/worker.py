@@ -328,8 +328,12 @@ class QueueWorker:
         channel = self._channel = await self.consumer.lease(self.prefetch)
         try:
             self._acks = batcher_for(channel)
-            self._queue = await channel.get_queue(self.queue_name, ensure=True)
-            await self._consume()
+            if isinstance(channel, TidyRobustChannel):
+                self._queue = channel.queue_to_consume(self.queue_name)
+                await self._consume_listed()
+            else:
+                self._queue = await channel.get_queue(self.queue_name, ensure=True)
+                await self._consume()
         except BaseException:
             await self._leave_channel()
             raise

@@ -537,3 +537,42 @@ async def test_a_console_tail_of_a_deleted_broker_does_not_stop_the_workers_conn
         ids = await post_each_type(f"{mesh.url}/default/br", ["kept"] * 3)
         await _acked(kept)
         assert {r.ce_id for r in sink.received} == set(ids)
+
+
+async def test_a_worker_starts_with_its_consume_alone_and_is_restored_after_a_reconnect(
+    start_mesh, make_sink, monkeypatch
+):
+    """A queue worker asks RabbitMQ nothing before its consume: the reconcile that starts it
+    declared the queue a moment before (a passive declare per worker per process was 5,000
+    round trips each at a cold start with 5,000 Triggers). After a reconnect its queue is
+    still declared passively and consumed again."""
+    from rabbitmesh.amqp.channels import TidyRobustChannel
+
+    sink = await make_sink()
+    mesh = await start_mesh(_triggers(sink.url, "before"))
+    passive: list[str] = []
+    declare = TidyRobustChannel.declare_queue
+
+    async def counting(self: Any, name: str | None = None, **kwargs: Any) -> Any:
+        if kwargs.get("passive"):
+            passive.append(str(name))
+        return await declare(self, name, **kwargs)
+
+    monkeypatch.setattr(TidyRobustChannel, "declare_queue", counting)
+    manifest = trigger_manifest("fresh", sink.url, filter_type="fresh")
+    status, body = await call("POST", mesh.url + TRIGGERS.format(ns="default"), text=manifest)
+    assert status == 201, body
+    queue = mesh.server.names.trigger_queue("default", "fresh")
+    worker = mesh.server.ctx.workers[queue]
+    assert passive == []
+    assert list(worker._channel._queues[queue])[0].passive  # restored as a passive declare
+    (first,) = await post_each_type(f"{mesh.url}/default/br", ["fresh"])
+    assert [r.ce_id for r in await sink.wait_for(1)] == [first]
+
+    _close_workers_connection(mesh)
+    client = mesh.server.consumers.clients[0]
+    await eventually(lambda: client.connected and worker._tag is not None, what="reconnected")
+    (second,) = await post_each_type(f"{mesh.url}/default/br", ["fresh"])
+    await eventually(
+        lambda: second in {r.ce_id for r in sink.received}, what="delivered after the reconnect"
+    )

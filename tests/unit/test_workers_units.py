@@ -101,3 +101,22 @@ async def test_frames_written_in_one_iteration_go_out_as_one_write() -> None:
     writer.close()
     server.close()
     await server.wait_closed()
+
+
+def test_each_worker_process_walks_a_batch_from_its_own_place_in_it() -> None:
+    """Worker processes reconcile every resource; begun at the same place they asked RabbitMQ
+    to create the same queues at the same moment, and each creation was done twice."""
+    from typing import Any, cast
+
+    from rabbitmesh.reconciler.controller import Controller
+
+    batch = cast(Any, list(range(10)))
+
+    def walk(index: int, count: int) -> list[int]:
+        return cast(list[int], Controller(cast(Any, None), 8, (index, count))._rotated(batch))
+
+    assert walk(0, 1) == list(range(10))
+    assert walk(0, 2) == list(range(10))
+    assert walk(1, 2) == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]
+    assert [w[0] for w in (walk(i, 3) for i in range(3))] == [0, 3, 6]
+    assert all(sorted(walk(i, 4)) == list(range(10)) for i in range(4))  # nothing left out
