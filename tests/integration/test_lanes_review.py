@@ -85,3 +85,69 @@ async def test_a_deleted_jobsinks_queues_do_not_come_back_after_a_reconnect(
         await lane.ready()  # every lane restored
     left = {queue, runs} & set(list_names("queues", prefix))
     assert not left, f"deleted JobSink's queues re-created by the reconnect: {sorted(left)}"
+
+
+async def test_a_worker_started_while_its_shared_channel_is_restored_does_not_fail_the_restore(
+    start_mesh, make_sink, monkeypatch
+):
+    """A QueueWorker no longer waits for its channel to be ready before consuming (d73d53e:
+    `queue_to_consume` instead of `get_queue(ensure=True)`, whose declare awaited
+    `RobustChannel.ready()`). A shared channel being restored after a reconnect is open (its
+    new underlay) and is leased to a new worker, which puts its queue on the restore list
+    and consumes at once; the restore then consumes that queue again under the same
+    consumer tag (DuplicateConsumerTag), fails, and with it the whole connection's restore:
+    every worker on the connection is reconnected once more (their deliveries redelivered).
+
+    The restore is held here at its start, as a slow one is (a connection's channels are
+    restored one after another, 16 queues each), while a Trigger created meanwhile starts."""
+    import asyncio
+    import contextlib
+
+    from rabbitmesh.amqp import channels as channels_module
+    from tests.integration.test_shared_channels import _close_workers_connection, _triggers
+    from tests.support.api import TRIGGERS
+    from tests.support.events import post_each_type
+    from tests.support.manifests import trigger_manifest
+
+    sink = await make_sink()
+    mesh = await start_mesh(_triggers(sink.url, "t1", "t2"))
+    ctx = mesh.server.ctx
+    shared = ctx.workers[ctx.names.trigger_queue("default", "t1")]._channel
+    assert ctx.workers[ctx.names.trigger_queue("default", "t2")]._channel is shared
+
+    original = channels_module.TidyRobustChannel._restore_queues
+    entered, gate = asyncio.Event(), asyncio.Event()
+    failures: list[BaseException] = []
+
+    async def held(self):
+        if self is shared and not entered.is_set():
+            entered.set()
+            await gate.wait()
+        try:
+            await original(self)
+        except channels_module._QueueGone:
+            raise
+        except Exception as e:
+            failures.append(e)
+            raise
+
+    monkeypatch.setattr(channels_module.TidyRobustChannel, "_restore_queues", held)
+    _close_workers_connection(mesh)
+    await eventually(lambda: entered.is_set(), 30, what="the shared channel's restore")
+
+    manifest = trigger_manifest("t3", sink.url, filter_type="t3")
+    post = asyncio.create_task(
+        call("POST", mesh.url + TRIGGERS.format(ns="default"), text=manifest)
+    )
+    t3 = ctx.names.trigger_queue("default", "t3")
+    with contextlib.suppress(AssertionError):  # before d73d53e it waits for the restore
+        await eventually(
+            lambda: t3 in ctx.workers and ctx.workers[t3]._tag is not None, 5, what="t3 started"
+        )
+    gate.set()
+    status, body = await post
+    assert status == 201, body
+    await eventually(lambda: t3 in ctx.workers and ctx.workers[t3]._tag is not None, 30)
+    ids = await post_each_type(f"{mesh.url}/default/br", ["t1", "t3"])
+    await eventually(lambda: set(ids) <= {r.ce_id for r in sink.received}, 30, what="delivered")
+    assert failures == [], f"the shared channel's restore failed: {failures!r}"
