@@ -145,7 +145,11 @@ async def test_a_worker_started_while_its_shared_channel_is_restored_does_not_fa
             lambda: t3 in ctx.workers and ctx.workers[t3]._tag is not None, 5, what="t3 started"
         )
     gate.set()
-    status, body = await post
+    await asyncio.sleep(2)  # the restore runs its course
+    assert failures == [], f"the shared channel's restore failed: {failures!r}"
+    # Bounded: on d73d53e^ as with the fix, this reconcile (waiting for the channel's
+    # restore) sometimes never finishes (seen 3 of 4 runs on d73d53e^; not diagnosed).
+    status, body = await asyncio.wait_for(post, 30)
     assert status == 201, body
     await eventually(lambda: t3 in ctx.workers and ctx.workers[t3]._tag is not None, 30)
     ids = await post_each_type(f"{mesh.url}/default/br", ["t1", "t3"])
