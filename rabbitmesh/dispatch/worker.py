@@ -400,6 +400,11 @@ class QueueWorker:
         if not isinstance(channel, TidyRobustChannel) or queue is None:
             await self._consume()
             return
+        # Not while the channel is restored (after a reconnect or a channel error; a leased
+        # channel may be mid-restore, its new underlay open): that restore would consume this
+        # queue again under the same tag (DuplicateConsumerTag) and fail the connection's.
+        # A passive declare here waited for this too (RobustChannel.declare_queue).
+        await channel.ready()
         channel.remember_queue(queue)
         try:
             await self._consume()

@@ -24,16 +24,18 @@ async def reconcile(ctx: Context, job: JobSink) -> None:
     exchange = ctx.names.jobsink_exchange(ns, name)
     queue = ctx.names.jobsink_queue(ns, name)
     await ctx.topology.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT)
-    await ctx.topology.channel.declare_queue(
+    # On the lanes their deletes go over (Topology.delete_queue): a queue is declared robust
+    # here, and only a delete on the channel that declared it takes it off that channel's
+    # restore list; otherwise every reconnect re-created a deleted JobSink's queues.
+    await ctx.topology.lane(queue).declare_queue(
         queue,
         durable=True,
         # One replica runs a JobSink's events at a time: it knows which it started.
         arguments=ctx.topology.queue_arguments({"x-single-active-consumer": True}),
     )
     await ctx.bind_exactly(queue, {(exchange, "")})
-    await ctx.topology.channel.declare_queue(
-        ctx.names.jobsink_runs(ns, name), durable=True, arguments=stream_arguments()
-    )
+    runs = ctx.names.jobsink_runs(ns, name)
+    await ctx.topology.lane(runs).declare_queue(runs, durable=True, arguments=stream_arguments())
     # Its runner appends to it at once, on the shared publisher (see wait_writable).
     await wait_writable(ctx.publisher, ctx.names.jobsink_runs(ns, name))
     job.status.address = Address(url=address_url(ctx.settings.base_url, KIND, ns, name))
