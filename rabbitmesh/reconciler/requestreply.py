@@ -33,7 +33,7 @@ async def reconcile(ctx: Context, rr: RequestReply) -> None:
     exchange = ctx.names.requestreply_exchange(ns, name)
     await ctx.topology.declare_exchange(exchange, aio_pika.ExchangeType.HEADERS)
     # Re-bound every time: a broker deleted and made again lost the binding.
-    headers_exchange = await ctx.topology.channel.get_exchange(exchange, ensure=False)
+    headers_exchange = await ctx.topology.lane(exchange).get_exchange(exchange, ensure=False)
     await headers_exchange.bind(ctx.names.broker_exchange(ns, broker.name), "#")
     delivery = request_delivery(ctx, rr)
     if ctx.requestreplies is not None:

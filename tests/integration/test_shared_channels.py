@@ -576,3 +576,46 @@ async def test_a_worker_starts_with_its_consume_alone_and_is_restored_after_a_re
     await eventually(
         lambda: second in {r.ce_id for r in sink.received}, what="delivered after the reconnect"
     )
+
+
+async def test_a_worker_leasing_a_channel_under_restore_consumes_only_once_it_is_restored(
+    start_mesh, make_sink, prefix
+):
+    """A channel being restored after a reconnect already has its new underlay open and is
+    leased to new workers; a worker that consumed at once put its queue where the restore
+    then consumed it again under the same tag (DuplicateConsumerTag), which failed the whole
+    connection's restore (found by review of d73d53e, whose worker no longer waited: the
+    passive declare it dropped had waited for the restore). The restore in progress is the
+    channel's "restored" event cleared, as aio-pika clears it while restoring."""
+    import asyncio
+
+    from rabbitmesh.amqp.channels import _RESTORED_ATTR
+
+    sink = await make_sink()
+    mesh = await start_mesh(_triggers(sink.url, "t1"))
+    ctx, pool = mesh.server.ctx, mesh.server.consumers
+    shared = ctx.workers[ctx.names.trigger_queue("default", "t1")]._channel
+    restored = getattr(shared, _RESTORED_ATTR)
+    restored.clear()
+    try:
+        manifest = trigger_manifest("t3", sink.url, filter_type="t3")
+        post = asyncio.create_task(
+            call("POST", mesh.url + TRIGGERS.format(ns="default"), text=manifest)
+        )
+        t3 = ctx.names.trigger_queue("default", "t3")
+        await eventually(lambda: pool.shared_counts() == [2], what="t3's worker leased it")
+
+        def consumers_of_t3() -> int:
+            out = rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "consumers")
+            return sum(int(c) for n, c in (r.split("\t") for r in out.splitlines()) if n == t3)
+
+        with pytest.raises(AssertionError):  # the consume waits for the restore
+            await eventually(lambda: consumers_of_t3() > 0, 2, 0.2, what="a consumer of t3")
+        assert not post.done()
+    finally:
+        restored.set()
+    status, body = await asyncio.wait_for(post, 30)
+    assert status == 201, body
+    await eventually(lambda: consumers_of_t3() == 1, what="t3 consumed once restored")
+    ids = await post_each_type(f"{mesh.url}/default/br", ["t1", "t3"])
+    await eventually(lambda: set(ids) <= {r.ce_id for r in sink.received}, what="delivered")
