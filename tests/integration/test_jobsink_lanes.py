@@ -11,12 +11,11 @@ from __future__ import annotations
 import zlib
 
 import pytest
-from yarl import URL
 
 from rabbitmesh.amqp.names import Names
 from rabbitmesh.amqp.topology import LANES
 from tests.integration.test_jobsink import jobsink
-from tests.integration.test_shared_channels import _local_ports_to
+from tests.integration.test_shared_channels import own_connections
 from tests.support.api import call
 from tests.support.rabbit import list_names, rabbitmqctl
 from tests.support.waiting import eventually
@@ -43,16 +42,8 @@ def _off_lane_zero(names: Names) -> str:
 
 
 def _close_publisher_connection(mesh) -> None:
-    mine = _local_ports_to(URL(mesh.server.settings.amqp_url).port)
-    out = rabbitmqctl(
-        "list_connections", "-q", "--no-table-headers", "pid", "peer_port", "client_properties"
-    )
-    pids = [
-        line.split("\t")[0]
-        for line in out.splitlines()
-        if int(line.split("\t")[1]) in mine and "rabbitmesh-publisher" in line
-    ]
-    assert len(pids) == 1, out
+    pids = own_connections(mesh, "rabbitmesh-publisher")
+    assert len(pids) == 1, pids
     rabbitmqctl("close_connection", pids[0], "test: connection lost")
 
 

@@ -50,20 +50,25 @@ def _local_ports_to(remote_port: int | None) -> set[int]:
     return ports
 
 
-def _close_workers_connection(mesh: Any, rabbitmq: str | None = None) -> None:
-    """RabbitMQ closes the mesh's one workers' connection (found among this process's
-    sockets, so no other test's mesh is touched); aio-pika reconnects. Behind a TcpProxy
+def own_connections(mesh: Any, name: str, rabbitmq: str | None = None) -> list[str]:
+    """RabbitMQ's pids of the mesh's connections whose client name contains `name` (found
+    among this process's sockets, so no other test's mesh is touched). Behind a TcpProxy
     (in this process too), `rabbitmq` is the URL the proxy forwards to."""
     mine = _local_ports_to(URL(rabbitmq or mesh.server.settings.amqp_url).port)
     out = rabbitmqctl(
         "list_connections", "-q", "--no-table-headers", "pid", "peer_port", "client_properties"
     )
-    pids = [
+    return [
         line.split("\t")[0]
         for line in out.splitlines()
-        if int(line.split("\t")[1]) in mine and "rabbitmesh-workers-" in line
+        if int(line.split("\t")[1]) in mine and name in line
     ]
-    assert len(pids) == len(mesh.server.consumers.clients) == 1, out
+
+
+def _close_workers_connection(mesh: Any, rabbitmq: str | None = None) -> None:
+    """RabbitMQ closes the mesh's one workers' connection; aio-pika reconnects."""
+    pids = own_connections(mesh, "rabbitmesh-workers-", rabbitmq)
+    assert len(pids) == len(mesh.server.consumers.clients) == 1, pids
     for pid in pids:
         rabbitmqctl("close_connection", pid, "test: connection lost")
 
