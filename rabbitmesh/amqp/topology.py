@@ -23,8 +23,7 @@ runs one channel's methods one at a time, and a queue.declare that creates a dur
 holds its channel for milliseconds, so over a single channel the reconciles of a cold start
 (issue 13: 5,000 Triggers) waited in line for each other, and RabbitMQ spent almost twice the
 CPU on the same creations over one channel as over eight (docs/benchmarks.md, "Topology
-lanes"). One name, one lane keeps what is done to one queue or
-exchange in the order it was asked.
+lanes"). One name, one lane keeps what is done to one queue or exchange in the order asked.
 
 Nothing here is declared `robust`: aio-pika's robust channel keeps every queue object a
 robust declare returns (a new one per call, never dropped until the queue is deleted) to
@@ -102,8 +101,6 @@ class Topology:
 
     def lane(self, name: str) -> AbstractRobustChannel:
         """The channel everything done to the queue or exchange `name` goes over."""
-        if len(self._lanes) == 1:
-            return self.channel
         return self._lanes[zlib.crc32(name.encode()) % len(self._lanes)]
 
     async def declare_infrastructure(self) -> None:

@@ -91,11 +91,13 @@ class Controller:
     one ORDER at once.
     """
 
-    def __init__(self, ctx: Context, concurrency: int = 8, lane: tuple[int, int] = (0, 1)) -> None:
+    def __init__(
+        self, ctx: Context, concurrency: int = 8, worker: tuple[int, int] = (0, 1)
+    ) -> None:
         self.ctx = ctx
         self.concurrency = concurrency
         #: (this worker process's index, how many there are): where in a batch it starts.
-        self.lane = lane
+        self.worker = worker
         #: key -> how often it was reconciled (or finalized) in this process.
         self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         #: Keys failing because another RabbitMQ (a RabbitmqBrokerConfig's) is unreachable:
@@ -131,7 +133,7 @@ class Controller:
         transaction each; the later one finds the first's and gives up): at a cold start with
         5,000 Triggers that was a third of RabbitMQ's work (issue 13). Begun apart, each
         process creates its own share and only confirms the others' (a cheap lookup)."""
-        index, count = self.lane
+        index, count = self.worker
         if count < 2 or len(group) < 2:
             return group
         start = len(group) * index // count

@@ -37,7 +37,7 @@ async def reconcile(ctx: Context, job: JobSink) -> None:
     runs = ctx.names.jobsink_runs(ns, name)
     await ctx.topology.lane(runs).declare_queue(runs, durable=True, arguments=stream_arguments())
     # Its runner appends to it at once, on the shared publisher (see wait_writable).
-    await wait_writable(ctx.publisher, ctx.names.jobsink_runs(ns, name))
+    await wait_writable(ctx.publisher, runs)
     job.status.address = Address(url=address_url(ctx.settings.base_url, KIND, ns, name))
     try:
         runtime_for(job, ctx.settings.container_runtime, ctx.settings.allow_process_runtime)
